@@ -1,0 +1,1 @@
+"""aiebuild: ELF specs -> launch plans / MLIR -> objects -> ELFs -> artifact store, bundles."""

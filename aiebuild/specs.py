@@ -1,0 +1,199 @@
+"""The six ELF specs of a Llama-family model (DESIGN.md section 4), derived from
+the model shape and the prefill buckets.
+
+A spec is declarative: launches in order, each an op of the vocabulary with its
+parameters, reading and writing named ELF arguments whose roles fix the buffer
+behaviour. The emu target ships the spec itself as the launch plan; the npu2
+target turns each launch into an IRON design and stitches them into one ELF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aierun.abi import ArgSpec, ElfSpec, Launch, Role
+from aierun.errors import UserError
+from aierun.model import ModelShape
+
+DEFAULT_BUCKETS = (64, 256, 2048)
+LM_HEAD_PARTITIONS = 8
+# Every GEMM/GEMV dimension is tiled in blocks of this many elements on the cores.
+TILE = 64
+
+W, C, IN, MID, OUT = Role.WEIGHT, Role.CONST, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT
+LAYER = "model.layers.{layer}."
+
+
+def _arg(
+    name: str, shape: Iterable[int], role: Role, source: str | None = None, dtype="bf16", **kw
+) -> ArgSpec:
+    return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
+
+
+def check_tileable(shape: ModelShape) -> None:
+    """Refuse, naming the dimension, a model the kernels cannot tile."""
+    dims = {
+        "hidden_size (E)": shape.hidden,
+        "head_dim (Dh)": shape.head_dim,
+        "intermediate_size (F)": shape.ffn,
+        "num_key_value_heads*head_dim (KV)": shape.kv_dim,
+    }
+    for label, value in dims.items():
+        if value % TILE:
+            raise UserError(
+                f"{label} = {value} is not a multiple of {TILE}: the GEMM/GEMV kernels tile "
+                f"every matrix dimension in blocks of {TILE}, so this model cannot be compiled."
+            )
+    if shape.n_heads % shape.n_kv_heads:
+        raise UserError(
+            f"num_attention_heads ({shape.n_heads}) is not a multiple of num_key_value_heads "
+            f"({shape.n_kv_heads}): grouped-query attention needs whole groups."
+        )
+
+
+def _rms_projections_rope(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
+    e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
+    mm = {"M": rows, "K": e}
+    rope = {"rows": rows, "head_dim": dh}
+    return [
+        Launch("rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)),
+        Launch(gemm, {**mm, "N": q}, ("xn", "wq"), ("q",), "gemm Q"),
+        Launch(gemm, {**mm, "N": kv}, ("xn", "wk"), ("k",), "gemm K"),
+        Launch(gemm, {**mm, "N": kv}, ("xn", "wv"), ("v",), "gemm V"),
+        Launch("rope", {**rope, "heads": shape.n_heads}, ("q", "rope"), ("q_roped",), "rope Q"),
+        Launch("rope", {**rope, "heads": shape.n_kv_heads}, ("k", "rope"), ("k_roped",), "rope K"),
+    ]
+
+
+def _projection_args(shape: ModelShape, rows: int, rope_role: Role) -> list[ArgSpec]:
+    e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
+    return [
+        _arg("x", (rows, e), IN),
+        _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
+        _arg("wq", (q, e), W, LAYER + "self_attn.q_proj.weight"),
+        _arg("wk", (kv, e), W, LAYER + "self_attn.k_proj.weight"),
+        _arg("wv", (kv, e), W, LAYER + "self_attn.v_proj.weight"),
+        _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None),
+        _arg("xn", (rows, e), MID),
+        _arg("q", (rows, q), MID),
+        _arg("k", (rows, kv), MID),
+        _arg("q_roped", (rows, q), OUT),
+        _arg("k_roped", (rows, kv), OUT),
+        _arg("v", (rows, kv), OUT),
+    ]
+
+
+def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
+    return ElfSpec(
+        "rms_gemms_rope", "prefill", bucket,
+        tuple(_projection_args(shape, bucket, C)),
+        tuple(_rms_projections_rope(shape, bucket, "gemm")),
+    )  # fmt: skip
+
+
+def rms_gemv_rope(shape: ModelShape) -> ElfSpec:
+    return ElfSpec(
+        "rms_gemv_rope", "decode", 0,
+        tuple(_projection_args(shape, 1, IN)),
+        tuple(_rms_projections_rope(shape, 1, "gemv")),
+    )  # fmt: skip
+
+
+def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
+    s, q, kv = bucket, shape.q_dim, shape.kv_dim
+    params = {
+        "S": s, "heads": shape.n_heads, "kv_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim, "causal": True,
+    }  # fmt: skip
+    args = (
+        _arg("q_roped", (s, q), IN),
+        _arg("k_roped", (s, kv), IN),
+        _arg("v", (s, kv), IN),
+        _arg("attn_out", (s, q), OUT),
+    )
+    launch = Launch("flash_attn", params, ("q_roped", "k_roped", "v"), ("attn_out",), "GQA")
+    return ElfSpec("flash_attn", "prefill", bucket, args, (launch,))
+
+
+def _o_ffn_launches(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
+    e, f = shape.hidden, shape.ffn
+    eltwise = {"rows": rows, "cols": e}
+    return [
+        Launch(gemm, {"M": rows, "K": shape.q_dim, "N": e}, ("attn_out", "wo"), ("o",), "gemm O"),
+        Launch("add", eltwise, ("o", "x"), ("h",), "add residual"),
+        Launch("rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("h", "ffn_norm"), ("hn",)),
+        Launch(gemm, {"M": rows, "K": e, "N": f}, ("hn", "w_gate"), ("g",), "gemm gate"),
+        Launch(gemm, {"M": rows, "K": e, "N": f}, ("hn", "w_up"), ("u",), "gemm up"),
+        Launch("silu_mul", {"rows": rows, "cols": f}, ("g", "u"), ("a",)),
+        Launch(gemm, {"M": rows, "K": f, "N": e}, ("a", "w_down"), ("d",), "gemm down"),
+        Launch("add", eltwise, ("d", "h"), ("y",), "add residual"),
+    ]
+
+
+def _o_ffn_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+    e, f = shape.hidden, shape.ffn
+    return [
+        _arg("attn_out", (rows, shape.q_dim), IN),
+        _arg("x", (rows, e), IN),
+        _arg("wo", (e, shape.q_dim), W, LAYER + "self_attn.o_proj.weight"),
+        _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
+        _arg("w_gate", (f, e), W, LAYER + "mlp.gate_proj.weight"),
+        _arg("w_up", (f, e), W, LAYER + "mlp.up_proj.weight"),
+        _arg("w_down", (e, f), W, LAYER + "mlp.down_proj.weight"),
+        *(_arg(n, (rows, e), MID) for n in ("o", "h", "hn")),
+        *(_arg(n, (rows, f), MID) for n in ("g", "u", "a")),
+        _arg("d", (rows, e), MID),
+        _arg("y", (rows, e), OUT),
+    ]
+
+
+def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
+    launches = tuple(_o_ffn_launches(shape, bucket, "gemm"))
+    return ElfSpec("o_ffn", "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
+
+
+def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
+    launches = tuple(_o_ffn_launches(shape, 1, "gemv"))
+    return ElfSpec("o_gemv_ffn", "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
+
+
+def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
+    """Rows of one LM-head partition: the vocabulary padded to whole tiles."""
+    per_partition = -(-shape.vocab // partitions)
+    return -(-per_partition // TILE) * TILE
+
+
+def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
+    rows, e = lm_head_rows(shape, partitions), shape.hidden
+    source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
+    args = (
+        _arg("x", (1, e), IN),
+        _arg("w_lm", (partitions, rows, e), W, source, layout="partitioned_rows"),
+        # fp32 logits: the GEMV writes its accumulators unrounded, since bf16 logits
+        # (8 mantissa bits) tie the top candidates of a 49k-128k vocabulary.
+        _arg("logits", (partitions, rows), OUT, dtype="f32"),
+    )
+    launches = tuple(
+        Launch("gemv", {"M": 1, "K": e, "N": rows}, ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
+               f"partition {p}")
+        for p in range(partitions)
+    )  # fmt: skip
+    return ElfSpec("lm_head_gemv", "lm_head", 0, args, launches, {"vocab": shape.vocab})
+
+
+def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:
+    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode."""
+    check_tileable(shape)
+    buckets = sorted(set(buckets))
+    if not buckets or buckets[0] < 1:
+        raise UserError(f"prefill buckets must be positive lengths, got {buckets}")
+    too_long = [b for b in buckets if b > shape.max_positions]
+    if too_long:
+        raise UserError(
+            f"prefill buckets {too_long} exceed the model's max_position_embeddings "
+            f"({shape.max_positions})"
+        )
+    specs = []
+    for bucket in buckets:
+        specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
+    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape), lm_head_gemv(shape)]

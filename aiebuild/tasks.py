@@ -1,0 +1,135 @@
+"""doit task generation: the model, one build task per ELF instance, the manifest.
+
+dodo.py stays thin and delegates here. Every ELF task is up to date exactly when
+the store holds a valid entry under its content key, so a no-op `doit compile`
+only hashes specs and sources, and a changed spec or source rebuilds just the
+ELFs whose key changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aiebuild import toolchain
+from aiebuild.specs import DEFAULT_BUCKETS, model_specs
+from aiebuild.store import Store, write_json_atomic
+from aiebuild.targets import Target, entry_key, get_target
+from aierun import ARTIFACT_SCHEMA, default_model
+from aierun.abi import ElfSpec
+from aierun.errors import UserError
+from aierun.model import Checkpoint, ModelShape
+
+log = structlog.get_logger("aiebuild.compile")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    home: Path  # the checkout's build/
+    model: str | None  # None: the embedded default model
+    buckets: tuple[int, ...]
+    target: str  # "auto", "emu" or "npu2"
+
+    @classmethod
+    def from_vars(cls, home: Path, get_var) -> BuildConfig:
+        buckets = get_var("buckets", "")
+        try:
+            parsed = tuple(int(b) for b in buckets.split(",") if b) or DEFAULT_BUCKETS
+        except ValueError:
+            raise UserError(f"buckets={buckets!r}: expected lengths like buckets=64,256") from None
+        return cls(home, get_var("model", None), parsed, get_var("target", "auto"))
+
+    def model_dir(self) -> Path:
+        if self.model:
+            return Path(self.model)
+        return self.home / "models" / default_model.NAME
+
+
+def select_target(requested: str) -> str:
+    """npu2 when an NPU toolchain is installed, else emu (said in one log line)."""
+    if requested != "auto":
+        if requested not in ("emu", "npu2"):
+            raise UserError(f"target={requested!r}: choose emu, npu2 or auto")
+        return requested
+    found = toolchain.discover()
+    if found.usable:
+        return "npu2"
+    log.info("compile.target", target="emu", reason=found.reason)
+    return "emu"
+
+
+@dataclass(frozen=True)
+class ElfBuild:
+    spec: ElfSpec
+    key: str
+
+
+def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]]:
+    target = get_target(select_target(config.target))
+    shape = Checkpoint(config.model_dir()).shape
+    fingerprint = target.fingerprint()
+    builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in model_specs(shape, config.buckets)]
+    return target, Store(config.home, target.name), shape, builds
+
+
+def manifest_data(config: BuildConfig, target: str, shape: ModelShape, builds: list[ElfBuild]):
+    return {
+        "schema": ARTIFACT_SCHEMA,
+        "target": target,
+        "model": shape.to_json(),
+        "model_name": config.model_dir().name,
+        "buckets": sorted(config.buckets),
+        "store": f"../../cache/{target}",
+        "elfs": {b.spec.instance: b.key for b in builds},
+    }
+
+
+def manifest_path(home: Path, target: str) -> Path:
+    return home / "targets" / target / "manifest.json"
+
+
+def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
+    start = time.perf_counter()
+    log.info("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
+    target.build(build.spec, build.key, store)
+    seconds = round(time.perf_counter() - start, 3)
+    log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)
+
+
+def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
+    target, store, shape, builds = plan(config)
+    for build in builds:
+        yield {
+            "name": build.spec.instance,
+            "actions": [(build_elf, (target, store, build))],
+            "uptodate": [lambda key=build.key: store.is_valid(key)],
+            "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
+            "verbosity": 2,
+        }
+    data = manifest_data(config, target.name, shape, builds)
+    path = manifest_path(config.home, target.name)
+    yield {
+        "name": "manifest",
+        "actions": [(write_manifest, (path, data))],
+        "task_dep": [f"compile:{b.spec.instance}" for b in builds],
+        "targets": [str(path)],
+        "uptodate": [lambda: path.is_file() and _read_json(path) == data],
+        "doc": "target manifest: ELF name -> content key for this model shape",
+        "verbosity": 2,
+    }
+
+
+def write_manifest(path: Path, data: dict[str, Any]) -> None:
+    write_json_atomic(path, data)
+    log.info("compile.manifest", path=str(path), elfs=len(data["elfs"]), target=data["target"])
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text())

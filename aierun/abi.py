@@ -1,0 +1,132 @@
+"""The ELF contract between build and runtime: argument roles, launches, ELF specs.
+
+An ELF is one device call that runs several launches back to back. Every argument
+has a name, a shape, a dtype and exactly one role; the runtime derives all buffer
+behaviour from the role (DESIGN.md section 5). `aiebuild` produces these specs,
+`aierun` consumes them; the JSON form below is what travels in artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+DTYPES: dict[str, np.dtype] = {"bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32)}
+
+
+class Role(StrEnum):
+    WEIGHT = "weight"  # written once at prepare, one buffer per layer
+    CONST = "const"  # written once, shared by all layers (e.g. the rope table)
+    INPUT = "input"  # written by the host every call (only when the bytes changed)
+    INTERMEDIATE = "intermediate"  # device-only, between launches of one ELF
+    SCRATCH = "scratch"  # device-only working memory
+    OUTPUT = "output"  # read back as a zero-copy view after every call
+
+
+HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
+HOST_ARGS = (Role.WEIGHT, Role.CONST, Role.INPUT, Role.OUTPUT)
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One ELF argument. `source` names what fills a weight or const buffer:
+    a checkpoint tensor (with `{layer}` for per-layer weights) or a runtime table
+    such as `rope`; `layout` says how the tensor is arranged in the buffer."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: Role
+    source: str | None = None
+    layout: str = "rowmajor"
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.np_dtype.itemsize
+
+    def per_layer(self) -> bool:
+        return self.source is not None and "{layer}" in self.source
+
+
+_BINDING = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
+
+
+def parse_binding(binding: str) -> tuple[str, int | None]:
+    """`"logits[3]"` -> ("logits", 3): a launch may use one slice of an argument's
+    leading axis (on the NPU a memref.subview of the host buffer)."""
+    match = _BINDING.match(binding)
+    if not match:
+        raise ValueError(f"bad launch binding {binding!r}")
+    index = match.group("index")
+    return match.group("name"), None if index is None else int(index)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch inside an ELF: an op of the vocabulary in `aierun.ops`, its
+    compile-time parameters, and which ELF arguments it reads and writes."""
+
+    op: str
+    params: dict[str, Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ElfSpec:
+    """A multi-launch ELF: its name (the build/runtime contract of DESIGN.md
+    section 4), the phase that calls it, the prefill bucket (0 for decode ELFs),
+    the argument ABI and the launches in order."""
+
+    name: str
+    phase: str
+    bucket: int
+    args: tuple[ArgSpec, ...]
+    launches: tuple[Launch, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> str:
+        """Unique name of this ELF in a manifest: prefill ELFs exist per bucket."""
+        return f"{self.name}.s{self.bucket}" if self.bucket else self.name
+
+    def arg(self, name: str) -> ArgSpec:
+        for spec in self.args:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.instance} has no argument {name!r}")
+
+    def args_with(self, *roles: Role) -> list[ArgSpec]:
+        return [a for a in self.args if a.role in roles]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ElfSpec:
+        args = tuple(
+            ArgSpec(**{**a, "shape": tuple(a["shape"]), "role": Role(a["role"])})
+            for a in data["args"]
+        )
+        launches = tuple(
+            Launch(**{**launch, "inputs": tuple(launch["inputs"]), "outputs": tuple(launch["outputs"])})
+            for launch in data["launches"]
+        )
+        return cls(data["name"], data["phase"], data["bucket"], args, launches, data.get("params", {}))
+
+
+def canonical_json(data: Any) -> str:
+    """The one serialization used for hashing: sorted keys, no whitespace."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,150 @@
+"""Buffer management driven by argument roles (DESIGN.md section 5).
+
+- weight: one buffer per (tensor, layout), written once at prepare and shared by
+  every ELF that reads that tensor (prefill and decode use the same wq).
+- const: one buffer per ELF instance, written once.
+- input: pooled per ELF instance (shared by all layers), rewritten only when the
+  host array changed; a device buffer handle may be bound instead (no host copy).
+- intermediate / scratch: pooled per ELF instance, never touched by the host.
+- output: two pooled buffers per ELF instance used in turn, so that one layer's
+  output can feed the next layer's call of the same ELF. An output is valid until
+  the second-next call of its ELF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from aierun.abi import ArgSpec, ElfSpec, Role
+from aierun.devices.base import Buffer, Device
+from aierun.errors import UserError
+
+OUTPUT_SLOTS = 2
+# (source name with the layer filled in, layout, shape) -> host array to preload
+SourceResolver = Callable[[str, str, tuple[int, ...]], np.ndarray]
+
+
+class BindingError(UserError):
+    pass
+
+
+class BufferManager:
+    def __init__(self, device: Device, resolve_source: SourceResolver):
+        self.device = device
+        self.resolve_source = resolve_source
+        self._weights: dict[tuple[str, str, tuple[int, ...]], Buffer] = {}
+        self._consts: dict[tuple[str, str], Buffer] = {}
+        self._pooled: dict[tuple[str, str], Buffer] = {}
+        self._outputs: dict[tuple[str, str], list[Buffer]] = {}
+        self._calls: dict[str, int] = {}
+        self.preloaded_bytes = 0
+
+    # -- prepare -------------------------------------------------------------
+    def preload(self, spec: ElfSpec, layers: range | None) -> None:
+        """Allocate and write the weight and const buffers one ELF needs."""
+        for arg in spec.args_with(Role.WEIGHT):
+            for layer in layers if arg.per_layer() and layers is not None else [None]:
+                self._weight(spec, arg, layer)
+        for arg in spec.args_with(Role.CONST):
+            self._const(spec, arg)
+
+    def _weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
+        source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
+        key = (source, arg.layout, arg.shape)
+        if key not in self._weights:
+            buffer = self.device.alloc(arg, source)
+            self.preloaded_bytes += buffer.write(self._resolved(spec, arg, source))
+            self._weights[key] = buffer
+        return self._weights[key]
+
+    def _const(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
+        key = (spec.instance, arg.name)
+        if key not in self._consts:
+            buffer = self.device.alloc(arg, f"{spec.instance}:{arg.name}")
+            self.preloaded_bytes += buffer.write(self._resolved(spec, arg, arg.source))
+            self._consts[key] = buffer
+        return self._consts[key]
+
+    def _resolved(self, spec: ElfSpec, arg: ArgSpec, source: str) -> np.ndarray:
+        array = self.resolve_source(source, arg.layout, arg.shape)
+        _check(spec, arg, array.shape, array.dtype)
+        return array
+
+    # -- per call ------------------------------------------------------------
+    def bind(
+        self, spec: ElfSpec, layer: int | None, values: dict[str, Any]
+    ) -> tuple[dict[str, Buffer], int]:
+        """Buffers for every argument of one call, and the bytes the host wrote."""
+        missing = {a.name for a in spec.args_with(Role.INPUT)} - set(values)
+        extra = set(values) - {a.name for a in spec.args_with(Role.INPUT)}
+        if missing or extra:
+            raise BindingError(
+                f"{spec.instance}: inputs missing {sorted(missing)}, not inputs {sorted(extra)}"
+            )
+        slot = self._calls.get(spec.instance, 0) % OUTPUT_SLOTS
+        self._calls[spec.instance] = self._calls.get(spec.instance, 0) + 1
+        buffers: dict[str, Buffer] = {}
+        written = 0
+        for arg in spec.args:
+            if arg.role is Role.WEIGHT:
+                buffers[arg.name] = self._bound_weight(spec, arg, layer)
+            elif arg.role is Role.CONST:
+                buffers[arg.name] = self._consts[(spec.instance, arg.name)]
+            elif arg.role is Role.INPUT:
+                buffers[arg.name], nbytes = self._bound_input(spec, arg, values[arg.name])
+                written += nbytes
+            elif arg.role is Role.OUTPUT:
+                buffers[arg.name] = self._output(spec, arg, slot)
+            else:
+                buffers[arg.name] = self._pool(spec, arg)
+        return buffers, written
+
+    def _bound_weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
+        source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
+        buffer = self._weights.get((source, arg.layout, arg.shape))
+        if buffer is None:
+            # Not preloaded: bind an unwritten buffer, which the device refuses to
+            # read (DeviceError naming it) instead of computing on zeros.
+            buffer = self.device.alloc(arg, source)
+            self._weights[(source, arg.layout, arg.shape)] = buffer
+        return buffer
+
+    def _bound_input(self, spec: ElfSpec, arg: ArgSpec, value: Any) -> tuple[Buffer, int]:
+        if isinstance(value, Buffer):  # a producer's output handle: no host round trip
+            _check(spec, arg, value.spec.shape, value.spec.np_dtype)
+            return value, 0
+        _check(spec, arg, value.shape, value.dtype)
+        buffer = self._pool(spec, arg)
+        if buffer.last_source is value and buffer.written:
+            return buffer, 0  # the same host array as last call: bytes unchanged
+        return buffer, buffer.write(value)
+
+    def _pool(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
+        key = (spec.instance, arg.name)
+        if key not in self._pooled:
+            self._pooled[key] = self.device.alloc(arg, f"{spec.instance}:{arg.name}")
+        return self._pooled[key]
+
+    def _output(self, spec: ElfSpec, arg: ArgSpec, slot: int) -> Buffer:
+        key = (spec.instance, arg.name)
+        if key not in self._outputs:
+            self._outputs[key] = [
+                self.device.alloc(arg, f"{spec.instance}:{arg.name}#{i}")
+                for i in range(OUTPUT_SLOTS)
+            ]
+        return self._outputs[key][slot]
+
+    def all_buffers(self) -> list[Buffer]:
+        pools = [b for slots in self._outputs.values() for b in slots]
+        return [*self._weights.values(), *self._consts.values(), *self._pooled.values(), *pools]
+
+
+def _check(spec: ElfSpec, arg: ArgSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if tuple(shape) != arg.shape or np.dtype(dtype) != arg.np_dtype:
+        raise BindingError(
+            f"{spec.instance}: argument {arg.name!r} ({arg.role}) expects "
+            f"{arg.dtype}{list(arg.shape)}, got {np.dtype(dtype)}{list(shape)}"
+        )

@@ -1,0 +1,229 @@
+"""The `aierun` command: run, chat, profile, verify, diagnosis.
+
+Results go to stdout (for `run`, only the generated text, streamed); logs go to
+stderr and to JSON lines under `$AIERUN_HOME/logs`. The doit tasks call `main`
+with the same flags, so both front doors behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aierun import logs, paths
+from aierun.errors import DeviceError, UserError
+
+log = structlog.get_logger("aierun.cli")
+
+DEFAULT_PROMPT = "What is the capital of France?"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+RUN_OPTIONS = (
+    Option("prompt", str, DEFAULT_PROMPT, "the user prompt (chat template applied when the model has one)"),
+    Option("n_tokens", int, 32, "most tokens to generate (stops earlier at end-of-turn / EOS)"),
+    Option("device", str, "emu", "emu (numpy emulation, any machine) or npu (XRT, Ryzen AI NPU2)"),
+    Option("artifacts", str, None, "a build directory, an unpacked bundle or a bundle archive "
+           "(default: $AIERUN_HOME/targets/<target>)"),
+    Option("seq_len", int, None, "force this prefill bucket (2048 reproduces the seed's setting)"),
+    Option("temperature", float, 0.0, "0 = greedy (default, reproducible); > 0 samples"),
+    Option("top_p", float, 1.0, "nucleus sampling mass when sampling"),
+    Option("seed", int, 0, "random seed for sampling"),
+)  # fmt: skip
+PROFILE_OPTIONS = (
+    Option("json", str, None, "write the machine-readable profile here"),
+    Option("trace", str, None, "write a Chrome/Perfetto trace here"),
+    Option("html", str, None, "write a self-contained HTML report here"),
+)
+VERIFY_OPTIONS = (
+    Option("prompts", str, None, "a file with one prompt per line (default: the built-in set)"),
+    Option("n_tokens", int, 32, "greedy tokens to generate and check per prompt"),
+    Option("k", int, 5, "each of our tokens must be within the reference's top-k"),
+    Option("device", str, "emu", "emu or npu"),
+    Option("artifacts", str, None, "as for run"),
+    Option("json", str, None, "write the verify result here"),
+)
+DIAGNOSIS_OPTIONS = (
+    Option("prompt", str, DEFAULT_PROMPT, "the prompt to compare layer by layer"),
+    Option("threshold", float, 0.99, "cosine similarity below which a layer is reported bad"),
+    Option("device", str, "emu", "emu or npu"),
+    Option("artifacts", str, None, "as for run"),
+    Option("json", str, None, "write the per-layer comparison here"),
+)
+
+COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
+    "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
+    "chat": (RUN_OPTIONS, "interactive chat on stdin/stdout"),
+    "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
+    "verify": (VERIFY_OPTIONS, "top-k gate of our tokens against Hugging Face transformers"),
+    "diagnosis": (DIAGNOSIS_OPTIONS, "per-layer hidden-state comparison against transformers"),
+}
+
+
+def _options(command: str) -> tuple[Option, ...]:
+    options = COMMANDS[command][0]
+    return tuple({o.name: o for o in options}.values())  # later duplicates win
+
+
+def doit_params(command: str) -> list[dict[str, Any]]:
+    """The command's flags as doit task parameters (`doit run --prompt ...`)."""
+    return [
+        {"name": o.name, "long": o.flag[2:], "type": o.type, "default": o.default, "help": o.help}
+        for o in _options(command)
+    ]
+
+
+def flags_from_params(values: dict[str, Any], params: list[dict[str, Any]]) -> list[str]:
+    argv = []
+    for param in params:
+        value = values.get(param["name"])
+        if value is not None and value != param["default"]:
+            argv += ["--" + param["long"], str(value)]
+    return argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aierun",
+        description="Run, profile and verify Llama-family LLMs on an AMD Ryzen AI NPU "
+        "or its numpy emulation, from compiled artifacts or a bundle.",
+    )
+    parser.add_argument("--log-level", default=None, help="console log level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--model", default=None, help="checkpoint directory or cached HF model "
+                         "id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
+        for option in _options(name):
+            sub.add_argument(option.flag, type=option.type, default=option.default, help=option.help)
+    return parser
+
+
+def open_session(args: argparse.Namespace, profiler=None):
+    """Model + artifacts + device -> a prepared Session."""
+    from aierun.artifacts import ArtifactSet, find_manifest
+    from aierun.devices.base import open_device
+    from aierun.model import Checkpoint, resolve_model
+    from aierun.pipeline import Session
+
+    checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
+    device = open_device(args.device)
+    manifest = find_manifest(_artifacts_dir(args.artifacts), device.targets, paths.home())
+    artifacts = ArtifactSet.open(manifest)
+    session = Session(checkpoint, artifacts, device, profiler)
+    session.prepare()
+    return session
+
+
+def _artifacts_dir(artifacts: str | None) -> Path | None:
+    if artifacts is None:
+        return None
+    path = Path(artifacts).expanduser()
+    if path.is_file() and path.name != "manifest.json":
+        from aierun.bundle import open_bundle
+
+        return open_bundle(path, paths.home() / "bundles")
+    if not path.exists():
+        raise UserError(f"--artifacts {artifacts}: no such file or directory")
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aierun.pipeline import Sampling
+
+    session = open_session(args)
+    sampling = Sampling(args.temperature, args.top_p, args.seed)
+    _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
+    return 0
+
+
+def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
+    """Print tokens as they come (detokenizing the whole answer so far keeps
+    multi-token characters intact); returns the generated ids."""
+    tokenizer = session.checkpoint.tokenizer
+    tokens: list[int] = []
+    shown = ""
+    start = time.perf_counter()
+    first = None
+    for token in session.generate(prompt, n_tokens, sampling, seq_len):
+        first = first or time.perf_counter()
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        sys.stdout.write(text[len(shown) :])
+        sys.stdout.flush()
+        shown = text
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    end = time.perf_counter()
+    decode_s = end - (first or end)
+    log.info(
+        "run.done",
+        tokens=len(tokens),
+        ttft_ms=round(((first or end) - start) * 1e3, 1),
+        decode_tok_s=round((len(tokens) - 1) / decode_s, 2) if len(tokens) > 1 else None,
+    )
+    return tokens
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from aierun.pipeline import Sampling
+
+    session = open_session(args)
+    sampling = Sampling(args.temperature, args.top_p, args.seed)
+    print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        _stream(session, line.strip(), args.n_tokens, sampling, args.seq_len)
+    return 0
+
+
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return command
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "chat": cmd_chat,
+    "profile": _lazy("aierun.report", "cmd_profile"),
+    "verify": _lazy("aierun.verify", "cmd_verify"),
+    "diagnosis": _lazy("aierun.verify", "cmd_diagnosis"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(paths.logs_dir(), args.log_level)
+    try:
+        return HANDLERS[args.command](args)
+    except (UserError, DeviceError) as exc:
+        log.error(f"{args.command}.failed", error=str(exc))
+        print(f"aierun {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""What every device offers the buffer manager and the pipeline.
+
+A device allocates buffers (host-mapped device memory), loads an ELF artifact and
+runs it on a set of buffers bound by argument name. Buffers know their ABI spec,
+whether the host or a kernel has filled them, and give zero-copy host views.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from aierun.abi import ArgSpec, ElfSpec
+from aierun.errors import UserError
+
+
+class Buffer(ABC):
+    """One device buffer of an ELF argument's shape and dtype."""
+
+    def __init__(self, spec: ArgSpec, label: str):
+        self.spec = spec
+        self.label = label  # e.g. "model.layers.3.self_attn.q_proj.weight" or "o_ffn.s64:y#0"
+        self.written = False  # filled by the host or produced by a kernel
+        self.last_source: Any = None  # the host array last written (skip rewriting it)
+
+    @property
+    @abstractmethod
+    def host(self) -> np.ndarray:
+        """The host-mapped view, typed and shaped as the spec says (zero-copy)."""
+
+    @abstractmethod
+    def sync_to_device(self) -> None: ...
+
+    @abstractmethod
+    def sync_from_device(self) -> None: ...
+
+    def write(self, source: np.ndarray) -> int:
+        """Copy host data in and push it to the device; returns bytes written."""
+        np.copyto(self.host, source.reshape(self.spec.shape), casting="no")
+        self.sync_to_device()
+        self.written = True
+        self.last_source = source
+        return self.spec.nbytes
+
+    def read(self) -> np.ndarray:
+        self.sync_from_device()
+        return self.host
+
+
+class Device(ABC):
+    name: str
+    # Artifact targets whose ELFs this device can execute.
+    targets: tuple[str, ...]
+
+    @abstractmethod
+    def alloc(self, spec: ArgSpec, label: str) -> Buffer: ...
+
+    @abstractmethod
+    def load(self, spec: ElfSpec, files: dict[str, Any]) -> Any:
+        """Make an ELF artifact ready to run; returns the device's handle for it."""
+
+    @abstractmethod
+    def run(self, elf: Any, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
+        """Run all launches of a loaded ELF on buffers bound by argument name."""
+
+    def close(self) -> None:
+        """Release device resources (buffers, contexts) in the order the driver needs."""
+
+
+def open_device(name: str) -> Device:
+    if name == "emu":
+        from aierun.devices.emu import EmuDevice
+
+        return EmuDevice()
+    if name in ("npu", "npu2"):
+        from aierun.devices.npu import NpuDevice
+
+        return NpuDevice()
+    raise UserError(f"unknown device {name!r}: choose emu (numpy emulation) or npu (XRT)")

@@ -1,0 +1,95 @@
+"""The emulated NPU: runs an ELF's launch plan with numpy.
+
+Faithful to the device's dataflow: every argument lives in a bf16 "DDR" buffer;
+each launch reads its operands from those buffers, computes in fp32 and rounds its
+result to bf16 when writing it back, exactly where the NPU writes to DDR. A launch
+that reads a host-filled buffer the host never wrote fails loudly (on the NPU it
+would silently compute on whatever the memory held).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aierun.abi import HOST_WRITTEN, ArgSpec, ElfSpec, parse_binding
+from aierun.devices.base import Buffer, Device
+from aierun.errors import DeviceError
+from aierun.ops import OPS
+from aierun.ops.numerics import to_bf16
+
+
+class EmuBuffer(Buffer):
+    def __init__(self, spec: ArgSpec, label: str):
+        super().__init__(spec, label)
+        self._host = np.zeros(spec.shape, spec.np_dtype)
+        self._version = 0
+        self._f32: tuple[int, np.ndarray] | None = None
+
+    @property
+    def host(self) -> np.ndarray:
+        return self._host
+
+    def sync_to_device(self) -> None:
+        self._version += 1  # the host changed the bytes: drop the fp32 copy
+
+    def sync_from_device(self) -> None:
+        pass  # emulated DDR is host memory
+
+    def as_f32(self) -> np.ndarray:
+        """fp32 copy of the bf16 contents (exact), kept while the bytes are unchanged;
+        weights are converted once, which is what makes the emulation fast."""
+        if self._f32 is None or self._f32[0] != self._version:
+            self._f32 = (self._version, self._host.astype(np.float32))
+        return self._f32[1]
+
+    def store(self, index: int | None, values: np.ndarray) -> None:
+        target = self._host if index is None else self._host[index]
+        # The kernel rounds to bf16 when it writes bf16; an fp32 output (e.g. the
+        # LM head's logits) is the accumulator written as is.
+        rounded = to_bf16(values) if self.spec.dtype == "bf16" else values
+        target[...] = rounded.reshape(target.shape)
+        self._version += 1
+        self.written = True
+
+
+class EmuDevice(Device):
+    name = "emu"
+    targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
+
+    def alloc(self, spec: ArgSpec, label: str) -> EmuBuffer:
+        return EmuBuffer(spec, label)
+
+    def load(self, spec: ElfSpec, files: dict[str, Any]) -> ElfSpec:
+        unknown = {launch.op for launch in spec.launches} - set(OPS)
+        if unknown:
+            raise DeviceError(f"{spec.instance}: the emulator has no op {sorted(unknown)}")
+        return spec
+
+    def run(self, elf: ElfSpec, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
+        produced: set[str] = set()
+        for number, launch in enumerate(spec.launches):
+            operands = [self._operand(spec, buffers, b, produced, number) for b in launch.inputs]
+            results = OPS[launch.op](launch.params, *operands)
+            for binding, values in zip(launch.outputs, results, strict=True):
+                name, index = parse_binding(binding)
+                buffers[name].store(index, values)  # type: ignore[attr-defined]
+                produced.add(name)
+
+    @staticmethod
+    def _operand(
+        spec: ElfSpec, buffers: dict[str, Buffer], binding: str, produced: set[str], number: int
+    ) -> np.ndarray:
+        name, index = parse_binding(binding)
+        buffer = buffers[name]
+        role = spec.arg(name).role  # the consumer's role: a bound handle may be an output
+        host_filled = role in HOST_WRITTEN
+        if (host_filled and not buffer.written) or (not host_filled and name not in produced):
+            raise DeviceError(
+                f"{spec.instance} launch {number} ({spec.launches[number].op}) reads "
+                f"{name!r} ({role}, buffer {buffer.label}) which nothing has "
+                "written: the NPU would compute on stale memory here."
+            )
+        values = buffer.as_f32()  # type: ignore[attr-defined]
+        return values if index is None else values[index]

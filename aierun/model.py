@@ -1,0 +1,249 @@
+"""A Hugging Face Llama-family checkpoint: shape, weights (memory-mapped), tokenizer.
+
+Weights are read with safetensors only (memory-mapped, never pickle). The shape is
+what the build derives ELF specs from and what a manifest is checked against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aierun.abi import BF16
+from aierun.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    hidden: int  # E
+    n_heads: int  # H
+    n_kv_heads: int  # Hkv
+    head_dim: int  # Dh
+    ffn: int  # F
+    vocab: int  # V
+    rms_eps: float
+    rope_theta: float
+    rope_scaling: tuple[tuple[str, Any], ...] | None
+    tie_embeddings: bool
+    max_positions: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        if config.get("model_type") not in ("llama", None):
+            raise UserError(
+                f"model_type {config.get('model_type')!r} is not a Llama-family model; "
+                "this runtime implements the Llama architecture (RMSNorm, rope, GQA, SwiGLU)."
+            )
+        heads = config["num_attention_heads"]
+        scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {})
+        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
+        if scaling.get("rope_type", "default") == "default":
+            scaling = None
+        theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get(
+            "rope_theta", 10000.0
+        )
+        return cls(
+            n_layers=config["num_hidden_layers"],
+            hidden=config["hidden_size"],
+            n_heads=heads,
+            n_kv_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            ffn=config["intermediate_size"],
+            vocab=config["vocab_size"],
+            rms_eps=float(config.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(theta),
+            rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            max_positions=config.get("max_position_embeddings", 2048),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelShape:
+        scaling = data.get("rope_scaling")
+        return cls(**{**data, "rope_scaling": tuple(sorted(scaling.items())) if scaling else None})
+
+
+def rope_inv_freq(shape: ModelShape) -> np.ndarray:
+    """Rotary inverse frequencies, with Llama-3 frequency scaling when configured."""
+    dim = shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = dict(shape.rope_scaling or ())
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "llama3":
+        inv_freq = _llama3_scaled(inv_freq, scaling)
+    elif kind not in (None, "default"):
+        raise UserError(f"rope scaling {kind!r} is not supported (supported: default, llama3)")
+    return inv_freq
+
+
+def _llama3_scaled(inv_freq: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
+    # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    between = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    return np.where(between, blended, scaled)
+
+
+def rope_table(shape: ModelShape, n_positions: int) -> np.ndarray:
+    """[positions, Dh] bf16: cos of the Dh/2 frequencies, then their sin."""
+    angles = np.outer(np.arange(n_positions, dtype=np.float64), rope_inv_freq(shape))
+    return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32).astype(BF16)
+
+
+_TIED = {"model.embed_tokens.weight": "lm_head.weight", "lm_head.weight": "model.embed_tokens.weight"}
+# safetensors' numpy binding has no bfloat16, so bf16 tensors are memory-mapped
+# straight from the file layout (8-byte header length, JSON header, raw data).
+_SAFETENSORS_DTYPES = {"BF16": BF16, "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
+
+
+def _safetensors_header(file: Path) -> list[tuple[str, dict[str, Any]]]:
+    with file.open("rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_len))
+    header.pop("__metadata__", None)
+    unsupported = {e["dtype"] for e in header.values()} - set(_SAFETENSORS_DTYPES)
+    if unsupported:
+        raise UserError(f"{file} stores tensors as {sorted(unsupported)}; expected BF16/F16/F32.")
+    return list(header.items())
+
+
+class Checkpoint:
+    """A checkpoint directory: config.json, *.safetensors, tokenizer files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise UserError(
+                f"{self.path} is not a Hugging Face checkpoint directory (no config.json). "
+                "Pass --model DIR with config.json, *.safetensors and tokenizer.json."
+            )
+        self.config = json.loads(config_file.read_text())
+        self.shape = ModelShape.from_config(self.config)
+        self._index = self._index_tensors()
+        self._tokenizer = None
+
+    def _index_tensors(self) -> dict[str, tuple[Path, dict[str, Any]]]:
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{self.path} holds no *.safetensors weights (pickle is not read).")
+        index = {}
+        for file in files:
+            index.update({name: (file, entry) for name, entry in _safetensors_header(file)})
+        return index
+
+    def tensor(self, name: str) -> np.ndarray:
+        """One tensor as bf16: a read-only memory map when the file stores bf16."""
+        name = self._resolve_tied(name)
+        file, entry = self._index[name]
+        begin, end = entry["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        header_len = int.from_bytes(file.open("rb").read(8), "little")
+        array = np.memmap(
+            file, dtype=dtype, mode="r", offset=8 + header_len + begin, shape=tuple(entry["shape"])
+        )
+        assert array.nbytes == end - begin, f"{file}: tensor {name} has a bad size"
+        return array if dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+
+    def _resolve_tied(self, name: str) -> str:
+        # A tied checkpoint may store the embedding under either name.
+        if name not in self._index and self.shape.tie_embeddings:
+            name = _TIED.get(name, name)
+        if name not in self._index:
+            raise UserError(
+                f"checkpoint {self.path} has no tensor {name!r}; is it a Llama-family model?"
+            )
+        return name
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self._tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def stop_token_ids(self) -> set[int]:
+        """EOS ids from the config, the generation config and the tokenizer."""
+        ids: set[int] = set()
+        for source in (self.config, self._generation_config()):
+            eos = source.get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        tok = self.tokenizer
+        if tok.eos_token_id is not None:
+            ids.add(tok.eos_token_id)
+        for special in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
+            token_id = tok.convert_tokens_to_ids(special)
+            if isinstance(token_id, int) and token_id != tok.unk_token_id:
+                ids.add(token_id)
+        return ids
+
+    def _generation_config(self) -> dict[str, Any]:
+        file = self.path / "generation_config.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def encode_prompt(self, prompt: str, chat: bool | None = None) -> list[int]:
+        """Token ids for a user prompt: through the chat template when the model
+        has one (instruct models), plain text with BOS otherwise."""
+        tok = self.tokenizer
+        use_chat = tok.chat_template is not None if chat is None else chat
+        if use_chat:
+            return list(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                )
+            )
+        return list(tok(prompt)["input_ids"])
+
+
+def resolve_model(model: str | None, models_dir: Path) -> Path:
+    """A checkpoint directory for `--model`: None means the embedded default model
+    (materialized on first use), else a directory or a Hugging Face model id that is
+    already in the local Hugging Face cache (nothing is downloaded)."""
+    from aierun import default_model
+
+    if not model:
+        return default_model.materialize(models_dir / default_model.NAME)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as exc:  # the hub client raises several types for "not cached"
+        raise UserError(
+            f"--model {model!r} is neither a checkpoint directory nor a model id in the "
+            "local Hugging Face cache (this runtime never downloads)."
+        ) from exc

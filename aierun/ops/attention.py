@@ -1,0 +1,31 @@
+"""Causal grouped-query attention (kernels_src/flash_attn.cc).
+
+The device kernel streams K/V blocks with an online softmax in fp32; the result
+equals the full softmax up to fp32 rounding, which is what we emulate. Scores,
+softmax and the weighted sum stay fp32; only the output is written as bf16.
+"""
+
+import numpy as np
+
+
+def flash_attn(params: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray]:
+    return (attend(q, k, v, params["heads"], params["kv_heads"], params["head_dim"], causal=True),)
+
+
+def attend(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, kv_heads: int, dim: int, causal: bool
+) -> np.ndarray:
+    """q [Sq, H*Dh], k/v [Sk, Hkv*Dh] in fp32 -> [Sq, H*Dh]. With `causal`, query i
+    sees keys up to Sk - Sq + i (the queries are the last Sq positions)."""
+    sq, sk = q.shape[0], k.shape[0]
+    group = heads // kv_heads
+    qh = q.reshape(sq, kv_heads, group, dim).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
+    kh = k.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
+    vh = v.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 0, 3)  # [Hkv, 1, Sk, Dh]
+    scores = (qh @ kh) * np.float32(1.0 / np.sqrt(dim))
+    if causal:
+        visible = np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)
+        scores = np.where(visible, scores, np.float32(-np.inf))
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    out = (scores @ vh) / scores.sum(axis=-1, keepdims=True)
+    return out.transpose(2, 0, 1, 3).reshape(sq, heads * dim)

