@@ -37,7 +37,9 @@ def task_model():
     target = BUILD / "models" / default_model.NAME
     return {
         "actions": [(default_model.materialize, (target,))] if not CONFIG.model else [],
-        "targets": [str(target / f) for f in default_model.CHECKPOINT_FILES] if not CONFIG.model else [],
+        "targets": [str(target / f) for f in default_model.CHECKPOINT_FILES]
+        if not CONFIG.model
+        else [],
         "uptodate": [lambda: bool(CONFIG.model) or default_model.is_materialized(target)],
     }
 

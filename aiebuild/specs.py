@@ -56,7 +56,9 @@ def _rms_projections_rope(shape: ModelShape, rows: int, gemm: str) -> list[Launc
     mm = {"M": rows, "K": e}
     rope = {"rows": rows, "head_dim": dh}
     return [
-        Launch("rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)),
+        Launch(
+            "rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)
+        ),
         Launch(gemm, {**mm, "N": q}, ("xn", "wq"), ("q",), "gemm Q"),
         Launch(gemm, {**mm, "N": kv}, ("xn", "wk"), ("k",), "gemm K"),
         Launch(gemm, {**mm, "N": kv}, ("xn", "wv"), ("v",), "gemm V"),

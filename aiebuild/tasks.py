@@ -73,7 +73,9 @@ def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]
     target = get_target(select_target(config.target))
     shape = Checkpoint(config.model_dir()).shape
     fingerprint = target.fingerprint()
-    builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in model_specs(shape, config.buckets)]
+    builds = [
+        ElfBuild(s, entry_key(target, s, fingerprint)) for s in model_specs(shape, config.buckets)
+    ]
     return target, Store(config.home, target.name), shape, builds
 
 
@@ -133,3 +135,14 @@ def _read_json(path: Path) -> Any:
     import json
 
     return json.loads(path.read_text())
+
+
+def compile_all(config: BuildConfig) -> Path:
+    """Build what is missing and write the manifest, without doit (tests, scripts)."""
+    target, store, shape, builds = plan(config)
+    for build in builds:
+        if not store.is_valid(build.key):
+            build_elf(target, store, build)
+    path = manifest_path(config.home, target.name)
+    write_manifest(path, manifest_data(config, target.name, shape, builds))
+    return path

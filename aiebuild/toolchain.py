@@ -22,9 +22,13 @@ def discover() -> Toolchain:
     aiecc = shutil.which("aiecc") or (mlir_aie and _exe(mlir_aie / "bin" / "aiecc"))
     peano = _env_dir("PEANO_INSTALL_DIR")
     if not aiecc:
-        return Toolchain(False, "no NPU toolchain found (aiecc from mlir-aie >= 1.4 is not installed)")
+        return Toolchain(
+            False, "no NPU toolchain found (aiecc from mlir-aie >= 1.4 is not installed)"
+        )
     if not peano:
-        return Toolchain(False, "aiecc found but no Peano: set PEANO_INSTALL_DIR", mlir_aie, None, Path(aiecc))
+        return Toolchain(
+            False, "aiecc found but no Peano: set PEANO_INSTALL_DIR", mlir_aie, None, Path(aiecc)
+        )
     return Toolchain(True, f"aiecc {aiecc}, Peano {peano}", mlir_aie, peano, Path(aiecc))
 
 

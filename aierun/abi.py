@@ -121,10 +121,14 @@ class ElfSpec:
             for a in data["args"]
         )
         launches = tuple(
-            Launch(**{**launch, "inputs": tuple(launch["inputs"]), "outputs": tuple(launch["outputs"])})
+            Launch(
+                **{**launch, "inputs": tuple(launch["inputs"]), "outputs": tuple(launch["outputs"])}
+            )
             for launch in data["launches"]
         )
-        return cls(data["name"], data["phase"], data["bucket"], args, launches, data.get("params", {}))
+        return cls(
+            data["name"], data["phase"], data["bucket"], args, launches, data.get("params", {})
+        )
 
 
 def canonical_json(data: Any) -> str:

@@ -38,7 +38,7 @@ class Option:
 
 
 RUN_OPTIONS = (
-    Option("prompt", str, DEFAULT_PROMPT, "the user prompt (chat template applied when the model has one)"),
+    Option("prompt", str, DEFAULT_PROMPT, "the user prompt (through the chat template, if any)"),
     Option("n_tokens", int, 32, "most tokens to generate (stops earlier at end-of-turn / EOS)"),
     Option("device", str, "emu", "emu (numpy emulation, any machine) or npu (XRT, Ryzen AI NPU2)"),
     Option("artifacts", str, None, "a build directory, an unpacked bundle or a bundle archive "
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default=None, help="checkpoint directory or cached HF model "
                          "id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
         for option in _options(name):
-            sub.add_argument(option.flag, type=option.type, default=option.default, help=option.help)
+            sub.add_argument(
+                option.flag, type=option.type, default=option.default, help=option.help
+            )
     return parser
 
 

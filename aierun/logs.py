@@ -40,7 +40,9 @@ def configure(log_dir: Path | None, level: str | None = None) -> Path | None:
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level)
-    console.setFormatter(_formatter(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()), shared))
+    console.setFormatter(
+        _formatter(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()), shared)
+    )
     _own(root, console)
     json_file = None
     if log_dir is not None:

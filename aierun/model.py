@@ -114,7 +114,10 @@ def rope_table(shape: ModelShape, n_positions: int) -> np.ndarray:
     return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32).astype(BF16)
 
 
-_TIED = {"model.embed_tokens.weight": "lm_head.weight", "lm_head.weight": "model.embed_tokens.weight"}
+_TIED = {
+    "model.embed_tokens.weight": "lm_head.weight",
+    "lm_head.weight": "model.embed_tokens.weight",
+}
 # safetensors' numpy binding has no bfloat16, so bf16 tensors are memory-mapped
 # straight from the file layout (8-byte header length, JSON header, raw data).
 _SAFETENSORS_DTYPES = {"BF16": BF16, "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}

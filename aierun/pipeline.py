@@ -94,7 +94,10 @@ class Session:
             layers = range(self.shape.n_layers)
             for instance in self.artifacts.instances:
                 artifact = self.artifacts.load(instance)
-                self._elfs[instance] = (artifact.spec, self.device.load(artifact.spec, artifact.files))
+                self._elfs[instance] = (
+                    artifact.spec,
+                    self.device.load(artifact.spec, artifact.files),
+                )
                 self.buffers.preload(artifact.spec, layers)
         self.prepared = True
         log.info(

@@ -65,7 +65,7 @@ class Device(ABC):
     def run(self, elf: Any, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
         """Run all launches of a loaded ELF on buffers bound by argument name."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a device without resources needs no teardown)
         """Release device resources (buffers, contexts) in the order the driver needs."""
 
 
