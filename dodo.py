@@ -14,7 +14,7 @@ from pathlib import Path
 from doit import create_after, get_var
 
 ROOT = Path(__file__).resolve().parent
-BUILD = ROOT / "build"
+BUILD = Path(os.environ.get("AIE_BUILD_DIR") or ROOT / "build")  # tests build elsewhere
 os.environ["AIERUN_HOME"] = str(BUILD)
 
 from aiebuild import tasks  # noqa: E402  (after AIERUN_HOME is set)
@@ -72,3 +72,15 @@ def _runtime_task(command: str, params: list[dict], doc: str) -> dict:
 def task_generate():
     """Generate text for --prompt, streamed to stdout (`doit run` and plain `doit` do this)."""
     return _runtime_task("run", cli.doit_params("run"), "generate text for --prompt")
+
+
+def task_verify():
+    """Top-k gate of our greedy tokens against Hugging Face transformers (fails on FAIL)."""
+    return _runtime_task("verify", cli.doit_params("verify"), "top-k gate against transformers")
+
+
+def task_diagnosis():
+    """Per-layer hidden-state comparison against transformers; names the first bad layer."""
+    return _runtime_task(
+        "diagnosis", cli.doit_params("diagnosis"), "per-layer comparison against transformers"
+    )

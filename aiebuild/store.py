@@ -6,6 +6,11 @@ that feeds it and the toolchain fingerprint. Entries live in
 `<home>/cache/<target>/<key>/`, are published atomically (built in a temporary
 directory, then renamed) and never modified; an entry whose files no longer
 match their sha256 is rebuilt, never used.
+
+Every change to a target's store (publish, garbage collection) holds a
+cross-process file lock, so parallel builds (`doit -n 2`, two terminals) and a
+concurrent `doit cache gc=1` cannot trip over each other. Names starting with a
+dot are the store's own: the lock file and temporary directories.
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
+from filelock import FileLock
 
 from aierun.abi import canonical_json
 from aierun.artifacts import ENTRY_META, ArtifactError, sha256_file, verify_entry
 
 STORE_SCHEMA = 1
+LOCK = ".lock"
 log = structlog.get_logger("aiebuild.store")
 
 
@@ -61,30 +68,70 @@ class Store:
             return False
         return True
 
-    def publish(self, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]) -> Path:
-        """Write an entry atomically; a corrupt entry under the same key is replaced."""
+    def lock(self) -> FileLock:
+        """The lock every change to this target's store holds (a fresh object per use,
+        so it also works across threads and forked doit workers)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
-        try:
-            listing = {}
-            for name, content in files.items():
-                path = staging / name
-                if isinstance(content, bytes):
-                    path.write_bytes(content)
-                else:
-                    shutil.copyfile(content, path)
-                listing[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-            record = {**meta, "key": key, "target": self.target, "files": listing}
-            (staging / ENTRY_META).write_text(json.dumps(record, indent=2, sort_keys=True))
-            final = self.entry(key)
-            if final.exists():  # only a corrupt entry gets here: set it aside, then swap
-                trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=self.root))
-                final.rename(trash / key)
-                shutil.rmtree(trash)
-            os.rename(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return FileLock(self.root / LOCK)
+
+    def publish(self, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]) -> Path:
+        """Write an entry atomically; a corrupt entry under the same key is replaced.
+
+        Staging happens under the lock too: any temporary directory seen while holding
+        it is debris of an interrupted process, which garbage collection may remove.
+        """
+        with self.lock():
+            if self.is_valid(key):  # another process published the same content first
+                log.debug("store.already_published", key=key[:12], target=self.target)
+                return self.entry(key)
+            staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
+            try:
+                self._fill(staging, key, meta, files)
+                final = self.entry(key)
+                if final.exists():  # corrupt (checked above): set it aside, then swap
+                    self._remove(final)
+                os.rename(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return self.entry(key)
+
+    def _fill(
+        self, staging: Path, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]
+    ) -> None:
+        listing = {}
+        for name, content in files.items():
+            path = staging / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                shutil.copyfile(content, path)
+            listing[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        record = {**meta, "key": key, "target": self.target, "files": listing}
+        (staging / ENTRY_META).write_text(json.dumps(record, indent=2, sort_keys=True))
+
+    def _remove(self, path: Path) -> None:
+        """Make `path` vanish at once (rename into a trash directory), then delete it."""
+        trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=self.root))
+        path.rename(trash / path.name)
+        shutil.rmtree(trash)
+
+    def collect_garbage(self, keep: Collection[str]) -> list[str]:
+        """Remove every entry whose key is not in `keep` and the temporary directories
+        interrupted processes left behind; returns the removed names."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        with self.lock():
+            for path in sorted(self.root.iterdir()):
+                if path.name == LOCK or path.name in keep:
+                    continue
+                if path.is_dir():
+                    self._remove(path)
+                else:
+                    path.unlink()
+                removed.append(path.name)
+        log.info("store.gc", target=self.target, removed=len(removed), kept=len(self.keys()))
+        return removed
 
     def keys(self) -> list[str]:
         if not self.root.is_dir():

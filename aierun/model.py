@@ -109,9 +109,9 @@ def _llama3_scaled(inv_freq: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
 
 
 def rope_table(shape: ModelShape, n_positions: int) -> np.ndarray:
-    """[positions, Dh] bf16: cos of the Dh/2 frequencies, then their sin."""
+    """[positions, Dh] fp32: cos of the Dh/2 frequencies, then their sin."""
     angles = np.outer(np.arange(n_positions, dtype=np.float64), rope_inv_freq(shape))
-    return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32).astype(BF16)
+    return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
 
 
 _TIED = {

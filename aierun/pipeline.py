@@ -186,7 +186,7 @@ class Session:
             pad = self.checkpoint.config.get("eos_token_id", 0)
             padded = np.array(ids + [pad if isinstance(pad, int) else pad[0]] * (bucket - n))
         with prof.cpu("embed_lookup"):
-            x: np.ndarray | Buffer = np.take(self._embed, padded, axis=0)
+            x: np.ndarray | Buffer = np.take(self._embed, padded, axis=0).astype(np.float32)
         self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, max(capacity, n + 1))
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
@@ -221,7 +221,7 @@ class Session:
         if pos >= self.kv.capacity:
             self._grow_cache()
         with prof.cpu("embed_lookup"):
-            x: np.ndarray | Buffer = self._embed[token : token + 1].copy()
+            x: np.ndarray | Buffer = self._embed[token : token + 1].astype(np.float32)
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
@@ -257,7 +257,7 @@ class Session:
         last = hidden.read()[row : row + 1]
         with self.profiler.cpu("final_rms_norm"):
             params = {"eps": self.shape.rms_eps}
-            normed = to_bf16(rmsnorm(params, last.astype(np.float32), self._final_norm)[0])
+            normed = to_bf16(rmsnorm(params, last, self._final_norm)[0])
         out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
         return out.host.reshape(-1)[: self.shape.vocab].astype(np.float32)
 

@@ -1,0 +1,82 @@
+"""IRON designs, one module per op, and the registry that ties an op to its kernel.
+
+Per op the structure is the same everywhere in the project:
+`aierun/ops/<module>.py` (the numpy emulation), `kernels_src/<kernel>.cc` (the AIE2P
+C++ kernel), `aiebuild/designs/<module>.py` (the IRON 1.4 design that places the
+kernel and moves the data) and their tests.
+
+A design is `design(launch, arg_specs) -> str`: the MLIR text of one launch, whose
+runtime sequence takes the launch's inputs then outputs (`arg_specs`, with the
+shape the launch sees: a slice binding `w_lm[3]` drops the leading axis). It
+links the kernel object named by `kernel_object(launch).name`. mlir-aie is
+imported inside the design functions only, so this registry (and the build
+orchestration) loads without it.
+
+Kernel parameters are compile-time `-D` macros; each kernel derives its entry
+point symbols from them, so two instances of one kernel with different tile
+sizes link side by side in one ELF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
+from aiebuild.designs.common import KERNELS_SRC, KernelObject
+from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
+
+Design = Callable[[Launch, list[ArgSpec]], str]
+
+
+@dataclass(frozen=True)
+class OpDesign:
+    design: Design
+    module: Path  # the design's source file (part of the content key)
+    kernel: Callable[[Launch], KernelObject]  # the kernel source and its -D parameters
+
+
+def _op(module, design: Design | None = None) -> OpDesign:
+    return OpDesign(design or module.design, Path(module.__file__), module.kernel)
+
+
+DESIGNS: dict[str, OpDesign] = {
+    "rmsnorm": _op(rmsnorm),
+    "gemm": _op(gemm),
+    "gemv": _op(gemv),
+    "rope": _op(rope),
+    "flash_attn": _op(flash_attn),
+    "add": _op(eltwise, eltwise.design_add),
+    "silu_mul": _op(eltwise, eltwise.design_silu_mul),
+}
+
+
+def op_design(op: str) -> OpDesign:
+    if op not in DESIGNS:
+        raise KeyError(f"no IRON design for op {op!r}: add one to aiebuild/designs")
+    return DESIGNS[op]
+
+
+def kernel_object(launch: Launch) -> KernelObject:
+    return op_design(launch.op).kernel(launch)
+
+
+def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
+    """The arguments one launch's runtime sequence takes: inputs then outputs, with
+    the shape the launch sees (a slice drops the leading axis)."""
+    args = []
+    for binding in (*launch.inputs, *launch.outputs):
+        name, index = parse_binding(binding)
+        arg = spec.arg(name)
+        args.append(arg if index is None else replace(arg, shape=arg.shape[1:]))
+    return args
+
+
+def design_sources(spec: ElfSpec) -> list[Path]:
+    """Every file whose bytes decide this ELF's MLIR and objects."""
+    files = {Path(__file__), Path(common.__file__)}
+    for launch in spec.launches:
+        files |= {op_design(launch.op).module, kernel_object(launch).source}
+    files |= set(KERNELS_SRC.glob("*.h"))
+    return sorted(files)

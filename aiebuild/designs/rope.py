@@ -1,0 +1,39 @@
+"""Rotary embedding (aierun/ops/rope.py, kernels_src/rope.cc): one row of all heads
+and that position's table row (cos | sin) per kernel call."""
+
+from __future__ import annotations
+
+from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_program, tensor
+from aierun.abi import BF16, ArgSpec, Launch
+
+
+def kernel(launch: Launch) -> KernelObject:
+    return kernel_object("rope.cc", {"HEADS": launch.params["heads"], "DH": launch.params["head_dim"]})
+
+
+def symbol(launch: Launch) -> str:
+    return f"rope_bf16_{launch.params['heads']}x{launch.params['head_dim']}"
+
+
+def design(launch: Launch, args: list[ArgSpec]) -> str:
+    lib = iron()
+    from aie.iron.controlflow import range_
+
+    rows, heads, dim = launch.params["rows"], launch.params["heads"], launch.params["head_dim"]
+    row, table_row = tensor(heads * dim, BF16), tensor(dim, BF16)
+    x_in = lib.ObjectFifo(row, name="x_in")
+    t_in = lib.ObjectFifo(table_row, name="table_in")
+    y_out = lib.ObjectFifo(row, name="y_out")
+    rotate = lib.Kernel(symbol(launch), kernel(launch).name, [row, table_row, row])
+
+    def core(x, t, y, fn):
+        for _ in range_(rows):
+            values, angles, result = x.acquire(1), t.acquire(1), y.acquire(1)
+            fn(values, angles, result)
+            x.release(1)
+            t.release(1)
+            y.release(1)
+
+    worker = lib.Worker(core, [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
+    fills = [(x_in.prod(), None), (t_in.prod(), None)]
+    return stream_program(args, fills, [(y_out.cons(), None)], [worker])

@@ -1,0 +1,267 @@
+"""Bundles on the runtime side: check an archive made by `doit pack` and unpack it.
+
+A bundle is one archive (tar, usually gzip-compressed) holding:
+
+    SHA256SUMS                  `sha256sum` format: every other file, with its sha256
+    bundle.json                 schema, target, min_runtime_version, model, created
+    manifest.json               the target manifest, its store rewritten to "entries"
+    entries/<key>/...           the store entries the manifest names
+
+It may come from anywhere, so nothing in it is trusted before it is checked:
+every member must be a regular file (or a directory) at a relative path without
+`..`, every file must be listed in SHA256SUMS and match its hash, and the bundle
+must be one this runtime and device can run. Unpacking is atomic (into a
+temporary directory, checked, then renamed) into `<cache_dir>/<sha256 of the
+archive>/`, which later runs reuse after re-checking the hashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+from packaging.version import InvalidVersion, Version
+
+from aierun import ARTIFACT_SCHEMA, __version__
+from aierun.artifacts import MANIFEST, ArtifactError, sha256_file
+
+log = structlog.get_logger("aierun.bundle")
+
+SUMS = "SHA256SUMS"
+BUNDLE_META = "bundle.json"
+ENTRIES = "entries"
+REQUIRED = (BUNDLE_META, MANIFEST)
+# What a damaged or non-tar archive raises while it is read.
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def open_bundle(archive: Path, cache_dir: Path, targets: Iterable[str] | None = None) -> Path:
+    """Check and unpack `archive` (or reuse its intact unpacked copy); returns the
+    directory holding manifest.json. `targets`: what the device can run (None: any)."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise ArtifactError(f"bundle {archive}: no such file")
+    final = Path(cache_dir) / sha256_file(archive)
+    if _is_intact(final):
+        log.info("bundle.reuse", bundle=str(archive), path=str(final))
+        check_compatible(final, archive, targets)
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+    try:
+        _extract(archive, staging)
+        check_compatible(staging, archive, targets)
+        _install(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("bundle.unpacked", bundle=str(archive), path=str(final))
+    return final
+
+
+def sums_text(digests: dict[str, str]) -> str:
+    """SHA256SUMS content for {name: sha256}, readable by `sha256sum -c` too."""
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items()))
+
+
+def parse_sums(text: str, archive: Path) -> dict[str, str]:
+    listed = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, _, name = line.partition("  ")
+        name = _normalized(name.removeprefix("*")) if name else ""
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest):
+            raise _refuse(archive, f"line {number} of {SUMS} is not '<sha256>  <path>'")
+        listed[name] = digest
+    missing = [name for name in REQUIRED if name not in listed]
+    if missing:
+        raise _refuse(archive, f"{SUMS} does not list {', '.join(missing)}")
+    return listed
+
+
+# -- unpacking ------------------------------------------------------------------
+
+
+def _extract(archive: Path, staging: Path) -> None:
+    """Check every member, extract the listed files and verify their hashes."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            listed = _read_sums(tar, members, archive)
+            files = _checked_members(members, listed, archive)
+            for member in files:
+                _extract_member(tar, member, staging, archive)
+    except _READ_ERRORS as exc:
+        raise _refuse(archive, f"it is damaged or not a tar archive ({exc})") from None
+    _verify_files(staging, listed, archive, present={m.name for m in files})
+
+
+def _read_sums(tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path):
+    found = [m for m in members if _normalized(m.name) == SUMS and m.isfile()]
+    if not found:
+        raise _refuse(archive, f"it has no {SUMS}: it was not made by `doit pack`")
+    return parse_sums(tar.extractfile(found[0]).read().decode(), archive)
+
+
+def _checked_members(
+    members: list[tarfile.TarInfo], listed: dict[str, str], archive: Path
+) -> list[tarfile.TarInfo]:
+    """Refuse anything but regular files and directories at safe relative paths;
+    returns the regular files, each listed in SHA256SUMS and present once."""
+    files, seen = [], set()
+    for member in members:
+        name = member.name
+        path = PurePosixPath(name)
+        if path.is_absolute() or "\\" in name or (path.parts and ":" in path.parts[0]):
+            raise _refuse(archive, f"member {name!r} has an absolute path")
+        if ".." in path.parts:
+            raise _refuse(archive, f"member {name!r} points outside the bundle ('..')")
+        if member.issym() or member.islnk():
+            kind = "symbolic" if member.issym() else "hard"
+            raise _refuse(archive, f"member {name!r} is a {kind} link to {member.linkname!r}")
+        if member.isdir():
+            continue
+        if not member.isfile():
+            raise _refuse(archive, f"member {name!r} is a device or special file")
+        name = _normalized(name)
+        if name in seen:
+            raise _refuse(archive, f"member {name!r} appears twice")
+        seen.add(name)
+        if name != SUMS and name not in listed:
+            raise _refuse(archive, f"member {name!r} is not listed in {SUMS}")
+        files.append(member)
+    return [m for m in files if _normalized(m.name) != SUMS]
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, archive):
+    try:
+        # tarfile's own "data" filter is a second line of defence behind our checks.
+        tar.extract(member, staging, filter="data")
+    except tarfile.FilterError as exc:
+        raise _refuse(archive, f"member {member.name!r} is unsafe ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise _refuse(archive, f"member {member.name!r} could not be read ({exc})") from None
+
+
+def _verify_files(root: Path, listed: dict[str, str], archive: Path, present: Iterable[str]):
+    """Every listed file must be there and match its sha256."""
+    present = {_normalized(name) for name in present}
+    for name, digest in listed.items():
+        if name not in present or not (root / name).is_file():
+            raise _refuse(archive, f"{name} is listed in {SUMS} but missing from the bundle")
+        if sha256_file(root / name) != digest:
+            raise _refuse(
+                archive,
+                f"file {name} does not match its sha256 in {SUMS}: the bundle is corrupt "
+                "or was modified",
+            )
+
+
+def _is_intact(unpacked: Path) -> bool:
+    """An earlier unpack of the same archive whose files still match their hashes."""
+    sums = unpacked / SUMS
+    if not sums.is_file():
+        return False
+    try:
+        listed = parse_sums(sums.read_text(), unpacked)
+        _verify_files(unpacked, listed, unpacked, present=listed)
+    except ArtifactError as exc:
+        log.warning("bundle.unpacked_copy_damaged", path=str(unpacked), reason=str(exc))
+        return False
+    return True
+
+
+def _install(staging: Path, final: Path) -> None:
+    """Rename the checked copy into place; a damaged old copy is moved aside first,
+    and a copy another process installed meanwhile is kept (same archive, same bytes)."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=final.parent))
+        final.rename(trash / final.name)
+        shutil.rmtree(trash)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not _is_intact(final):
+            raise
+
+
+# -- compatibility ----------------------------------------------------------------
+
+
+def check_compatible(root: Path, archive: Path, targets: Iterable[str] | None) -> dict[str, Any]:
+    """Refuse a bundle of a newer schema, for a newer runtime or for another target."""
+    meta = _read_json(root / BUNDLE_META, archive)
+    manifest = _read_json(root / MANIFEST, archive)
+    try:
+        schema, target = int(meta["schema"]), str(meta["target"])
+        needed = Version(str(meta["min_runtime_version"]))
+    except (KeyError, ValueError, TypeError, InvalidVersion) as exc:
+        raise _refuse(archive, f"{BUNDLE_META} is malformed ({exc!r})") from None
+    if schema > ARTIFACT_SCHEMA:
+        raise _refuse(
+            archive,
+            f"it uses bundle schema {schema}, this runtime reads up to {ARTIFACT_SCHEMA}; "
+            "upgrade aierun (pip install -U aie-llm)",
+        )
+    if needed > Version(__version__):
+        raise _refuse(
+            archive, f"it needs aierun >= {needed}, this is {__version__}; upgrade aierun"
+        )
+    targets = tuple(targets) if targets is not None else None
+    if targets is not None and target not in targets:
+        raise _refuse(
+            archive,
+            f"it is for target {target!r}, the device runs {' or '.join(targets)}; "
+            f"pack a bundle for {targets[0]} (doit pack target={targets[0]}) or use a device "
+            f"that runs {target}",
+        )
+    if manifest.get("target") != target or manifest.get("store") != ENTRIES:
+        raise _refuse(archive, f"its {MANIFEST} does not match {BUNDLE_META}")
+    return meta
+
+
+def _read_json(path: Path, archive: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _refuse(archive, f"{path.name} is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise _refuse(archive, f"{path.name} is not a JSON object")
+    return data
+
+
+def _normalized(name: str) -> str:
+    """The path as SHA256SUMS spells it ("./a//b/" -> "a/b")."""
+    return str(PurePosixPath(name))
+
+
+def _refuse(archive: Path, reason: str) -> ArtifactError:
+    return ArtifactError(
+        f"refusing bundle {archive}: {reason}. Nothing was unpacked from it; "
+        "get an intact bundle (or re-run `doit pack` where it was built)."
+    )
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- `aierun unpack` ----------------------------------------------------------------
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    """Check and unpack a bundle for the device; print the directory to pass as --artifacts."""
+    from aierun import paths
+    from aierun.devices.base import open_device
+
+    targets = open_device(args.device).targets
+    print(open_bundle(Path(args.bundle).expanduser(), paths.home() / "bundles", targets))
+    return 0

@@ -1,0 +1,190 @@
+"""How much work an ELF must do, and the fastest a device could possibly do it.
+
+From an ELF's ABI and launch parameters alone we count, per call:
+
+- FLOPs: a GEMM/GEMV is 2*M*N*K; causal attention multiplies Q by K and the
+  probabilities by V over the S*(S+1)/2 visible query-key pairs (4*Dh FLOPs per
+  pair and head) plus a softmax; elementwise launches (RMSNorm, RoPE, residual
+  add, SiLU*mul) cost a few FLOPs per output element (exp and reciprocal count
+  as one each).
+- bytes: every launch reads its operands from DDR and writes its results back
+  to DDR (a multi-launch ELF saves host round trips, not DDR traffic), so an ELF
+  moves the sum over its launches of operand and result bytes: the host-visible
+  arguments plus each intermediate written once and read by every consumer.
+
+The time floor is max(FLOPs / peak FLOP rate, bytes / peak memory rate): no
+schedule can beat it, so `measured / floor` says how far a kernel is from its
+limit. npu2 uses the upstream-measured rates of reference/npu-stack.md; emu uses
+this machine's numpy rates, measured once and cached under the runtime home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from aierun.abi import ElfSpec, Launch, parse_binding
+
+log = structlog.get_logger("aierun.roofline")
+
+# FLOPs per output element of the elementwise launches.
+ELEMENTWISE_FLOPS = {
+    "rmsnorm": 4,  # square, accumulate, times rsqrt, times weight
+    "rope": 3,  # x1*cos - x2*sin: two products and a sum per element
+    "add": 1,
+    "silu_mul": 5,  # exp, add, reciprocal, two products
+}
+SOFTMAX_FLOPS_PER_SCORE = 5  # scale, subtract the max, exp, accumulate, normalize
+RATES_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    bytes: int
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Peak rates of a device: FLOP/s and memory bytes/s (reads plus writes)."""
+
+    device: str
+    flops_per_s: float
+    bytes_per_s: float
+    source: str
+
+    def floor_s(self, cost: Cost) -> float:
+        return max(self.compute_s(cost), self.memory_s(cost))
+
+    def compute_s(self, cost: Cost) -> float:
+        return cost.flops / self.flops_per_s
+
+    def memory_s(self, cost: Cost) -> float:
+        return cost.bytes / self.bytes_per_s
+
+    def bound(self, cost: Cost) -> str:
+        return "compute" if self.compute_s(cost) >= self.memory_s(cost) else "memory"
+
+
+# reference/npu-stack.md, "Performance facts": ~60 GB/s DDR for streaming (the best
+# measured memory rate; bf16 GEMV reaches 28-41 GB/s of it) and 5-10 TFLOP/s for
+# bf16 GEMM, of which we take the upper end: a floor must use the best rate seen.
+# The marketed 50 TOPS are int8 and do not apply to our bf16 kernels.
+NPU2_RATES = Rates(
+    "npu2", 10e12, 60e9, "reference/npu-stack.md: 10 TFLOP/s bf16 GEMM, 60 GB/s DDR streaming"
+)
+
+
+def binding_bytes(spec: ElfSpec, binding: str) -> int:
+    """Bytes of one launch operand: a whole argument or one slice of its leading axis."""
+    name, index = parse_binding(binding)
+    arg = spec.arg(name)
+    return arg.nbytes if index is None else arg.nbytes // arg.shape[0]
+
+
+def _elements(spec: ElfSpec, binding: str) -> int:
+    name, index = parse_binding(binding)
+    shape = spec.arg(name).shape
+    return int(np.prod(shape[1:] if index is not None else shape))
+
+
+def launch_flops(spec: ElfSpec, launch: Launch) -> int:
+    p = launch.params
+    if launch.op in ("gemm", "gemv"):
+        return 2 * p["M"] * p["N"] * p["K"]
+    if launch.op == "flash_attn":
+        pairs = p["S"] * (p["S"] + 1) // 2 if p["causal"] else p["S"] * p["S"]
+        return p["heads"] * pairs * (4 * p["head_dim"] + SOFTMAX_FLOPS_PER_SCORE)
+    if launch.op in ELEMENTWISE_FLOPS:
+        return ELEMENTWISE_FLOPS[launch.op] * _elements(spec, launch.outputs[0])
+    raise KeyError(f"{spec.instance}: no FLOP count for op {launch.op!r}")
+
+
+def launch_cost(spec: ElfSpec, launch: Launch) -> Cost:
+    moved = sum(binding_bytes(spec, b) for b in (*launch.inputs, *launch.outputs))
+    return Cost(launch_flops(spec, launch), moved)
+
+
+def elf_cost(spec: ElfSpec) -> Cost:
+    """The work of one call of the ELF: all its launches, back to back."""
+    total = Cost(0, 0)
+    for launch in spec.launches:
+        total += launch_cost(spec, launch)
+    return total
+
+
+# -- rates ---------------------------------------------------------------------
+def device_rates(device: str, cache_file: Path) -> Rates:
+    """The peak rates of `device`: npu2's published ones, or for the emulator this
+    machine's numpy rates (measured on first use, then read from `cache_file`)."""
+    if device != "emu":
+        return NPU2_RATES
+    machine = _machine()
+    cached = _read_cached(cache_file, machine)
+    if cached is not None:
+        return cached
+    rates = measure_host_rates()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # A torn write only makes the next run measure again (see _read_cached).
+    payload = {"schema": RATES_SCHEMA, "machine": machine, "rates": asdict(rates)}
+    cache_file.write_text(json.dumps(payload, indent=2))
+    log.info("roofline.measured", gflops=round(rates.flops_per_s / 1e9, 1),
+             gbps=round(rates.bytes_per_s / 1e9, 1), cache=str(cache_file))  # fmt: skip
+    return rates
+
+
+def _machine() -> dict[str, str | int | None]:
+    """What the cached rates depend on: a different machine or numpy measures again."""
+    return {
+        "node": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+
+
+def _read_cached(cache_file: Path, machine: dict) -> Rates | None:
+    try:
+        data = json.loads(cache_file.read_text())
+        if data["schema"] == RATES_SCHEMA and data["machine"] == machine:
+            return Rates(**data["rates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, torn or from another version: measure again
+    return None
+
+
+def measure_host_rates(repeats: int = 5) -> Rates:
+    """Best-of-`repeats` numpy fp32 matmul FLOP/s and memcpy bytes/s (read + write),
+    the two things the emulator spends its time on."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, 1024), np.float32)
+    b = rng.standard_normal((1024, 1024), np.float32)
+    matmul_s = _best_of(repeats, lambda: a @ b)
+    src = np.ones(16 * 2**20, np.float32)  # 64 MB: far beyond the caches
+    dst = np.empty_like(src)
+    copy_s = _best_of(repeats, lambda: np.copyto(dst, src))
+    return Rates(
+        "emu",
+        2 * 1024**3 / matmul_s,
+        2 * src.nbytes / copy_s,
+        "this machine, measured: numpy fp32 1024^3 matmul, 64 MB np.copyto (read + write)",
+    )
+
+
+def _best_of(repeats: int, work) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best

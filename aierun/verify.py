@@ -1,0 +1,329 @@
+"""verify: the top-k gate against Hugging Face transformers; diagnosis: layer by layer.
+
+Both drive the production Session (the same prepare / prefill / decode calls that
+`run` makes, on whichever device); there is no second forward pass written for
+checking. The reference is transformers running the same checkpoint on the CPU
+(aierun.reference), teacher-forced on the exact token sequence we produced.
+
+The gate is top-k, not top-1: our pipeline is bf16 end to end, like the NPU, and
+so is the reference, but their rounding differs, so a near-tie between two
+candidates may go either way. A wrong computation leaves the reference's top-k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from aierun.errors import UserError
+from aierun.pipeline import Sampling, Session, sample
+from aierun.reference import Reference
+
+log = structlog.get_logger("aierun.verify")
+
+DEFAULT_PROMPTS = resources.files("aierun") / "data" / "prompts.txt"
+
+
+def load_prompts(file: str | Path | None) -> list[str]:
+    """One prompt per line; blank lines are skipped. None: the built-in set."""
+    source = DEFAULT_PROMPTS if file is None else Path(file).expanduser()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--prompts {file}: cannot read it ({exc.strerror}).") from exc
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts {file} holds no prompt: write one prompt per line.")
+    return prompts
+
+
+# -- verify ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromptCheck:
+    """Our greedy tokens for one prompt, scored step by step against the reference."""
+
+    prompt: str
+    k: int
+    tokens: list[int]
+    ranks: list[int]  # our token's rank in the reference's logits (0 = its top-1)
+    logit_diffs: list[float]  # max |ours - reference| over the vocabulary, per step
+    reference_topk: list[list[int]]  # the reference's k best tokens, per step
+
+    @property
+    def topk_hits(self) -> int:
+        return sum(rank < self.k for rank in self.ranks)
+
+    @property
+    def first_miss(self) -> int | None:
+        return next((step for step, rank in enumerate(self.ranks) if rank >= self.k), None)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.topk_hits / len(self.ranks)
+
+    @property
+    def top1_hits(self) -> int:
+        return sum(rank == 0 for rank in self.ranks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "tokens": self.tokens,
+            "topk_hits": self.topk_hits,
+            "first_miss": self.first_miss,
+            "hit_rate": self.hit_rate,
+            "top1_hits": self.top1_hits,
+            "ranks": self.ranks,
+            "max_logit_diff": max(self.logit_diffs),
+            "reference_topk": self.reference_topk,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    k: int
+    n_tokens: int
+    checks: list[PromptCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.first_miss is None for check in self.checks)
+
+    @property
+    def min_hit_rate(self) -> float:
+        return min(check.hit_rate for check in self.checks)
+
+    @property
+    def top1_rate(self) -> float:
+        steps = sum(len(check.ranks) for check in self.checks)
+        return sum(check.top1_hits for check in self.checks) / steps
+
+    @property
+    def max_logit_diff(self) -> float:
+        return max(max(check.logit_diffs) for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pass": self.passed,
+            "k": self.k,
+            "n_tokens": self.n_tokens,
+            "prompts": [check.to_json() for check in self.checks],
+            "min_hit_rate": self.min_hit_rate,
+            "top1_rate": self.top1_rate,
+            "max_logit_diff": self.max_logit_diff,
+        }
+
+
+def greedy_steps(session: Session, ids: list[int], n_tokens: int) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding through the production prefill / decode steps, keeping the
+    logits every choice was made from ([n_tokens, V]). Unlike `generate` it does
+    not stop at end-of-turn, so every prompt checks exactly n_tokens steps."""
+    greedy, rng = Sampling(), np.random.default_rng(0)  # rng unused when greedy
+    logits = session.prefill(ids, capacity=len(ids) + n_tokens)
+    tokens, seen = [], []
+    for step in range(n_tokens):
+        seen.append(logits)
+        tokens.append(sample(logits, greedy, rng))
+        if step + 1 < n_tokens:
+            logits = session.decode(tokens[-1])
+    return tokens, np.stack(seen)
+
+
+def check_prompt(
+    session: Session, reference: Reference, prompt: str, n_tokens: int, k: int
+) -> PromptCheck:
+    ids = session.checkpoint.encode_prompt(prompt)
+    tokens, ours = greedy_steps(session, ids, n_tokens)
+    # Teacher-forced on our sequence: position len(ids)-1+i scores our token i.
+    # The last token is never fed back, so the reference does not need it either.
+    theirs = reference.run(ids + tokens[:-1]).logits[len(ids) - 1 :]
+    chosen = theirs[np.arange(n_tokens), tokens]
+    # Tokens the reference scores strictly higher: ties (common in bf16) count as hits.
+    ranks = np.count_nonzero(theirs > chosen[:, None], axis=1)
+    return PromptCheck(
+        prompt=prompt,
+        k=k,
+        tokens=tokens,
+        ranks=[int(rank) for rank in ranks],
+        logit_diffs=[float(diff) for diff in np.abs(ours - theirs).max(axis=1)],
+        reference_topk=np.argsort(-theirs, axis=1, kind="stable")[:, :k].tolist(),
+    )
+
+
+def verify(
+    session: Session, reference: Reference, prompts: list[str], n_tokens: int, k: int
+) -> VerifyResult:
+    if n_tokens < 1 or k < 1:
+        raise UserError(f"--n-tokens ({n_tokens}) and --k ({k}) must be at least 1")
+    checks = []
+    for prompt in prompts:
+        check = check_prompt(session, reference, prompt, n_tokens, k)
+        log.info(
+            "verify.prompt",
+            prompt=prompt,
+            topk_hits=check.topk_hits,
+            top1_hits=check.top1_hits,
+            first_miss=check.first_miss,
+        )
+        checks.append(check)
+    return VerifyResult(k, n_tokens, checks)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from aierun.cli import open_session
+
+    prompts = load_prompts(args.prompts)
+    session = open_session(args)
+    reference = Reference(session.checkpoint.path)
+    result = verify(session, reference, prompts, args.n_tokens, args.k)
+    tokenizer = session.checkpoint.tokenizer
+    for number, check in enumerate(result.checks, 1):
+        print(_describe_check(number, len(result.checks), check, tokenizer))
+    print(
+        f"[verify] {len(result.checks)} prompts x {result.n_tokens} tokens: min top-{result.k} "
+        f"hit rate {result.min_hit_rate:.1%}, top-1 agreement {result.top1_rate:.1%}, "
+        f"largest logit difference {result.max_logit_diff:.3f}"
+    )
+    print("[verify] PASS" if result.passed else "[verify] FAIL")
+    log.info(
+        "verify.result",
+        passed=result.passed,
+        min_hit_rate=result.min_hit_rate,
+        top1_rate=round(result.top1_rate, 4),
+        max_logit_diff=result.max_logit_diff,
+    )
+    if args.json:
+        _write_json(args.json, _run_info(args, session) | result.to_json())
+    return 0 if result.passed else 1
+
+
+def _describe_check(number: int, total: int, check: PromptCheck, tokenizer) -> str:
+    steps = len(check.ranks)
+    lines = [
+        f"[verify] prompt {number}/{total} {check.prompt!r}: {check.topk_hits}/{steps} in "
+        f"top-{check.k}, top-1 {check.top1_hits}/{steps}, "
+        f"max logit diff {max(check.logit_diffs):.3f}",
+        f"    ours: {tokenizer.decode(check.tokens)!r}",
+    ]
+    miss = check.first_miss
+    if miss is not None:
+        expected = [tokenizer.decode([token]) for token in check.reference_topk[miss]]
+        lines.append(
+            f"    first miss at step {miss}: ours {tokenizer.decode([check.tokens[miss]])!r} "
+            f"(reference rank {check.ranks[miss]}), reference top-{check.k} {expected}"
+        )
+    return "\n".join(lines)
+
+
+# -- diagnosis ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerDiff:
+    """Our hidden state after one layer vs the reference's, over all prompt positions."""
+
+    layer: int
+    cosine_min: float  # the worst position: one broken row must not hide in an average
+    cosine_mean: float
+    max_abs_diff: float
+    reference_max_abs: float  # the scale max_abs_diff is to be read against
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    prompt: str
+    n_positions: int
+    threshold: float
+    layers: list[LayerDiff]
+
+    @property
+    def first_bad_layer(self) -> int | None:
+        return next((d.layer for d in self.layers if d.cosine_min < self.threshold), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "n_positions": self.n_positions,
+            "threshold": self.threshold,
+            "first_bad_layer": self.first_bad_layer,
+            "layers": [vars(diff) for diff in self.layers],
+        }
+
+
+def compare_layer(layer: int, ours: np.ndarray, theirs: np.ndarray) -> LayerDiff:
+    ours = ours.astype(np.float32)
+    norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+    cosines = (ours * theirs).sum(axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    return LayerDiff(
+        layer=layer,
+        cosine_min=float(cosines.min()),
+        cosine_mean=float(cosines.mean()),
+        max_abs_diff=float(np.abs(ours - theirs).max()),
+        reference_max_abs=float(np.abs(theirs).max()),
+    )
+
+
+def diagnose(session: Session, reference: Reference, prompt: str, threshold: float) -> Diagnosis:
+    ids = session.checkpoint.encode_prompt(prompt)
+    ours: list[np.ndarray] = []
+    session.prefill(ids, on_layer=lambda layer, hidden: ours.append(hidden))
+    theirs = reference.run(ids, hidden=True).hidden
+    pairs = enumerate(zip(ours, theirs, strict=True))
+    layers = [compare_layer(layer, mine, ref) for layer, (mine, ref) in pairs]
+    return Diagnosis(prompt, len(ids), threshold, layers)
+
+
+def cmd_diagnosis(args: argparse.Namespace) -> int:
+    from aierun.cli import open_session
+
+    session = open_session(args)
+    reference = Reference(session.checkpoint.path)
+    diagnosis = diagnose(session, reference, args.prompt, args.threshold)
+    print(_diagnosis_table(diagnosis))
+    bad = diagnosis.first_bad_layer
+    if bad is None:
+        worst = min(diagnosis.layers, key=lambda diff: diff.cosine_min)
+        print(
+            f"[diagnosis] every layer has cosine >= {diagnosis.threshold} "
+            f"(lowest {worst.cosine_min:.5f}, layer {worst.layer})"
+        )
+    else:
+        print(
+            f"[diagnosis] first layer below cosine {diagnosis.threshold}: layer {bad} "
+            f"(cosine {diagnosis.layers[bad].cosine_min:.5f})"
+        )
+    log.info("diagnosis.result", first_bad_layer=bad, threshold=diagnosis.threshold)
+    if args.json:
+        _write_json(args.json, _run_info(args, session) | diagnosis.to_json())
+    return 0 if bad is None else 1
+
+
+def _diagnosis_table(diagnosis: Diagnosis) -> str:
+    rows = [
+        f"[diagnosis] {diagnosis.prompt!r}: {diagnosis.n_positions} positions, hidden state "
+        "after each layer vs the reference (cosine per position)",
+        f"{'layer':>5}  {'cos min':>9}  {'cos mean':>9}  {'max |diff|':>10}  {'ref max':>9}",
+    ]
+    for d in diagnosis.layers:
+        mark = "  <" if d.cosine_min < diagnosis.threshold else ""
+        rows.append(
+            f"{d.layer:>5}  {d.cosine_min:>9.5f}  {d.cosine_mean:>9.5f}  "
+            f"{d.max_abs_diff:>10.4f}  {d.reference_max_abs:>9.3f}{mark}"
+        )
+    return "\n".join(rows)
+
+
+def _run_info(args: argparse.Namespace, session: Session) -> dict[str, Any]:
+    return {"device": args.device, "model": session.checkpoint.name}
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    log.info("json.written", path=str(target))

@@ -1,0 +1,91 @@
+"""Each emulated op against the PyTorch / transformers formulation of the same math."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from transformers.models.llama import modeling_llama  # noqa: E402
+
+from aierun.model import ModelShape, rope_table  # noqa: E402
+from aierun.ops import OPS  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def test_rmsnorm_matches_llama_rmsnorm():
+    x, w = rand(5, 64), rand(64)
+    norm = modeling_llama.LlamaRMSNorm(64, eps=1e-5)
+    norm.weight.data = torch.from_numpy(w)
+    (ours,) = OPS["rmsnorm"]({"eps": 1e-5}, x, w)
+    np.testing.assert_allclose(ours, norm(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gemm_is_x_times_w_transposed():
+    x, w = rand(3, 64), rand(128, 64)
+    (ours,) = OPS["gemm"]({}, x, w)
+    np.testing.assert_allclose(ours, x @ w.T, rtol=1e-5)
+
+
+def test_rope_matches_transformers_rotate_half():
+    shape = ModelShape(1, 128, 2, 1, 64, 64, 10, 1e-5, 10000.0, None, False, 32)
+    positions, heads, dim = 7, 2, 64
+    q = rand(positions, heads * dim)
+    table = rope_table(shape, positions)
+    (ours,) = OPS["rope"]({"heads": heads, "head_dim": dim}, q, table)
+    cos = np.concatenate([table[:, : dim // 2]] * 2, axis=1)
+    sin = np.concatenate([table[:, dim // 2 :]] * 2, axis=1)
+    qt = torch.from_numpy(q.reshape(positions, heads, dim).transpose(1, 0, 2))[None]
+    expected, _ = modeling_llama.apply_rotary_pos_emb(
+        qt, qt, torch.from_numpy(cos)[None], torch.from_numpy(sin)[None]
+    )
+    expected = expected[0].numpy().transpose(1, 0, 2).reshape(positions, heads * dim)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_llama3_rope_scaling_matches_transformers():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+    }  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=2048, num_attention_heads=32, rope_theta=500000.0, rope_scaling=scaling
+    )
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    shape = ModelShape.from_config(config.to_dict())
+    from aierun.model import rope_inv_freq
+
+    np.testing.assert_allclose(rope_inv_freq(shape), expected.numpy(), rtol=1e-6)
+
+
+def test_causal_gqa_attention_matches_sdpa():
+    seq, heads, kv_heads, dim = 9, 6, 2, 64
+    q, k, v = rand(seq, heads * dim), rand(seq, kv_heads * dim), rand(seq, kv_heads * dim)
+    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim}
+    (ours,) = OPS["flash_attn"](params, q, k, v)
+
+    def per_head(a: np.ndarray, n: int) -> torch.Tensor:
+        return torch.from_numpy(a.reshape(seq, n, dim).transpose(1, 0, 2))[None]
+
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        per_head(q, heads), per_head(k, kv_heads), per_head(v, kv_heads),
+        is_causal=True, enable_gqa=True,
+    )  # fmt: skip
+    expected = expected[0].numpy().transpose(1, 0, 2).reshape(seq, heads * dim)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_silu_mul_and_add():
+    g, u = rand(4, 64), rand(4, 64)
+    (ours,) = OPS["silu_mul"]({}, g, u)
+    expected = torch.nn.functional.silu(torch.from_numpy(g)) * torch.from_numpy(u)
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(OPS["add"]({}, g, u)[0], g + u)

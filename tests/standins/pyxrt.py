@@ -1,0 +1,155 @@
+"""A stand-in for XRT's `pyxrt` module (tests only, never shipped).
+
+It has the names the full-ELF flow uses (device, elf, hw_context, ext.kernel,
+ext.bo, run, xclBOSyncDirection, xrt_info_device) and:
+
+- records every call in `CALLS` as tuples, releases included (("release", kind,
+  serial) when an object's last reference goes, as the C++ destructor would run);
+- emulates a BO as two bytearrays, the host mapping and the device memory, which
+  only `sync` copies between, so a missing or reversed sync shows;
+- holds references the way XRT's C++ objects do (a run holds its kernel and
+  bound BOs, a kernel its context, a context its device and ELF);
+- refuses a hardware context past `CONTEXT_POOL` (the real driver may return
+  garbage instead), and tracks the peak number of live contexts;
+- runs `KERNELS[name](args)` on wait2 to emulate a kernel writing device memory,
+  and fails the runs of kernels in `FAILING` as a hung design does.
+
+Class names are spelled as in pyxrt. Load a fresh copy of this file per test so
+that its records start empty.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import types
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+CALLS: list[tuple] = []
+XRT_VERSION = "2.25.0"
+DEVICES = 1
+CONTEXT_POOL = 32
+KERNELS: dict[str, Callable[[dict[int, object]], None]] = {}
+FAILING: set[str] = set()
+LIVE: Counter[str] = Counter()
+CREATED: Counter[str] = Counter()
+PEAK: Counter[str] = Counter()
+_SERIALS: defaultdict[str, itertools.count] = defaultdict(itertools.count)
+
+
+class xclBOSyncDirection(enum.Enum):
+    XCL_BO_SYNC_BO_TO_DEVICE = 0
+    XCL_BO_SYNC_BO_FROM_DEVICE = 1
+
+
+class xrt_info_device(enum.Enum):
+    host = 15
+
+
+class _Tracked:
+    kind = "object"
+
+    def __init__(self) -> None:
+        self.serial = next(_SERIALS[self.kind])
+        LIVE[self.kind] += 1
+        CREATED[self.kind] += 1
+        PEAK[self.kind] = max(PEAK[self.kind], LIVE[self.kind])
+
+    def __del__(self) -> None:
+        LIVE[self.kind] -= 1
+        CALLS.append(("release", self.kind, self.serial))
+
+
+class device(_Tracked):
+    kind = "device"
+
+    def __init__(self, index: int) -> None:
+        if index >= DEVICES:
+            raise RuntimeError(f"No such device with index '{index}'")
+        super().__init__()
+        CALLS.append(("device", index))
+
+    def get_info(self, key: xrt_info_device) -> str:
+        assert key is xrt_info_device.host
+        return json.dumps({"version": XRT_VERSION, "branch": "stand-in"})
+
+
+class elf(_Tracked):
+    kind = "elf"
+
+    def __init__(self, path: str) -> None:
+        Path(path).read_bytes()  # the real constructor parses the file
+        super().__init__()
+        self.path = path
+        CALLS.append(("elf", path))
+
+
+class hw_context(_Tracked):
+    kind = "hw_context"
+
+    def __init__(self, dev: device, image: elf) -> None:
+        if LIVE[self.kind] >= CONTEXT_POOL:
+            raise RuntimeError("DRM_IOCTL_AMDXDNA_CREATE_HWCTX: no free hardware context")
+        super().__init__()
+        self.device, self.elf = dev, image
+        CALLS.append(("hw_context", image.path))
+
+
+class _ExtKernel(_Tracked):
+    kind = "kernel"
+
+    def __init__(self, context: hw_context, name: str) -> None:
+        super().__init__()
+        self.context, self.name = context, name
+        CALLS.append(("ext.kernel", name))
+
+
+class _ExtBo(_Tracked):
+    kind = "bo"
+
+    def __init__(self, dev: device, nbytes: int) -> None:
+        super().__init__()
+        self.device = dev
+        self.mapped = bytearray(nbytes)  # what the host sees through map()
+        self.memory = bytearray(nbytes)  # what the NPU reads and writes
+        CALLS.append(("ext.bo", self.serial, nbytes))
+
+    def map(self) -> memoryview:
+        return memoryview(self.mapped)
+
+    def sync(self, direction: xclBOSyncDirection) -> None:
+        CALLS.append(("sync", self.serial, direction.name))
+        if direction is xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
+            self.memory[:] = self.mapped
+        else:
+            self.mapped[:] = self.memory
+
+
+ext = types.SimpleNamespace(kernel=_ExtKernel, bo=_ExtBo)
+
+
+class run(_Tracked):
+    kind = "run"
+
+    def __init__(self, kernel: _ExtKernel) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.args: dict[int, _ExtBo] = {}
+        CALLS.append(("run", kernel.name))
+
+    def set_arg(self, index: int, bo: _ExtBo) -> None:
+        self.args[index] = bo
+        CALLS.append(("set_arg", index, bo.serial))
+
+    def start(self) -> None:
+        CALLS.append(("start", self.kernel.name))
+
+    def wait2(self) -> None:
+        CALLS.append(("wait2", self.kernel.name))
+        if self.kernel.name in FAILING:
+            raise RuntimeError("Command failed to complete successfully (ERT_CMD_STATE_TIMEOUT)")
+        if self.kernel.name in KERNELS:
+            KERNELS[self.kernel.name](self.args)

@@ -1,0 +1,71 @@
+"""The emulated device: role checks and bf16 rounding points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
+from aierun.buffers import BindingError, BufferManager
+from aierun.devices.emu import EmuDevice
+from aierun.errors import DeviceError
+
+
+def tiny_gemm_elf() -> ElfSpec:
+    args = (
+        ArgSpec("x", (2, 4), "bf16", Role.INPUT),
+        ArgSpec("w", (3, 4), "bf16", Role.WEIGHT, "layers.{layer}.w"),
+        ArgSpec("y", (2, 3), "bf16", Role.OUTPUT),
+    )
+    launch = Launch("gemm", {"M": 2, "K": 4, "N": 3}, ("x", "w"), ("y",))
+    return ElfSpec("tiny", "decode", 0, args, (launch,))
+
+
+def weights(source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.full(shape, 0.5, BF16)
+
+
+def test_weight_buffer_never_written_fails_loudly():
+    spec, device = tiny_gemm_elf(), EmuDevice()
+    manager = BufferManager(device, weights)  # no preload: the weight is never written
+    buffers, _ = manager.bind(spec, 0, {"x": np.ones((2, 4), BF16)})
+    with pytest.raises(DeviceError, match=r"reads 'w' \(weight"):
+        device.run(spec, spec, buffers)
+
+
+def test_preloaded_weights_compute_and_round_to_bf16():
+    spec, device = tiny_gemm_elf(), EmuDevice()
+    manager = BufferManager(device, weights)
+    manager.preload(spec, range(2))
+    x = np.full((2, 4), 1.0 + 2**-7, BF16)  # 4 * 0.5 * (1 + 2^-7) needs rounding in bf16
+    buffers, written = manager.bind(spec, 1, {"x": x})
+    device.run(spec, spec, buffers)
+    assert written == x.nbytes
+    exact = 4 * 0.5 * (1 + 2**-7)
+    assert buffers["y"].read().dtype == BF16
+    np.testing.assert_array_equal(buffers["y"].read(), np.full((2, 3), exact, np.float32).astype(BF16))
+
+
+def test_unchanged_input_is_not_written_again():
+    spec, device = tiny_gemm_elf(), EmuDevice()
+    manager = BufferManager(device, weights)
+    manager.preload(spec, range(1))
+    x = np.ones((2, 4), BF16)
+    assert manager.bind(spec, 0, {"x": x})[1] == x.nbytes
+    assert manager.bind(spec, 0, {"x": x})[1] == 0
+
+
+def test_binding_error_names_elf_argument_and_shapes():
+    spec = tiny_gemm_elf()
+    manager = BufferManager(EmuDevice(), weights)
+    with pytest.raises(BindingError, match=r"tiny: argument 'x' \(input\) expects bf16\[2, 4\], got"):
+        manager.bind(spec, 0, {"x": np.ones((4, 2), BF16)})
+
+
+def test_outputs_alternate_between_two_buffers():
+    spec = tiny_gemm_elf()
+    manager = BufferManager(EmuDevice(), weights)
+    manager.preload(spec, range(1))
+    x = np.ones((2, 4), BF16)
+    first, second, third = (manager.bind(spec, 0, {"x": x})[0]["y"] for _ in range(3))
+    assert first is not second and first is third

@@ -1,0 +1,53 @@
+"""The runtime must run on a machine without the build package."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import aierun
+
+PACKAGE = Path(aierun.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_no_aierun_module_imports_aiebuild():
+    offenders = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if any(name.split(".")[0] == "aiebuild" for name in imported_modules(path))
+    ]
+    assert offenders == []
+
+
+def test_every_aierun_module_imports_with_aiebuild_unavailable():
+    modules = sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for path in PACKAGE.rglob("*.py")
+    )
+    # A meta-path finder that refuses aiebuild, as on a machine that only has the runtime.
+    script = f"""
+import sys, importlib
+class NoBuild:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'aiebuild':
+            raise ImportError('aiebuild is not installed here')
+sys.meta_path.insert(0, NoBuild())
+for name in {modules!r}:
+    if name.endswith('__main__'):
+        continue
+    importlib.import_module(name.removesuffix('.__init__'))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
