@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 
 from doit import create_after, get_var
+from doit.exceptions import TaskFailed
 
 ROOT = Path(__file__).resolve().parent
 BUILD = Path(os.environ.get("AIE_BUILD_DIR") or ROOT / "build")  # tests build elsewhere
 os.environ["AIERUN_HOME"] = str(BUILD)
 
-from aiebuild import tasks  # noqa: E402  (after AIERUN_HOME is set)
+from aiebuild import bundle, cache, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
+from aierun.errors import UserError  # noqa: E402
 
 DOIT_CONFIG = {
     # `run` is doit's own command name, so the generation task is `generate` and is
@@ -27,6 +29,7 @@ DOIT_CONFIG = {
     "dep_file": str(BUILD / ".doit.db"),
     "backend": "sqlite3",
     "verbosity": 2,
+    "reporter": tasks.StderrReporter,
 }
 logs.configure(BUILD / "logs")
 CONFIG = tasks.BuildConfig.from_vars(BUILD, get_var)
@@ -74,6 +77,13 @@ def task_generate():
     return _runtime_task("run", cli.doit_params("run"), "generate text for --prompt")
 
 
+def task_profile():
+    """Run once, print the per-step profile report; JSON, trace and HTML go to build/profiles/."""
+    return _runtime_task(
+        "profile", cli.doit_params("profile"), "per-step profile report (+ build/profiles/*)"
+    )
+
+
 def task_verify():
     """Top-k gate of our greedy tokens against Hugging Face transformers (fails on FAIL)."""
     return _runtime_task("verify", cli.doit_params("verify"), "top-k gate against transformers")
@@ -84,3 +94,47 @@ def task_diagnosis():
     return _runtime_task(
         "diagnosis", cli.doit_params("diagnosis"), "per-layer comparison against transformers"
     )
+
+
+def _failing_cleanly(function, *args):
+    """A doit action whose UserError fails the task with its message, no traceback."""
+
+    def action():
+        try:
+            function(*args)
+        except UserError as exc:
+            return TaskFailed(str(exc))
+
+    return action
+
+
+def task_pack():
+    """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its path."""
+    return {
+        "actions": [_failing_cleanly(lambda: print(bundle.pack_build(CONFIG)))],
+        "task_dep": ["compile"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_unpack():
+    """Check and unpack a bundle (`doit unpack bundle=PATH`); prints the directory."""
+
+    def action():
+        if not get_var("bundle", ""):
+            return TaskFailed("name the archive: doit unpack bundle=PATH")
+        code = cli.main(["unpack", get_var("bundle")])
+        if code:
+            sys.exit(code)
+
+    return {"actions": [action], "uptodate": [False], "verbosity": 2}
+
+
+def task_cache():
+    """List the artifact store per target; `doit cache gc=1` first removes unused entries."""
+    return {
+        "actions": [_failing_cleanly(cache.command, BUILD, get_var("gc", "0"))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

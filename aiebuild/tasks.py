@@ -8,6 +8,7 @@ ELFs whose key changed.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from doit.reporter import ConsoleReporter
 
 from aiebuild import toolchain
+from aiebuild.designs.common import KernelObject
+from aiebuild.npu2 import Npu2Target
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store, write_json_atomic
 from aiebuild.targets import Target, entry_key, get_target
@@ -70,7 +74,9 @@ class ElfBuild:
 
 
 def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]]:
-    target = get_target(select_target(config.target))
+    name = select_target(config.target)
+    # npu2 keeps its object cache and work directories in the build home.
+    target = Npu2Target(config.home) if name == "npu2" else get_target(name)
     shape = Checkpoint(config.model_dir()).shape
     fingerprint = target.fingerprint()
     builds = [
@@ -105,11 +111,14 @@ def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
 
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
     target, store, shape, builds = plan(config)
+    if isinstance(target, Npu2Target):
+        yield from object_tasks(target, builds)
     for build in builds:
         yield {
             "name": build.spec.instance,
             "actions": [(build_elf, (target, store, build))],
             "uptodate": [lambda key=build.key: store.is_valid(key)],
+            "task_dep": _object_deps(target, build.spec),
             "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
             "verbosity": 2,
         }
@@ -124,6 +133,30 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
         "doc": "target manifest: ELF name -> content key for this model shape",
         "verbosity": 2,
     }
+
+
+def object_tasks(target: Npu2Target, builds: list[ElfBuild]) -> Iterator[dict[str, Any]]:
+    """One task per kernel object (a source and its -D parameters), shared by every
+    ELF that links it; up to date while the object cache holds it under its key."""
+    objects = {obj for build in builds for obj in target.kernel_objects(build.spec)}
+    for obj in sorted(objects, key=lambda o: o.name):
+        yield {
+            "name": _object_task(obj),
+            "actions": [(target.build_object, (obj,))],
+            "uptodate": [lambda obj=obj: target.object_is_valid(obj)],
+            "doc": f"Peano: {obj.source.name} {' '.join(obj.flags())}",
+            "verbosity": 2,
+        }
+
+
+def _object_task(obj: KernelObject) -> str:
+    return "obj-" + obj.name.removesuffix(".o")
+
+
+def _object_deps(target: Target, spec: ElfSpec) -> list[str]:
+    if not isinstance(target, Npu2Target):
+        return []
+    return [f"compile:{_object_task(obj)}" for obj in target.kernel_objects(spec)]
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
@@ -146,3 +179,15 @@ def compile_all(config: BuildConfig) -> Path:
     path = manifest_path(config.home, target.name)
     write_manifest(path, manifest_data(config, target.name, shape, builds))
     return path
+
+
+class StderrReporter(ConsoleReporter):
+    """doit's console reporter on stderr, so stdout carries only results (the
+    generated text, a report, a bundle path); up-to-date tasks are not listed
+    (`doit list --status` shows them)."""
+
+    def __init__(self, outstream, options):
+        super().__init__(sys.stderr, options)
+
+    def skip_uptodate(self, task) -> None:
+        pass

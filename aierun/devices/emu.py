@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from aierun.abi import HOST_WRITTEN, ArgSpec, ElfSpec, parse_binding
+from aierun.abi import HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
 from aierun.errors import DeviceError
 from aierun.ops import OPS
@@ -33,6 +33,8 @@ class EmuBuffer(Buffer):
 
     def sync_to_device(self) -> None:
         self._version += 1  # the host changed the bytes: drop the fp32 copy
+        if self.spec.role in (Role.WEIGHT, Role.CONST):
+            self.as_f32()  # convert static data at prepare, not inside the first call
 
     def sync_from_device(self) -> None:
         pass  # emulated DDR is host memory
