@@ -43,7 +43,9 @@ def test_preloaded_weights_compute_and_round_to_bf16():
     assert written == x.nbytes
     exact = 4 * 0.5 * (1 + 2**-7)
     assert buffers["y"].read().dtype == BF16
-    np.testing.assert_array_equal(buffers["y"].read(), np.full((2, 3), exact, np.float32).astype(BF16))
+    np.testing.assert_array_equal(
+        buffers["y"].read(), np.full((2, 3), exact, np.float32).astype(BF16)
+    )
 
 
 def test_unchanged_input_is_not_written_again():
@@ -58,7 +60,9 @@ def test_unchanged_input_is_not_written_again():
 def test_binding_error_names_elf_argument_and_shapes():
     spec = tiny_gemm_elf()
     manager = BufferManager(EmuDevice(), weights)
-    with pytest.raises(BindingError, match=r"tiny: argument 'x' \(input\) expects bf16\[2, 4\], got"):
+    with pytest.raises(
+        BindingError, match=r"tiny: argument 'x' \(input\) expects bf16\[2, 4\], got"
+    ):
         manager.bind(spec, 0, {"x": np.ones((4, 2), BF16)})
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from conftest import compile_emu  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from aierun.artifacts import ArtifactSet  # noqa: E402
@@ -13,7 +14,6 @@ from aierun.devices.emu import EmuDevice  # noqa: E402
 from aierun.errors import UserError  # noqa: E402
 from aierun.model import Checkpoint  # noqa: E402
 from aierun.pipeline import Session  # noqa: E402
-from conftest import compile_emu  # noqa: E402
 
 LLAMA3_SCALING = {
     "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,

@@ -23,7 +23,9 @@ def test_rmsnorm_matches_llama_rmsnorm():
     norm = modeling_llama.LlamaRMSNorm(64, eps=1e-5)
     norm.weight.data = torch.from_numpy(w)
     (ours,) = OPS["rmsnorm"]({"eps": 1e-5}, x, w)
-    np.testing.assert_allclose(ours, norm(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ours, norm(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gemm_is_x_times_w_transposed():
