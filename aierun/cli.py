@@ -1,4 +1,4 @@
-"""The `aierun` command: run, chat, profile, verify, diagnosis.
+"""The `aierun` command: run, chat, profile, verify, diagnosis, unpack.
 
 Results go to stdout (for `run`, only the generated text, streamed); logs go to
 stderr and to JSON lines under `$AIERUN_HOME/logs`. The doit tasks call `main`
@@ -68,6 +68,7 @@ DIAGNOSIS_OPTIONS = (
     Option("artifacts", str, None, "as for run"),
     Option("json", str, None, "write the per-layer comparison here"),
 )
+UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run on: emu or npu"),)
 
 COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
@@ -75,6 +76,7 @@ COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
     "verify": (VERIFY_OPTIONS, "top-k gate of our tokens against Hugging Face transformers"),
     "diagnosis": (DIAGNOSIS_OPTIONS, "per-layer hidden-state comparison against transformers"),
+    "unpack": (UNPACK_OPTIONS, "check and unpack a bundle; print the directory for --artifacts"),
 }
 
 
@@ -110,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--model", default=None, help="checkpoint directory or cached HF model "
-                         "id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
+        if name == "unpack":
+            sub.add_argument("bundle", help="a bundle archive made by `doit pack`")
+        else:
+            sub.add_argument("--model", default=None, help="checkpoint directory or cached HF "
+                             "model id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
         for option in _options(name):
             sub.add_argument(
                 option.flag, type=option.type, default=option.default, help=option.help
@@ -128,21 +133,22 @@ def open_session(args: argparse.Namespace, profiler=None):
 
     checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
     device = open_device(args.device)
-    manifest = find_manifest(_artifacts_dir(args.artifacts), device.targets, paths.home())
+    where = _artifacts_dir(args.artifacts, device.targets)
+    manifest = find_manifest(where, device.targets, paths.home())
     artifacts = ArtifactSet.open(manifest)
     session = Session(checkpoint, artifacts, device, profiler)
     session.prepare()
     return session
 
 
-def _artifacts_dir(artifacts: str | None) -> Path | None:
+def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...] | None = None) -> Path | None:
     if artifacts is None:
         return None
     path = Path(artifacts).expanduser()
     if path.is_file() and path.name != "manifest.json":
         from aierun.bundle import open_bundle
 
-        return open_bundle(path, paths.home() / "bundles")
+        return open_bundle(path, paths.home() / "bundles", targets)
     if not path.exists():
         raise UserError(f"--artifacts {artifacts}: no such file or directory")
     return path
@@ -186,15 +192,21 @@ def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    """A multi-turn chat: each turn prefills the whole conversation so far."""
     from aierun.pipeline import Sampling
 
     session = open_session(args)
+    checkpoint = session.checkpoint
     sampling = Sampling(args.temperature, args.top_p, args.seed)
+    messages: list[dict[str, str]] = []
     print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
     for line in sys.stdin:
         if not line.strip():
             break
-        _stream(session, line.strip(), args.n_tokens, sampling, args.seq_len)
+        messages.append({"role": "user", "content": line.strip()})
+        ids = checkpoint.encode_chat(messages)
+        tokens = _stream(session, ids, args.n_tokens, sampling, args.seq_len)
+        messages.append({"role": "assistant", "content": checkpoint.tokenizer.decode(tokens)})
     return 0
 
 
@@ -213,6 +225,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "profile": _lazy("aierun.report", "cmd_profile"),
     "verify": _lazy("aierun.verify", "cmd_verify"),
     "diagnosis": _lazy("aierun.verify", "cmd_diagnosis"),
+    "unpack": _lazy("aierun.bundle", "cmd_unpack"),
 }
 
 

@@ -216,18 +216,20 @@ class Checkpoint:
     def encode_prompt(self, prompt: str, chat: bool | None = None) -> list[int]:
         """Token ids for a user prompt: through the chat template when the model
         has one (instruct models), plain text with BOS otherwise."""
-        tok = self.tokenizer
-        use_chat = tok.chat_template is not None if chat is None else chat
+        use_chat = self.tokenizer.chat_template is not None if chat is None else chat
         if use_chat:
-            return list(
-                tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=False,
-                )
+            return self.encode_chat([{"role": "user", "content": prompt}])
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """A whole conversation through the chat template, ready for the assistant."""
+        if self.tokenizer.chat_template is None:
+            raise UserError(f"{self.name} has no chat template: use `run` for plain text")
+        return list(
+            self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        return list(tok(prompt)["input_ids"])
+        )
 
 
 def resolve_model(model: str | None, models_dir: Path) -> Path:

@@ -2,7 +2,8 @@
 
 One artifact is one full ELF whose wrapper device `@main` runs every launch of the
 ELF from one host call (aiebuild.stitching). The runtime's side of that contract
-lives here, in two functions the build side imports:
+is stated here, in two functions (aiebuild.npu2 builds to the same rule and
+records both in the artifact's `kernel` and `arg_order`):
 
 - `sequence_name(spec)`: the name of @main's runtime sequence; the host calls
   kernel `main:<sequence>`.
@@ -32,6 +33,7 @@ import importlib
 import json
 import os
 import re
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,6 @@ import filelock
 import numpy as np
 import structlog
 
-from aierun import paths
 from aierun.abi import HOST_WRITTEN, ArgSpec, ElfSpec
 from aierun.devices.base import Buffer, Device
 from aierun.errors import DeviceError, UserError
@@ -97,7 +98,7 @@ class NpuBuffer(Buffer):
     @property
     def host(self) -> np.ndarray:
         if self._host is None:
-            raise DeviceError(f"buffer {self.label} was released with the NPU device")
+            raise self._released()
         return self._host
 
     def sync_to_device(self) -> None:
@@ -113,8 +114,11 @@ class NpuBuffer(Buffer):
 
     def _live_bo(self) -> Any:
         if self.bo is None:
-            raise DeviceError(f"buffer {self.label} was released with the NPU device")
+            raise self._released()
         return self.bo
+
+    def _released(self) -> DeviceError:
+        return DeviceError(f"buffer {self.label} was released with the NPU device")
 
 
 @dataclass(eq=False)
@@ -146,7 +150,7 @@ class NpuDevice(Device):
             raise ValueError(f"context_limit must be positive, got {context_limit}")
         self.context_limit = context_limit or _context_limit_from_env()
         self._xrt = _import_pyxrt()
-        self._lock = _acquire_lock(lock_path or paths.home() / "npu.lock")
+        self._lock = _acquire_lock(lock_path or default_lock_path())
         try:
             self._device: Any = _open_device(self._xrt)
             self.xrt_version = _check_xrt_version(self._xrt, self._device)
@@ -301,6 +305,12 @@ def _import_pyxrt() -> Any:
             f"older than XRT {'.'.join(map(str, MIN_XRT))}. {_install_hint()}"
         )
     return xrt
+
+
+def default_lock_path() -> Path:
+    """One lock per machine, not per runtime home: doit (build/) and a bundle run
+    (~/.cache/aierun) share the same NPU."""
+    return Path(tempfile.gettempdir()) / "aierun-npu0.lock"
 
 
 def _acquire_lock(path: Path) -> filelock.BaseFileLock:

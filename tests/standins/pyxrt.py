@@ -3,7 +3,7 @@
 It has the names the full-ELF flow uses (device, elf, hw_context, ext.kernel,
 ext.bo, run, xclBOSyncDirection, xrt_info_device) and:
 
-- records every call in `CALLS` as tuples, releases included (("release", kind,
+- records every call in `calls` as tuples, releases included (("release", kind,
   serial) when an object's last reference goes, as the C++ destructor would run);
 - emulates a BO as two bytearrays, the host mapping and the device memory, which
   only `sync` copies between, so a missing or reversed sync shows;
@@ -28,15 +28,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-CALLS: list[tuple] = []
+calls: list[tuple] = []
 XRT_VERSION = "2.25.0"
 DEVICES = 1
 CONTEXT_POOL = 32
 KERNELS: dict[str, Callable[[dict[int, object]], None]] = {}
 FAILING: set[str] = set()
-LIVE: Counter[str] = Counter()
-CREATED: Counter[str] = Counter()
-PEAK: Counter[str] = Counter()
+live: Counter[str] = Counter()
+created: Counter[str] = Counter()
+peak: Counter[str] = Counter()
 _SERIALS: defaultdict[str, itertools.count] = defaultdict(itertools.count)
 
 
@@ -51,16 +51,19 @@ class xrt_info_device(enum.Enum):
 
 class _Tracked:
     kind = "object"
+    serial: int | None = None  # stays None when the constructor refused
 
     def __init__(self) -> None:
         self.serial = next(_SERIALS[self.kind])
-        LIVE[self.kind] += 1
-        CREATED[self.kind] += 1
-        PEAK[self.kind] = max(PEAK[self.kind], LIVE[self.kind])
+        live[self.kind] += 1
+        created[self.kind] += 1
+        peak[self.kind] = max(peak[self.kind], live[self.kind])
 
     def __del__(self) -> None:
-        LIVE[self.kind] -= 1
-        CALLS.append(("release", self.kind, self.serial))
+        if self.serial is None:
+            return
+        live[self.kind] -= 1
+        calls.append(("release", self.kind, self.serial))
 
 
 class device(_Tracked):
@@ -70,7 +73,7 @@ class device(_Tracked):
         if index >= DEVICES:
             raise RuntimeError(f"No such device with index '{index}'")
         super().__init__()
-        CALLS.append(("device", index))
+        calls.append(("device", index))
 
     def get_info(self, key: xrt_info_device) -> str:
         assert key is xrt_info_device.host
@@ -84,18 +87,18 @@ class elf(_Tracked):
         Path(path).read_bytes()  # the real constructor parses the file
         super().__init__()
         self.path = path
-        CALLS.append(("elf", path))
+        calls.append(("elf", path))
 
 
 class hw_context(_Tracked):
     kind = "hw_context"
 
     def __init__(self, dev: device, image: elf) -> None:
-        if LIVE[self.kind] >= CONTEXT_POOL:
+        if live[self.kind] >= CONTEXT_POOL:
             raise RuntimeError("DRM_IOCTL_AMDXDNA_CREATE_HWCTX: no free hardware context")
         super().__init__()
         self.device, self.elf = dev, image
-        CALLS.append(("hw_context", image.path))
+        calls.append(("hw_context", image.path))
 
 
 class _ExtKernel(_Tracked):
@@ -104,7 +107,7 @@ class _ExtKernel(_Tracked):
     def __init__(self, context: hw_context, name: str) -> None:
         super().__init__()
         self.context, self.name = context, name
-        CALLS.append(("ext.kernel", name))
+        calls.append(("ext.kernel", name))
 
 
 class _ExtBo(_Tracked):
@@ -115,13 +118,13 @@ class _ExtBo(_Tracked):
         self.device = dev
         self.mapped = bytearray(nbytes)  # what the host sees through map()
         self.memory = bytearray(nbytes)  # what the NPU reads and writes
-        CALLS.append(("ext.bo", self.serial, nbytes))
+        calls.append(("ext.bo", self.serial, nbytes))
 
     def map(self) -> memoryview:
         return memoryview(self.mapped)
 
     def sync(self, direction: xclBOSyncDirection) -> None:
-        CALLS.append(("sync", self.serial, direction.name))
+        calls.append(("sync", self.serial, direction.name))
         if direction is xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
             self.memory[:] = self.mapped
         else:
@@ -138,17 +141,17 @@ class run(_Tracked):
         super().__init__()
         self.kernel = kernel
         self.args: dict[int, _ExtBo] = {}
-        CALLS.append(("run", kernel.name))
+        calls.append(("run", kernel.name))
 
     def set_arg(self, index: int, bo: _ExtBo) -> None:
         self.args[index] = bo
-        CALLS.append(("set_arg", index, bo.serial))
+        calls.append(("set_arg", index, bo.serial))
 
     def start(self) -> None:
-        CALLS.append(("start", self.kernel.name))
+        calls.append(("start", self.kernel.name))
 
     def wait2(self) -> None:
-        CALLS.append(("wait2", self.kernel.name))
+        calls.append(("wait2", self.kernel.name))
         if self.kernel.name in FAILING:
             raise RuntimeError("Command failed to complete successfully (ERT_CMD_STATE_TIMEOUT)")
         if self.kernel.name in KERNELS:
