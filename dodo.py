@@ -1,4 +1,4 @@
-"""doit tasks: `doit compile | generate | profile | verify | diagnosis | model`.
+"""doit tasks: `doit compile|generate|profile|verify|diagnosis|model|pack|unpack|cache`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
