@@ -15,6 +15,7 @@ path, mtime and size in `<runtime home>/toolchain-probes.json`.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -78,6 +79,15 @@ def discover() -> Toolchain:
             version,
             aiecc,
         )
+    if not _iron_importable():
+        return Toolchain(
+            False,
+            f"mlir-aie {version} found but its Python package (aie.iron) is not importable: "
+            f"add $MLIR_AIE_INSTALL_DIR/python to PYTHONPATH or install the wheel. {INSTALL_HINT}",
+            version,
+            aiecc,
+            include,
+        )
     peano, peano_version = _peano()
     if peano is None:
         return Toolchain(
@@ -121,7 +131,7 @@ def _mlir_aie_version(aiecc: Path) -> str | None:
 
 def _version_problem(version: str | None) -> str | None:
     if version is None:
-        return f"cannot tell the mlir-aie version (aiecc --version said nothing usable). {INSTALL_HINT}"
+        return f"cannot tell the mlir-aie version (`aiecc --version` said none). {INSTALL_HINT}"
     numbers = re.match(r"(\d+)\.(\d+)", version)
     if numbers is None or (int(numbers[1]), int(numbers[2])) < MIN_MLIR_AIE:
         return (
@@ -141,6 +151,14 @@ def _include_dir(install: Path | None) -> Path | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return next((c for c in candidates if (c / "aie_api" / "aie.hpp").is_file()), None)
+
+
+def _iron_importable() -> bool:
+    """The IRON designs need `aie.iron`; looked up without importing mlir-aie itself."""
+    try:
+        return importlib.util.find_spec("aie.iron") is not None
+    except ImportError:  # no `aie` package at all
+        return False
 
 
 def _peano() -> tuple[Path | None, str | None]:

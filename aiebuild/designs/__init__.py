@@ -8,7 +8,7 @@ kernel and moves the data) and their tests.
 A design is `design(launch, arg_specs) -> str`: the MLIR text of one launch, whose
 runtime sequence takes the launch's inputs then outputs (`arg_specs`, with the
 shape the launch sees: a slice binding `w_lm[3]` drops the leading axis). It
-links the kernel object named by `kernel_object(launch).name`. mlir-aie is
+links the kernel object named by `kernel_object(spec, launch).name`. mlir-aie is
 imported inside the design functions only, so this registry (and the build
 orchestration) loads without it.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
-from aiebuild.designs.common import KERNELS_SRC, KernelObject
+from aiebuild.designs.common import KernelObject
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
 
 Design = Callable[[Launch, list[ArgSpec]], str]
@@ -34,7 +34,7 @@ Design = Callable[[Launch, list[ArgSpec]], str]
 class OpDesign:
     design: Design
     module: Path  # the design's source file (part of the content key)
-    kernel: Callable[[Launch], KernelObject]  # the kernel source and its -D parameters
+    kernel: Callable[[Launch, list[ArgSpec]], KernelObject]  # source and -D parameters
 
 
 def _op(module, design: Design | None = None) -> OpDesign:
@@ -58,8 +58,10 @@ def op_design(op: str) -> OpDesign:
     return DESIGNS[op]
 
 
-def kernel_object(launch: Launch) -> KernelObject:
-    return op_design(launch.op).kernel(launch)
+def kernel_object(spec: ElfSpec, launch: Launch) -> KernelObject:
+    """The kernel instance a launch links: its -D parameters follow the launch's
+    parameters and its arguments' dtypes (e.g. the fp32 residual stream)."""
+    return op_design(launch.op).kernel(launch, launch_args(spec, launch))
 
 
 def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
@@ -73,10 +75,12 @@ def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
     return args
 
 
-def design_sources(spec: ElfSpec) -> list[Path]:
-    """Every file whose bytes decide this ELF's MLIR and objects."""
+def design_sources(spec: ElfSpec) -> dict[str, Path]:
+    """Every file whose bytes decide this ELF's MLIR and objects, by a label that does
+    not depend on where the checkout lives."""
     files = {Path(__file__), Path(common.__file__)}
-    for launch in spec.launches:
-        files |= {op_design(launch.op).module, kernel_object(launch).source}
-    files |= set(KERNELS_SRC.glob("*.h"))
-    return sorted(files)
+    files |= {op_design(launch.op).module for launch in spec.launches}
+    labelled = {f"aiebuild/designs/{f.name}": f for f in files}
+    kernels = {kernel_object(spec, launch).source for launch in spec.launches}
+    kernels |= set(common.KERNELS_SRC.glob("*.h"))
+    return labelled | {f"kernels_src/{f.name}": f for f in kernels}

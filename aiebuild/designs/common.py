@@ -36,7 +36,10 @@ class KernelObject:
 
 
 def kernel_object(kernel: str, defines: dict[str, Any]) -> KernelObject:
-    return KernelObject(KERNELS_SRC / kernel, tuple(sorted((k, _macro(v)) for k, v in defines.items())))
+    """`kernel` (a file in kernels_src/) compiled with `defines` as -D macros."""
+    return KernelObject(
+        KERNELS_SRC / kernel, tuple(sorted((k, _macro(v)) for k, v in defines.items()))
+    )
 
 
 def _macro(value: Any) -> str:

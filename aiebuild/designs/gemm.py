@@ -27,7 +27,7 @@ def tile_m(launch: Launch) -> int:
     return min(launch.params["M"], TILE)
 
 
-def kernel(launch: Launch) -> KernelObject:
+def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TILE, "TN": TILE})
 
 
@@ -43,9 +43,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> str:
     a_in, b_in = lib.ObjectFifo(a_ty, name="a_in"), lib.ObjectFifo(b_ty, name="b_in")
     c_out = lib.ObjectFifo(c_ty, name="c_out")
     suffix = f"{tm}x{TILE}x{TILE}"
-    zero = lib.Kernel(f"gemm_zero_f32_{suffix}", kernel(launch).name, [acc_ty])
-    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", kernel(launch).name, [a_ty, b_ty, acc_ty])
-    store = lib.Kernel(f"gemm_store_bf16_{suffix}", kernel(launch).name, [acc_ty, c_ty])
+    zero = lib.Kernel(f"gemm_zero_f32_{suffix}", kernel(launch, args).name, [acc_ty])
+    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", kernel(launch, args).name, [a_ty, b_ty, acc_ty])
+    store = lib.Kernel(f"gemm_store_bf16_{suffix}", kernel(launch, args).name, [acc_ty, c_ty])
     acc = lib.Buffer(acc_ty, name="acc")
 
     def core(a, b, c, accumulator, zero_fn, mac_fn, store_fn):
@@ -63,8 +63,13 @@ def design(launch: Launch, args: list[ArgSpec]) -> str:
     worker = lib.Worker(core, [a_in.cons(), b_in.cons(), c_out.prod(), acc, zero, mac, store])
     x_dims, w_dims, y_dims = args[0].shape, args[1].shape, args[2].shape
     # Per M block: x tiles [n (replay), k, row, col]; all of w [n, k, row, col]; y [n, row, col].
-    x_taps = [tap(x_dims, i * tm * k, [n_tiles, k_tiles, tm, TILE], [0, TILE, k, 1]) for i in range(m_tiles)]
+    x_taps = [
+        tap(x_dims, i * tm * k, [n_tiles, k_tiles, tm, TILE], [0, TILE, k, 1])
+        for i in range(m_tiles)
+    ]
     w_taps = [tap(w_dims, 0, [n_tiles, k_tiles, TILE, TILE], [TILE * k, TILE, k, 1])] * m_tiles
-    y_taps = [tap(y_dims, i * tm * n, [1, n_tiles, tm, TILE], [0, TILE, n, 1]) for i in range(m_tiles)]
+    y_taps = [
+        tap(y_dims, i * tm * n, [1, n_tiles, tm, TILE], [0, TILE, n, 1]) for i in range(m_tiles)
+    ]
     fills = [(a_in.prod(), x_taps), (b_in.prod(), w_taps)]
     return stream_program(args, fills, [(c_out.cons(), y_taps)], [worker])

@@ -1,5 +1,6 @@
-"""RMSNorm (aierun/ops/norm.py, kernels_src/rmsnorm.cc): x rows stream through one
-core, the weight row stays resident for the whole launch."""
+"""RMSNorm (aierun/ops/norm.py, kernels_src/rmsnorm.cc): x rows (fp32 residual stream
+or bf16) stream through one core, the weight row stays resident for the whole
+launch, the normalized rows leave as bf16 GEMM operands."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_pr
 from aierun.abi import BF16, ArgSpec, Launch
 
 
-def kernel(launch: Launch) -> KernelObject:
-    return kernel_object("rmsnorm.cc", {"E": launch.params["E"], "EPS": float(launch.params["eps"])})
+def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
+    defines = {"E": launch.params["E"], "EPS": float(launch.params["eps"])}
+    return kernel_object("rmsnorm.cc", {**defines, "X_F32": args[0].dtype == "f32"})
 
 
-def symbol(launch: Launch) -> str:
-    return f"rmsnorm_bf16_{launch.params['E']}"  # as kernels_src/rmsnorm.cc composes it
+def symbol(launch: Launch, args: list[ArgSpec]) -> str:
+    """As kernels_src/rmsnorm.cc composes it from its -D parameters."""
+    return f"rmsnorm_{args[0].dtype}_{launch.params['E']}"
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> str:
@@ -20,11 +23,11 @@ def design(launch: Launch, args: list[ArgSpec]) -> str:
     from aie.iron.controlflow import range_
 
     rows, e = launch.params["rows"], launch.params["E"]
-    row = tensor(e, BF16)
-    x_in = lib.ObjectFifo(row, name="x_in", depth=2)
+    x_row, row = tensor(e, args[0].np_dtype), tensor(e, BF16)
+    x_in = lib.ObjectFifo(x_row, name="x_in", depth=2)
     w_in = lib.ObjectFifo(row, name="w_in", depth=1)
     y_out = lib.ObjectFifo(row, name="y_out", depth=2)
-    norm = lib.Kernel(symbol(launch), kernel(launch).name, [row, row, row])
+    norm = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [x_row, row, row])
 
     def core(x, w, y, rmsnorm):
         weight = w.acquire(1)

@@ -7,12 +7,14 @@ from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_pr
 from aierun.abi import BF16, ArgSpec, Launch
 
 
-def kernel(launch: Launch) -> KernelObject:
-    return kernel_object("rope.cc", {"HEADS": launch.params["heads"], "DH": launch.params["head_dim"]})
+def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
+    params = {"HEADS": launch.params["heads"], "DH": launch.params["head_dim"]}
+    return kernel_object("rope.cc", {**params, "TABLE_F32": args[1].dtype == "f32"})
 
 
-def symbol(launch: Launch) -> str:
-    return f"rope_bf16_{launch.params['heads']}x{launch.params['head_dim']}"
+def symbol(launch: Launch, args: list[ArgSpec]) -> str:
+    """As kernels_src/rope.cc composes it: the table's dtype, heads x head_dim."""
+    return f"rope_{args[1].dtype}_{launch.params['heads']}x{launch.params['head_dim']}"
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> str:
@@ -20,11 +22,11 @@ def design(launch: Launch, args: list[ArgSpec]) -> str:
     from aie.iron.controlflow import range_
 
     rows, heads, dim = launch.params["rows"], launch.params["heads"], launch.params["head_dim"]
-    row, table_row = tensor(heads * dim, BF16), tensor(dim, BF16)
+    row, table_row = tensor(heads * dim, BF16), tensor(dim, args[1].np_dtype)
     x_in = lib.ObjectFifo(row, name="x_in")
     t_in = lib.ObjectFifo(table_row, name="table_in")
     y_out = lib.ObjectFifo(row, name="y_out")
-    rotate = lib.Kernel(symbol(launch), kernel(launch).name, [row, table_row, row])
+    rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [row, table_row, row])
 
     def core(x, t, y, fn):
         for _ in range_(rows):

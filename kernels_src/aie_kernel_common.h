@@ -1,0 +1,51 @@
+// Shared by every kernel in kernels_src/: symbol composition from -D parameters,
+// the rounding mode, and bf16/fp32 loads into fp32 vectors.
+//
+// AIE2P arithmetic facts these kernels rely on (npu-stack.md, "AIE2P arithmetic";
+// aierun/ops emulates the same choices):
+// (R) float -> bf16 conversions round toward minus infinity unless the rounding
+//     mode register says otherwise: every kernel calls set_round_to_nearest_even()
+//     first, matching numpy/ml_dtypes (aierun.ops.numerics.to_bf16).
+// (M) there is no fp32 multiplier: fp32 x fp32 products are built from bf16 limbs
+//     and may differ from IEEE in the last bit.
+// (S) vector reductions accumulate per lane, then halve the lanes pairwise.
+// (L) exp and reciprocal come from lookup tables (exp in 1/256 steps, reciprocal
+//     within ~0.4%): softmax and SiLU are not libm's.
+// (B) bf16 matmuls are real bf16 x bf16 -> fp32 (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
+//     is never defined: bfp16 blocks would change the numerics).
+#pragma once
+
+#include <aie_api/aie.hpp>
+
+#define AIE_CAT_(a, b) a##b
+#define AIE_CAT(a, b) AIE_CAT_(a, b)
+#define AIE_CAT3(a, b, c) AIE_CAT(AIE_CAT(a, b), c)
+#define AIE_CAT5(a, b, c, d, e) AIE_CAT(AIE_CAT3(a, b, c), AIE_CAT(d, e))
+
+static inline void set_round_to_nearest_even() {
+  aie::set_rounding(aie::rounding_mode::conv_even);  // fact (R)
+}
+
+// N elements of bf16 or fp32 as an fp32 vector (bf16 -> fp32 is exact).
+template <unsigned N>
+static inline aie::vector<float, N> load_f32(const float *p) {
+  return aie::load_v<N>(p);
+}
+template <unsigned N>
+static inline aie::vector<float, N> load_f32(const bfloat16 *p) {
+  aie::accum<accfloat, N> widened;
+  widened.from_vector(aie::load_v<N>(p));
+  return widened.template to_vector<float>();
+}
+
+// Store an fp32 vector as bf16 (rounded to nearest even after the mode is set) or fp32.
+template <unsigned N>
+static inline void store_as(bfloat16 *p, aie::vector<float, N> v) {
+  aie::accum<accfloat, N> wide;
+  wide.from_vector(v);
+  aie::store_v(p, wide.template to_vector<bfloat16>());
+}
+template <unsigned N>
+static inline void store_as(float *p, aie::vector<float, N> v) {
+  aie::store_v(p, v);
+}

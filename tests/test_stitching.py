@@ -1,0 +1,167 @@
+"""The stitcher on MLIR fixtures shaped like IRON 1.4 output (tests/fixtures/mlir)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aiebuild.stitching import ChildModule, StitchError, stitch
+from aierun.abi import ArgSpec, Role
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mlir"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def arg(name: str, shape: tuple[int, ...], role: Role, dtype: str = "bf16") -> ArgSpec:
+    return ArgSpec(name, shape, dtype, role)
+
+
+# rmsnorm (fp32 x) then a GEMM, with an intermediate between them.
+NORM_GEMM_ARGS = (
+    arg("x", (4, 64), Role.INPUT, "f32"),
+    arg("attn_norm", (64,), Role.WEIGHT),
+    arg("xn", (4, 64), Role.INTERMEDIATE),
+    arg("wq", (128, 64), Role.WEIGHT),
+    arg("q", (4, 128), Role.OUTPUT),
+)
+NORM = ChildModule("l0_rmsnorm", fixture("rmsnorm_4x64.mlir"), ("x", "attn_norm", "xn"))
+GEMM = ChildModule("l1_gemm", fixture("gemm_4x64x128.mlir"), ("xn", "wq", "q"))
+
+
+def device_block(text: str, name: str) -> str:
+    """The text of `aie.device(...) @name { ... }`, by brace matching."""
+    start = text.index(f"@{name} {{")
+    depth = 0
+    for index in range(text.index("{", start), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[start : index + 1]
+    raise AssertionError(f"device {name} is not closed")
+
+
+def test_each_launch_gets_its_own_device_and_main_wraps_them():
+    out = stitch([NORM, GEMM], NORM_GEMM_ARGS, "mini").mlir
+    assert re.findall(r"aie\.device\(npu2\) @(\w+)", out) == ["l0_rmsnorm", "l1_gemm", "main"]
+    assert out.count("{") == out.count("}")
+    norm = device_block(out, "l0_rmsnorm")
+    # The child's own body is kept: its fifos, core and runtime sequence.
+    assert "aie.objectfifo @x_in(" in norm and "func.call @rmsnorm_f32_64(" in norm
+    assert "aie.runtime_sequence @sequence(%arg0: memref<4x64xf32>" in norm
+    assert "aiex.configure" not in norm
+
+
+def test_main_takes_every_elf_arg_in_abi_order_and_runs_launches_in_order():
+    result = stitch([NORM, GEMM], NORM_GEMM_ARGS, "mini")
+    main = device_block(result.mlir, "main")
+    assert result.sequence == "mini"
+    assert (
+        "aie.runtime_sequence @mini(%arg0: memref<4x64xf32>, %arg1: memref<64xbf16>, "
+        "%arg2: memref<4x64xbf16>, %arg3: memref<128x64xbf16>, %arg4: memref<4x128xbf16>)"
+    ) in main
+    runs = re.findall(r"aiex\.configure @(\w+) \{\s*aiex\.run @(\w+)\(([^)]*)\)", main)
+    assert runs == [
+        ("l0_rmsnorm", "sequence", "%arg0, %arg1, %arg2"),
+        ("l1_gemm", "sequence", "%arg2, %arg3, %arg4"),  # the intermediate xn is %arg2
+    ]
+    assert "(memref<4x64xbf16>, memref<128x64xbf16>, memref<4x128xbf16>)" in main
+
+
+def test_child_load_pdis_are_removed():
+    assert "aiex.npu.load_pdi" in NORM.mlir  # the fixture carries one, as IRON emits it
+    result = stitch([NORM, GEMM], NORM_GEMM_ARGS, "mini")
+    assert "load_pdi" not in result.mlir
+    assert result.removed_load_pdis == 2
+
+
+LM_ARGS = (
+    arg("x", (1, 64), Role.INPUT),
+    arg("w_lm", (4, 128, 64), Role.WEIGHT),
+    arg("logits", (4, 128), Role.OUTPUT, "f32"),
+)
+
+
+def gemv_partition(number: int, partition: int) -> ChildModule:
+    bindings = ("x", f"w_lm[{partition}]", f"logits[{partition}]")
+    return ChildModule(f"l{number}_gemv", fixture("gemv_flat.mlir"), bindings)
+
+
+def test_slices_and_reshapes_become_reinterpret_casts():
+    result = stitch([gemv_partition(0, 1), gemv_partition(1, 3)], LM_ARGS, "lm_head_gemv")
+    main = device_block(result.mlir, "main")
+    # x [1, 64] is passed as the launch's flat memref<64xbf16>: a cast at offset 0.
+    assert (
+        "%l0_gemv_a0 = memref.reinterpret_cast %arg0 to offset: [0], sizes: [64], "
+        "strides: [1] : memref<1x64xbf16> to memref<64xbf16>"
+    ) in main
+    # Partition 1 of w_lm starts 1 * 128 * 64 elements in; partition 3 at 3 * 8192.
+    assert (
+        "memref.reinterpret_cast %arg1 to offset: [8192], sizes: [128, 64], strides: [64, 1] "
+        ": memref<4x128x64xbf16> to memref<128x64xbf16, strided<[64, 1], offset: 8192>>"
+    ) in main
+    assert "offset: [24576], sizes: [128, 64]" in main
+    assert "%arg2 to offset: [384], sizes: [128], strides: [1]" in main
+    assert "aiex.run @sequence(%l1_gemv_a0, %l1_gemv_a1, %l1_gemv_a2)" in main
+    # An unnamed IRON sequence is named so that aiex.run can call it.
+    assert "aie.runtime_sequence @sequence(%arg0: memref<64xbf16>" in result.mlir
+    # Both partitions link the same object with the same symbol: nothing renamed.
+    assert result.renames == () and result.objects == ("gemv_9a8b7c6d5e.o",)
+
+
+def test_a_symbol_compiled_twice_with_other_parameters_is_renamed():
+    other = fixture("gemm_4x64x128.mlir").replace("gemm_0f1e2d3c4b.o", "gemm_ffffffffff.o")
+    args = (*NORM_GEMM_ARGS, arg("wk", (128, 64), Role.WEIGHT), arg("k", (4, 128), Role.OUTPUT))
+    second = ChildModule("l2_gemm", other, ("xn", "wk", "k"))
+    result = stitch([NORM, GEMM, second], args, "mini")
+
+    [rename] = result.renames
+    assert rename.source == "gemm_ffffffffff.o"
+    assert rename.object == "gemm_ffffffffff.l2_gemm.o"
+    assert dict(rename.symbols) == {
+        f"gemm_{kind}_4x64x64": f"gemm_{kind}_4x64x64__l2_gemm"
+        for kind in ("zero_f32", "mac_bf16", "store_bf16")
+    }
+    renamed = device_block(result.mlir, "l2_gemm")
+    assert "func.func private @gemm_mac_bf16_4x64x64__l2_gemm(" in renamed
+    assert "func.call @gemm_mac_bf16_4x64x64__l2_gemm(" in renamed
+    assert re.search(r"@gemm_mac_bf16_4x64x64[(\s]", renamed) is None
+    assert 'link_with = "gemm_ffffffffff.l2_gemm.o"' in renamed
+    first = device_block(result.mlir, "l1_gemm")
+    assert "@gemm_mac_bf16_4x64x64(" in first and "__" not in first
+    assert result.objects == (
+        "gemm_0f1e2d3c4b.o",
+        "gemm_ffffffffff.l2_gemm.o",
+        "rmsnorm_1a2b3c4d5e.o",
+    )
+
+
+def test_odd_configure_count_is_padded_for_expand_load_pdis():
+    single = [ChildModule("l0_gemm", GEMM.mlir, GEMM.bindings)]
+    padded = device_block(
+        stitch(single, NORM_GEMM_ARGS, "one", pad_odd_configures=True).mlir, "main"
+    )
+    assert padded.count("aiex.configure @l0_gemm") == 2
+    assert padded.count("aiex.run") == 1  # the extra configure is empty
+    plain = device_block(stitch(single, NORM_GEMM_ARGS, "one").mlir, "main")
+    assert plain.count("aiex.configure") == 1
+    even = stitch([NORM, GEMM], NORM_GEMM_ARGS, "two", pad_odd_configures=True).mlir
+    assert device_block(even, "main").count("aiex.configure") == 2
+
+
+@pytest.mark.parametrize(
+    ("bindings", "message"),
+    [
+        (("x", "attn_norm"), "takes 3 arguments but the launch binds 2"),
+        (("x", "nope", "xn"), "'nope', which is no ELF argument"),
+        (("x", "wq", "xn"), "argument 1 is memref<64xbf16> but binds wq"),
+        (("xn", "attn_norm", "xn"), "argument 0 is memref<4x64xf32> but binds xn"),
+    ],
+)
+def test_a_launch_that_does_not_fit_its_elf_is_refused(bindings, message):
+    child = ChildModule("l0_rmsnorm", NORM.mlir, bindings)
+    with pytest.raises(StitchError, match=re.escape(message)):
+        stitch([child], NORM_GEMM_ARGS, "mini")
