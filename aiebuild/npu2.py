@@ -35,6 +35,7 @@ from aiebuild.targets import plan_bytes, plan_meta
 from aierun import paths
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import PLAN, sha256_file
+from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
 
 log = structlog.get_logger("aiebuild.npu2")
@@ -129,8 +130,7 @@ class Npu2Target:
             **plan_meta(spec, self.fingerprint()),
             "kernel": f"main:{stitched.sequence}",
             "elf": elf,
-            # XRT argument i is ElfSpec.args[i], intermediates and scratch included.
-            "arg_order": [arg.name for arg in spec.args],
+            "arg_order": [arg.name for arg in kernel_arg_order(spec)],
         }
         files = {PLAN: plan_bytes(spec), elf: work / elf, STITCHED: work / STITCHED}
         return store.publish(key, meta, files)
@@ -186,7 +186,10 @@ class Npu2Target:
             text = designs.op_design(launch.op).design(launch, designs.launch_args(spec, launch))
             (work / f"{device}.mlir").write_text(text)  # kept for inspection
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
-        stitched = stitch(children, spec.args, spec.name, pad_odd_configures=True)
+        # The runtime's rule for the kernel name and argument order (aierun.devices.npu).
+        stitched = stitch(
+            children, kernel_arg_order(spec), sequence_name(spec), pad_odd_configures=True
+        )
         (work / STITCHED).write_text(stitched.mlir)
         return stitched
 

@@ -2,8 +2,8 @@
 
 One artifact is one full ELF whose wrapper device `@main` runs every launch of the
 ELF from one host call (aiebuild.stitching). The runtime's side of that contract
-is stated here, in two functions (aiebuild.npu2 builds to the same rule and
-records both in the artifact's `kernel` and `arg_order`):
+is stated here, in two functions that aiebuild.npu2 imports to build and record
+the artifact's `kernel` and `arg_order`, so both sides follow one rule:
 
 - `sequence_name(spec)`: the name of @main's runtime sequence; the host calls
   kernel `main:<sequence>`.
