@@ -18,14 +18,15 @@ archive>/`, which later runs reuse after re-checking the hashes.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,26 +42,27 @@ SUMS = "SHA256SUMS"
 BUNDLE_META = "bundle.json"
 ENTRIES = "entries"
 REQUIRED = (BUNDLE_META, MANIFEST)
+REPACK = "get an intact copy of the bundle, or re-run `doit pack` where it was built"
 # What a damaged or non-tar archive raises while it is read.
-_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+_READ_ERRORS = (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def open_bundle(archive: Path, cache_dir: Path, targets: Iterable[str] | None = None) -> Path:
+def open_bundle(archive: Path, cache_dir: Path, targets: tuple[str, ...] | None = None) -> Path:
     """Check and unpack `archive` (or reuse its intact unpacked copy); returns the
     directory holding manifest.json. `targets`: what the device can run (None: any)."""
     archive = Path(archive)
     if not archive.is_file():
-        raise ArtifactError(f"bundle {archive}: no such file")
+        raise ArtifactError(f"bundle {archive}: no such file; pass an archive made by `doit pack`")
     final = Path(cache_dir) / sha256_file(archive)
     if _is_intact(final):
         log.info("bundle.reuse", bundle=str(archive), path=str(final))
-        check_compatible(final, archive, targets)
+        _check_compatible(final, archive, targets)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
     try:
         _extract(archive, staging)
-        check_compatible(staging, archive, targets)
+        _check_compatible(staging, archive, targets)
         _install(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -73,14 +75,21 @@ def sums_text(digests: dict[str, str]) -> str:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items()))
 
 
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def parse_sums(text: str, archive: Path) -> dict[str, str]:
+    """{normalized path: sha256} from SHA256SUMS text; refuses malformed or unsafe lines."""
     listed = {}
     for number, line in enumerate(text.splitlines(), 1):
-        digest, _, name = line.partition("  ")
-        name = _normalized(name.removeprefix("*")) if name else ""
-        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest):
+        digest, _, rest = line.partition(" ")
+        name = rest[1:] if rest[:1] in (" ", "*") else ""  # text or binary mode
+        if not re.fullmatch("[0-9a-f]{64}", digest) or not name:
             raise _refuse(archive, f"line {number} of {SUMS} is not '<sha256>  <path>'")
-        listed[name] = digest
+        if problem := _path_problem(name):
+            raise _refuse(archive, f"{SUMS} lists {name!r}, which {problem}")
+        listed[_normalized(name)] = digest
     missing = [name for name in REQUIRED if name not in listed]
     if missing:
         raise _refuse(archive, f"{SUMS} does not list {', '.join(missing)}")
@@ -101,10 +110,12 @@ def _extract(archive: Path, staging: Path) -> None:
                 _extract_member(tar, member, staging, archive)
     except _READ_ERRORS as exc:
         raise _refuse(archive, f"it is damaged or not a tar archive ({exc})") from None
-    _verify_files(staging, listed, archive, present={m.name for m in files})
+    _verify_files(staging, listed, archive)
 
 
-def _read_sums(tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path):
+def _read_sums(
+    tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path
+) -> dict[str, str]:
     found = [m for m in members if _normalized(m.name) == SUMS and m.isfile()]
     if not found:
         raise _refuse(archive, f"it has no {SUMS}: it was not made by `doit pack`")
@@ -115,15 +126,12 @@ def _checked_members(
     members: list[tarfile.TarInfo], listed: dict[str, str], archive: Path
 ) -> list[tarfile.TarInfo]:
     """Refuse anything but regular files and directories at safe relative paths;
-    returns the regular files, each listed in SHA256SUMS and present once."""
+    returns the regular files: SHA256SUMS and files it lists, each present once."""
     files, seen = [], set()
     for member in members:
         name = member.name
-        path = PurePosixPath(name)
-        if path.is_absolute() or "\\" in name or (path.parts and ":" in path.parts[0]):
-            raise _refuse(archive, f"member {name!r} has an absolute path")
-        if ".." in path.parts:
-            raise _refuse(archive, f"member {name!r} points outside the bundle ('..')")
+        if problem := _path_problem(name):
+            raise _refuse(archive, f"member {name!r} {problem}")
         if member.issym() or member.islnk():
             kind = "symbolic" if member.issym() else "hard"
             raise _refuse(archive, f"member {name!r} is a {kind} link to {member.linkname!r}")
@@ -138,10 +146,12 @@ def _checked_members(
         if name != SUMS and name not in listed:
             raise _refuse(archive, f"member {name!r} is not listed in {SUMS}")
         files.append(member)
-    return [m for m in files if _normalized(m.name) != SUMS]
+    return files
 
 
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, archive):
+def _extract_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, archive: Path
+) -> None:
     try:
         # tarfile's own "data" filter is a second line of defence behind our checks.
         tar.extract(member, staging, filter="data")
@@ -151,11 +161,10 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path
         raise _refuse(archive, f"member {member.name!r} could not be read ({exc})") from None
 
 
-def _verify_files(root: Path, listed: dict[str, str], archive: Path, present: Iterable[str]):
+def _verify_files(root: Path, listed: dict[str, str], archive: Path) -> None:
     """Every listed file must be there and match its sha256."""
-    present = {_normalized(name) for name in present}
     for name, digest in listed.items():
-        if name not in present or not (root / name).is_file():
+        if not (root / name).is_file():
             raise _refuse(archive, f"{name} is listed in {SUMS} but missing from the bundle")
         if sha256_file(root / name) != digest:
             raise _refuse(
@@ -172,7 +181,7 @@ def _is_intact(unpacked: Path) -> bool:
         return False
     try:
         listed = parse_sums(sums.read_text(), unpacked)
-        _verify_files(unpacked, listed, unpacked, present=listed)
+        _verify_files(unpacked, listed, unpacked)
     except ArtifactError as exc:
         log.warning("bundle.unpacked_copy_damaged", path=str(unpacked), reason=str(exc))
         return False
@@ -196,7 +205,7 @@ def _install(staging: Path, final: Path) -> None:
 # -- compatibility ----------------------------------------------------------------
 
 
-def check_compatible(root: Path, archive: Path, targets: Iterable[str] | None) -> dict[str, Any]:
+def _check_compatible(root: Path, archive: Path, targets: tuple[str, ...] | None) -> None:
     """Refuse a bundle of a newer schema, for a newer runtime or for another target."""
     meta = _read_json(root / BUNDLE_META, archive)
     manifest = _read_json(root / MANIFEST, archive)
@@ -208,24 +217,24 @@ def check_compatible(root: Path, archive: Path, targets: Iterable[str] | None) -
     if schema > ARTIFACT_SCHEMA:
         raise _refuse(
             archive,
-            f"it uses bundle schema {schema}, this runtime reads up to {ARTIFACT_SCHEMA}; "
-            "upgrade aierun (pip install -U aie-llm)",
+            f"it uses bundle schema {schema}, this runtime reads up to {ARTIFACT_SCHEMA}",
+            "upgrade aierun (pip install -U aie-llm) or pack the bundle with this version",
         )
     if needed > Version(__version__):
         raise _refuse(
-            archive, f"it needs aierun >= {needed}, this is {__version__}; upgrade aierun"
+            archive,
+            f"it needs aierun >= {needed}, this is {__version__}",
+            "upgrade aierun (pip install -U aie-llm)",
         )
-    targets = tuple(targets) if targets is not None else None
     if targets is not None and target not in targets:
         raise _refuse(
             archive,
-            f"it is for target {target!r}, the device runs {' or '.join(targets)}; "
+            f"it is for target {target!r}, the device runs {' or '.join(targets)}",
             f"pack a bundle for {targets[0]} (doit pack target={targets[0]}) or use a device "
             f"that runs {target}",
         )
     if manifest.get("target") != target or manifest.get("store") != ENTRIES:
         raise _refuse(archive, f"its {MANIFEST} does not match {BUNDLE_META}")
-    return meta
 
 
 def _read_json(path: Path, archive: Path) -> dict[str, Any]:
@@ -238,20 +247,25 @@ def _read_json(path: Path, archive: Path) -> dict[str, Any]:
     return data
 
 
+def _path_problem(name: str) -> str | None:
+    """Why `name` may not be unpacked as is, if it may not."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):  # "/x" or "C:x"
+        return "has an absolute path"
+    if ".." in path.parts:
+        return "points outside the bundle ('..')"
+    if "\\" in name:
+        return "uses backslashes, which are not portable path separators"
+    return None
+
+
 def _normalized(name: str) -> str:
     """The path as SHA256SUMS spells it ("./a//b/" -> "a/b")."""
     return str(PurePosixPath(name))
 
 
-def _refuse(archive: Path, reason: str) -> ArtifactError:
-    return ArtifactError(
-        f"refusing bundle {archive}: {reason}. Nothing was unpacked from it; "
-        "get an intact bundle (or re-run `doit pack` where it was built)."
-    )
-
-
-def digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _refuse(archive: Path, reason: str, advice: str = REPACK) -> ArtifactError:
+    return ArtifactError(f"refusing bundle {archive}: {reason}. Nothing from it is used: {advice}.")
 
 
 # -- `aierun unpack` ----------------------------------------------------------------

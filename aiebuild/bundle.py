@@ -1,0 +1,121 @@
+"""`doit pack`: one archive that ships a target's compiled ELFs to machines without
+the compiler (DESIGN.md section 7). The layout and the checks on the receiving side
+are aierun.bundle's: the manifest with its store rewritten to "entries", the
+entries it names, bundle.json (schema, target, minimum runtime version, model) and
+SHA256SUMS over all of them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from aiebuild.tasks import BuildConfig, manifest_path, select_target
+from aierun import ARTIFACT_SCHEMA, __version__
+from aierun.artifacts import (
+    ENTRY_META,
+    MANIFEST,
+    ArtifactError,
+    ArtifactSet,
+    sha256_file,
+    verify_entry,
+)
+from aierun.bundle import BUNDLE_META, ENTRIES, SUMS, digest_bytes, sums_text
+from aierun.errors import UserError
+
+log = structlog.get_logger("aiebuild.bundle")
+
+
+def pack_build(config: BuildConfig) -> Path:
+    """`doit pack`: bundle the configured target at build/bundles/<model>-<target>.tar.gz."""
+    target = select_target(config.target)
+    artifacts = _open_manifest(config.home, target)
+    name = f"{artifacts.manifest['model_name']}-{target}.tar.gz"
+    return pack(config.home, target, config.home / "bundles" / name)
+
+
+def pack(home: Path, target: str, out_path: Path) -> Path:
+    """Write the bundle of `target`'s current manifest to `out_path` (atomically)."""
+    artifacts = _open_manifest(home, target)
+    files = _entry_files(artifacts)
+    documents = _documents(artifacts, target)
+    digests = {name: sha256_file(path) for name, path in files.items()}
+    digests |= {name: digest_bytes(data) for name, data in documents.items()}
+    _write_archive(out_path, {SUMS: sums_text(digests).encode(), **documents}, files)
+    size = out_path.stat().st_size
+    log.info("bundle.packed", path=str(out_path), target=target, files=len(digests), bytes=size)
+    return out_path
+
+
+def _documents(artifacts: ArtifactSet, target: str) -> dict[str, bytes]:
+    """manifest.json (pointing at the bundled entries) and bundle.json."""
+    meta = {
+        "schema": ARTIFACT_SCHEMA,
+        "target": target,
+        "min_runtime_version": __version__,
+        "model": artifacts.manifest["model_name"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    manifest = {**artifacts.manifest, "store": ENTRIES}
+    return {
+        MANIFEST: json.dumps(manifest, indent=2, sort_keys=True).encode(),
+        BUNDLE_META: json.dumps(meta, indent=2, sort_keys=True).encode(),
+    }
+
+
+def _open_manifest(home: Path, target: str) -> ArtifactSet:
+    path = manifest_path(home, target)
+    if not path.is_file():
+        raise UserError(
+            f"nothing to pack: no compiled artifacts for target {target} ({path} is missing). "
+            f"Run `doit compile target={target}` first."
+        )
+    return ArtifactSet.open(path)
+
+
+def _entry_files(artifacts: ArtifactSet) -> dict[str, Path]:
+    """Archive name -> file for every entry the manifest names, each verified first:
+    a corrupt entry must not travel."""
+    files = {}
+    for key in sorted(set(artifacts.manifest["elfs"].values())):
+        entry = artifacts.store / key
+        try:
+            meta = verify_entry(entry)
+        except ArtifactError as exc:
+            raise UserError(f"{exc}. Not packing it: run `doit compile` to rebuild it.") from None
+        for name in (ENTRY_META, *meta["files"]):
+            files[f"{ENTRIES}/{key}/{name}"] = entry / name
+    return files
+
+
+def _write_archive(out_path: Path, blobs: dict[str, bytes], files: dict[str, Path]) -> None:
+    """A gzip tar of `blobs` then `files`, renamed into place only when complete."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+    try:
+        with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            for name, data in blobs.items():
+                _add(tar, name, len(data), io.BytesIO(data))
+            for name, path in files.items():
+                with path.open("rb") as source:
+                    _add(tar, name, path.stat().st_size, source)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _add(tar: tarfile.TarFile, name: str, size: int, source: BinaryIO) -> None:
+    """A plain, ownerless regular file: nothing of the build machine leaks into it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
+    tar.addfile(info, source)
