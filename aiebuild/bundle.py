@@ -7,13 +7,12 @@ SHA256SUMS over all of them.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import tarfile
 import tempfile
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,7 +62,6 @@ def _documents(artifacts: ArtifactSet, target: str) -> dict[str, bytes]:
         "target": target,
         "min_runtime_version": __version__,
         "model": artifacts.manifest["model_name"],
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     manifest = {**artifacts.manifest, "store": ENTRIES}
     return {
@@ -98,11 +96,17 @@ def _entry_files(artifacts: ArtifactSet) -> dict[str, Path]:
 
 
 def _write_archive(out_path: Path, blobs: dict[str, bytes], files: dict[str, Path]) -> None:
-    """A gzip tar of `blobs` then `files`, renamed into place only when complete."""
+    """A gzip tar of `blobs` then `files`, renamed into place only when complete.
+    Reproducible: the same artifacts give the same bytes (no timestamps, no owners),
+    so an unpacked copy keyed by the archive's hash is reused, not duplicated."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
     try:
-        with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with (
+            os.fdopen(handle, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed,
+            tarfile.open(fileobj=packed, mode="w") as tar,
+        ):
             for name, data in blobs.items():
                 _add(tar, name, len(data), io.BytesIO(data))
             for name, path in files.items():
@@ -117,5 +121,5 @@ def _write_archive(out_path: Path, blobs: dict[str, bytes], files: dict[str, Pat
 def _add(tar: tarfile.TarFile, name: str, size: int, source: BinaryIO) -> None:
     """A plain, ownerless regular file: nothing of the build machine leaks into it."""
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
+    info.size, info.mode = size, 0o644
     tar.addfile(info, source)

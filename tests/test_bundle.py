@@ -82,6 +82,11 @@ def test_pack_lists_every_file_and_rewrites_the_store(bundle, emu_manifest):
     )
 
 
+def test_packing_is_reproducible(tmp_path, bundle, runtime_home, emu_manifest):
+    again = pack(runtime_home, "emu", tmp_path / "again.tar.gz")
+    assert again.read_bytes() == bundle.read_bytes()
+
+
 def test_bundle_runs_elsewhere_without_aiebuild(tmp_path, bundle, session, model_dir):
     """The bundle copied to another directory, run by a Python that cannot import
     aiebuild, generates what the build directory's artifacts generate."""
