@@ -121,3 +121,19 @@ def stream_program(
         group.finish()
 
     return resolve(lib.Runtime(sequence, [*host_types(args), *handles]), workers)
+
+
+def streaming_core(steps: int):
+    """A worker body for kernels that consume one buffer of every input fifo and
+    produce one output buffer per call, `steps` times (worker args: the fifo
+    handles in kernel-argument order, then the kernel)."""
+    from aie.iron.controlflow import range_
+
+    def core(*handles):
+        *fifos, kernel_fn = handles
+        for _ in range_(steps):
+            kernel_fn(*(fifo.acquire(1) for fifo in fifos))
+            for fifo in fifos:
+                fifo.release(1)
+
+    return core

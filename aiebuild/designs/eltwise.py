@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import math
 
-from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_program, tensor
+from aiebuild.designs.common import (
+    KernelObject,
+    iron,
+    kernel_object,
+    stream_program,
+    streaming_core,
+    tensor,
+)
 from aierun.abi import ArgSpec, Launch
 
 MAX_CHUNK = 2048  # elements per ObjectFifo buffer (4 KiB of bf16)
@@ -34,8 +41,6 @@ def symbol(name: str, launch: Launch, args: list[ArgSpec]) -> str:
 
 def _binary(launch: Launch, args: list[ArgSpec], name: str) -> str:
     lib = iron()
-    from aie.iron.controlflow import range_
-
     size = chunk(launch)
     steps = launch.params["rows"] * launch.params["cols"] // size
     a_ty, b_ty, c_ty = (tensor(size, arg.np_dtype) for arg in args)
@@ -43,15 +48,7 @@ def _binary(launch: Launch, args: list[ArgSpec], name: str) -> str:
     out = lib.ObjectFifo(c_ty, name="out")
     op = lib.Kernel(symbol(name, launch, args), kernel(launch, args).name, [a_ty, b_ty, c_ty])
 
-    def core(a, b, c, fn):
-        for _ in range_(steps):
-            x, y, z = a.acquire(1), b.acquire(1), c.acquire(1)
-            fn(x, y, z)
-            a.release(1)
-            b.release(1)
-            c.release(1)
-
-    worker = lib.Worker(core, [a_in.cons(), b_in.cons(), out.prod(), op])
+    worker = lib.Worker(streaming_core(steps), [a_in.cons(), b_in.cons(), out.prod(), op])
     fills = [(a_in.prod(), None), (b_in.prod(), None)]
     return stream_program(args, fills, [(out.cons(), None)], [worker])
 

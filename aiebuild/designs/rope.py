@@ -3,7 +3,14 @@ and that position's table row (cos | sin) per kernel call."""
 
 from __future__ import annotations
 
-from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_program, tensor
+from aiebuild.designs.common import (
+    KernelObject,
+    iron,
+    kernel_object,
+    stream_program,
+    streaming_core,
+    tensor,
+)
 from aierun.abi import BF16, ArgSpec, Launch
 
 
@@ -19,8 +26,6 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
 
 def design(launch: Launch, args: list[ArgSpec]) -> str:
     lib = iron()
-    from aie.iron.controlflow import range_
-
     rows, heads, dim = launch.params["rows"], launch.params["heads"], launch.params["head_dim"]
     row, table_row = tensor(heads * dim, BF16), tensor(dim, args[1].np_dtype)
     x_in = lib.ObjectFifo(row, name="x_in")
@@ -28,14 +33,6 @@ def design(launch: Launch, args: list[ArgSpec]) -> str:
     y_out = lib.ObjectFifo(row, name="y_out")
     rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [row, table_row, row])
 
-    def core(x, t, y, fn):
-        for _ in range_(rows):
-            values, angles, result = x.acquire(1), t.acquire(1), y.acquire(1)
-            fn(values, angles, result)
-            x.release(1)
-            t.release(1)
-            y.release(1)
-
-    worker = lib.Worker(core, [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
+    worker = lib.Worker(streaming_core(rows), [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
     fills = [(x_in.prod(), None), (t_in.prod(), None)]
     return stream_program(args, fills, [(y_out.cons(), None)], [worker])
