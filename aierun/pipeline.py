@@ -273,6 +273,8 @@ class Session:
         """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS."""
         stop_ids = self.checkpoint.stop_token_ids() if stop_ids is None else stop_ids
         rng = np.random.default_rng(sampling.seed)
+        if isinstance(prompt, str):  # load the tokenizer (seconds, once) outside "tokenize"
+            self.checkpoint.tokenizer  # noqa: B018
         with self.profiler.in_phase("prefill"):
             with self.profiler.cpu("tokenize"):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt

@@ -1,0 +1,206 @@
+"""The profile as one self-contained HTML page: the dataflow of prefill and of one
+decode step drawn as SVG boxes carrying their measured times, then every report
+section as a table. No scripts, fonts or files from elsewhere: it opens offline.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, Flow, Report, Step
+from aierun.report import NO_TIMER, Section, Table, headline, is_number, ms, sections, step_tag
+
+BOX_W, BOX_H, GAP = 220, 66, 44  # box size and the space the arrows take
+COLORS = {"CPU": "#dbeafe", "EMU": "#fde68a", "NPU": "#fde68a", NO_TIMER: "#e5e7eb"}
+BORDERS = {"CPU": "#2563eb", "EMU": "#b45309", "NPU": "#b45309", NO_TIMER: "#6b7280"}
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #111827; max-width: 1300px; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 2px solid #d1d5db; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+table { border-collapse: collapse; font-size: 13px; margin-bottom: 8px; }
+th, td { border: 1px solid #d1d5db; padding: 3px 8px; white-space: pre; }
+th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.cards { display: flex; gap: 16px; margin: 12px 0 20px; }
+.card { border: 1px solid #d1d5db; border-radius: 8px; padding: 10px 16px; min-width: 180px; }
+.card b { display: block; font-size: 24px; }
+.note { color: #374151; font-size: 13px; margin: 4px 0; }
+svg text { font-family: system-ui, sans-serif; }
+"""
+
+
+def render_html(report: Report) -> str:
+    info = report.info
+    title = f"aierun profile: {info.model} on {info.device}"
+    tpot = report.tpot_ms
+    cards = [
+        ("TTFT", f"{ms(report.ttft_ms, 1)} ms",
+         f"{info.prompt_tokens} tokens, bucket {info.seq_len}"),
+        ("TPOT", f"{ms(tpot, 1)} ms", f"{1e3 / tpot:.2f} tok/s" if tpot else "no decode step"),
+        ("prepare (one-time)", f"{ms(report.prepare_ms, 1)} ms", "not in TTFT"),
+    ]  # fmt: skip
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="note">{escape(headline(report))}</p>',
+        '<div class="cards">' + "".join(
+            f'<div class="card">{escape(k)}<b>{escape(v)}</b>{escape(sub)}</div>'
+            for k, v, sub in cards
+        ) + "</div>",
+        "<h2>Dataflow</h2>",
+        f"<h3>Prefill: prompt to first token ({info.prompt_tokens} prompt tokens)</h3>",
+        flow_svg(report, PREFILL_FLOW, f"first token · TTFT {ms(report.ttft_ms, 1)} ms"),
+    ]  # fmt: skip
+    if report.decode.steps:
+        body += [
+            f"<h3>Decode: one step (mean over {report.decode.steps} steps)</h3>",
+            flow_svg(report, DECODE_FLOW, f"next token · TPOT {ms(tpot, 1)} ms"),
+        ]
+    body += [_section_html(s) for s in sections(report)]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _section_html(section: Section) -> str:
+    parts = [f"<h2>{escape(section.title)}</h2>"]
+    parts += [_table_html(t) for t in section.tables]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in section.notes]
+    return "\n".join(parts)
+
+
+def _table_html(table: Table) -> str:
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(_cell(c, i) for i, c in enumerate(row)) + "</tr>" for row in table.rows
+    )
+    title = f"<h3>{escape(table.title)}</h3>" if table.title else ""
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in table.notes)
+    return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{notes}"
+
+
+def _cell(value: object, column: int) -> str:
+    align = ' class="num"' if column > 0 and is_number(value) else ""
+    return f"<td{align}>{escape(str(value))}</td>"
+
+
+# -- the SVG dataflow -------------------------------------------------------------------
+class _Canvas:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.width = 0.0
+        self.height = 0.0
+
+    def _grow(self, x: float, y: float) -> None:
+        self.width, self.height = max(self.width, x), max(self.height, y)
+
+    def box(self, x: float, y: float, tag: str, lines: list[str], dashed: bool = False) -> None:
+        dash = ' stroke-dasharray="6 4"' if dashed else ""
+        self.items.append(
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" '
+            f'fill="{COLORS[tag]}" stroke="{BORDERS[tag]}" stroke-width="1.5"{dash}/>'
+        )
+        for i, line in enumerate(lines):
+            weight = ' font-weight="bold"' if i == 0 else ""
+            self.text(x + 10, y + 20 + 18 * i, line, 14 if i == 0 else 13, weight)
+        self._grow(x + BOX_W, y + BOX_H)
+
+    def text(self, x: float, y: float, text: str, size: int = 13, extra: str = "") -> None:
+        self.items.append(f'<text x="{x}" y="{y}" font-size="{size}"{extra}>{escape(text)}</text>')
+        self._grow(x + 7 * len(text), y + 4)
+
+    def arrow(self, x1: float, y1: float, x2: float, y2: float, dashed: bool = False) -> None:
+        dash = ' stroke-dasharray="5 4"' if dashed else ""
+        self.items.append(
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#374151" '
+            f'stroke-width="1.5" marker-end="url(#arrow)"{dash}/>'
+        )
+
+    def container(self, x: float, y: float, w: float, h: float) -> None:
+        self.items.insert(0, f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="12" '
+                             'fill="#f9fafb" stroke="#9ca3af" stroke-width="1.5"/>')  # fmt: skip
+        self._grow(x + w, y + h)
+
+    def svg(self) -> str:
+        marker = (
+            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+            'fill="#374151"/></marker></defs>'
+        )
+        w, h = self.width + 20, self.height + 20
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" height="{h:.0f}" '
+            f'viewBox="0 0 {w:.0f} {h:.0f}">{marker}' + "".join(self.items) + "</svg>"
+        )
+
+
+def _box_lines(report: Report, flow: Flow, step: Step) -> tuple[str, list[str]]:
+    phase = report.phase(flow.phase)
+    stats = phase.step_stats(step)
+    tag = step_tag(report, step)
+    unit = "/step" if flow.phase == "decode" else ""
+    return tag, [
+        step.name,
+        f"{tag} · {ms(stats.avg_ms)} ms per call",
+        f"{_calls(phase.per_step(stats.count))}{unit} · {ms(phase.per_step(stats.total_ms))} "
+        f"ms{unit}",
+    ]
+
+
+def _calls(count: float) -> str:
+    return f"{count:g} call" + ("" if count == 1 else "s")
+
+
+def _row(canvas: _Canvas, report: Report, flow: Flow, steps: tuple[Step, ...], y: float) -> None:
+    """Boxes left to right, joined by arrows."""
+    for i, step in enumerate(steps):
+        x = 10 + i * (BOX_W + GAP)
+        canvas.box(x, y, *_box_lines(report, flow, step))
+        if i:
+            canvas.arrow(x - GAP, y + BOX_H / 2, x - 2, y + BOX_H / 2)
+
+
+def flow_svg(report: Report, flow: Flow, end_label: str) -> str:
+    """Head steps in a row, the decoder layer as a container holding its steps, then
+    the tail steps ending in the token the phase produces."""
+    canvas, left = _Canvas(), 10
+    _row(canvas, report, flow, flow.head, left)
+    top = left + BOX_H + GAP
+    canvas.arrow(left + BOX_W / 2, left + BOX_H, left + BOX_W / 2, top - 2)
+    bottom = _decoder_layer(canvas, report, flow, top)
+    tail_y = bottom + GAP
+    canvas.arrow(left + BOX_W / 2, bottom, left + BOX_W / 2, tail_y - 2)
+    _row(canvas, report, flow, flow.tail, tail_y)
+    end_x = left + len(flow.tail) * (BOX_W + GAP)
+    canvas.arrow(end_x - GAP, tail_y + BOX_H / 2, end_x - 2, tail_y + BOX_H / 2)
+    canvas.text(end_x + 4, tail_y + BOX_H / 2 + 5, end_label, 15, ' font-weight="bold"')
+    return canvas.svg()
+
+
+def _decoder_layer(canvas: _Canvas, report: Report, flow: Flow, top: float) -> float:
+    """The layer loop as a container: main steps left to right, side branches hung
+    dashed below the step whose outputs they consume. Returns the container's bottom."""
+    phase, n = report.phase(flow.phase), report.info.n_layers
+    inner_y = top + 40
+    x_of: dict[str, float] = {}
+    main = [s for s in flow.layer if not s.branch_of]
+    for i, step in enumerate(main):
+        x_of[step.name] = x = 30 + i * (BOX_W + GAP)
+        if i:
+            canvas.arrow(x - GAP, inner_y + BOX_H / 2, x - 2, inner_y + BOX_H / 2)
+        canvas.box(x, inner_y, *_box_lines(report, flow, step))
+    branches = [s for s in flow.layer if s.branch_of]
+    for step in branches:
+        x, y = x_of[step.branch_of], inner_y + BOX_H + GAP
+        canvas.arrow(x + BOX_W / 2, inner_y + BOX_H, x + BOX_W / 2, y - 2, dashed=True)
+        canvas.box(x, y, *_box_lines(report, flow, step), dashed=True)
+    bottom = inner_y + BOX_H + (BOX_H + GAP if branches else 0) + 40
+    loop_ms = phase.per_step(phase.loop_ms)
+    canvas.text(24, top + 24, f"decoder layer × {n} · loop wall {ms(loop_ms)} ms "
+                f"({ms(loop_ms / n)} ms per layer)", 14, ' font-weight="bold"')  # fmt: skip
+    untimed = phase.per_step(phase.loop_untimed_ms)
+    canvas.text(30, bottom - 14, f"untimed inside the loop: {ms(untimed)} ms")
+    canvas.container(10, top, len(main) * (BOX_W + GAP) - GAP + 40, bottom - top)
+    return bottom

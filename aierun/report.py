@@ -1,0 +1,610 @@
+"""`aierun profile`: one production run, then the seed's per-step report.
+
+The run is `Session.generate`, the code path of `run`; what its always-on
+profiler recorded (grouped by `aierun.attribution`) becomes the report sections
+in the seed's order (as text tables here, as HTML in `aierun.html_report`), the
+JSON of DESIGN.md section 8 and a Chrome/Perfetto trace. Without --json /
+--trace / --html the three files go to `<runtime home>/profiles/`, which is
+build/profiles/ under doit: both front doors behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from aierun import cli, paths
+from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, RunInfo, Step
+from aierun.errors import UserError
+from aierun.profiler import Profiler
+from aierun.roofline import NPU2_RATES, Rates, device_rates
+
+if TYPE_CHECKING:
+    from aierun.pipeline import Sampling, Session
+
+log = structlog.get_logger("aierun.report")
+
+PROFILE_SCHEMA = 1
+OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
+NO_TIMER = "—"  # the seed's tag for rows no kernel or CPU timer covers
+
+
+# -- the report as tables (rendered as text here, as HTML in html_report) -------------
+@dataclass
+class Table:
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+    title: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    title: str
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+
+
+def ms(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole > 0 else "n/a"
+
+
+def is_number(cell: object) -> bool:
+    """Numbers (and "12.3 (4%)", "+1.2%", "3.0x") are right-aligned in tables."""
+    text = str(cell).lstrip("+-")
+    return text[:1].isdigit()
+
+
+def sections(report: Report) -> list[Section]:
+    """The report, in the seed's order."""
+    return [
+        dataflow_section(report),
+        attribution_section(report),
+        per_layer_section(report),
+        kernel_section(report),
+        cpu_section(report),
+        fine_grained_section(report),
+        trend_section(report),
+        latency_section(report),
+    ]
+
+
+def step_tag(report: Report, step: Step) -> str:
+    return "CPU" if step.kind == "cpu" else report.info.tag
+
+
+def _flow_rows(report: Report, flow: Flow) -> list[tuple[Any, ...]]:
+    """Tagged rows in dataflow order that add up to the phase's wall (per decode
+    step for decode): every timed step, the untimed remainder inside and outside
+    the layer loop, and anything recorded that the flow does not name."""
+    phase = report.phase(flow.phase)
+    per = phase.per_step
+
+    def row(step: Step, indent: str = "") -> tuple[Any, ...]:
+        stats = phase.step_stats(step)
+        label = indent + step.name + (" (side branch)" if step.branch_of else "")
+        count = f"{per(stats.count):g}"
+        return (step_tag(report, step), label, count, ms(stats.avg_ms), ms(per(stats.total_ms)))
+
+    def untimed(label: str, value: float) -> tuple[Any, ...]:
+        return (NO_TIMER, label, "", "", ms(per(value)))
+
+    rows = [row(s) for s in flow.head]
+    rows.append(untimed(f"{report.info.n_layers} x decoder layer (loop envelope)", phase.loop_ms))
+    rows += [row(s, "  ") for s in flow.layer]
+    rows.append(untimed("  untimed inside the layer loop", phase.loop_untimed_ms))
+    rows += [row(s) for s in flow.tail]
+    named = sum(phase.step_stats(s).total_ms for s in (*flow.head, *flow.layer, *flow.tail))
+    other = phase.kernel_ms + phase.cpu_ms - named
+    if other > 1e-6:
+        rows.append(untimed("other recorded kernel/CPU time", other))
+    rows.append(untimed("untimed outside the layer loop",
+                        phase.unattributed_ms - phase.loop_untimed_ms))  # fmt: skip
+    return rows
+
+
+def dataflow_section(report: Report) -> Section:
+    info, decode = report.info, report.decode
+    prefill_rows = _flow_rows(report, PREFILL_FLOW)
+    prefill_rows.append(("=", "TTFT (prefill wall)", "", "", ms(report.ttft_ms)))
+    tables = [
+        Table(
+            ("where", "step", "calls", "ms/call", "ms"), prefill_rows,
+            f"Prefill: prompt -> first token ({info.prompt_tokens} prompt tokens, "
+            f"bucket {info.seq_len})",
+        )
+    ]  # fmt: skip
+    if decode.steps:
+        decode_rows = _flow_rows(report, DECODE_FLOW)
+        decode_rows.append(("=", "TPOT (decode step wall)", "", "", ms(report.tpot_ms)))
+        tables.append(
+            Table(
+                ("where", "step", "calls/step", "ms/call", "ms/step"), decode_rows,
+                f"Decode: one step, the mean over {decode.steps} steps",
+            )
+        )  # fmt: skip
+    notes = [
+        f"Preprocessing (one-time prepare: load artifacts, write weights into static "
+        f"buffers): {ms(report.prepare_ms)} ms; not part of TTFT.",
+        f"{info.tag} rows are device calls (write + run + read); CPU rows are host ops; "
+        f"{NO_TIMER} rows are time under no timer. The rows add up to the = line (the loop "
+        "envelope row only frames the indented rows it contains).",
+    ]
+    if not decode.steps:
+        notes.append("No decode step ran: generation stopped at the first token.")
+    return Section("END-TO-END DATAFLOW", tables, notes)
+
+
+def attribution_section(report: Report) -> Section:
+    pre, dec = report.prefill, report.decode
+    per = dec.per_step
+
+    def row(label: str, pre_ms: float, dec_ms: float, pre_n: Any = "", dec_n: Any = "") -> tuple:
+        return (label, pre_n, ms(pre_ms), share(pre_ms, pre.wall_ms),
+                dec_n, ms(per(dec_ms)), share(dec_ms, dec.wall_ms))  # fmt: skip
+
+    rows = [
+        row("kernel calls", pre.kernel_ms, dec.kernel_ms,
+            len(pre.kernels), f"{per(len(dec.kernels)):g}"),
+        row("CPU ops", pre.cpu_ms, dec.cpu_ms, len(pre.cpu_ops), f"{per(len(dec.cpu_ops)):g}"),
+        row("unattributed (no timer)", pre.unattributed_ms, dec.unattributed_ms),
+        row("  inside the layer loop", pre.loop_untimed_ms, dec.loop_untimed_ms),
+        row("  outside the layer loop", pre.unattributed_ms - pre.loop_untimed_ms,
+            dec.unattributed_ms - dec.loop_untimed_ms),
+        row("= phase wall", pre.wall_ms, dec.wall_ms),
+        row("layer-loop envelope", pre.loop_ms, dec.loop_ms),
+    ]  # fmt: skip
+    columns = ("", "prefill n", "prefill ms", "% wall", "decode n/step", "decode ms/step", "% wall")
+    notes = [
+        f"Prefill: kernels {ms(pre.kernel_ms)} ms ({len(pre.kernels)} calls) + CPU "
+        f"{ms(pre.cpu_ms)} ms = {ms(pre.kernel_ms + pre.cpu_ms)} ms accounted vs wall "
+        f"{ms(pre.wall_ms)} ms -> {ms(pre.unattributed_ms)} ms unattributed "
+        f"({share(pre.unattributed_ms, pre.wall_ms)}), {ms(pre.loop_untimed_ms)} ms of it "
+        "inside the layer loop.",
+        "The layer-loop envelope holds the per-layer kernel calls and CPU ops: it is shown "
+        "for scale and not added to the rows above it.",
+    ]
+    if dec.steps:
+        notes.insert(1, (
+            f"Decode, per step: kernels {ms(per(dec.kernel_ms))} ms + CPU {ms(per(dec.cpu_ms))}"
+            f" ms = {ms(per(dec.kernel_ms + dec.cpu_ms))} ms accounted vs wall "
+            f"{ms(report.tpot_ms)} ms -> {ms(per(dec.unattributed_ms))} ms unattributed."
+        ))  # fmt: skip
+    return Section("WALL-TIME ATTRIBUTION", [Table(columns, rows)], notes)
+
+
+def per_layer_section(report: Report) -> Section:
+    tables = [_prefill_layers(report)]
+    if report.decode.steps:
+        tables.append(_decode_layers(report))
+    return Section("PER-LAYER EXECUTION", tables)
+
+
+def _prefill_layers(report: Report) -> Table:
+    phase, steps = report.prefill, PREFILL_FLOW.layer
+    rows = []
+    for layer in range(report.info.n_layers):
+        wall = phase.layer_walls(layer).total_ms
+        parts = [phase.step_stats(s, layer).total_ms for s in steps]
+        rows.append((layer, ms(wall), *map(ms, parts), ms(wall - sum(parts))))
+    columns = ("layer", "wall ms", *(s.name for s in steps), "untimed")
+    return Table(columns, rows, "Prefill: one row per layer (ms)")
+
+
+def _decode_layers(report: Report) -> Table:
+    phase, steps = report.decode, DECODE_FLOW.layer
+    rows = []
+    for layer in range(report.info.n_layers):
+        walls = phase.layer_walls(layer)
+        parts = [phase.per_step(phase.step_stats(s, layer).total_ms) for s in steps]
+        rows.append((layer, ms(walls.avg_ms), ms(walls.min_ms), ms(walls.max_ms),
+                     *map(ms, parts), ms(walls.avg_ms - sum(parts))))  # fmt: skip
+    columns = ("layer", "avg ms", "min ms", "max ms", *(s.name for s in steps), "untimed")
+    title = f"Decode: each layer over {phase.steps} steps (step columns: mean ms per step)"
+    return Table(columns, rows, title)
+
+
+def kernel_section(report: Report) -> Section:
+    tables = []
+    for phase in report.phases:
+        rows = []
+        for elf in report.elfs_of(phase.name):
+            s, floor = elf.stats, elf.floor_ms(report.rates)
+            rows.append((elf.spec.instance, len(elf.spec.launches), s.count, ms(s.avg_ms),
+                         ms(s.min_ms), ms(s.max_ms), ms(s.total_ms),
+                         share(s.total_ms, phase.wall_ms), ms(floor, 3),
+                         f"{s.avg_ms / floor:.1f}x"))  # fmt: skip
+        if rows:
+            columns = ("ELF", "launches", "calls", "avg ms", "min ms", "max ms", "total ms",
+                       "% wall", "floor ms", "vs floor")  # fmt: skip
+            title = f"{phase.name}: one call = one ELF run with all its launches"
+            tables.append(Table(columns, rows, title))
+    tables.append(roofline_table(report))
+    notes = []
+    if any(e.stats.avg_ms < e.floor_ms(report.rates) for e in report.elfs):
+        notes.append(
+            f"A kernel ran faster than its floor: the {report.rates.device} rates above are "
+            f"lower than this machine reaches (measured while it was busy?). Delete "
+            f"{rates_cache()} to measure them again."
+        )
+    return Section("KERNEL CALL BREAKDOWN", tables, notes)
+
+
+def roofline_table(report: Report) -> Table:
+    rates, rows = report.rates, []
+    for elf in report.elfs:
+        cost, avg_s = elf.cost, elf.stats.avg_ms / 1e3
+        rows.append((
+            f"{elf.phase}/{elf.spec.instance}", f"{cost.flops / 1e9:.4f}",
+            f"{cost.bytes / 1e6:.3f}", rates.bound(cost), ms(elf.floor_ms(rates), 3),
+            f"{cost.flops / avg_s / 1e9:.2f}", f"{cost.bytes / avg_s / 1e9:.2f}",
+            ms(elf.floor_ms(NPU2_RATES), 3),
+        ))  # fmt: skip
+    notes = [
+        f"floor = max(FLOPs / {rates.flops_per_s / 1e9:.1f} GFLOP/s, bytes / "
+        f"{rates.bytes_per_s / 1e9:.1f} GB/s) on {rates.device} ({rates.source}).",
+        f"npu2 floor: {NPU2_RATES.source}.",
+        "Bytes moved: each launch reads its operands from DDR and writes its results to DDR "
+        "(the host-visible arguments plus every intermediate between launches).",
+    ]
+    columns = ("phase/ELF", "GFLOP/call", "MB moved/call", "bound", "floor ms",
+               "achieved GFLOP/s", "achieved GB/s", "npu2 floor ms")  # fmt: skip
+    title = "Roofline: the work of one call and the fastest the device could do it"
+    return Table(columns, rows, title, notes)
+
+
+def cpu_section(report: Report) -> Section:
+    tables = []
+    for phase in report.phases:
+        rows = []
+        for name in dict.fromkeys(c.name for c in phase.cpu_ops):  # first-seen order
+            s = phase.cpu_stats(name)
+            rows.append((name, s.count, ms(s.avg_ms, 3), ms(s.min_ms, 3), ms(s.max_ms, 3),
+                         ms(s.total_ms), ms(phase.per_step(s.total_ms))))  # fmt: skip
+        if rows:
+            rows.append(("total CPU", len(phase.cpu_ops), "", "", "", ms(phase.cpu_ms),
+                         ms(phase.per_step(phase.cpu_ms))))  # fmt: skip
+            columns = ("op", "count", "avg ms", "min ms", "max ms", "total ms", "ms/step")
+            tables.append(Table(columns, rows, f"{phase.name} CPU ops"))
+    return Section("CPU OP BREAKDOWN", tables)
+
+
+def fine_grained_section(report: Report) -> Section:
+    tables = []
+    for phase in report.phases:
+        rows: list[tuple[Any, ...]] = [
+            (elf.spec.instance, elf.stats.count, *(ms(elf.segment_ms(s), 3) for s in SEGMENTS),
+             f"{elf.bytes_written_per_call / 1e6:.3f}")
+            for elf in report.elfs_of(phase.name)
+        ]  # fmt: skip
+        if not rows:
+            continue
+        totals = [sum(getattr(k, s) for k in phase.kernels) * 1e3 for s in SEGMENTS]
+        rows.append((f"all ({phase.name} total ms)", len(phase.kernels),
+                     *(f"{ms(t)} ({share(t, sum(totals))})" for t in totals),
+                     f"{sum(k.bytes_written for k in phase.kernels) / 1e6:.3f} total"))  # fmt: skip
+        columns = ("ELF", "calls", "bind+write ms/call", "run ms/call", "read ms/call",
+                   "MB written/call")  # fmt: skip
+        tables.append(Table(columns, rows, f"{phase.name}: each call as write / run / read"))
+    emulated = " (the numpy emulation)" if report.info.device == "emu" else ""
+    notes = [
+        "bind+write: binding every argument's buffer and copying the host inputs that changed "
+        "(weights were written once, at prepare); run: the device executing all launches of "
+        f"the ELF{emulated}; read: syncing the outputs the host reads (zero-copy views).",
+    ]
+    return Section("FINE-GRAINED BREAKDOWN", tables, notes)
+
+
+def trend_section(report: Report) -> Section:
+    steps = report.decode.token_steps()
+    if not steps:
+        return Section("PER-TOKEN WALL TREND", [], ["No decode step was recorded."])
+    picks = {"token 1 (first step)": steps[0], "middle": steps[len(steps) // 2],
+             "last": steps[-1]}  # fmt: skip
+    rows = [(label, s.step, s.position, ms(s.wall_ms), ms(s.loop_ms))
+            for label, s in picks.items()]  # fmt: skip
+    walls, loops = [s.wall_ms for s in steps], [s.loop_ms for s in steps]
+    for label, fn in (("min", min), ("max", max), ("avg", mean)):
+        rows.append((label, "", "", ms(fn(walls)), ms(fn(loops))))
+    rows.append(("drift first -> last", "", "", _drift(walls), _drift(loops)))
+    table = Table(("", "step", "position", "step wall ms", "layer-loop ms"), rows)
+    notes = [
+        "Decode attention runs over the whole KV cache, so a step's cost can grow with its "
+        "position; run-to-run noise (other processes on the host) shows up here too.",
+    ]
+    return Section("PER-TOKEN WALL TREND", [table], notes)
+
+
+def _drift(values: list[float]) -> str:
+    return f"{100 * (values[-1] - values[0]) / values[0]:+.1f}%" if values[0] else "n/a"
+
+
+def latency_section(report: Report) -> Section:
+    info, pre = report.info, report.prefill
+    lines = [
+        f"TTFT (time to first token: prefill end to end, tokenize + eos_pad + embed + "
+        f"{info.n_layers} x layer + final RMSNorm + LM head): {ms(report.ttft_ms)} ms "
+        f"({info.prompt_tokens} prompt tokens in bucket {info.seq_len}; "
+        f"{share(pre.kernel_ms, pre.wall_ms)} in {info.tag} kernel calls)",
+    ]
+    if report.tpot_ms:
+        lines.append(
+            f"TPOT (time per output token: mean decode step wall over {report.decode.steps} "
+            f"steps): {ms(report.tpot_ms)} ms ({1e3 / report.tpot_ms:.2f} tok/s)"
+        )
+    else:
+        lines.append("TPOT: n/a (no decode step ran)")
+    lines.append(f"Preprocessing (one-time prepare, not in TTFT): {ms(report.prepare_ms)} ms")
+    return Section("TTFT / TPOT", [], lines)
+
+
+# -- text ------------------------------------------------------------------------------
+def render_text(report: Report) -> str:
+    out = [headline(report)]
+    for section in sections(report):
+        out += ["", "=" * 100, section.title, "=" * 100]
+        for table in section.tables:
+            out += render_table(table)
+        out += section.notes
+    return "\n".join(out) + "\n"
+
+
+def headline(report: Report) -> str:
+    info = report.info
+    load = f"; host load average {info.load_avg:.2f} at start" if info.load_avg is not None else ""
+    steps = report.decode.steps
+    # A run that stopped at end-of-turn decoded the stop token too, without yielding it.
+    ended = steps and steps == info.generated_tokens
+    stopped = ", the last one produced end-of-turn" if ended else ""
+    return (
+        f"aierun profile: {info.model} on {info.device} ({info.tag}), {info.prompt_tokens} "
+        f"prompt tokens in bucket {info.seq_len}, {info.generated_tokens} tokens generated "
+        f"({steps} decode steps{stopped}){load}"
+    )
+
+
+def render_table(table: Table) -> list[str]:
+    cells = [[str(c) for c in table.columns]] + [[str(c) for c in row] for row in table.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.columns))]
+    right = [all(is_number(r[i]) for r in cells[1:] if r[i]) for i in range(len(widths))]
+
+    def line(row: list[str]) -> str:
+        laid_out = zip(row, widths, right, strict=True)
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in laid_out).rstrip()
+
+    lines = [f"-- {table.title}"] if table.title else []
+    lines += [line(cells[0]), "  ".join("-" * w for w in widths)]
+    return [*lines, *(line(row) for row in cells[1:]), *table.notes, ""]
+
+
+# -- JSON (DESIGN.md section 8) -----------------------------------------------------------
+def to_json(report: Report) -> dict[str, Any]:
+    info, pre, dec = report.info, report.prefill, report.decode
+    steps = dec.token_steps()
+    return {
+        "schema": PROFILE_SCHEMA,
+        "device": info.device,
+        "model": info.model,
+        "prompt_tokens": info.prompt_tokens,
+        "seq_len": info.seq_len,
+        "decode_tokens": dec.steps,  # decode steps measured, each produced one token
+        "generated_tokens": info.generated_tokens,
+        "ttft_ms": report.ttft_ms,
+        "tpot_ms": report.tpot_ms,
+        "prepare_ms": report.prepare_ms,
+        "host_load_avg": info.load_avg,
+        "prefill": {
+            "wall_ms": pre.wall_ms,
+            "kernel_ms": pre.kernel_ms,
+            "cpu_ms": pre.cpu_ms,
+            "unattributed_ms": pre.unattributed_ms,
+            "kernel_calls": len(pre.kernels),
+            "cpu_ops": len(pre.cpu_ops),
+            "layer_loop_ms": pre.loop_ms,
+            "layer_loop_untimed_ms": pre.loop_untimed_ms,
+            "per_layer_ms": [pre.layer_walls(i).total_ms for i in range(info.n_layers)],
+        },
+        "decode": {
+            "wall_ms_per_token": dec.per_step(dec.wall_ms),
+            "kernel_ms_per_token": dec.per_step(dec.kernel_ms),
+            "cpu_ms_per_token": dec.per_step(dec.cpu_ms),
+            "unattributed_ms_per_token": dec.per_step(dec.unattributed_ms),
+            "kernel_calls_per_token": dec.per_step(len(dec.kernels)),
+            "layer_loop_ms_per_token": dec.per_step(dec.loop_ms),
+            "per_token_ms": [s.wall_ms for s in steps],
+            "per_token_layer_loop_ms": [s.loop_ms for s in steps],
+            "per_token_position": [s.position for s in steps],
+        },
+        "kernels": _kernels_json(report),
+        "cpu_ops": {
+            f"{phase.name}/{name}": {"count": s.count, "avg_ms": s.avg_ms, "total_ms": s.total_ms}
+            for phase in report.phases
+            for name in dict.fromkeys(c.name for c in phase.cpu_ops)
+            for s in [phase.cpu_stats(name)]
+        },
+        "roofline": {"rates": _rates_json(report.rates), "npu2_rates": _rates_json(NPU2_RATES)},
+    }
+
+
+def _kernels_json(report: Report) -> dict[str, Any]:
+    """Keyed "<phase>/<ELF name>"; the instance (bucket) only when a phase ran several."""
+    names = Counter((e.phase, e.spec.name) for e in report.elfs)
+    out = {}
+    for elf in report.elfs:
+        s = elf.stats
+        name = elf.spec.name if names[(elf.phase, elf.spec.name)] == 1 else elf.spec.instance
+        out[f"{elf.phase}/{name}"] = {
+            "instance": elf.spec.instance,
+            "launches": len(elf.spec.launches),
+            "count": s.count,
+            "avg_ms": s.avg_ms,
+            "min_ms": s.min_ms,
+            "max_ms": s.max_ms,
+            "total_ms": s.total_ms,
+            # per call, like avg_ms: write + run + read = avg_ms
+            **{f"{seg[:-2]}_ms": elf.segment_ms(seg) for seg in SEGMENTS},
+            "bytes_written": elf.bytes_written_per_call,  # per call
+            "flops": elf.cost.flops,  # per call, from the ABI
+            "bytes_moved": elf.cost.bytes,
+            "floor_ms": elf.floor_ms(report.rates),
+            "npu2_floor_ms": elf.floor_ms(NPU2_RATES),
+            "bound": report.rates.bound(elf.cost),
+        }
+    return out
+
+
+def _rates_json(rates: Rates) -> dict[str, Any]:
+    return {"device": rates.device, "gflops": rates.flops_per_s / 1e9,
+            "gbps": rates.bytes_per_s / 1e9, "source": rates.source}  # fmt: skip
+
+
+# -- Chrome / Perfetto trace ------------------------------------------------------------
+def trace_events(profiler: Profiler) -> dict[str, Any]:
+    """Trace-event JSON: every span, kernel call (with its write / run / read
+    slices nested inside) and CPU op as a complete ("X") event on one host thread,
+    so Perfetto nests layers in phases and calls in layers by time. Times are whole
+    nanoseconds written as microseconds with three decimals, which Perfetto reads
+    back exactly: a child never sticks out of its parent by a rounding error."""
+    starts = [r.start for r in (*profiler.spans, *profiler.kernels, *profiler.cpu_ops)]
+    origin = min(starts, default=0.0)
+
+    def ns(t: float) -> int:
+        return round((t - origin) * 1e9)
+
+    def event(name: str, cat: str, begin: int, end: int, **args: Any) -> dict[str, Any]:
+        return {"name": name, "cat": cat, "ph": "X", "pid": 1, "tid": 1,
+                "ts": begin / 1000, "dur": (end - begin) / 1000, "args": args}  # fmt: skip
+
+    process = {"name": f"aierun ({profiler.device})"}
+    events = [
+        {"name": "process_name", "ph": "M", "pid": 1, "args": process},
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "host"}},
+    ]
+    for s in profiler.spans:
+        label = s.name if s.index is None else f"{s.name} {s.index}"
+        events.append(event(label, "span", ns(s.start), ns(s.start + s.dur_s),
+                            phase=s.phase, index=s.index))  # fmt: skip
+    for k in profiler.kernels:
+        begin, end = ns(k.start), ns(k.start + k.total_s)
+        events.append(event(k.elf, "kernel", begin, end, phase=k.phase, layer=k.layer,
+                            write_ms=k.write_s * 1e3, run_ms=k.run_s * 1e3,
+                            read_ms=k.read_s * 1e3, bytes_written=k.bytes_written))  # fmt: skip
+        cuts = [begin, ns(k.start + k.write_s), ns(k.start + k.write_s + k.run_s), end]
+        cuts = [min(max(cut, begin), end) for cut in cuts]
+        for segment, (a, b) in zip(SEGMENTS, itertools.pairwise(cuts), strict=True):
+            events.append(event(segment[:-2], "kernel.segment", a, b, elf=k.elf))
+    for c in profiler.cpu_ops:
+        events.append(event(c.name, "cpu", ns(c.start), ns(c.start + c.dur_s),
+                            phase=c.phase, layer=c.layer))  # fmt: skip
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+# -- files and the command -------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file: no half-written file is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
+    """Where the JSON, trace and HTML go: only the ones asked for with --json /
+    --trace / --html, else all three as `<runtime home>/profiles/profile-<stamp>.*`
+    (build/profiles/ under doit)."""
+    asked = {kind: getattr(args, kind) for kind in OUTPUT_SUFFIXES if getattr(args, kind)}
+    if asked:
+        return {kind: Path(path).expanduser() for kind, path in asked.items()}
+    default = paths.home() / "profiles" / f"profile-{stamp}"
+    return {kind: default.with_name(default.name + suffix)
+            for kind, suffix in OUTPUT_SUFFIXES.items()}  # fmt: skip
+
+
+def rates_cache() -> Path:
+    """Where the emulator's measured peak rates are kept (one file per runtime home)."""
+    return paths.home() / "roofline" / "rates.json"
+
+
+def run_profile(
+    session: Session,
+    prompt: str | Sequence[int],
+    n_tokens: int,
+    sampling: Sampling,
+    seq_len: int | None,
+) -> tuple[Report, list[int]]:
+    """Generate with the production code path (`Session.generate`, as `run` does)
+    and build the report from what the session's profiler recorded."""
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    tokens = list(session.generate(prompt, n_tokens, sampling, seq_len))
+    checkpoint, profiler = session.checkpoint, session.profiler
+    ids = checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+    specs = {i: session.artifacts.load(i).spec for i in {k.elf for k in profiler.kernels}}
+    info = RunInfo(
+        session.device.name, checkpoint.name, len(ids), session.bucket_for(len(ids), seq_len),
+        len(tokens), session.shape.n_layers, load_avg,
+    )  # fmt: skip
+    rates = device_rates(info.device, rates_cache())
+    return Report.build(profiler, info, specs, rates), tokens
+
+
+def write_outputs(report: Report, targets: dict[str, Path]) -> None:
+    from aierun.html_report import render_html  # it builds on this module's tables
+
+    render = {
+        "json": lambda: json.dumps(to_json(report), indent=2),
+        "trace": lambda: json.dumps(trace_events(report.profiler)),
+        "html": lambda: render_html(report),
+    }
+    for kind, path in targets.items():
+        try:
+            write_atomic(path, render[kind]())
+        except OSError as exc:
+            raise UserError(
+                f"could not write the profile {kind} to {path}: {exc.strerror or exc}. "
+                f"Pass --{kind} with a writable path."
+            ) from exc
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from aierun.pipeline import Sampling
+
+    profiler = Profiler()
+    session = cli.open_session(args, profiler)
+    profiler.device = session.device.name
+    try:
+        sampling = Sampling(args.temperature, args.top_p, args.seed)
+        report, tokens = run_profile(session, args.prompt, args.n_tokens, sampling, args.seq_len)
+        text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
+    finally:
+        session.close()
+    print(f"generated: {text}", file=sys.stderr)
+    sys.stdout.write(render_text(report))
+    sys.stdout.flush()  # the report stands even if a file below cannot be written
+    targets = output_paths(args, time.strftime("%Y%m%d-%H%M%S"))
+    write_outputs(report, targets)
+    for kind, path in targets.items():
+        print(f"profile {kind}: {path}")
+    log.info("profile.written", **{kind: str(path) for kind, path in targets.items()})
+    return 0

@@ -1,0 +1,295 @@
+"""`profile`: the seed's report sections, the JSON contract, the trace, the HTML page
+and the roofline, from one short production run on the emulated device."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from aierun import cli, roofline
+from aierun.html_report import render_html
+from aierun.pipeline import Sampling
+from aierun.profiler import Profiler
+from aierun.report import dataflow_section, render_text, run_profile, to_json, trace_events
+
+PROMPT = "What is the capital of France?"
+N_TOKENS = 4
+SECTIONS = (
+    "END-TO-END DATAFLOW",
+    "WALL-TIME ATTRIBUTION",
+    "PER-LAYER EXECUTION",
+    "KERNEL CALL BREAKDOWN",
+    "CPU OP BREAKDOWN",
+    "FINE-GRAINED BREAKDOWN",
+    "PER-TOKEN WALL TREND",
+    "TTFT / TPOT",
+)
+CONTRACT = {
+    "top": {"schema", "device", "model", "prompt_tokens", "seq_len", "decode_tokens",
+            "ttft_ms", "tpot_ms", "prepare_ms", "prefill", "decode", "kernels", "cpu_ops"},
+    "prefill": {"wall_ms", "kernel_ms", "cpu_ms", "unattributed_ms", "kernel_calls"},
+    "decode": {"wall_ms_per_token", "kernel_ms_per_token", "cpu_ms_per_token",
+               "unattributed_ms_per_token", "kernel_calls_per_token", "per_token_ms"},
+    "kernel": {"count", "avg_ms", "write_ms", "run_ms", "read_ms", "bytes_written"},
+    "cpu_op": {"count", "avg_ms", "total_ms"},
+}  # fmt: skip
+ROUNDING_MS = 1e-6
+
+
+@pytest.fixture(scope="module")
+def profiled(session):
+    report, tokens = run_profile(session, PROMPT, N_TOKENS, Sampling(), None)
+    assert report.decode.steps >= 1, "the short run must reach decode for these tests"
+    return report
+
+
+@pytest.fixture(scope="module")
+def profile_json(profiled):
+    return json.loads(json.dumps(to_json(profiled)))  # what a reader of the file gets
+
+
+def test_every_section_is_printed_in_the_seeds_order(profiled):
+    text = render_text(profiled)
+    positions = [text.index(f"\n{title}\n") for title in SECTIONS]
+    assert positions == sorted(positions)
+    for line in ("TTFT (time to first token", "TPOT (time per output token", "Preprocessing"):
+        assert line in text
+
+
+def test_dataflow_rows_follow_the_model_and_carry_measured_times(profiled):
+    text = render_text(profiled)
+    dataflow = text[text.index("END-TO-END DATAFLOW") : text.index("WALL-TIME ATTRIBUTION")]
+    prefill_order = ["CPU    tokenize", "CPU    eos_pad", "CPU    embed_lookup",
+                     "x decoder layer", "EMU      rms_gemms_rope", "EMU      flash_attn",
+                     "EMU      o_ffn", "CPU      kv_cache_extract", "CPU    final_rms_norm",
+                     "EMU    lm_head_gemv", "TTFT (prefill wall)", "EMU      rms_gemv_rope",
+                     "CPU      decode_attention", "EMU      o_gemv_ffn", "TPOT"]  # fmt: skip
+    positions = [dataflow.index(row) for row in prefill_order]
+    assert positions == sorted(positions)
+    ttft_row = next(line for line in dataflow.splitlines() if "TTFT (prefill wall)" in line)
+    assert float(ttft_row.split()[-1]) == pytest.approx(profiled.ttft_ms, abs=0.01)
+
+
+def test_dataflow_rows_add_up_to_ttft_and_tpot(profiled):
+    prefill, decode = dataflow_section(profiled).tables
+    for table, total in ((prefill, profiled.ttft_ms), (decode, profiled.tpot_ms)):
+        rows = [row for row in table.rows if row[0] != "=" and "loop envelope" not in row[1]]
+        assert sum(float(row[-1]) for row in rows) == pytest.approx(total, abs=0.01 * len(rows))
+
+
+def test_json_carries_every_contract_key(profile_json, profiled):
+    data = profile_json
+    assert CONTRACT["top"] <= set(data)
+    assert CONTRACT["prefill"] <= set(data["prefill"])
+    assert CONTRACT["decode"] <= set(data["decode"])
+    elfs = {"rms_gemms_rope", "flash_attn", "o_ffn", "lm_head_gemv"}
+    assert {f"prefill/{e}" for e in elfs} <= set(data["kernels"])
+    assert {"decode/rms_gemv_rope", "decode/o_gemv_ffn", "decode/lm_head_gemv"} <= set(
+        data["kernels"]
+    )
+    for key, entry in data["kernels"].items():
+        assert re.fullmatch(r"(prefill|decode)/\w+", key)
+        assert CONTRACT["kernel"] <= set(entry), key
+    assert {"prefill/tokenize", "prefill/kv_cache_extract", "decode/decode_attention"} <= set(
+        data["cpu_ops"]
+    )
+    for entry in data["cpu_ops"].values():
+        assert CONTRACT["cpu_op"] <= set(entry)
+    n_layers = profiled.info.n_layers
+    assert data["kernels"]["prefill/o_ffn"]["count"] == n_layers
+    assert data["kernels"]["decode/o_gemv_ffn"]["count"] == n_layers * data["decode_tokens"]
+    assert len(data["decode"]["per_token_ms"]) == data["decode_tokens"]
+
+
+def test_phase_walls_reconcile_with_the_recorded_intervals(profile_json, profiled):
+    """Recomputed straight from the profiler's records: kernel + CPU + unattributed is
+    each phase's wall, the timers never overlap (nothing is counted twice), and every
+    record lies inside its phase."""
+    profiler, data = profiled.profiler, profile_json
+    for name in ("prefill", "decode"):
+        walls = [s for s in profiler.spans if s.name == name]
+        kernels = [k for k in profiler.kernels if k.phase == name]
+        cpu = [c for c in profiler.cpu_ops if c.phase == name]
+        wall = sum(s.dur_s for s in walls) * 1e3
+        kernel = sum(k.total_s for k in kernels) * 1e3
+        cpu_ms = sum(c.dur_s for c in cpu) * 1e3
+        steps = len(walls) if name == "decode" else 1
+        suffix = "_per_token" if name == "decode" else ""
+        phase = data[name]
+        assert phase[f"wall_ms{suffix}"] == pytest.approx(wall / steps, abs=ROUNDING_MS)
+        assert phase[f"kernel_ms{suffix}"] == pytest.approx(kernel / steps, abs=ROUNDING_MS)
+        assert phase[f"cpu_ms{suffix}"] == pytest.approx(cpu_ms / steps, abs=ROUNDING_MS)
+        accounted = phase[f"kernel_ms{suffix}"] + phase[f"cpu_ms{suffix}"]
+        assert accounted + phase[f"unattributed_ms{suffix}"] == pytest.approx(
+            phase[f"wall_ms{suffix}"], abs=ROUNDING_MS
+        )
+        assert phase[f"unattributed_ms{suffix}"] >= 0
+        intervals = sorted([(k.start, k.start + k.total_s) for k in kernels]
+                           + [(c.start, c.start + c.dur_s) for c in cpu])  # fmt: skip
+        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+            assert end <= start, f"{name}: two timers overlap"
+        for start, end in intervals:
+            assert any(w.start <= start and end <= w.start + w.dur_s for w in walls)
+    assert data["ttft_ms"] == data["prefill"]["wall_ms"]
+    assert data["tpot_ms"] == pytest.approx(
+        sum(data["decode"]["per_token_ms"]) / data["decode_tokens"], abs=ROUNDING_MS
+    )
+
+
+def test_breakdowns_add_up_to_the_phase_totals(profile_json):
+    data = profile_json
+    for name in ("prefill", "decode"):
+        kernels = [v for k, v in data["kernels"].items() if k.startswith(name + "/")]
+        ops = [v for k, v in data["cpu_ops"].items() if k.startswith(name + "/")]
+        total_kernel = sum(k["count"] * k["avg_ms"] for k in kernels)
+        split = sum(k["count"] * (k["write_ms"] + k["run_ms"] + k["read_ms"]) for k in kernels)
+        steps = 1 if name == "prefill" else data["decode_tokens"]
+        key = "kernel_ms" if name == "prefill" else "kernel_ms_per_token"
+        assert total_kernel / steps == pytest.approx(data[name][key], abs=1e-6)
+        assert split == pytest.approx(total_kernel, abs=1e-6)
+        cpu_key = "cpu_ms" if name == "prefill" else "cpu_ms_per_token"
+        assert sum(o["total_ms"] for o in ops) / steps == pytest.approx(data[name][cpu_key])
+
+
+def test_trace_has_an_event_for_every_kernel_call_nested_in_its_layer(profiled):
+    profiler = profiled.profiler
+    trace = json.loads(json.dumps(trace_events(profiler)))
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    kernels = [e for e in events if e["cat"] == "kernel"]
+    assert len(kernels) == len(profiler.kernels)
+    assert len([e for e in events if e["cat"] == "cpu"]) == len(profiler.cpu_ops)
+
+    def bounds(event: dict) -> tuple[int, int]:  # in ns, as Perfetto reads them
+        begin = round(event["ts"] * 1000)
+        return begin, begin + round(event["dur"] * 1000)
+
+    layers = [bounds(e) + (e["args"]["index"],) for e in events
+              if e["cat"] == "span" and e["name"].startswith("layer ")]  # fmt: skip
+    segments = [bounds(e) for e in events if e["cat"] == "kernel.segment"]
+    for event in kernels:
+        begin, end = bounds(event)
+        if event["args"]["layer"] is not None:
+            inside = [index for lo, hi, index in layers if lo <= begin and end <= hi]
+            assert inside == [event["args"]["layer"]]
+        parts = [(lo, hi) for lo, hi in segments if begin <= lo and hi <= end]
+        assert len(parts) == 3 and parts[0][0] == begin and parts[-1][1] == end
+
+
+def test_html_draws_the_dataflow_with_measured_times_and_needs_nothing_else(profiled):
+    page = render_html(profiled)
+    svg = page[page.index("<svg") : page.rindex("</svg>")]
+    for step in ("tokenize", "rms_gemms_rope", "flash_attn", "o_ffn", "kv_cache_extract",
+                 "lm_head_gemv", "rms_gemv_rope", "decode_attention", "o_gemv_ffn"):  # fmt: skip
+        assert f">{step}</text>" in page
+    assert f"TTFT {profiled.ttft_ms:.1f} ms" in svg
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+
+
+def test_roofline_of_a_gemm_matches_a_hand_computation(session):
+    shape = session.shape
+    spec = session.artifacts.load("o_ffn.s64").spec
+    gate = next(launch for launch in spec.launches if launch.label == "gemm gate")
+    s, e, f = 64, shape.hidden, shape.ffn
+    flops = 2 * s * f * e  # [S,E] @ [F,E]^T
+    size = {name: spec.arg(name).np_dtype.itemsize for name in ("hn", "w_gate", "g")}
+    moved = s * e * size["hn"] + f * e * size["w_gate"] + s * f * size["g"]
+    assert roofline.launch_cost(spec, gate) == roofline.Cost(flops, moved)
+    rates = roofline.Rates("test", flops_per_s=1e12, bytes_per_s=1e9, source="hand")
+    cost = roofline.Cost(flops, moved)
+    assert rates.floor_s(cost) == pytest.approx(max(flops / 1e12, moved / 1e9))
+    assert rates.bound(cost) == ("compute" if flops / 1e12 > moved / 1e9 else "memory")
+
+
+def test_roofline_of_the_partitioned_lm_head_counts_each_slice_once(session):
+    spec = session.artifacts.load("lm_head_gemv").spec
+    partitions, rows, e = spec.arg("w_lm").shape
+    x_bytes = spec.arg("x").nbytes
+    expected = roofline.Cost(
+        partitions * 2 * rows * e,
+        partitions * (x_bytes + rows * e * 2 + rows * 4),  # x, bf16 weight slice, f32 logits
+    )
+    assert roofline.elf_cost(spec) == expected
+
+
+def test_emu_rates_are_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "rates.json"
+    measured = roofline.Rates("emu", 1e10, 1e10, "stand-in measurement")
+    monkeypatch.setattr(roofline, "measure_host_rates", lambda: measured)
+    assert roofline.device_rates("emu", cache) == measured
+
+    def fail() -> roofline.Rates:
+        raise AssertionError("measured again although the cache holds this machine's rates")
+
+    monkeypatch.setattr(roofline, "measure_host_rates", fail)
+    assert roofline.device_rates("emu", cache) == measured
+    assert roofline.device_rates("npu", cache) is roofline.NPU2_RATES
+
+
+def test_a_torn_rates_cache_is_measured_again(tmp_path, monkeypatch):
+    cache = tmp_path / "rates.json"
+    cache.write_text('{"schema": 1, "machine"')
+    measured = roofline.Rates("emu", 2e10, 3e10, "stand-in measurement")
+    monkeypatch.setattr(roofline, "measure_host_rates", lambda: measured)
+    assert roofline.device_rates("emu", cache) == measured
+    assert json.loads(cache.read_text())["rates"]["flops_per_s"] == 2e10
+
+
+@pytest.fixture
+def cli_on_test_session(session, monkeypatch):
+    """`aierun profile` through the real command; only opening the session is replaced
+    (by the already prepared test session), so the run is the production one."""
+
+    def open_prepared(args, profiler):
+        monkeypatch.setattr(session, "profiler", profiler)
+        return session
+
+    monkeypatch.setattr(cli, "open_session", open_prepared)
+
+
+def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(
+    cli_on_test_session, capsys, runtime_home
+):
+    assert cli.main(["profile", "--n-tokens", "2", "--seq-len", "128"]) == 0
+    out = capsys.readouterr().out
+    for title in SECTIONS:
+        assert f"\n{title}\n" in out
+    found = re.findall(r"^profile (json|trace|html): (.+)$", out, re.MULTILINE)
+    written = {kind: Path(path) for kind, path in found}
+    assert set(written) == {"json", "trace", "html"}
+    for path in written.values():
+        assert path.parent == runtime_home / "profiles" and path.name.startswith("profile-")
+    data = json.loads(written["json"].read_text())
+    assert data["seq_len"] == 128
+    assert data["prepare_ms"] is None  # the test session was prepared before recording
+    assert json.loads(written["trace"].read_text())["traceEvents"]
+    assert "<svg" in written["html"].read_text()
+
+
+def test_cli_profile_writes_only_the_files_asked_for_and_refuses_an_unwritable_path(
+    cli_on_test_session, capsys, tmp_path
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    json_path, html_path = tmp_path / "out.json", blocker / "report.html"
+    argv = ["profile", "--n-tokens", "2", "--json", str(json_path), "--html", str(html_path)]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "\nTTFT / TPOT\n" in captured.out  # the report is printed before the files
+    assert "could not write the profile html" in captured.err and "--html" in captured.err
+    assert json.loads(json_path.read_text())["decode_tokens"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "out.json"]
+
+
+def test_a_run_that_never_decodes_still_reports(session, monkeypatch):
+    monkeypatch.setattr(session, "profiler", Profiler(device="emu"))
+    report, tokens = run_profile(session, PROMPT, 1, Sampling(), None)
+    assert report.decode.steps == 0 and len(tokens) <= 1
+    text = render_text(report)
+    assert "TPOT: n/a" in text
+    assert to_json(report)["tpot_ms"] is None
+    assert "<svg" in render_html(report)
