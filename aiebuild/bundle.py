@@ -25,11 +25,11 @@ from aierun.artifacts import (
     MANIFEST,
     ArtifactError,
     ArtifactSet,
-    sha256_file,
     verify_entry,
 )
 from aierun.bundle import BUNDLE_META, ENTRIES, SUMS, digest_bytes, sums_text
 from aierun.errors import UserError
+from aierun.files import sha256_file
 
 log = structlog.get_logger("aiebuild.bundle")
 

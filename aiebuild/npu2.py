@@ -30,13 +30,14 @@ import structlog
 from aiebuild import designs, toolchain
 from aiebuild.designs.common import KernelObject
 from aiebuild.stitching import ChildModule, Stitched, stitch
-from aiebuild.store import Store, write_json_atomic
+from aiebuild.store import Store
 from aiebuild.targets import plan_bytes, plan_meta
 from aierun import paths
 from aierun.abi import ElfSpec, canonical_json
-from aierun.artifacts import PLAN, sha256_file
+from aierun.artifacts import PLAN
 from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
+from aierun.files import sha256_file, write_json_atomic
 
 log = structlog.get_logger("aiebuild.npu2")
 

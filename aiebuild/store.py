@@ -28,7 +28,8 @@ import structlog
 from filelock import FileLock
 
 from aierun.abi import canonical_json
-from aierun.artifacts import ENTRY_META, ArtifactError, sha256_file, verify_entry
+from aierun.artifacts import ENTRY_META, ArtifactError, verify_entry
+from aierun.files import sha256_file
 
 STORE_SCHEMA = 1
 LOCK = ".lock"
@@ -137,11 +138,3 @@ class Store:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(data, out, indent=2, sort_keys=True)
-    os.replace(tmp, path)

@@ -22,11 +22,12 @@ from aiebuild import toolchain
 from aiebuild.designs.common import KernelObject
 from aiebuild.npu2 import Npu2Target
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
-from aiebuild.store import Store, write_json_atomic
+from aiebuild.store import Store
 from aiebuild.targets import Target, entry_key, get_target
 from aierun import ARTIFACT_SCHEMA, default_model
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
+from aierun.files import write_json_atomic
 from aierun.model import Checkpoint, ModelShape
 
 log = structlog.get_logger("aiebuild.compile")

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiebuild.store import write_json_atomic
 from aierun import paths
-from aierun.artifacts import sha256_file
+from aierun.files import sha256_file, write_json_atomic
 
 MIN_MLIR_AIE = (1, 4)
 MLIR_AIE_DISTRIBUTIONS = ("mlir_aie", "mlir-aie")

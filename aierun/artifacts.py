@@ -9,7 +9,6 @@ Every file is checked against its sha256 before use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import structlog
 from aierun import ARTIFACT_SCHEMA
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
+from aierun.files import sha256_file
 from aierun.model import ModelShape
 
 log = structlog.get_logger("aierun.artifacts")
@@ -27,14 +27,6 @@ log = structlog.get_logger("aierun.artifacts")
 MANIFEST = "manifest.json"
 ENTRY_META = "artifact.json"
 PLAN = "plan.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ArtifactError(UserError):

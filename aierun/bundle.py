@@ -34,7 +34,8 @@ import structlog
 from packaging.version import InvalidVersion, Version
 
 from aierun import ARTIFACT_SCHEMA, __version__
-from aierun.artifacts import MANIFEST, ArtifactError, sha256_file
+from aierun.artifacts import MANIFEST, ArtifactError
+from aierun.files import sha256_file
 
 log = structlog.get_logger("aierun.bundle")
 

@@ -91,6 +91,7 @@ class Session:
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
         with self.profiler.in_phase("prepare") as span:
+            self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")
             layers = range(self.shape.n_layers)
             for instance in self.artifacts.instances:
                 artifact = self.artifacts.load(instance)
@@ -254,8 +255,8 @@ class Session:
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
-        last = hidden.read()[row : row + 1]
-        with self.profiler.cpu("final_rms_norm"):
+        with self.profiler.cpu("final_rms_norm"):  # includes reading the row back
+            last = hidden.read()[row : row + 1]
             params = {"eps": self.shape.rms_eps}
             normed = to_bf16(rmsnorm(params, last, self._final_norm)[0])
         out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
@@ -273,8 +274,6 @@ class Session:
         """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS."""
         stop_ids = self.checkpoint.stop_token_ids() if stop_ids is None else stop_ids
         rng = np.random.default_rng(sampling.seed)
-        if isinstance(prompt, str):  # load the tokenizer (seconds, once) outside "tokenize"
-            self.checkpoint.tokenizer  # noqa: B018
         with self.profiler.in_phase("prefill"):
             with self.profiler.cpu("tokenize"):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt

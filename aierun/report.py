@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import structlog
 from aierun import cli, paths
 from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, RunInfo, Step
 from aierun.errors import UserError
+from aierun.files import write_atomic
 from aierun.profiler import Profiler
 from aierun.roofline import NPU2_RATES, Rates, device_rates
 
@@ -517,19 +517,6 @@ def trace_events(profiler: Profiler) -> dict[str, Any]:
 
 
 # -- files and the command -------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file: no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
     """Where the JSON, trace and HTML go: only the ones asked for with --json /
     --trace / --html, else all three as `<runtime home>/profiles/profile-<stamp>.*`

@@ -32,6 +32,7 @@ import numpy as np
 import structlog
 
 from aierun.abi import ElfSpec, Launch, parse_binding
+from aierun.files import write_json_atomic
 
 log = structlog.get_logger("aierun.roofline")
 
@@ -135,10 +136,8 @@ def device_rates(device: str, cache_file: Path) -> Rates:
     if cached is not None:
         return cached
     rates = measure_host_rates()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    # A torn write only makes the next run measure again (see _read_cached).
     payload = {"schema": RATES_SCHEMA, "machine": machine, "rates": asdict(rates)}
-    cache_file.write_text(json.dumps(payload, indent=2))
+    write_json_atomic(cache_file, payload)
     log.info("roofline.measured", gflops=round(rates.flops_per_s / 1e9, 1),
              gbps=round(rates.bytes_per_s / 1e9, 1), cache=str(cache_file))  # fmt: skip
     return rates

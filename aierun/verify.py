@@ -13,7 +13,6 @@ candidates may go either way. A wrong computation leaves the reference's top-k.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import structlog
 
 from aierun.errors import UserError
+from aierun.files import write_json_atomic
 from aierun.pipeline import Sampling, Session, sample
 from aierun.reference import Reference
 
@@ -324,6 +324,5 @@ def _run_info(args: argparse.Namespace, session: Session) -> dict[str, Any]:
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
     target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+    write_json_atomic(target, data)
     log.info("json.written", path=str(target))

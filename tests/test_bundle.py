@@ -19,9 +19,10 @@ import pytest
 from aiebuild.bundle import pack
 from aiebuild.tasks import BuildConfig, compile_all
 from aierun import ARTIFACT_SCHEMA, __version__, cli
-from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest, sha256_file
+from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.bundle import BUNDLE_META, SUMS, open_bundle, parse_sums
 from aierun.errors import UserError
+from aierun.files import sha256_file
 from aierun.pipeline import Sampling
 
 # `import aiebuild` fails in this interpreter, as on a machine with only the runtime.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,9 @@ LLAMA3_SCALING = {
 }  # fmt: skip
 
 
-def tiny_llama(path, **overrides) -> LlamaForCausalLM:
+def tiny_llama(path, tokenizer_from, **overrides) -> LlamaForCausalLM:
+    """A random 2-layer Llama saved as a checkpoint directory (its tokenizer is the
+    default model's: the tests feed token ids below the tiny vocabulary)."""
     config = LlamaConfig(
         vocab_size=500, hidden_size=256, intermediate_size=384, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -31,11 +35,13 @@ def tiny_llama(path, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer_from / name, path / name)
     return model
 
 
-def test_untied_llama3_scaled_checkpoint_matches_transformers(tmp_path):
-    reference = tiny_llama(tmp_path / "model").float()
+def test_untied_llama3_scaled_checkpoint_matches_transformers(tmp_path, model_dir):
+    reference = tiny_llama(tmp_path / "model", model_dir).float()
     home = tmp_path / "home"
     manifest = compile_emu(home, tmp_path / "model", buckets=(16,))
     session = Session(Checkpoint(tmp_path / "model"), ArtifactSet.open(manifest), EmuDevice())
@@ -51,13 +57,13 @@ def test_untied_llama3_scaled_checkpoint_matches_transformers(tmp_path):
         ours = session.decode(ids[-1])
 
 
-def test_model_the_kernels_cannot_tile_is_refused_naming_the_dimension(tmp_path):
-    tiny_llama(tmp_path / "model", head_dim=48)
+def test_model_the_kernels_cannot_tile_is_refused_naming_the_dimension(tmp_path, model_dir):
+    tiny_llama(tmp_path / "model", model_dir, head_dim=48)
     with pytest.raises(UserError, match=r"head_dim \(Dh\) = 48 is not a multiple of 64"):
         compile_emu(tmp_path / "home", tmp_path / "model", buckets=(16,))
 
 
-def test_artifacts_of_another_model_are_refused(tmp_path, emu_manifest):
-    tiny_llama(tmp_path / "model")
+def test_artifacts_of_another_model_are_refused(tmp_path, model_dir, emu_manifest):
+    tiny_llama(tmp_path / "model", model_dir)
     with pytest.raises(UserError, match="compiled for another model shape"):
         Session(Checkpoint(tmp_path / "model"), ArtifactSet.open(emu_manifest), EmuDevice())
