@@ -37,13 +37,17 @@ CONFIG = tasks.BuildConfig.from_vars(BUILD, get_var)
 
 def task_model():
     """Materialize the embedded default model (SmolLM2-135M-Instruct) as bf16 safetensors."""
+    if CONFIG.model:  # the user's own checkpoint: nothing to make
+        return {"actions": [], "uptodate": [True]}
     target = BUILD / "models" / default_model.NAME
+
+    def materialize() -> None:
+        default_model.materialize(target)
+
     return {
-        "actions": [(default_model.materialize, (target,))] if not CONFIG.model else [],
-        "targets": [str(target / f) for f in default_model.CHECKPOINT_FILES]
-        if not CONFIG.model
-        else [],
-        "uptodate": [lambda: bool(CONFIG.model) or default_model.is_materialized(target)],
+        "actions": [materialize],
+        "targets": [str(target / name) for name in default_model.CHECKPOINT_FILES],
+        "uptodate": [lambda: default_model.is_materialized(target)],
     }
 
 

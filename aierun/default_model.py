@@ -74,9 +74,10 @@ def _convert(gguf: Path, out: Path) -> None:
             "pip install 'aie-llm[reference]'"
         ) from exc
     # transformers shows its own progress bar while it de-quantizes the tensors.
+    # De-quantizing is fastest in fp32; the checkpoint is then stored as bf16.
     model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
-    )
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).to(torch.bfloat16)
     # The weights are plain bf16 now: the config must not claim a quantization.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
