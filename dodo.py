@@ -8,7 +8,6 @@ parameters (`doit run --prompt "..." --n-tokens 30`).
 """
 
 import os
-import sys
 from pathlib import Path
 
 from doit import create_after, get_var
@@ -20,7 +19,6 @@ os.environ["AIERUN_HOME"] = str(BUILD)
 
 from aiebuild import bundle, cache, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
-from aierun.errors import UserError  # noqa: E402
 
 DOIT_CONFIG = {
     # `run` is doit's own command name, so the generation task is `generate` and is
@@ -62,9 +60,8 @@ def _runtime_task(command: str, params: list[dict], doc: str) -> dict:
         argv = [command, *cli.flags_from_params(values, params)]
         if CONFIG.model:
             argv += ["--model", CONFIG.model]
-        code = cli.main(argv)
-        if code:
-            sys.exit(code)  # doit reports a failed task
+        code = cli.main(argv)  # it has printed what went wrong
+        return TaskFailed(f"aierun {command} exited with {code}") if code else None
 
     return {
         "actions": [(action,)],
@@ -100,22 +97,10 @@ def task_diagnosis():
     )
 
 
-def _failing_cleanly(function, *args):
-    """A doit action whose UserError fails the task with its message, no traceback."""
-
-    def action():
-        try:
-            function(*args)
-        except UserError as exc:
-            return TaskFailed(str(exc))
-
-    return action
-
-
 def task_pack():
     """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its path."""
     return {
-        "actions": [_failing_cleanly(lambda: print(bundle.pack_build(CONFIG)))],
+        "actions": [tasks.failing_cleanly(lambda: print(bundle.pack_build(CONFIG)))],
         "task_dep": ["compile"],
         "uptodate": [False],
         "verbosity": 2,
@@ -129,8 +114,7 @@ def task_unpack():
         if not get_var("bundle", ""):
             return TaskFailed("name the archive: doit unpack bundle=PATH")
         code = cli.main(["unpack", get_var("bundle")])
-        if code:
-            sys.exit(code)
+        return TaskFailed(f"aierun unpack exited with {code}") if code else None
 
     return {"actions": [action], "uptodate": [False], "verbosity": 2}
 
@@ -138,7 +122,7 @@ def task_unpack():
 def task_cache():
     """List the artifact store per target; `doit cache gc=1` first removes unused entries."""
     return {
-        "actions": [_failing_cleanly(cache.command, BUILD, get_var("gc", "0"))],
+        "actions": [tasks.failing_cleanly(cache.command, BUILD, get_var("gc", "0"))],
         "uptodate": [False],
         "verbosity": 2,
     }

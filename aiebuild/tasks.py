@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from doit.exceptions import InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
 from aiebuild import toolchain
@@ -64,7 +65,8 @@ def select_target(requested: str) -> str:
     found = toolchain.discover()
     if found.usable:
         return "npu2"
-    log.info("compile.target", target="emu", reason=found.reason)
+    # One short line; `doit compile target=npu2` explains in full what is missing.
+    log.info("compile.target", target="emu", reason=found.reason.split(":")[0])
     return "emu"
 
 
@@ -110,14 +112,31 @@ def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
     log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)
 
 
+def failing_cleanly(function: Callable[..., Any], *args: Any) -> Callable[[], TaskFailed | None]:
+    """A doit action whose UserError fails the task with its one-paragraph message
+    instead of a traceback."""
+
+    def action() -> TaskFailed | None:
+        try:
+            function(*args)
+        except UserError as exc:
+            return TaskFailed(str(exc))
+        return None
+
+    return action
+
+
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
-    target, store, shape, builds = plan(config)
+    try:
+        target, store, shape, builds = plan(config)
+    except UserError as exc:  # doit prints InvalidTask as one line, without a traceback
+        raise InvalidTask(str(exc)) from None
     if isinstance(target, Npu2Target):
         yield from object_tasks(target, builds)
     for build in builds:
         yield {
             "name": build.spec.instance,
-            "actions": [(build_elf, (target, store, build))],
+            "actions": [failing_cleanly(build_elf, target, store, build)],
             "uptodate": [lambda key=build.key: store.is_valid(key)],
             "task_dep": _object_deps(target, build.spec),
             "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
@@ -143,7 +162,7 @@ def object_tasks(target: Npu2Target, builds: list[ElfBuild]) -> Iterator[dict[st
     for obj in sorted(objects, key=lambda o: o.name):
         yield {
             "name": _object_task(obj),
-            "actions": [(build_object, (target, obj))],
+            "actions": [failing_cleanly(build_object, target, obj)],
             "uptodate": [lambda obj=obj: target.object_is_valid(obj)],
             "doc": f"Peano: {obj.source.name} {' '.join(obj.flags())}",
             "verbosity": 2,

@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except (UserError, DeviceError) as exc:
-        log.error(f"{args.command}.failed", error=str(exc))
+        log.debug(f"{args.command}.failed", error=str(exc))  # the JSON log; the console gets:
         print(f"aierun {args.command}: {exc}", file=sys.stderr)
         return 2
 

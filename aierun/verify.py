@@ -157,11 +157,15 @@ def check_prompt(
     )
 
 
+def check_counts(n_tokens: int, k: int) -> None:
+    if n_tokens < 1 or k < 1:
+        raise UserError(f"--n-tokens ({n_tokens}) and --k ({k}) must be at least 1")
+
+
 def verify(
     session: Session, reference: Reference, prompts: list[str], n_tokens: int, k: int
 ) -> VerifyResult:
-    if n_tokens < 1 or k < 1:
-        raise UserError(f"--n-tokens ({n_tokens}) and --k ({k}) must be at least 1")
+    check_counts(n_tokens, k)
     checks = []
     for prompt in prompts:
         check = check_prompt(session, reference, prompt, n_tokens, k)
@@ -180,6 +184,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from aierun.cli import open_session
 
     prompts = load_prompts(args.prompts)
+    check_counts(args.n_tokens, args.k)  # before seconds of loading
     session = open_session(args)
     reference = Reference(session.checkpoint.path)
     result = verify(session, reference, prompts, args.n_tokens, args.k)
