@@ -44,12 +44,17 @@ class BufferManager:
 
     # -- prepare -------------------------------------------------------------
     def preload(self, spec: ElfSpec, layers: range | None) -> None:
-        """Allocate and write the weight and const buffers one ELF needs."""
+        """Allocate every buffer one ELF needs and write its weights and consts,
+        so that no call pays for an allocation."""
         for arg in spec.args_with(Role.WEIGHT):
             for layer in layers if arg.per_layer() and layers is not None else [None]:
                 self._weight(spec, arg, layer)
         for arg in spec.args_with(Role.CONST):
             self._const(spec, arg)
+        for arg in spec.args_with(Role.INPUT, Role.INTERMEDIATE, Role.SCRATCH):
+            self._pool(spec, arg)
+        for arg in spec.args_with(Role.OUTPUT):
+            self._output(spec, arg, 0)
 
     def _weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source

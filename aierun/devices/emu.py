@@ -23,16 +23,21 @@ from aierun.ops.numerics import to_bf16
 class EmuBuffer(Buffer):
     def __init__(self, spec: ArgSpec, label: str):
         super().__init__(spec, label)
-        self._host = np.zeros(spec.shape, spec.np_dtype)
+        # Allocated and touched now (at prepare), not inside the first timed call.
+        self._host = np.empty(spec.shape, spec.np_dtype)
+        self._host.fill(0)
         self._version = 0
-        self._f32: tuple[int, np.ndarray] | None = None
+        self._f32_version = -1
+        # fp32 buffers are their own fp32 view; bf16 ones get one reused fp32 copy.
+        wide = spec.np_dtype == np.float32
+        self._f32 = self._host if wide else np.empty(spec.shape, np.float32)
 
     @property
     def host(self) -> np.ndarray:
         return self._host
 
     def sync_to_device(self) -> None:
-        self._version += 1  # the host changed the bytes: drop the fp32 copy
+        self._version += 1  # the host changed the bytes: the fp32 copy is stale
         if self.spec.role in (Role.WEIGHT, Role.CONST):
             self.as_f32()  # convert static data at prepare, not inside the first call
 
@@ -40,11 +45,12 @@ class EmuBuffer(Buffer):
         pass  # emulated DDR is host memory
 
     def as_f32(self) -> np.ndarray:
-        """fp32 copy of the bf16 contents (exact), kept while the bytes are unchanged;
-        weights are converted once, which is what makes the emulation fast."""
-        if self._f32 is None or self._f32[0] != self._version:
-            self._f32 = (self._version, self._host.astype(np.float32))
-        return self._f32[1]
+        """The contents as fp32 (exact for bf16), refreshed only when the bytes
+        changed: weights are converted once, which is what makes the emulation fast."""
+        if self._f32_version != self._version and self._f32 is not self._host:
+            np.copyto(self._f32, self._host, casting="unsafe")
+        self._f32_version = self._version
+        return self._f32
 
     def store(self, index: int | None, values: np.ndarray) -> None:
         target = self._host if index is None else self._host[index]

@@ -13,19 +13,34 @@ def flash_attn(params: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tup
 
 
 def attend(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, kv_heads: int, dim: int, causal: bool
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    causal: bool,
+    block: int = 256,
 ) -> np.ndarray:
     """q [Sq, H*Dh], k/v [Sk, Hkv*Dh] in fp32 -> [Sq, H*Dh]. With `causal`, query i
-    sees keys up to Sk - Sq + i (the queries are the last Sq positions)."""
+    sees keys up to Sk - Sq + i (the queries are the last Sq positions).
+
+    Queries go in blocks, as the kernel tiles them: a block only scores the keys
+    its rows can see, which skips the masked upper triangle and bounds memory."""
     sq, sk = q.shape[0], k.shape[0]
     group = heads // kv_heads
     qh = q.reshape(sq, kv_heads, group, dim).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
     kh = k.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
     vh = v.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 0, 3)  # [Hkv, 1, Sk, Dh]
-    scores = (qh @ kh) * np.float32(1.0 / np.sqrt(dim))
-    if causal:
-        visible = np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)
-        scores = np.where(visible, scores, np.float32(-np.inf))
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    out = (scores @ vh) / scores.sum(axis=-1, keepdims=True)
+    scale = np.float32(1.0 / np.sqrt(dim))
+    out = np.empty((kv_heads, group, sq, dim), np.float32)
+    for start in range(0, sq, block):
+        stop = min(start + block, sq)
+        keys = stop + (sk - sq) if causal else sk
+        scores = (qh[:, :, start:stop] @ kh[..., :keys]) * scale
+        if causal:
+            rows = np.arange(start, stop)[:, None] + (sk - sq)
+            scores = np.where(np.arange(keys)[None, :] <= rows, scores, np.float32(-np.inf))
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        out[:, :, start:stop] = (scores @ vh[:, :, :keys]) / scores.sum(axis=-1, keepdims=True)
     return out.transpose(2, 0, 1, 3).reshape(sq, heads * dim)

@@ -91,3 +91,13 @@ def test_silu_mul_and_add():
     expected = torch.nn.functional.silu(torch.from_numpy(g)) * torch.from_numpy(u)
     np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(OPS["add"]({}, g, u)[0], g + u)
+
+
+def test_blocked_attention_equals_one_block():
+    from aierun.ops.attention import attend
+
+    seq, heads, kv_heads, dim = 300, 4, 2, 64
+    q, k, v = rand(seq, heads * dim), rand(seq, kv_heads * dim), rand(seq, kv_heads * dim)
+    blocked = attend(q, k, v, heads, kv_heads, dim, causal=True, block=64)
+    whole = attend(q, k, v, heads, kv_heads, dim, causal=True, block=seq)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
