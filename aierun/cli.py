@@ -53,6 +53,10 @@ PROFILE_OPTIONS = (
     Option("trace", str, None, "write a Chrome/Perfetto trace here"),
     Option("html", str, None, "write a self-contained HTML report here"),
 )
+REFERENCE_DTYPE = Option(
+    "reference_dtype", str, "bfloat16",
+    "dtype of the transformers reference: bfloat16 (as deployed) or float32 (exact)",
+)  # fmt: skip
 VERIFY_OPTIONS = (
     Option("prompts", str, None, "a file with one prompt per line (default: the built-in set)"),
     Option("n_tokens", int, 32, "greedy tokens to generate and check per prompt"),
@@ -60,6 +64,7 @@ VERIFY_OPTIONS = (
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
     Option("json", str, None, "write the verify result here"),
+    REFERENCE_DTYPE,
 )
 DIAGNOSIS_OPTIONS = (
     Option("prompt", str, DEFAULT_PROMPT, "the prompt to compare layer by layer"),
@@ -67,6 +72,7 @@ DIAGNOSIS_OPTIONS = (
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
     Option("json", str, None, "write the per-layer comparison here"),
+    REFERENCE_DTYPE,
 )
 UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run on: emu or npu"),)
 

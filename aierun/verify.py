@@ -186,7 +186,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     check_counts(args.n_tokens, args.k)  # before seconds of loading
     session = open_session(args)
-    reference = Reference(session.checkpoint.path)
+    reference = Reference(session.checkpoint.path, args.reference_dtype)
     result = verify(session, reference, prompts, args.n_tokens, args.k)
     tokenizer = session.checkpoint.tokenizer
     for number, check in enumerate(result.checks, 1):
@@ -287,7 +287,7 @@ def cmd_diagnosis(args: argparse.Namespace) -> int:
     from aierun.cli import open_session
 
     session = open_session(args)
-    reference = Reference(session.checkpoint.path)
+    reference = Reference(session.checkpoint.path, args.reference_dtype)
     diagnosis = diagnose(session, reference, args.prompt, args.threshold)
     print(_diagnosis_table(diagnosis))
     bad = diagnosis.first_bad_layer
