@@ -40,6 +40,8 @@ class BufferManager:
         self._pooled: dict[tuple[str, str], Buffer] = {}
         self._outputs: dict[tuple[str, str], list[Buffer]] = {}
         self._calls: dict[str, int] = {}
+        self._input_specs: dict[str, dict[str, ArgSpec]] = {}
+        self._fixed_sets: dict[tuple[str, int | None, int], dict[str, Buffer]] = {}
         self.preloaded_bytes = 0
 
     # -- prepare -------------------------------------------------------------
@@ -83,29 +85,43 @@ class BufferManager:
         self, spec: ElfSpec, layer: int | None, values: dict[str, Any]
     ) -> tuple[dict[str, Buffer], int]:
         """Buffers for every argument of one call, and the bytes the host wrote."""
-        missing = {a.name for a in spec.args_with(Role.INPUT)} - set(values)
-        extra = set(values) - {a.name for a in spec.args_with(Role.INPUT)}
-        if missing or extra:
+        inputs = self._input_args(spec)
+        if values.keys() != inputs.keys():
             raise BindingError(
-                f"{spec.instance}: inputs missing {sorted(missing)}, not inputs {sorted(extra)}"
+                f"{spec.instance}: inputs missing {sorted(inputs.keys() - values.keys())}, "
+                f"not inputs {sorted(values.keys() - inputs.keys())}"
             )
-        slot = self._calls.get(spec.instance, 0) % OUTPUT_SLOTS
-        self._calls[spec.instance] = self._calls.get(spec.instance, 0) + 1
-        buffers: dict[str, Buffer] = {}
+        calls = self._calls.get(spec.instance, 0)
+        self._calls[spec.instance] = calls + 1
+        buffers = dict(self._fixed(spec, layer, calls % OUTPUT_SLOTS))
         written = 0
-        for arg in spec.args:
-            if arg.role is Role.WEIGHT:
-                buffers[arg.name] = self._bound_weight(spec, arg, layer)
-            elif arg.role is Role.CONST:
-                buffers[arg.name] = self._consts[(spec.instance, arg.name)]
-            elif arg.role is Role.INPUT:
-                buffers[arg.name], nbytes = self._bound_input(spec, arg, values[arg.name])
-                written += nbytes
-            elif arg.role is Role.OUTPUT:
-                buffers[arg.name] = self._output(spec, arg, slot)
-            else:
-                buffers[arg.name] = self._pool(spec, arg)
+        for name, arg in inputs.items():
+            buffers[name], nbytes = self._bound_input(spec, arg, values[name])
+            written += nbytes
         return buffers, written
+
+    def _input_args(self, spec: ElfSpec) -> dict[str, ArgSpec]:
+        if spec.instance not in self._input_specs:
+            self._input_specs[spec.instance] = {a.name: a for a in spec.args_with(Role.INPUT)}
+        return self._input_specs[spec.instance]
+
+    def _fixed(self, spec: ElfSpec, layer: int | None, slot: int) -> dict[str, Buffer]:
+        """Every non-input buffer of a call: the same for each (ELF, layer, output
+        slot), so it is looked up once and reused (less host work per call)."""
+        key = (spec.instance, layer, slot)
+        if key not in self._fixed_sets:
+            fixed = {}
+            for arg in spec.args:
+                if arg.role is Role.WEIGHT:
+                    fixed[arg.name] = self._bound_weight(spec, arg, layer)
+                elif arg.role is Role.CONST:
+                    fixed[arg.name] = self._consts[(spec.instance, arg.name)]
+                elif arg.role is Role.OUTPUT:
+                    fixed[arg.name] = self._output(spec, arg, slot)
+                elif arg.role is not Role.INPUT:
+                    fixed[arg.name] = self._pool(spec, arg)
+            self._fixed_sets[key] = fixed
+        return self._fixed_sets[key]
 
     def _bound_weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
