@@ -3,6 +3,10 @@ running the same checkpoint in fp32."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -64,3 +68,17 @@ def test_prompt_longer_than_every_bucket_is_refused_clearly(session):
     too_long = [1] * (max(session.artifacts.buckets) + 1)
     with pytest.raises(UserError, match="largest compiled prefill bucket"):
         session.prefill(too_long)
+
+
+def test_aierun_run_prints_only_the_generated_text(session, checkpoint, model_dir, emu_manifest):
+    command = [
+        sys.executable, "-m", "aierun.cli", "run", "--model", str(model_dir),
+        "--artifacts", str(emu_manifest.parent), "--n-tokens", "8",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    expected = checkpoint.tokenizer.decode(
+        list(session.generate(PROMPT, 8)), skip_special_tokens=True
+    )
+    assert result.stdout == expected + "\n"
+    assert "run.done" in result.stderr  # the logs went to stderr
