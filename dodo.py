@@ -100,7 +100,7 @@ def task_diagnosis():
 def task_pack():
     """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its path."""
     return {
-        "actions": [tasks.failing_cleanly(lambda: print(bundle.pack_build(CONFIG)))],
+        "actions": [tasks.failing_cleanly(bundle.pack_build, CONFIG)],
         "task_dep": ["compile"],
         "uptodate": [False],
         "verbosity": 2,

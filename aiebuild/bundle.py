@@ -34,12 +34,13 @@ from aierun.files import sha256_file
 log = structlog.get_logger("aiebuild.bundle")
 
 
-def pack_build(config: BuildConfig) -> Path:
-    """`doit pack`: bundle the configured target at build/bundles/<model>-<target>.tar.gz."""
+def pack_build(config: BuildConfig) -> None:
+    """`doit pack`: bundle the configured target at build/bundles/<model>-<target>.tar.gz
+    and print the archive's path (the task's result, on stdout)."""
     target = select_target(config.target)
     artifacts = _open_manifest(config.home, target)
     name = f"{artifacts.manifest['model_name']}-{target}.tar.gz"
-    return pack(config.home, target, config.home / "bundles" / name)
+    print(pack(config.home, target, config.home / "bundles" / name))
 
 
 def pack(home: Path, target: str, out_path: Path) -> Path:

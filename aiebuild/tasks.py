@@ -112,18 +112,19 @@ def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
     log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)
 
 
-def failing_cleanly(function: Callable[..., Any], *args: Any) -> Callable[[], TaskFailed | None]:
+def failing_cleanly(function: Callable[..., Any], *args: Any) -> tuple:
     """A doit action whose UserError fails the task with its one-paragraph message
-    instead of a traceback."""
+    instead of a traceback. A (callable, args) pair of module-level functions, so
+    that `doit -n N` can hand it to another process."""
+    return (_run_cleanly, (function, *args))
 
-    def action() -> TaskFailed | None:
-        try:
-            function(*args)
-        except UserError as exc:
-            return TaskFailed(str(exc))
-        return None
 
-    return action
+def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
+    try:
+        function(*args)
+    except UserError as exc:
+        return TaskFailed(str(exc))
+    return None
 
 
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
