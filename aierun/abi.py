@@ -24,14 +24,13 @@ DTYPES: dict[str, np.dtype] = {"bf16": BF16, "f32": np.dtype(np.float32), "i32":
 class Role(StrEnum):
     WEIGHT = "weight"  # written once at prepare, one buffer per layer
     CONST = "const"  # written once, shared by all layers (e.g. the rope table)
-    INPUT = "input"  # written by the host every call (only when the bytes changed)
+    INPUT = "input"  # written by the host for every call that passes a new array
     INTERMEDIATE = "intermediate"  # device-only, between launches of one ELF
     SCRATCH = "scratch"  # device-only working memory
     OUTPUT = "output"  # read back as a zero-copy view after every call
 
 
 HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
-HOST_ARGS = (Role.WEIGHT, Role.CONST, Role.INPUT, Role.OUTPUT)
 
 
 @dataclass(frozen=True)

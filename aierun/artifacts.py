@@ -120,19 +120,15 @@ class ArtifactSet:
 
 
 def find_manifest(where: Path | None, targets: tuple[str, ...], home: Path) -> Path:
-    """The manifest to use: `where` (a manifest, an unpacked bundle or a runtime home),
-    else the runtime home; the first of `targets` that has one wins."""
-    candidates = []
-    for base in [where] if where is not None else [home]:
-        candidates += [base / MANIFEST] if (base / MANIFEST).is_file() else []
-        candidates += [base / "targets" / t / MANIFEST for t in targets]
-    if where is not None and where.is_file() and where.name == MANIFEST:
-        candidates.insert(0, where)
+    """The manifest to use: `where` (a manifest file, an unpacked bundle or a build
+    directory / runtime home), else the runtime home; the first of `targets` wins."""
+    base = home if where is None else where
+    candidates = [base, base / MANIFEST, *(base / "targets" / t / MANIFEST for t in targets)]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_file() and candidate.name == MANIFEST:
             return candidate
     raise ArtifactError(
-        f"no compiled artifacts for target {' or '.join(targets)} in {where or home}. "
-        "Run `doit compile` in the checkout, or pass --artifacts with a build directory "
-        "or a bundle made by `doit pack`."
+        f"no compiled artifacts for target {' or '.join(targets)} in {base}. Run "
+        "`doit compile` in the checkout and pass --artifacts <checkout>/build (or set "
+        "AIERUN_HOME to it), or pass --artifacts with a bundle made by `doit pack`."
     )

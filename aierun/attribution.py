@@ -51,7 +51,7 @@ PREFILL_FLOW = Flow(
         Step("kernel", "o_ffn"),
         Step("cpu", "kv_cache_extract", branch_of="rms_gemms_rope"),  # k, v -> host KV cache
     ),
-    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv")),
+    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv"), Step("cpu", "sample")),
 )
 DECODE_FLOW = Flow(
     "decode",
@@ -61,7 +61,7 @@ DECODE_FLOW = Flow(
         Step("cpu", "decode_attention"),
         Step("kernel", "o_gemv_ffn"),
     ),
-    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv")),
+    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv"), Step("cpu", "sample")),
 )
 
 

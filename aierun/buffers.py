@@ -3,8 +3,11 @@
 - weight: one buffer per (tensor, layout), written once at prepare and shared by
   every ELF that reads that tensor (prefill and decode use the same wq).
 - const: one buffer per ELF instance, written once.
-- input: pooled per ELF instance (shared by all layers), rewritten only when the
-  host array changed; a device buffer handle may be bound instead (no host copy).
+- input: pooled per ELF instance (shared by all layers); written on every call
+  unless the caller passes the very array object it passed last time (the rope
+  row of a decode step, shared by all layers), so callers must not modify an
+  input array in place between calls; a device buffer handle may be bound
+  instead (no host copy).
 - intermediate / scratch: pooled per ELF instance, never touched by the host.
 - output: two pooled buffers per ELF instance used in turn, so that one layer's
   output can feed the next layer's call of the same ELF. An output is valid until
@@ -45,11 +48,11 @@ class BufferManager:
         self.preloaded_bytes = 0
 
     # -- prepare -------------------------------------------------------------
-    def preload(self, spec: ElfSpec, layers: range | None) -> None:
+    def preload(self, spec: ElfSpec, layers: range) -> None:
         """Allocate every buffer one ELF needs and write its weights and consts,
         so that no call pays for an allocation."""
         for arg in spec.args_with(Role.WEIGHT):
-            for layer in layers if arg.per_layer() and layers is not None else [None]:
+            for layer in layers if arg.per_layer() else [None]:
                 self._weight(spec, arg, layer)
         for arg in spec.args_with(Role.CONST):
             self._const(spec, arg)

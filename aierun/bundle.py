@@ -275,8 +275,8 @@ def _refuse(archive: Path, reason: str, advice: str = REPACK) -> ArtifactError:
 def cmd_unpack(args: argparse.Namespace) -> int:
     """Check and unpack a bundle for the device; print the directory to pass as --artifacts."""
     from aierun import paths
-    from aierun.devices.base import open_device
+    from aierun.cli import device_targets
 
-    targets = open_device(args.device).targets
+    targets = device_targets(args.device)
     print(open_bundle(Path(args.bundle).expanduser(), paths.home() / "bundles", targets))
     return 0

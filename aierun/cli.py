@@ -78,7 +78,10 @@ UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run o
 
 COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
-    "chat": (RUN_OPTIONS, "interactive chat on stdin/stdout"),
+    "chat": (
+        tuple(o for o in RUN_OPTIONS if o.name != "prompt"),
+        "interactive chat: one message per line on stdin, answers on stdout",
+    ),
     "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
     "verify": (VERIFY_OPTIONS, "top-k gate of our tokens against Hugging Face transformers"),
     "diagnosis": (DIAGNOSIS_OPTIONS, "per-layer hidden-state comparison against transformers"),
@@ -131,23 +134,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_session(args: argparse.Namespace, profiler=None):
-    """Model + artifacts + device -> a prepared Session."""
+    """Artifacts + model + device -> a prepared Session (use it in a `with` block:
+    closing it releases the device). The artifacts are found first, so a missing
+    build fails at once rather than after the model is made ready."""
     from aierun.artifacts import ArtifactSet, find_manifest
     from aierun.devices.base import open_device
     from aierun.model import Checkpoint, resolve_model
     from aierun.pipeline import Session
 
+    targets = device_targets(args.device)
+    manifest = find_manifest(_artifacts_dir(args.artifacts, targets), targets, paths.home())
+    artifacts = ArtifactSet.open(manifest)
     checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
     device = open_device(args.device)
-    where = _artifacts_dir(args.artifacts, device.targets)
-    manifest = find_manifest(where, device.targets, paths.home())
-    artifacts = ArtifactSet.open(manifest)
-    session = Session(checkpoint, artifacts, device, profiler)
-    session.prepare()
+    try:
+        session = Session(checkpoint, artifacts, device, profiler)
+        session.prepare()
+    except BaseException:
+        device.close()
+        raise
     return session
 
 
-def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...] | None = None) -> Path | None:
+def device_targets(device: str) -> tuple[str, ...]:
+    """The artifact targets a device runs, without opening it."""
+    from aierun.devices.base import device_class
+
+    return device_class(device).targets
+
+
+def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
     if artifacts is None:
         return None
     path = Path(artifacts).expanduser()
@@ -163,36 +179,38 @@ def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...] | None = None
 def cmd_run(args: argparse.Namespace) -> int:
     from aierun.pipeline import Sampling
 
-    session = open_session(args)
     sampling = Sampling(args.temperature, args.top_p, args.seed)
-    _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
+    with open_session(args) as session:
+        _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
     return 0
 
 
 def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
-    """Print tokens as they come (detokenizing the whole answer so far keeps
-    multi-token characters intact); returns the generated ids."""
+    """Print the answer as it comes; returns the generated ids. The whole answer so
+    far is detokenized each time, and a trailing incomplete character (U+FFFD while
+    its bytes are split over tokens) is held back until it is complete."""
     tokenizer = session.checkpoint.tokenizer
     tokens: list[int] = []
     shown = ""
     start = time.perf_counter()
-    first = None
+    first = last = None
     for token in session.generate(prompt, n_tokens, sampling, seq_len):
-        first = first or time.perf_counter()
+        last = time.perf_counter()
+        first = first or last
         tokens.append(token)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        sys.stdout.write(text[len(shown) :])
-        sys.stdout.flush()
-        shown = text
-    sys.stdout.write("\n")
+        text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+        if len(text) > len(shown):
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+    final = tokenizer.decode(tokens, skip_special_tokens=True)
+    sys.stdout.write(final[len(shown) :] + "\n")
     sys.stdout.flush()
-    end = time.perf_counter()
-    decode_s = end - (first or end)
     log.info(
         "run.done",
         tokens=len(tokens),
-        ttft_ms=round(((first or end) - start) * 1e3, 1),
-        decode_tok_s=round((len(tokens) - 1) / decode_s, 2) if len(tokens) > 1 else None,
+        ttft_ms=round((first - start) * 1e3, 1) if first else None,
+        decode_tok_s=round((len(tokens) - 1) / (last - first), 2) if len(tokens) > 1 else None,
     )
     return tokens
 
@@ -201,18 +219,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn chat: each turn prefills the whole conversation so far."""
     from aierun.pipeline import Sampling
 
-    session = open_session(args)
-    checkpoint = session.checkpoint
     sampling = Sampling(args.temperature, args.top_p, args.seed)
-    messages: list[dict[str, str]] = []
-    print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
-    for line in sys.stdin:
-        if not line.strip():
-            break
-        messages.append({"role": "user", "content": line.strip()})
-        ids = checkpoint.encode_chat(messages)
-        tokens = _stream(session, ids, args.n_tokens, sampling, args.seq_len)
-        messages.append({"role": "assistant", "content": checkpoint.tokenizer.decode(tokens)})
+    with open_session(args) as session:
+        checkpoint = session.checkpoint
+        messages: list[dict[str, str]] = []
+        print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
+        for line in sys.stdin:
+            if not line.strip():
+                break
+            messages.append({"role": "user", "content": line.strip()})
+            try:
+                ids = checkpoint.encode_chat(messages)
+                tokens = _stream(session, ids, args.n_tokens, sampling, args.seq_len)
+            except UserError as exc:  # e.g. the conversation outgrew the largest bucket
+                print(f"aierun chat: {exc} This message was dropped.", file=sys.stderr)
+                messages.pop()
+                continue
+            messages.append({"role": "assistant", "content": checkpoint.tokenizer.decode(tokens)})
     return 0
 
 
@@ -237,8 +260,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(paths.logs_dir(), args.log_level)
     try:
+        logs.configure(paths.logs_dir(), args.log_level)
         return HANDLERS[args.command](args)
     except (UserError, DeviceError) as exc:
         log.debug(f"{args.command}.failed", error=str(exc))  # the JSON log; the console gets:

@@ -14,58 +14,55 @@ from pathlib import Path
 
 import structlog
 
-_configured = False
+from aierun.errors import UserError
+
+SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso"),
+]
+_console: logging.Handler | None = None
+_json: logging.FileHandler | None = None
 
 
 def configure(log_dir: Path | None, level: str | None = None) -> Path | None:
-    """Set up logging for this process; returns the JSON-lines file, if any."""
-    global _configured
+    """Set up logging for this process (again: only the console level changes and
+    the JSON file stays, unless `log_dir` differs); returns the JSON-lines file."""
+    global _console, _json
     level = (level or os.environ.get("AIERUN_LOG_LEVEL", "INFO")).upper()
-    shared = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_logger_name,
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso"),
-    ]
-    if not _configured:
+    if level not in logging.getLevelNamesMapping():
+        raise UserError(f"--log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+    root = logging.getLogger()
+    if _console is None:
         structlog.configure(
-            processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+            processors=[*SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
             logger_factory=structlog.stdlib.LoggerFactory(),
             cache_logger_on_first_use=True,
         )
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_aierun", False):
-            root.removeHandler(handler)
-    root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(level)
-    console.setFormatter(
-        _formatter(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()), shared)
-    )
-    _own(root, console)
-    json_file = None
-    if log_dir is not None:
+        root.setLevel(logging.DEBUG)
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        _console = _handler(logging.StreamHandler(sys.stderr), renderer)
+        # Third-party chatter stays out of the console unless asked for.
+        for noisy in ("transformers", "urllib3", "filelock", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    _console.setLevel(level)
+    if log_dir is not None and (_json is None or Path(_json.baseFilename).parent != log_dir):
+        if _json is not None:
+            root.removeHandler(_json)
+            _json.close()
         log_dir.mkdir(parents=True, exist_ok=True)
-        json_file = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
-        file_handler = logging.FileHandler(json_file)
-        file_handler.setLevel(logging.DEBUG)
-        file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer(), shared))
-        _own(root, file_handler)
-    # Third-party chatter stays out of the console unless asked for.
-    for noisy in ("transformers", "urllib3", "filelock", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    _configured = True
-    return json_file
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+        _json = _handler(logging.FileHandler(log_dir / name), structlog.processors.JSONRenderer())
+    return Path(_json.baseFilename) if _json is not None else None
 
 
-def _formatter(renderer, shared) -> structlog.stdlib.ProcessorFormatter:
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+def _handler(handler: logging.Handler, renderer) -> logging.Handler:
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=SHARED,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
-
-
-def _own(root: logging.Logger, handler: logging.Handler) -> None:
-    handler._aierun = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    logging.getLogger().addHandler(handler)
+    return handler

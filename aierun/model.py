@@ -123,7 +123,15 @@ _TIED = {
 _SAFETENSORS_DTYPES = {"BF16": BF16, "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 
 
-def _safetensors_header(file: Path) -> list[tuple[str, dict[str, Any]]]:
+@dataclass(frozen=True)
+class _TensorEntry:
+    file: Path
+    offset: int  # of the first byte, from the start of the file
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def _safetensors_entries(file: Path) -> dict[str, _TensorEntry]:
     with file.open("rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
         header = json.loads(handle.read(header_len))
@@ -131,7 +139,17 @@ def _safetensors_header(file: Path) -> list[tuple[str, dict[str, Any]]]:
     unsupported = {e["dtype"] for e in header.values()} - set(_SAFETENSORS_DTYPES)
     if unsupported:
         raise UserError(f"{file} stores tensors as {sorted(unsupported)}; expected BF16/F16/F32.")
-    return list(header.items())
+    entries = {}
+    for name, entry in header.items():
+        dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        if end - begin != int(np.prod(shape)) * dtype.itemsize:
+            raise UserError(
+                f"{file}: tensor {name} claims shape {list(shape)} but holds {end - begin} "
+                "bytes; the file is damaged."
+            )
+        entries[name] = _TensorEntry(file, 8 + header_len + begin, dtype, shape)
+    return entries
 
 
 class Checkpoint:
@@ -150,27 +168,22 @@ class Checkpoint:
         self._index = self._index_tensors()
         self._tokenizer = None
 
-    def _index_tensors(self) -> dict[str, tuple[Path, dict[str, Any]]]:
+    def _index_tensors(self) -> dict[str, _TensorEntry]:
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             raise UserError(f"{self.path} holds no *.safetensors weights (pickle is not read).")
-        index = {}
+        index: dict[str, _TensorEntry] = {}
         for file in files:
-            index.update({name: (file, entry) for name, entry in _safetensors_header(file)})
+            index.update(_safetensors_entries(file))
         return index
 
     def tensor(self, name: str) -> np.ndarray:
         """One tensor as bf16: a read-only memory map when the file stores bf16."""
-        name = self._resolve_tied(name)
-        file, entry = self._index[name]
-        begin, end = entry["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-        header_len = int.from_bytes(file.open("rb").read(8), "little")
+        entry = self._index[self._resolve_tied(name)]
         array = np.memmap(
-            file, dtype=dtype, mode="r", offset=8 + header_len + begin, shape=tuple(entry["shape"])
+            entry.file, dtype=entry.dtype, mode="r", offset=entry.offset, shape=entry.shape
         )
-        assert array.nbytes == end - begin, f"{file}: tensor {name} has a bad size"
-        return array if dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+        return array if entry.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
 
     def _resolve_tied(self, name: str) -> str:
         # A tied checkpoint may store the embedding under either name.

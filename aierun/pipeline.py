@@ -29,8 +29,10 @@ from aierun.profiler import KernelCall, Profiler, clock
 
 log = structlog.get_logger("aierun.pipeline")
 
-# Called after every prefill layer with (layer, hidden state [T, E] as bf16).
+# Called after every prefill layer with (layer, residual stream [T, E], fp32).
 LayerHook = Callable[[int, np.ndarray], None]
+# Called with the fp32 logits each generated token is chosen from.
+LogitsHook = Callable[[np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,13 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError(
+                f"--temperature must be >= 0 and --top-p in (0, 1]; got {self.temperature} "
+                f"and {self.top_p}"
+            )
 
 
 class KVCache:
@@ -71,7 +80,8 @@ class Session:
         if artifacts.target not in device.targets:
             raise ArtifactError(
                 f"the artifacts in {artifacts.root} are for target {artifacts.target!r}; "
-                f"device {device.name} runs {', '.join(device.targets)}"
+                f"device {device.name} runs {', '.join(device.targets)}. Compile for it "
+                f"(`doit compile target={device.targets[0]}`) or use --device emu."
             )
         self.checkpoint = checkpoint
         self.shape = checkpoint.shape
@@ -83,9 +93,17 @@ class Session:
         self._rope = rope_table(self.shape, self.shape.max_positions)
         self._embed = checkpoint.tensor("model.embed_tokens.weight")
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
+        self._pad_id = _pad_token(checkpoint.config)
         self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, 0)
         self.position = 0
         self.prepared = False
+        self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- prepare -------------------------------------------------------------
     def prepare(self) -> None:
@@ -119,6 +137,10 @@ class Session:
             return padded.reshape(shape)
         return tensor
 
+    def spec(self, instance: str) -> ElfSpec:
+        """The spec of a loaded ELF (after prepare)."""
+        return self._elfs[instance][0]
+
     # -- one device call -----------------------------------------------------
     def call(
         self, instance: str, layer: int | None, read: tuple[str, ...] = (), **inputs: Any
@@ -148,7 +170,7 @@ class Session:
             if seq_len not in buckets:
                 raise UserError(
                     f"--seq-len {seq_len} is not a compiled prefill bucket {list(buckets)}; "
-                    f"compile it with `doit compile buckets={seq_len}`"
+                    f"compile it with `doit compile buckets={_with(buckets, seq_len)}`"
                 )
             if n_tokens > seq_len:
                 raise UserError(f"the prompt has {n_tokens} tokens, more than --seq-len {seq_len}")
@@ -159,7 +181,7 @@ class Session:
         raise UserError(
             f"the prompt has {n_tokens} tokens; the largest compiled prefill bucket holds "
             f"{buckets[-1]}. Shorten the prompt or compile a larger bucket "
-            f"(`doit compile buckets={','.join(map(str, buckets))},{_next_pow2(n_tokens)}`)."
+            f"(`doit compile buckets={_with(buckets, _next_pow2(n_tokens))}`)."
         )
 
     def prefill(
@@ -170,31 +192,32 @@ class Session:
         on_layer: LayerHook | None = None,
     ) -> np.ndarray:
         """Run the prompt through all layers; returns the fp32 logits of its last token."""
+        if not self.prepared:
+            self.prepare()  # once, and not counted in the prefill phase
         with self.profiler.in_phase("prefill"):
             return self._prefill(ids, seq_len, capacity, on_layer)
 
     def _prefill(
         self, ids: list[int], seq_len: int | None, capacity: int, on_layer: LayerHook | None
     ) -> np.ndarray:
-        if not self.prepared:
-            self.prepare()
         n = len(ids)
         if n == 0:
             raise UserError("the prompt is empty")
         bucket = self.bucket_for(n, seq_len)
+        self.last_prompt = (n, bucket)
         prof = self.profiler
         with prof.cpu("eos_pad"):
-            pad = self.checkpoint.config.get("eos_token_id", 0)
-            padded = np.array(ids + [pad if isinstance(pad, int) else pad[0]] * (bucket - n))
+            padded = np.array(ids + [self._pad_id] * (bucket - n))
         with prof.cpu("embed_lookup"):
             x: np.ndarray | Buffer = np.take(self._embed, padded, axis=0).astype(np.float32)
-        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, max(capacity, n + 1))
+        capacity = min(max(capacity, n + 1), self.shape.max_positions)
+        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, capacity)
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):
                     x = self._prefill_layer(layer, bucket, n, x)
                 if on_layer is not None:
-                    on_layer(layer, x.host[:n].copy())
+                    on_layer(layer, x.read_rows(0, n).copy())
         self.position = n
         return self._logits(x, row=n - 1)
 
@@ -207,7 +230,8 @@ class Session:
             "flash_attn" + s, layer,
             q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
         )  # fmt: skip
-        return self.call("o_ffn" + s, layer, attn_out=attn["attn_out"], x=x)["y"]
+        # The residual input is already on the device (written for the first call).
+        return self.call("o_ffn" + s, layer, attn_out=attn["attn_out"], x=proj["x"])["y"]
 
     # -- decode --------------------------------------------------------------
     def decode(self, token: int) -> np.ndarray:
@@ -236,7 +260,7 @@ class Session:
         proj = self.call(
             "rms_gemv_rope", layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row
         )
-        with self.profiler.cpu("decode_attention", layer):
+        with self.profiler.cpu("decode_attention", layer):  # appends this K/V, then attends
             self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
             attn = attend(
                 proj["q_roped"].host.astype(np.float32),
@@ -245,10 +269,11 @@ class Session:
                 shape.n_heads, shape.n_kv_heads, shape.head_dim, causal=False,
             )  # fmt: skip
             attn_out = to_bf16(attn)
-        return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=x)["y"]
+        return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=proj["x"])["y"]
 
     def _grow_cache(self) -> None:
-        grown = KVCache(self.shape.n_layers, self.shape.kv_dim, max(2 * self.kv.capacity, 64))
+        capacity = min(max(2 * self.kv.capacity, 64), self.shape.max_positions)
+        grown = KVCache(self.shape.n_layers, self.shape.kv_dim, capacity)
         grown.k[:, : self.kv.capacity] = self.kv.k
         grown.v[:, : self.kv.capacity] = self.kv.v
         self.kv = grown
@@ -256,7 +281,7 @@ class Session:
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
         with self.profiler.cpu("final_rms_norm"):  # includes reading the row back
-            last = hidden.read()[row : row + 1]
+            last = hidden.read_rows(row, row + 1)
             params = {"eps": self.shape.rms_eps}
             normed = to_bf16(rmsnorm(params, last, self._final_norm)[0])
         out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
@@ -270,23 +295,44 @@ class Session:
         sampling: Sampling = Sampling(),
         seq_len: int | None = None,
         stop_ids: set[int] | None = None,
+        on_logits: LogitsHook | None = None,
     ) -> Iterator[int]:
-        """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS."""
+        """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS (pass
+        `stop_ids=set()` to always produce `n_tokens`). Choosing a token is timed as
+        the CPU op `sample`, inside the phase that produced its logits."""
+        if n_tokens < 1:
+            raise UserError(f"--n-tokens must be at least 1, got {n_tokens}")
         stop_ids = self.checkpoint.stop_token_ids() if stop_ids is None else stop_ids
         rng = np.random.default_rng(sampling.seed)
-        with self.profiler.in_phase("prefill"):
-            with self.profiler.cpu("tokenize"):
+        if not self.prepared:
+            self.prepare()
+        prof = self.profiler
+        with prof.in_phase("prefill"):
+            with prof.cpu("tokenize"):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
             logits = self._prefill(list(ids), seq_len, len(ids) + n_tokens, None)
-        log.info("prefill.done", prompt_tokens=len(ids), bucket=self.bucket_for(len(ids), seq_len))
+            token = self._choose(logits, sampling, rng, on_logits)
+        log.info("prefill.done", prompt_tokens=len(ids), bucket=self.last_prompt[1])
         for step in range(n_tokens):
-            token = sample(logits, sampling, rng)
             log.debug("decode.token", step=step, token=token)
             if token in stop_ids:
                 return
             yield token
             if step + 1 < n_tokens:
-                logits = self.decode(token)
+                with prof.in_phase("decode"), prof.span("token", self.position):
+                    token = self._choose(self._decode(token), sampling, rng, on_logits)
+
+    def _choose(
+        self,
+        logits: np.ndarray,
+        sampling: Sampling,
+        rng: np.random.Generator,
+        on_logits: LogitsHook | None,
+    ) -> int:
+        if on_logits is not None:
+            on_logits(logits)
+        with self.profiler.cpu("sample"):
+            return sample(logits, sampling, rng)
 
     def close(self) -> None:
         self.device.close()
@@ -306,3 +352,16 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
 
 def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
+
+
+def _with(buckets: tuple[int, ...], extra: int) -> str:
+    """The bucket list a user should compile to add `extra` and keep the others."""
+    return ",".join(map(str, sorted({*buckets, extra})))
+
+
+def _pad_token(config: dict[str, Any]) -> int:
+    """What fills a prompt up to its bucket: EOS as in the seed (any id works,
+    attention is causal and the padded rows are never read)."""
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    return eos if isinstance(eos, int) else 0

@@ -87,9 +87,3 @@ class Profiler:
 
     def kernel(self, call: KernelCall) -> None:
         self.kernels.append(call)
-
-    def reset(self) -> None:
-        """Forget what was recorded (e.g. between a warm-up and a measured run)."""
-        self.kernels.clear()
-        self.cpu_ops.clear()
-        self.spans.clear()

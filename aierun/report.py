@@ -370,7 +370,8 @@ def headline(report: Report) -> str:
     info = report.info
     load = f"; host load average {info.load_avg:.2f} at start" if info.load_avg is not None else ""
     steps = report.decode.steps
-    # A run that stopped at end-of-turn decoded the stop token too, without yielding it.
+    # A run that stopped at end-of-turn ran one decode step more than it yielded
+    # tokens after the first: the step whose token was end-of-turn.
     ended = steps and steps == info.generated_tokens
     stopped = ", the last one produced end-of-turn" if ended else ""
     return (
@@ -545,11 +546,11 @@ def run_profile(
     and build the report from what the session's profiler recorded."""
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     tokens = list(session.generate(prompt, n_tokens, sampling, seq_len))
-    checkpoint, profiler = session.checkpoint, session.profiler
-    ids = checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-    specs = {i: session.artifacts.load(i).spec for i in {k.elf for k in profiler.kernels}}
+    profiler = session.profiler
+    prompt_tokens, bucket = session.last_prompt
+    specs = {i: session.spec(i) for i in {k.elf for k in profiler.kernels}}
     info = RunInfo(
-        session.device.name, checkpoint.name, len(ids), session.bucket_for(len(ids), seq_len),
+        session.device.name, session.checkpoint.name, prompt_tokens, bucket,
         len(tokens), session.shape.n_layers, load_avg,
     )  # fmt: skip
     rates = device_rates(info.device, rates_cache())
@@ -578,14 +579,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from aierun.pipeline import Sampling
 
     profiler = Profiler()
-    session = cli.open_session(args, profiler)
-    profiler.device = session.device.name
-    try:
-        sampling = Sampling(args.temperature, args.top_p, args.seed)
+    sampling = Sampling(args.temperature, args.top_p, args.seed)
+    with cli.open_session(args, profiler) as session:
+        profiler.device = session.device.name
         report, tokens = run_profile(session, args.prompt, args.n_tokens, sampling, args.seq_len)
         text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
-    finally:
-        session.close()
     print(f"generated: {text}", file=sys.stderr)
     sys.stdout.write(render_text(report))
     sys.stdout.flush()  # the report stands even if a file below cannot be written

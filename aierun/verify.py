@@ -5,9 +5,9 @@ Both drive the production Session (the same prepare / prefill / decode calls tha
 checking. The reference is transformers running the same checkpoint on the CPU
 (aierun.reference), teacher-forced on the exact token sequence we produced.
 
-The gate is top-k, not top-1: our pipeline is bf16 end to end, like the NPU, and
-so is the reference, but their rounding differs, so a near-tie between two
-candidates may go either way. A wrong computation leaves the reference's top-k.
+The gate is top-k, not top-1: our pipeline rounds to bf16 where the NPU does, the
+reference (bf16 by default, as deployed) rounds elsewhere, so a near-tie between
+two candidates may go either way. A wrong computation leaves the reference's top-k.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import structlog
 
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
-from aierun.pipeline import Sampling, Session, sample
+from aierun.pipeline import Session
 from aierun.reference import Reference
 
 log = structlog.get_logger("aierun.verify")
@@ -122,17 +122,11 @@ class VerifyResult:
 
 
 def greedy_steps(session: Session, ids: list[int], n_tokens: int) -> tuple[list[int], np.ndarray]:
-    """Greedy decoding through the production prefill / decode steps, keeping the
-    logits every choice was made from ([n_tokens, V]). Unlike `generate` it does
-    not stop at end-of-turn, so every prompt checks exactly n_tokens steps."""
-    greedy, rng = Sampling(), np.random.default_rng(0)  # rng unused when greedy
-    logits = session.prefill(ids, capacity=len(ids) + n_tokens)
-    tokens, seen = [], []
-    for step in range(n_tokens):
-        seen.append(logits)
-        tokens.append(sample(logits, greedy, rng))
-        if step + 1 < n_tokens:
-            logits = session.decode(tokens[-1])
+    """Greedy generation through the production loop, keeping the logits every
+    choice was made from ([n_tokens, V]). It does not stop at end-of-turn, so
+    every prompt checks exactly n_tokens steps."""
+    seen: list[np.ndarray] = []
+    tokens = list(session.generate(ids, n_tokens, stop_ids=set(), on_logits=seen.append))
     return tokens, np.stack(seen)
 
 
@@ -185,9 +179,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     prompts = load_prompts(args.prompts)
     check_counts(args.n_tokens, args.k)  # before seconds of loading
-    session = open_session(args)
-    reference = Reference(session.checkpoint.path, args.reference_dtype)
-    result = verify(session, reference, prompts, args.n_tokens, args.k)
+    with open_session(args) as session:
+        reference = Reference(session.checkpoint.path, args.reference_dtype)
+        result = verify(session, reference, prompts, args.n_tokens, args.k)
     tokenizer = session.checkpoint.tokenizer
     for number, check in enumerate(result.checks, 1):
         print(_describe_check(number, len(result.checks), check, tokenizer))
@@ -286,9 +280,9 @@ def diagnose(session: Session, reference: Reference, prompt: str, threshold: flo
 def cmd_diagnosis(args: argparse.Namespace) -> int:
     from aierun.cli import open_session
 
-    session = open_session(args)
-    reference = Reference(session.checkpoint.path, args.reference_dtype)
-    diagnosis = diagnose(session, reference, args.prompt, args.threshold)
+    with open_session(args) as session:
+        reference = Reference(session.checkpoint.path, args.reference_dtype)
+        diagnosis = diagnose(session, reference, args.prompt, args.threshold)
     print(_diagnosis_table(diagnosis))
     bad = diagnosis.first_bad_layer
     if bad is None:

@@ -362,3 +362,18 @@ def test_real_npu_prefill_agrees_with_the_emulation_and_generates_text(checkpoin
         assert checkpoint.tokenizer.decode(tokens).strip()
     finally:
         session.close()
+
+
+def test_read_rows_syncs_only_those_rows(xrt, tmp_path):
+    device = NpuDevice()
+    spec = toy_spec()
+    buffers = bind(device, spec)
+    y = buffers["y"]
+    y.bo.memory[:] = b"\x07" * len(y.bo.memory)  # the device wrote all rows
+    row_bytes = y.spec.nbytes // y.spec.shape[0]
+    before = bytes(y.bo.mapped)
+    y.read_rows(1, 2)
+    after = bytes(y.bo.mapped)
+    changed = [i for i in range(len(after)) if after[i] != before[i]]
+    assert changed and min(changed) >= row_bytes and max(changed) < 2 * row_bytes
+    device.close()

@@ -48,6 +48,16 @@ class Buffer(ABC):
         self.sync_from_device()
         return self.host
 
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Sync back only rows [start, stop) of the leading axis and view them."""
+        row_bytes = self.spec.nbytes // self.spec.shape[0]
+        self.sync_range_from_device(start * row_bytes, (stop - start) * row_bytes)
+        return self.host[start:stop]
+
+    def sync_range_from_device(self, offset: int, nbytes: int) -> None:
+        """Sync `nbytes` at byte `offset` back; devices that cannot do less sync all."""
+        self.sync_from_device()
+
 
 class Device(ABC):
     name: str
@@ -69,13 +79,17 @@ class Device(ABC):
         """Release device resources (buffers, contexts) in the order the driver needs."""
 
 
-def open_device(name: str) -> Device:
+def device_class(name: str) -> type[Device]:
     if name == "emu":
         from aierun.devices.emu import EmuDevice
 
-        return EmuDevice()
+        return EmuDevice
     if name in ("npu", "npu2"):
         from aierun.devices.npu import NpuDevice
 
-        return NpuDevice()
+        return NpuDevice
     raise UserError(f"unknown device {name!r}: choose emu (numpy emulation) or npu (XRT)")
+
+
+def open_device(name: str) -> Device:
+    return device_class(name)()

@@ -1,10 +1,14 @@
 """The emulated NPU: runs an ELF's launch plan with numpy.
 
-Faithful to the device's dataflow: every argument lives in a bf16 "DDR" buffer;
+Faithful to the device's dataflow: every argument lives in a "DDR" buffer of its
+ABI dtype (bf16, or fp32 for the residual stream, the rope table and the logits);
 each launch reads its operands from those buffers, computes in fp32 and rounds its
-result to bf16 when writing it back, exactly where the NPU writes to DDR. A launch
-that reads a host-filled buffer the host never wrote fails loudly (on the NPU it
-would silently compute on whatever the memory held).
+result to bf16 when writing a bf16 buffer, exactly where the NPU writes to DDR. A
+launch that reads a host-filled buffer the host never wrote fails loudly (on the
+NPU it would silently compute on whatever the memory held).
+
+Not emulated (yet): the kernels' table-based exp and reciprocal and the vector
+units' summation order; numpy's exp, division and BLAS order stand in for them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class EmuBuffer(Buffer):
         self._f32_version = -1
         # fp32 buffers are their own fp32 view; bf16 ones get one reused fp32 copy.
         wide = spec.np_dtype == np.float32
-        self._f32 = self._host if wide else np.empty(spec.shape, np.float32)
+        self._f32 = self._host if wide else np.zeros_like(self._host, np.float32)
+        self._f32.fill(0)
 
     @property
     def host(self) -> np.ndarray:

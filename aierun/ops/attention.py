@@ -1,8 +1,10 @@
 """Causal grouped-query attention (kernels_src/flash_attn.cc).
 
-The device kernel streams K/V blocks with an online softmax in fp32; the result
-equals the full softmax up to fp32 rounding, which is what we emulate. Scores,
-softmax and the weighted sum stay fp32; only the output is written as bf16.
+The device kernel streams K/V blocks with an online softmax in fp32, using the
+runtime library's table exp and reciprocal. This emulation computes the exact
+softmax in fp32 (numpy exp and division), so it differs from the kernel by those
+approximations, not only by rounding. Scores, softmax and the weighted sum stay
+fp32; only the output is written as bf16.
 """
 
 import numpy as np
@@ -25,8 +27,9 @@ def attend(
     """q [Sq, H*Dh], k/v [Sk, Hkv*Dh] in fp32 -> [Sq, H*Dh]. With `causal`, query i
     sees keys up to Sk - Sq + i (the queries are the last Sq positions).
 
-    Queries go in blocks, as the kernel tiles them: a block only scores the keys
-    its rows can see, which skips the masked upper triangle and bounds memory."""
+    Queries go in blocks (larger than the kernel's, for numpy's sake): a block only
+    scores the keys its rows can see, which skips the masked upper triangle and
+    bounds memory."""
     sq, sk = q.shape[0], k.shape[0]
     group = heads // kv_heads
     qh = q.reshape(sq, kv_heads, group, dim).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]

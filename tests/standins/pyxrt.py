@@ -123,12 +123,14 @@ class _ExtBo(_Tracked):
     def map(self) -> memoryview:
         return memoryview(self.mapped)
 
-    def sync(self, direction: xclBOSyncDirection) -> None:
+    def sync(self, direction: xclBOSyncDirection, size: int = 0, offset: int = 0) -> None:
+        """Whole buffer, or `size` bytes from `offset` (pyxrt's partial sync)."""
         calls.append(("sync", self.serial, direction.name))
+        span = slice(offset, offset + size) if size else slice(None)
         if direction is xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
-            self.memory[:] = self.mapped
+            self.memory[span] = self.mapped[span]
         else:
-            self.mapped[:] = self.memory
+            self.mapped[span] = self.memory[span]
 
 
 ext = types.SimpleNamespace(kernel=_ExtKernel, bo=_ExtBo)
