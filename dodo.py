@@ -4,7 +4,7 @@ Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
 manifests, the artifact store, logs). Build options are doit variables
 (`doit compile target=emu buckets=64,256 model=DIR`); run options are task
-parameters (`doit run --prompt "..." --n-tokens 30`).
+parameters (`doit generate --prompt "..." --n-tokens 30`).
 """
 
 import os

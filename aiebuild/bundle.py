@@ -102,6 +102,7 @@ def _write_archive(out_path: Path, blobs: dict[str, bytes], files: dict[str, Pat
     so an unpacked copy keyed by the archive's hash is reused, not duplicated."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+    os.chmod(tmp, 0o644)  # a bundle is for sharing; mkstemp makes it private
     try:
         with (
             os.fdopen(handle, "wb") as raw,

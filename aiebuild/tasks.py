@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from doit.exceptions import InvalidTask, TaskFailed
+from doit.exceptions import InvalidCommand, InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
 from aiebuild import toolchain
@@ -29,7 +29,7 @@ from aierun import ARTIFACT_SCHEMA, default_model
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
-from aierun.model import Checkpoint, ModelShape
+from aierun.model import Checkpoint, ModelShape, resolve_model
 
 log = structlog.get_logger("aiebuild.compile")
 
@@ -43,16 +43,21 @@ class BuildConfig:
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
+        """The `doit ... model= buckets= target=` variables; a bad value stops doit
+        with a one-line error (InvalidCommand), not a traceback."""
         buckets = get_var("buckets", "")
         try:
             parsed = tuple(int(b) for b in buckets.split(",") if b) or DEFAULT_BUCKETS
         except ValueError:
-            raise UserError(f"buckets={buckets!r}: expected lengths like buckets=64,256") from None
+            message = f"buckets={buckets!r}: expected prefill lengths like buckets=64,256"
+            raise InvalidCommand(message) from None
         return cls(home, get_var("model", None), parsed, get_var("target", "auto"))
 
     def model_dir(self) -> Path:
+        """The checkpoint: a directory or a model id from the local Hugging Face cache,
+        else the embedded default model (made by the `model` task)."""
         if self.model:
-            return Path(self.model)
+            return resolve_model(self.model, self.home / "models")
         return self.home / "models" / default_model.NAME
 
 
@@ -64,9 +69,10 @@ def select_target(requested: str) -> str:
         return requested
     found = toolchain.discover()
     if found.usable:
+        log.info("compile.target", target="npu2", toolchain=found.reason)
         return "npu2"
     # One short line; `doit compile target=npu2` explains in full what is missing.
-    log.info("compile.target", target="emu", reason=found.reason.split(":")[0])
+    log.info("compile.target", target="emu", reason=found.reason.split(":")[0].split(".")[0])
     return "emu"
 
 
