@@ -185,27 +185,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class TextStream:
+    """Turns tokens into printable text as they come. The whole answer so far is
+    detokenized each time (a token alone may not decode to the same characters),
+    and a trailing incomplete character (U+FFFD while its bytes are split over
+    tokens) is held back until it is complete."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        return self._advance(self._decoded().rstrip("\ufffd"))
+
+    def finish(self) -> str:
+        return self._advance(self._decoded())
+
+    def _decoded(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def _advance(self, text: str) -> str:
+        new = text[len(self.shown) :] if len(text) > len(self.shown) else ""
+        self.shown = max(self.shown, text, key=len)
+        return new
+
+
 def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
-    """Print the answer as it comes; returns the generated ids. The whole answer so
-    far is detokenized each time, and a trailing incomplete character (U+FFFD while
-    its bytes are split over tokens) is held back until it is complete."""
-    tokenizer = session.checkpoint.tokenizer
-    tokens: list[int] = []
-    shown = ""
+    """Print the answer as it comes; returns the generated ids."""
+    stream = TextStream(session.checkpoint.tokenizer)
     start = time.perf_counter()
     first = last = None
     for token in session.generate(prompt, n_tokens, sampling, seq_len):
         last = time.perf_counter()
         first = first or last
-        tokens.append(token)
-        text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
-        if len(text) > len(shown):
-            sys.stdout.write(text[len(shown) :])
-            sys.stdout.flush()
-            shown = text
-    final = tokenizer.decode(tokens, skip_special_tokens=True)
-    sys.stdout.write(final[len(shown) :] + "\n")
+        sys.stdout.write(stream.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(stream.finish() + "\n")
     sys.stdout.flush()
+    tokens = stream.tokens
     log.info(
         "run.done",
         tokens=len(tokens),

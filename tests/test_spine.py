@@ -82,3 +82,14 @@ def test_aierun_run_prints_only_the_generated_text(session, checkpoint, model_di
     )
     assert result.stdout == expected + "\n"
     assert "run.done" in result.stderr  # the logs went to stderr
+
+
+def test_streamed_text_never_shows_a_half_character(checkpoint):
+    from aierun.cli import TextStream
+
+    text = "Hi 🦀 東京, ça va?"
+    ids = checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"]
+    stream = TextStream(checkpoint.tokenizer)
+    pieces = [stream.push(token) for token in ids] + [stream.finish()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
