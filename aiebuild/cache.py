@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from aiebuild.store import Store
+from aiebuild.store import GC_GRACE_S, Store
 from aierun.artifacts import ENTRY_META, MANIFEST
 from aierun.errors import UserError
 
@@ -40,7 +40,10 @@ def command(home: Path, gc: str) -> None:
         before = {(e.target, e.key): e.size for e in entries(home)}
         for target, removed in collect_garbage(home).items():
             freed = sum(before.get((target, name), 0) for name in removed)
-            print(f"{target}: removed {len(removed)} unreferenced or temporary, {_size(freed)}")
+            print(
+                f"{target}: removed {len(removed)} unreferenced or temporary, {_size(freed)} "
+                f"(unreferenced entries younger than {GC_GRACE_S / 60:.0f} min are kept)"
+            )
     print(format_listing(entries(home)))
 
 
@@ -89,13 +92,15 @@ def _describe(store: Store, key: str, referenced: bool, now: float) -> EntryInfo
     return EntryInfo(store.target, key, elf, sum(p.stat().st_size for p in files), age, referenced)
 
 
-def collect_garbage(home: Path) -> dict[str, list[str]]:
-    """Remove, per target, the entries no manifest names and leftover temporaries."""
+def collect_garbage(home: Path, grace_s: float = GC_GRACE_S) -> dict[str, list[str]]:
+    """Remove, per target, the entries no manifest names and leftover temporaries
+    (except what is younger than `grace_s`: a compile may be publishing it now)."""
     referenced = referenced_keys(home)
     removed = {}
     for target in targets(home):
         store = Store(home, target)
-        removed[target] = store.collect_garbage(referenced.get(store.root.resolve(), set()))
+        keep = referenced.get(store.root.resolve(), set())
+        removed[target] = store.collect_garbage(keep, grace_s)
     return removed
 
 

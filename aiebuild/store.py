@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from aierun.files import sha256_file
 
 STORE_SCHEMA = 1
 LOCK = ".lock"
+# Entries younger than this survive garbage collection (see collect_garbage).
+GC_GRACE_S = 600.0
 log = structlog.get_logger("aiebuild.store")
 
 
@@ -116,15 +119,18 @@ class Store:
         path.rename(trash / path.name)
         shutil.rmtree(trash)
 
-    def collect_garbage(self, keep: Collection[str]) -> list[str]:
+    def collect_garbage(self, keep: Collection[str], grace_s: float = GC_GRACE_S) -> list[str]:
         """Remove every entry whose key is not in `keep` and the temporary directories
-        interrupted processes left behind; returns the removed names."""
+        interrupted processes left behind; returns the removed names. Anything newer
+        than `grace_s` stays: a compile running now may have published it without
+        having written its manifest yet."""
         if not self.root.is_dir():
             return []
         removed = []
+        cutoff = time.time() - grace_s
         with self.lock():
             for path in sorted(self.root.iterdir()):
-                if path.name == LOCK or path.name in keep:
+                if path.name == LOCK or path.name in keep or path.stat().st_mtime > cutoff:
                     continue
                 if path.is_dir():
                     self._remove(path)
