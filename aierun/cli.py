@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from aierun import logs, paths
+from aierun import __version__, logs, paths
 from aierun.errors import DeviceError, UserError
 
 log = structlog.get_logger("aierun.cli")
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, profile and verify Llama-family LLMs on an AMD Ryzen AI NPU "
         "or its numpy emulation, from compiled artifacts or a bundle.",
     )
+    parser.add_argument("--version", action="version", version=f"aierun {__version__}")
     parser.add_argument("--log-level", default=None, help="console log level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
