@@ -141,8 +141,8 @@ def dataflow_section(report: Report) -> Section:
             )
         )  # fmt: skip
     notes = [
-        f"Preprocessing (one-time prepare: load artifacts, write weights into static "
-        f"buffers): {ms(report.prepare_ms)} ms; not part of TTFT.",
+        f"Preprocessing (one-time prepare: load the tokenizer and the artifacts, write the "
+        f"weights into static buffers): {ms(report.prepare_ms)} ms; not part of TTFT.",
         f"{info.tag} rows are device calls (write + run + read); CPU rows are host ops; "
         f"{NO_TIMER} rows are time under no timer. The rows add up to the = line (the loop "
         "envelope row only frames the indented rows it contains).",
