@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from aiebuild import npu2
 from aiebuild.store import GC_GRACE_S, Store
 from aierun.artifacts import ENTRY_META, MANIFEST
 from aierun.errors import UserError
@@ -101,6 +102,11 @@ def collect_garbage(home: Path, grace_s: float = GC_GRACE_S) -> dict[str, list[s
         store = Store(home, target)
         keep = referenced.get(store.root.resolve(), set())
         removed[target] = store.collect_garbage(keep, grace_s)
+        if target == "npu2":  # the kernel objects the kept npu2 ELFs do not link
+            kept = store.keys()  # what survived the collection above
+            entries = [store.entry(key) for key in kept]
+            if objects := npu2.collect_objects(home, entries, grace_s):
+                removed["npu2 objects"] = objects
     return removed
 
 

@@ -1,6 +1,8 @@
 """The npu2 target: IRON designs + Peano objects + the stitcher + aiecc -> one full ELF.
 
 Per ELF (DESIGN.md section 3):
+0. at plan time, `check` refuses a launch whose design cannot tile it or whose
+   buffers do not fit a core's data memory, before anything compiles;
 1. every launch's kernel object comes from the object cache, content-keyed by the
    kernel source (and the local headers), the compile flags with its -D
    parameters and the toolchain fingerprint, so an object shared by several ELFs
@@ -9,32 +11,42 @@ Per ELF (DESIGN.md section 3):
    module with a wrapper `@main` (aiebuild.stitching);
 3. in a fresh work directory holding the stitched .mlir and every object beside
    it (a relative `link_with` resolves against the .mlir's directory), aiecc
-   builds `<instance>.elf`;
+   builds `<instance>.elf`; the directory is removed on success and kept (and
+   named in the error) on failure;
 4. the store entry holds plan.json (so the artifact also runs on emu), the ELF
-   and the stitched MLIR.
+   and the stitched MLIR; its artifact.json names the objects it linked, which
+   is what keeps them through `doit cache gc=1` (`collect_objects`).
+
+Parallel builds (`doit -n 2`, two terminals) share the object cache: compiles
+run in private staging directories and publish under a file lock; an object
+another process published first is taken as is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from filelock import FileLock
 
 from aiebuild import designs, toolchain
 from aiebuild.designs.common import KernelObject
 from aiebuild.stitching import ChildModule, Stitched, stitch
 from aiebuild.store import Store
 from aiebuild.targets import plan_bytes, plan_meta
-from aierun import paths
+from aierun import abi, paths
 from aierun.abi import ElfSpec, canonical_json
-from aierun.artifacts import PLAN
+from aierun.artifacts import ENTRY_META, PLAN
 from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
 from aierun.files import sha256_file, write_json_atomic
@@ -55,8 +67,14 @@ PEANO_FLAGS = (
 )
 # Several device configurations in one full ELF (npu-stack.md, aiecc 1.4).
 AIECC_FLAGS = ("--get-full-elf", "--expand-load-pdis")
+# With --expand-load-pdis an odd number of configure points has needed an extra
+# empty configure at the end in some aiecc versions (npu-stack.md). No release is
+# known to have fixed it, so every ELF gets the padding; the empty configure
+# costs one reconfiguration of an already loaded device. Revisit per version.
+PAD_ODD_CONFIGURES = True
 STITCHED = "stitched.mlir"
 RECORD = "object.json"  # an object cache entry: the object's sha256 and command
+LOCK = ".lock"  # held while an object entry is published or collected
 
 
 class BuildError(UserError):
@@ -66,7 +84,8 @@ class BuildError(UserError):
 @dataclass(frozen=True)
 class ObjectCache:
     """Compiled kernel objects under `<home>/objects/npu2/<key>/`, published atomically
-    (compiled in a temporary directory, then renamed) and checked by sha256."""
+    (compiled in a temporary directory, then renamed under LOCK) and checked by sha256.
+    Names starting with a dot are the cache's own: the lock and staging directories."""
 
     root: Path
 
@@ -82,6 +101,14 @@ class ObjectCache:
         except (OSError, ValueError, KeyError):
             return None
 
+    def lock(self) -> FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.root / LOCK)
+
+
+def object_cache(home: Path) -> ObjectCache:
+    return ObjectCache(Path(home) / "objects" / "npu2")
+
 
 class Npu2Target:
     name = "npu2"
@@ -90,7 +117,7 @@ class Npu2Target:
         self.home = Path(home) if home is not None else paths.home()
         self._found = found
         self._fingerprint: dict[str, Any] | None = None
-        self.objects = ObjectCache(self.home / "objects" / "npu2")
+        self.objects = object_cache(self.home)
 
     # -- Target protocol ----------------------------------------------------------
     @property
@@ -106,19 +133,37 @@ class Npu2Target:
             self._fingerprint = toolchain.fingerprint(self.toolchain)
         return self._fingerprint
 
+    def check(self, spec: ElfSpec) -> None:
+        """Refuse what the designs cannot build (tiling, core memory), naming why."""
+        for launch in spec.launches:
+            designs.check_launch(spec, launch)
+
     def sources(self, spec: ElfSpec) -> dict[str, str]:
+        """The designs and kernels (and their -D parameters), the stitcher, the ABI
+        rules the stitched @main follows, and the flags the compilers run with (not
+        npu2.py's bytes: a log line edited here must not rebuild every ELF)."""
         files = {
             **designs.design_sources(spec),
             "aiebuild/stitching.py": ROOT / "aiebuild" / "stitching.py",
-            "aiebuild/npu2.py": Path(__file__),
+            "aierun/abi.py": Path(abi.__file__),  # bindings, dtypes, the spec itself
         }
-        return {label: sha256_file(path) for label, path in files.items()}
+        hashes = {label: sha256_file(path) for label, path in files.items()}
+        rules = "".join(inspect.getsource(f) for f in (kernel_arg_order, sequence_name))
+        hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = _sha256(rules)
+        flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": PAD_ODD_CONFIGURES}
+        hashes["aiebuild/npu2.py:flags"] = _sha256(canonical_json(flags))
+        # The -D parameters the designs derive (from their constants and the specs').
+        objects = [[o.source.name, *o.flags()] for o in self.kernel_objects(spec)]
+        hashes["kernel objects"] = _sha256(canonical_json(objects))
+        return hashes
 
     def build(self, spec: ElfSpec, key: str, store: Store) -> Path:
+        if store.is_valid(key):  # another process built it meanwhile
+            return store.entry(key)
         objects = {o.name: o for o in self.kernel_objects(spec)}
         work = self._fresh_work_dir(spec, key)
         stitched = self.stitch(spec, work)
-        self._place_objects(stitched, objects, work)
+        linked = self._place_objects(stitched, objects, work)
         elf = f"{spec.instance}.elf"
         self._run(
             [str(self.toolchain.aiecc), *AIECC_FLAGS, f"--full-elf-name={elf}",
@@ -132,9 +177,12 @@ class Npu2Target:
             "kernel": f"main:{stitched.sequence}",
             "elf": elf,
             "arg_order": [arg.name for arg in kernel_arg_order(spec)],
+            "objects": linked,
         }
         files = {PLAN: plan_bytes(spec), elf: work / elf, STITCHED: work / STITCHED}
-        return store.publish(key, meta, files)
+        entry = store.publish(key, meta, files)
+        shutil.rmtree(work, ignore_errors=True)  # kept only when something failed
+        return entry
 
     # -- objects ------------------------------------------------------------------
     def kernel_objects(self, spec: ElfSpec) -> list[KernelObject]:
@@ -148,7 +196,7 @@ class Npu2Target:
             "flags": [*PEANO_FLAGS, *obj.flags()],
             "toolchain": self.fingerprint(),
         }
-        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+        return _sha256(canonical_json(payload))
 
     def object_is_valid(self, obj: KernelObject) -> bool:
         return self.objects.path(self.object_key(obj), obj) is not None
@@ -163,21 +211,27 @@ class Npu2Target:
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.objects.root))
         try:
             found = self.toolchain
-            depfile = staging / f"{Path(obj.name).stem}.d"
             command = [
                 str(found.clang), *PEANO_FLAGS, f"-I{found.include}", *obj.flags(),
-                "-MD", "-MF", str(depfile), "-c", str(obj.source), "-o", obj.name,
+                "-c", str(obj.source), "-o", obj.name,
             ]  # fmt: skip
             log.info("compile.object", object=obj.name, key=key[:12])
-            self._run(command, staging, f"Peano for {obj.source.name} {' '.join(obj.flags())}")
+            what = f"Peano for {obj.source.name} {' '.join(obj.flags())}"
+            self._run(command, staging, what, keeps_cwd=False)
             record = {"object": obj.name, "sha256": sha256_file(staging / obj.name)}
             write_json_atomic(staging / RECORD, {**record, "command": command})
-            entry = self.objects.entry(key)
-            shutil.rmtree(entry, ignore_errors=True)  # only a corrupt entry gets here
-            staging.rename(entry)
+            self._publish_object(key, obj, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.objects.entry(key) / obj.name
+
+    def _publish_object(self, key: str, obj: KernelObject, staging: Path) -> None:
+        with self.objects.lock():
+            if self.objects.path(key, obj) is not None:  # another process was first
+                return
+            entry = self.objects.entry(key)
+            shutil.rmtree(entry, ignore_errors=True)  # only a corrupt entry gets here
+            staging.rename(entry)
 
     # -- MLIR ---------------------------------------------------------------------
     def stitch(self, spec: ElfSpec, work: Path) -> Stitched:
@@ -185,45 +239,89 @@ class Npu2Target:
         for number, launch in enumerate(spec.launches):
             device = f"l{number}_{launch.op}"
             text = designs.op_design(launch.op).design(launch, designs.launch_args(spec, launch))
-            (work / f"{device}.mlir").write_text(text)  # kept for inspection
+            (work / f"{device}.mlir").write_text(text)  # kept for inspection on failure
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
         # The runtime's rule for the kernel name and argument order (aierun.devices.npu).
-        stitched = stitch(
-            children, kernel_arg_order(spec), sequence_name(spec), pad_odd_configures=True
-        )
+        stitched = stitch(children, kernel_arg_order(spec), sequence_name(spec), PAD_ODD_CONFIGURES)
+        if stitched.removed_load_pdis:
+            log.debug(
+                "stitch.load_pdi_removed", elf=spec.instance, count=stitched.removed_load_pdis
+            )
         (work / STITCHED).write_text(stitched.mlir)
         return stitched
 
     def _place_objects(
         self, stitched: Stitched, objects: dict[str, KernelObject], work: Path
-    ) -> None:
-        """Every linked object beside the stitched MLIR; renamed copies via llvm-objcopy."""
+    ) -> dict[str, str]:
+        """Every linked object beside the stitched MLIR (renamed copies via llvm-objcopy);
+        returns the object cache key of each object the ELF links."""
         renamed = {r.object: r for r in stitched.renames}
+        linked = {}
         for name in stitched.objects:
             source = renamed[name].source if name in renamed else name
             if source not in objects:
                 raise BuildError(f"the stitched MLIR links {source}, which no launch's kernel is")
             cached = self.build_object(objects[source])
+            linked[source] = self.object_key(objects[source])
             if name not in renamed:
                 shutil.copyfile(cached, work / name)
                 continue
             pairs = [f"--redefine-sym={old}={new}" for old, new in renamed[name].symbols]
             command = [str(self.toolchain.objcopy), *pairs, str(cached), name]
             self._run(command, work, f"llvm-objcopy for {name}")
+        return linked
 
     def _fresh_work_dir(self, spec: ElfSpec, key: str) -> Path:
-        work = self.home / "work" / "npu2" / f"{spec.instance}-{key[:12]}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        return work
+        """A private directory per build (two processes may build the same ELF)."""
+        parent = self.home / "work" / "npu2"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{spec.instance}-{key[:12]}.", dir=parent))
 
     @staticmethod
-    def _run(command: list[str], cwd: Path, what: str) -> None:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    def _run(command: list[str], cwd: Path, what: str, keeps_cwd: bool = True) -> None:
+        """Run a toolchain program; a failure names it and says where it ran (a work
+        directory is kept for inspection, a staging directory is not)."""
+        try:
+            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+        except OSError as exc:  # a missing or non-executable binary
+            raise BuildError(
+                f"{what} could not start {command[0]}: {exc.strerror or exc}. Check the "
+                f"toolchain install ({toolchain.INSTALL_HINT})"
+            ) from None
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
             raise BuildError(
-                f"{what} failed (exit {done.returncode}) in {cwd}:\n  {' '.join(command)}\n"
-                f"{tail}\nFix the error above and run `doit compile` again; nothing was "
-                "published to the artifact store."
+                f"{what} failed (exit {done.returncode}) in {cwd}"
+                f"{' (kept for inspection)' if keeps_cwd else ''}:\n"
+                f"  {' '.join(command)}\n{tail}\nFix the error above and run `doit compile` "
+                "again; nothing was published to the artifact store."
             )
+
+
+def collect_objects(home: Path, kept_entries: Iterable[Path], grace_s: float = 0.0) -> list[str]:
+    """Remove the cached objects that no kept npu2 store entry links (their
+    artifact.json names them), and staging debris, except what is younger than
+    `grace_s` (a running build may be compiling or about to link it); returns the
+    removed names. Objects are rebuilt on demand: this only costs a later recompile."""
+    cache = object_cache(home)
+    if not cache.root.is_dir():
+        return []
+    keep = set()
+    for entry in kept_entries:
+        try:
+            keep |= set(json.loads((entry / ENTRY_META).read_text()).get("objects", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue  # an unreadable entry is rebuilt anyway, with its objects
+    removed, now = [], time.time()
+    with cache.lock():
+        for path in sorted(cache.root.iterdir()):
+            young = now - path.stat().st_mtime < grace_s
+            if path.name != LOCK and path.name not in keep and not young:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    log.info("objects.gc", removed=len(removed), kept=len(keep))
+    return removed
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

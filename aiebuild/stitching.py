@@ -19,9 +19,13 @@ Decisions recorded here:
   scratch argument by role (aierun.buffers); the host never syncs them. The XRT
   argument index of an ELF argument is therefore its position in `ElfSpec.args`.
 - A launch bound to a slice of an argument (`"w_lm[3]"`, aierun.abi.parse_binding)
-  or declaring another shape for the same bytes gets a `memref.reinterpret_cast`
-  of the host argument inside its configure block (the form IRON's own
-  multi-configuration programs emit); the element count and type must agree.
+  takes the *whole* host argument: its design applies the slice's offset in its
+  DMA access pattern (aiebuild.designs.common.slice_offset). Passing a strided,
+  offset memref to a sequence that declares an identity layout would not verify,
+  so the stitcher refuses a slice bound to anything but the whole argument.
+- A launch declaring another shape for the same bytes (`x[1, E]` as `memref<E>`)
+  gets a `memref.reinterpret_cast` of the host argument at offset 0 (identity
+  layout) inside its configure block; the element count and type must agree.
 - Child devices must not load their own image: `aiex.npu.load_pdi` ops in child
   sequences are removed (with them the build succeeds and the device hangs at
   dispatch, ERT_CMD_STATE_TIMEOUT, as reported upstream).
@@ -31,7 +35,8 @@ Decisions recorded here:
   `ObjectRename` list tells the object build which `llvm-objcopy --redefine-sym`
   copies to make.
 - With `--expand-load-pdis`, some aiecc versions need an even number of configure
-  points: `pad_odd_configures=True` appends an empty configure of the last device.
+  points: `pad_odd_configures=True` appends an empty configure of the last device
+  (aiebuild.npu2.PAD_ODD_CONFIGURES says when it is used).
 
 This is text-level work on purpose: it runs (and is tested) without mlir-aie.
 """
@@ -52,11 +57,15 @@ _SEQUENCE = re.compile(
     r"aie\.runtime_sequence\s*(?:@(?P<name>[\w$.]+))?\s*\((?P<args>[^)]*)\)\s*\{"
 )
 _MEMREF = re.compile(r"^memref<(?P<dims>(?:\d+x)*)(?P<element>\w+)>$")
+# An external kernel declaration and the object it links: the one pattern both for
+# reading the declarations and for pointing them at a renamed object copy.
 _KERNEL_DECL = re.compile(
-    r"func\.func\s+private\s+@(?P<symbol>[\w$.]+)\s*\([^)]*\)[^{\n]*"
-    r"attributes\s*\{[^}]*link_with\s*=\s*\"(?P<object>[^\"]+)\""
+    r"func\.func\s+private\s+@(?P<symbol>[\w$.]+)\s*\([^)]*\)[^{}]*?"
+    r"attributes\s*\{[^}]*?link_with\s*=\s*\"(?P<object>[^\"]+)\""
 )
-_LOAD_PDI = re.compile(r"^[ \t]*aiex\.npu\.load_pdi\b.*\n?", re.MULTILINE)
+# The start of a load_pdi op, pretty (`aiex.npu.load_pdi {...}`) or generic form;
+# the op ends at the first line break outside brackets (_op_end).
+_LOAD_PDI = re.compile(r'^[ \t]*(?:"aiex\.npu\.load_pdi"|aiex\.npu\.load_pdi\b)', re.MULTILINE)
 
 
 class StitchError(ValueError):
@@ -116,7 +125,7 @@ def stitch(
     renames = _unique_kernel_symbols(children, parsed)
     removed = sum(len(_LOAD_PDI.findall(p.body)) for p in parsed)
     devices = [
-        _device_text(p.device_kind, c.device, _LOAD_PDI.sub("", p.body))
+        _device_text(p.device_kind, c.device, _without_load_pdis(p.body))
         for c, p in zip(children, parsed, strict=True)
     ]
     configures = [
@@ -183,6 +192,35 @@ def _block_end(text: str, open_brace: int) -> int:
     raise StitchError("unbalanced braces in a launch module")
 
 
+def _without_load_pdis(body: str) -> str:
+    while (match := _LOAD_PDI.search(body)) is not None:
+        body = body[: match.start()] + body[_op_end(body, match.end()) :]
+    return body
+
+
+def _op_end(text: str, index: int) -> int:
+    """Index just past the line break ending the op that continues at `index`
+    (brackets may span lines; quoted strings are skipped)."""
+    depth, quoted = 0, False
+    while index < len(text):
+        char = text[index]
+        if quoted:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char in "({[<":
+            depth += 1
+        elif char in ")}]>" and not (char == ">" and text[index - 1] == "-"):
+            depth -= 1
+        elif char == "\n" and depth <= 0:
+            return index + 1
+        index += 1
+    return index
+
+
 def _split_top_level(text: str) -> list[str]:
     parts, depth, start = [], 0, 0
     for index, char in enumerate(text):
@@ -221,12 +259,24 @@ def _unique_kernel_symbols(children: Sequence[ChildModule], parsed: list[_Child]
                 p.body = re.sub(rf"@{re.escape(old)}\b", f"@{new}", p.body)
                 owner[new] = new_object
             # Every kernel of this launch linked from that object now links the copy.
-            p.body = p.body.replace(f'link_with = "{obj}"', f'link_with = "{new_object}"')
+            p.body = _relink(p.body, obj, new_object)
             p.kernels = {
                 (dict(pairs).get(s, s)): (new_object if o == obj else o)
                 for s, o in p.kernels.items()
             }
     return list(renames.values())
+
+
+def _relink(body: str, obj: str, new_object: str) -> str:
+    """Point every kernel declaration in `body` that links `obj` at `new_object`."""
+
+    def swap(match: re.Match[str]) -> str:
+        if match.group("object") != obj:
+            return match.group(0)
+        start, end = (i - match.start() for i in match.span("object"))
+        return match.group(0)[:start] + new_object + match.group(0)[end:]
+
+    return _KERNEL_DECL.sub(swap, body)
 
 
 # -- emitting -------------------------------------------------------------------
@@ -251,14 +301,15 @@ def _configure(child: ChildModule, parsed: _Child, host_args: Sequence[ArgSpec])
             raise StitchError(f"{child.device}: binds {binding!r}, which is no ELF argument")
         host = host_args[index_of[name]]
         value = f"%arg{index_of[name]}"
-        if slot is None and child_type == memref_type(host):
+        if slot is not None:
+            _check_slice(child, position, host, slot, child_type)
+        if child_type == memref_type(host):
             operands.append(value)
             types.append(child_type)
             continue
-        cast, cast_type = _reinterpret(child, position, value, host, slot, child_type)
-        casts.append(cast)
+        casts.append(_reshape(child, position, value, host, child_type))
         operands.append(f"%{child.device}_a{position}")
-        types.append(cast_type)
+        types.append(child_type)
     lines = [f"      aiex.configure @{child.device} {{", *casts]
     lines.append(
         f"        aiex.run @{parsed.sequence}({', '.join(operands)}) : ({', '.join(types)})"
@@ -266,33 +317,40 @@ def _configure(child: ChildModule, parsed: _Child, host_args: Sequence[ArgSpec])
     return "\n".join([*lines, "      }"])
 
 
-def _reinterpret(
-    child: ChildModule, position: int, value: str, host: ArgSpec, slot: int | None, child_type: str
-) -> tuple[str, str]:
-    """A view of (a leading-axis slice of) a host argument with the child's shape."""
+def _check_slice(
+    child: ChildModule, position: int, host: ArgSpec, slot: int, child_type: str
+) -> None:
+    """A slice binding passes the whole argument: the child's DMA pattern applies it."""
+    if not 0 <= slot < host.shape[0]:
+        raise StitchError(f"{child.device}: slice {slot} of {host.name} is out of range")
+    if child_type != memref_type(host):
+        raise StitchError(
+            f"{child.device}: argument {position} binds the slice {host.name}[{slot}] as "
+            f"{child_type}; its runtime sequence must take the whole {memref_type(host)} "
+            "and start its access pattern at the slice (designs.common.slice_offset)"
+        )
+
+
+def _reshape(child: ChildModule, position: int, value: str, host: ArgSpec, child_type: str) -> str:
+    """A view of a whole host argument with the child's shape (same elements, offset 0,
+    identity layout)."""
     match = _MEMREF.match(child_type)
     if match is None:
         raise StitchError(f"{child.device}: argument {position} has unsupported type {child_type}")
     dims = [int(d) for d in match.group("dims").split("x") if d]
-    rows = host.shape[0] if slot is not None else 1
-    if slot is not None and not 0 <= slot < rows:
-        raise StitchError(f"{child.device}: slice {slot} of {host.name} is out of range")
-    expected = math.prod(host.shape) // rows
-    if match.group("element") != MLIR_ELEMENT[host.dtype] or math.prod(dims) != expected:
+    if match.group("element") != MLIR_ELEMENT[host.dtype] or math.prod(dims) != math.prod(
+        host.shape
+    ):
         raise StitchError(
             f"{child.device}: argument {position} is {child_type} but binds "
-            f"{host.name}{'' if slot is None else f'[{slot}]'} of {memref_type(host)}"
+            f"{host.name} of {memref_type(host)}"
         )
-    offset = (slot or 0) * expected
     strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
-    layout = f", strided<[{', '.join(map(str, strides))}], offset: {offset}>" if offset else ""
-    result = f"memref<{'x'.join(map(str, dims))}x{match.group('element')}{layout}>"
-    cast = (
+    return (
         f"        %{child.device}_a{position} = memref.reinterpret_cast {value} to offset: "
-        f"[{offset}], sizes: [{', '.join(map(str, dims))}], strides: "
-        f"[{', '.join(map(str, strides))}] : {memref_type(host)} to {result}"
+        f"[0], sizes: [{', '.join(map(str, dims))}], strides: "
+        f"[{', '.join(map(str, strides))}] : {memref_type(host)} to {child_type}"
     )
-    return cast, result
 
 
 def _wrapper(kind: str, sequence: str, host_args: Sequence[ArgSpec], configures: list[str]) -> str:

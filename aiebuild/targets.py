@@ -24,6 +24,10 @@ class Target(Protocol):
     def fingerprint(self) -> dict[str, Any]:
         """Toolchain identity: versions and binary hashes."""
 
+    def check(self, spec: ElfSpec) -> None:
+        """Refuse at plan time, with a UserError saying why, an ELF this target
+        cannot build (before anything compiles)."""
+
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         """sha256 of every source file that feeds this ELF, by project-relative path."""
 
@@ -36,6 +40,9 @@ class EmuTarget:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"emu": 1}
+
+    def check(self, spec: ElfSpec) -> None:
+        pass  # numpy runs any shape the specs produce
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         return {}  # the plan is the spec: nothing else decides its bytes
@@ -56,11 +63,13 @@ def entry_key(target: Target, spec: ElfSpec, fingerprint: dict[str, Any]) -> str
     return content_key(target.name, spec.to_json(), target.sources(spec), fingerprint)
 
 
-def get_target(name: str) -> Target:
+def get_target(name: str, home: Path | None = None) -> Target:
+    """The target called `name`; npu2 keeps its object cache and work directories
+    in `home` (default: the runtime home)."""
     if name == "emu":
         return EmuTarget()
     if name == "npu2":
-        from aiebuild.npu2 import Npu2Target
+        from aiebuild.npu2 import Npu2Target  # imports the designs: only when asked
 
-        return Npu2Target()
+        return Npu2Target(home)
     raise ValueError(f"unknown target {name!r}: choose emu or npu2")

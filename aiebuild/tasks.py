@@ -83,14 +83,14 @@ class ElfBuild:
 
 
 def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]]:
-    name = select_target(config.target)
     # npu2 keeps its object cache and work directories in the build home.
-    target = Npu2Target(config.home) if name == "npu2" else get_target(name)
+    target = get_target(select_target(config.target), config.home)
     shape = Checkpoint(config.model_dir()).shape
+    specs = model_specs(shape, config.buckets)
+    for spec in specs:  # what the target cannot build fails here, before any compile
+        target.check(spec)
     fingerprint = target.fingerprint()
-    builds = [
-        ElfBuild(s, entry_key(target, s, fingerprint)) for s in model_specs(shape, config.buckets)
-    ]
+    builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in specs]
     return target, Store(config.home, target.name), shape, builds
 
 
@@ -139,7 +139,7 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
     except UserError as exc:  # doit prints InvalidTask as one line, without a traceback
         raise InvalidTask(str(exc)) from None
     if isinstance(target, Npu2Target):
-        yield from object_tasks(target, builds)
+        yield from object_tasks(target, store, builds)
     for build in builds:
         yield {
             "name": build.spec.instance,
@@ -162,22 +162,29 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
     }
 
 
-def object_tasks(target: Npu2Target, builds: list[ElfBuild]) -> Iterator[dict[str, Any]]:
+def object_tasks(
+    target: Npu2Target, store: Store, builds: list[ElfBuild]
+) -> Iterator[dict[str, Any]]:
     """One task per kernel object (a source and its -D parameters), shared by every
-    ELF that links it; up to date while the object cache holds it under its key."""
-    objects = {obj for build in builds for obj in target.kernel_objects(build.spec)}
-    for obj in sorted(objects, key=lambda o: o.name):
+    ELF that links it; up to date while the object cache holds it under its key, or
+    while every ELF that links it is in the store (an ELF build compiles a missing
+    object on demand, so a deleted object cache costs nothing until it is needed)."""
+    users: dict[KernelObject, list[str]] = {}
+    for build in builds:
+        for obj in target.kernel_objects(build.spec):
+            users.setdefault(obj, []).append(build.key)
+    for obj, keys in sorted(users.items(), key=lambda item: item[0].name):
         yield {
             "name": _object_task(obj),
-            "actions": [failing_cleanly(build_object, target, obj)],
-            "uptodate": [lambda obj=obj: target.object_is_valid(obj)],
+            "actions": [failing_cleanly(target.build_object, obj)],
+            "uptodate": [
+                lambda obj=obj, keys=keys: (
+                    target.object_is_valid(obj) or all(store.is_valid(k) for k in keys)
+                )
+            ],
             "doc": f"Peano: {obj.source.name} {' '.join(obj.flags())}",
             "verbosity": 2,
         }
-
-
-def build_object(target: Npu2Target, obj: KernelObject) -> None:
-    target.build_object(obj)  # a doit action returns None: the path stays in the cache
 
 
 def _object_task(obj: KernelObject) -> str:

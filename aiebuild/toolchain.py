@@ -2,9 +2,12 @@
 
 Where each part is looked for (npu-stack.md):
 - aiecc: `$MLIR_AIE_INSTALL_DIR/bin/aiecc`, else `aiecc` on PATH;
-- the mlir-aie version: the `mlir_aie` Python distribution, else `aiecc --version`;
+- the mlir-aie version: `aiecc --version` of the aiecc that will run when it comes
+  from `$MLIR_AIE_INSTALL_DIR`, else the `mlir_aie` Python distribution, else
+  `aiecc --version`;
 - the aie_api headers: `$MLIR_AIE_INSTALL_DIR/include`, else the wheel's `mlir_aie/include`;
-- Peano: `$PEANO_INSTALL_DIR`, else the `llvm-aie` wheel's data directory.
+- Peano: `$PEANO_INSTALL_DIR` (its version: `clang++ --version`), else the
+  `llvm-aie` wheel's data directory (the wheel's version).
 
 The fingerprint (part of every npu2 content key) is the two versions plus the
 sha256 of the aiecc and clang++ binaries. Hashing a compiler on every no-op
@@ -62,10 +65,11 @@ class Toolchain:
 
 def discover() -> Toolchain:
     install = _env_dir("MLIR_AIE_INSTALL_DIR")
-    aiecc = (install and _exe(install / "bin" / "aiecc")) or _which("aiecc")
+    installed = install and _exe(install / "bin" / "aiecc")
+    aiecc = installed or _which("aiecc")
     if aiecc is None:
         return Toolchain(False, f"no NPU toolchain: aiecc (mlir-aie) was not found. {INSTALL_HINT}")
-    version = _mlir_aie_version(aiecc)
+    version = _mlir_aie_version(aiecc, ask_binary=bool(installed))
     problem = _version_problem(version)
     if problem:
         return Toolchain(False, problem, version, aiecc)
@@ -116,14 +120,21 @@ def fingerprint(found: Toolchain) -> dict[str, Any]:
 # -- finding the parts ----------------------------------------------------------
 
 
-def _mlir_aie_version(aiecc: Path) -> str | None:
-    for name in MLIR_AIE_DISTRIBUTIONS:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+def _mlir_aie_version(aiecc: Path, ask_binary: bool) -> str | None:
+    """The version of the mlir-aie that `aiecc` belongs to: an install directory's
+    aiecc is asked itself (a wheel in the same environment may be another release)."""
+    if not ask_binary:
+        for name in MLIR_AIE_DISTRIBUTIONS:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return _probed_version(aiecc)
+
+
+def _probed_version(binary: Path) -> str | None:
     probes = _Probes.load()
-    version = probes.version(aiecc)
+    version = probes.version(binary)
     probes.save()
     return version
 
@@ -167,9 +178,10 @@ def _peano() -> tuple[Path | None, str | None]:
         wheel = Path(str(importlib.metadata.distribution("llvm-aie").locate_file("llvm-aie")))
     except importlib.metadata.PackageNotFoundError:
         wheel_version, wheel = None, None
-    for directory, version in ((env, "from PEANO_INSTALL_DIR"), (wheel, wheel_version)):
-        if directory is not None and _exe(directory / "bin" / "clang++"):
-            return directory, version
+    if env is not None and _exe(env / "bin" / "clang++"):
+        return env, _probed_version(env / "bin" / "clang++")
+    if wheel is not None and _exe(wheel / "bin" / "clang++"):
+        return wheel, wheel_version
     return None, None
 
 

@@ -1,26 +1,32 @@
 // Shared by every kernel in kernels_src/: symbol composition from -D parameters,
 // the rounding mode, and bf16/fp32 loads into fp32 vectors.
 //
-// AIE2P arithmetic facts these kernels rely on (npu-stack.md, "AIE2P arithmetic";
-// aierun/ops emulates the same choices):
+// Every -D parameter and every macro of ours is named AIEK_*: a macro named E or K
+// would rewrite identifiers inside the aie_api and libstdc++ headers.
+//
+// AIE2P arithmetic facts these kernels rely on (npu-stack.md, "AIE2P arithmetic"),
+// and what of each the numpy emulation (aierun/ops) reproduces:
 // (R) float -> bf16 conversions round toward minus infinity unless the rounding
 //     mode register says otherwise: every kernel calls set_round_to_nearest_even()
-//     first, matching numpy/ml_dtypes (aierun.ops.numerics.to_bf16).
+//     first, matching numpy/ml_dtypes (aierun.ops.numerics.to_bf16). Emulated.
 // (M) there is no fp32 multiplier: fp32 x fp32 products are built from bf16 limbs
-//     and may differ from IEEE in the last bit.
-// (S) vector reductions accumulate per lane, then halve the lanes pairwise.
+//     and may differ from IEEE in the last bit. Not emulated (numpy's IEEE products).
+// (S) vector reductions accumulate per lane, then halve the lanes pairwise. Not
+//     emulated: numpy's summation order differs in the last bits.
 // (L) exp and reciprocal come from lookup tables (exp in 1/256 steps, reciprocal
-//     within ~0.4%): softmax and SiLU are not libm's.
+//     within ~0.4%): softmax and SiLU are not libm's. Not emulated: aierun/ops
+//     uses numpy's exp and division.
 // (B) bf16 matmuls are real bf16 x bf16 -> fp32 (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
-//     is never defined: bfp16 blocks would change the numerics).
+//     is never defined: bfp16 blocks would change the numerics). Emulated: bf16
+//     operands, fp32 accumulation.
 #pragma once
 
 #include <aie_api/aie.hpp>
 
-#define AIE_CAT_(a, b) a##b
-#define AIE_CAT(a, b) AIE_CAT_(a, b)
-#define AIE_CAT3(a, b, c) AIE_CAT(AIE_CAT(a, b), c)
-#define AIE_CAT5(a, b, c, d, e) AIE_CAT(AIE_CAT3(a, b, c), AIE_CAT(d, e))
+#define AIEK_CAT_(a, b) a##b
+#define AIEK_CAT(a, b) AIEK_CAT_(a, b)
+#define AIEK_CAT3(a, b, c) AIEK_CAT(AIEK_CAT(a, b), c)
+#define AIEK_CAT5(a, b, c, d, e) AIEK_CAT(AIEK_CAT3(a, b, c), AIEK_CAT(d, e))
 
 static inline void set_round_to_nearest_even() {
   aie::set_rounding(aie::rounding_mode::conv_even);  // fact (R)

@@ -1,47 +1,50 @@
-// Elementwise kernels over CHUNK elements (aierun/ops/eltwise.py):
+// Elementwise kernels over AIEK_CHUNK elements (aierun/ops/eltwise.py):
 //   add_<a>_<b>_<c>_<CHUNK>(a, b, c):       c = a + b   (the residual add, fp32 stream)
 //   silu_mul_<a>_<b>_<c>_<CHUNK>(g, u, c):  c = g / (1 + exp(-g)) * u
-// -D CHUNK=<elements>  -D A_F32 / B_F32 / C_F32=<1: that operand is fp32, else bf16>
+// -D AIEK_CHUNK=<elements>
+// -D AIEK_A_F32 / AIEK_B_F32 / AIEK_C_F32=<1: that operand is fp32, else bf16>
 // Relies on (R) for bf16 results, (M) for the products, (L) for exp and the reciprocal.
 #include "aie_kernel_common.h"
 
-#if A_F32
+#if AIEK_A_F32
 using a_t = float;
-#define A_TAG f32
+#define AIEK_A_TAG f32
 #else
 using a_t = bfloat16;
-#define A_TAG bf16
+#define AIEK_A_TAG bf16
 #endif
-#if B_F32
+#if AIEK_B_F32
 using b_t = float;
-#define B_TAG f32
+#define AIEK_B_TAG f32
 #else
 using b_t = bfloat16;
-#define B_TAG bf16
+#define AIEK_B_TAG bf16
 #endif
-#if C_F32
+#if AIEK_C_F32
 using c_t = float;
-#define C_TAG f32
+#define AIEK_C_TAG f32
 #else
 using c_t = bfloat16;
-#define C_TAG bf16
+#define AIEK_C_TAG bf16
 #endif
 
-#define TYPES AIE_CAT5(A_TAG, _, B_TAG, _, C_TAG)
+#define AIEK_TYPES AIEK_CAT5(AIEK_A_TAG, _, AIEK_B_TAG, _, AIEK_C_TAG)
+// Elements per vector step; aiebuild/designs/eltwise.py LANES checks chunks against it.
 static constexpr int LANES = 16;
-static_assert(CHUNK % LANES == 0, "CHUNK must be a multiple of 16");
+static_assert(AIEK_CHUNK % LANES == 0, "AIEK_CHUNK must be a multiple of 16");
 
-extern "C" void AIE_CAT5(add_, TYPES, _, CHUNK, )(const a_t *a, const b_t *b, c_t *c) {
+extern "C" void AIEK_CAT5(add_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *a, const b_t *b, c_t *c) {
   set_round_to_nearest_even();
-  for (int i = 0; i < CHUNK; i += LANES)
+  for (int i = 0; i < AIEK_CHUNK; i += LANES)
     store_as<LANES>(c + i, aie::add(load_f32<LANES>(a + i), load_f32<LANES>(b + i)));
 }
 
-extern "C" void AIE_CAT5(silu_mul_, TYPES, _, CHUNK, )(const a_t *g, const b_t *u, c_t *c) {
+extern "C" void AIEK_CAT5(silu_mul_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *g, const b_t *u,
+                                                                   c_t *c) {
   set_round_to_nearest_even();
   const aie::vector<float, LANES> one = aie::broadcast<float, LANES>(1.0f);
   const aie::vector<float, LANES> log2e = aie::broadcast<float, LANES>(1.4426950408889634f);
-  for (int i = 0; i < CHUNK; i += LANES) {
+  for (int i = 0; i < AIEK_CHUNK; i += LANES) {
     aie::vector<float, LANES> gate = load_f32<LANES>(g + i);
     // exp(-g) = 2^(-g * log2 e): the runtime library's table-based exp2, fact (L).
     auto e = aie::exp2<float>(aie::neg(aie::mul(gate, log2e).to_vector<float>()));

@@ -1,75 +1,92 @@
 // Causal attention of one (head, query block) with an online softmax
 // (aierun/ops/attention.py, aiebuild/designs/flash_attn.py).
-// -D DH=<head dim>  -D BQ=<query rows per block>  -D BK=<key rows per block>
-// Entry points (suffix <DH>_<BQ>x<BK>), state = fp32 [acc BQ*DH | max BQ | sum BQ | step]:
-//   flash_attn_init_*(state)                          start a query block
-//   flash_attn_step_*(q, k, v, state, query_block)    fold in the next key block; blocks
-//                                                     above the causal diagonal are skipped
-//   flash_attn_finish_*(state, out)                   out = bf16(acc / sum)
+// -D AIEK_DH=<head dim>  -D AIEK_BQ=<query rows per block>  -D AIEK_BK=<key rows per block>
+// Entry points (suffix <DH>_<BQ>x<BK>), state = State below (the design's fp32 state
+// buffer of the same size, zero-initialized):
+//   flash_attn_init_*(state)                 start a query block
+//   flash_attn_step_*(q, k, v, state)        fold in the next key block; blocks above
+//                                            the causal diagonal are skipped
+//   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); next query block
+// The key and query block indices live in the state, so the design's core loops
+// stay loops rather than unrolled calls with constant indices.
 // Relies on (L): exp and the reciprocal are the table-based ones, so the softmax is
 // not libm's; (M) for the fp32 rescaling products; (R) for the bf16 output.
 #include "aie_kernel_common.h"
 #include <cmath>
 
-#define SUFFIX AIE_CAT5(DH, _, BQ, x, BK)
+#define AIEK_SUFFIX AIEK_CAT5(AIEK_DH, _, AIEK_BQ, x, AIEK_BK)
 static constexpr int LANES = 16;
-static_assert(DH % LANES == 0 && BK % LANES == 0, "blocks must be whole vectors");
+static_assert(AIEK_DH % LANES == 0 && AIEK_BK % LANES == 0, "blocks must be whole vectors");
+// The diagonal block test (c <= r) compares a key row with a query row of the same
+// block index: it needs square blocks.
+static_assert(AIEK_BQ == AIEK_BK, "the causal mask assumes square blocks");
 
 struct State {
-  float acc[BQ * DH];
-  float max[BQ];
-  float sum[BQ];
-  float step;  // index of the next key block
+  float acc[AIEK_BQ * AIEK_DH];
+  float max[AIEK_BQ];
+  float sum[AIEK_BQ];
+  int key_block;    // index of the next key block of this query block
+  int query_block;  // index of the current query block within its head
 };
+static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 2) * sizeof(float),
+              "State must match the design's state buffer");
 
 static inline float exp_table(float v) {  // e^v through the table-based exp2, fact (L)
   return aie::exp2<float>(aie::broadcast<float, LANES>(v * 1.4426950408889634f))[0];
 }
 
-extern "C" void AIE_CAT(flash_attn_init_, SUFFIX)(State *s) {
-  for (int i = 0; i < BQ * DH; i += LANES) aie::store_v(s->acc + i, aie::zeros<float, LANES>());
-  for (int r = 0; r < BQ; ++r) s->max[r] = -INFINITY, s->sum[r] = 0.0f;
-  s->step = 0.0f;
+extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
+  for (int i = 0; i < AIEK_BQ * AIEK_DH; i += LANES)
+    aie::store_v(s->acc + i, aie::zeros<float, LANES>());
+  for (int r = 0; r < AIEK_BQ; ++r) s->max[r] = -INFINITY, s->sum[r] = 0.0f;
+  s->key_block = 0;
 }
 
-extern "C" void AIE_CAT(flash_attn_step_, SUFFIX)(const bfloat16 *q, const bfloat16 *k,
-                                                  const bfloat16 *v, State *s, int query_block) {
-  const int key_block = int(s->step);
-  s->step += 1.0f;
-  if (key_block > query_block) return;  // entirely above the causal diagonal
-  const float scale = aie::invsqrt(float(DH));
-  alignas(32) float p[BK];
-  for (int r = 0; r < BQ; ++r) {
+extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *k,
+                                                        const bfloat16 *v, State *s) {
+  const int key_block = s->key_block++;
+  if (key_block > s->query_block) return;  // entirely above the causal diagonal
+  const bool diagonal = key_block == s->query_block;
+  const float scale = aie::invsqrt(float(AIEK_DH));
+  alignas(32) float p[AIEK_BK];
+  for (int r = 0; r < AIEK_BQ; ++r) {
+    // Keys past the diagonal are masked: never scored, never exponentiated.
+    const int visible = diagonal ? r + 1 : AIEK_BK;
     float block_max = -INFINITY;
-    for (int c = 0; c < BK; ++c) {
+    for (int c = 0; c < visible; ++c) {
       aie::accum<accfloat, LANES> dot = aie::zeros<accfloat, LANES>();
-      for (int d = 0; d < DH; d += LANES)
-        dot = aie::mac(dot, aie::load_v<LANES>(q + r * DH + d), aie::load_v<LANES>(k + c * DH + d));
-      const bool visible = key_block < query_block || c <= r;
-      p[c] = visible ? aie::reduce_add(dot.to_vector<float>()) * scale : -INFINITY;
+      for (int d = 0; d < AIEK_DH; d += LANES)
+        dot = aie::mac(dot, aie::load_v<LANES>(q + r * AIEK_DH + d),
+                       aie::load_v<LANES>(k + c * AIEK_DH + d));
+      p[c] = aie::reduce_add(dot.to_vector<float>()) * scale;
       block_max = p[c] > block_max ? p[c] : block_max;
     }
     const float new_max = block_max > s->max[r] ? block_max : s->max[r];
-    const float rescale = exp_table(s->max[r] - new_max);
+    // The first visible block has no history: rescale 0 instead of exp(-inf).
+    const float rescale = s->max[r] == -INFINITY ? 0.0f : exp_table(s->max[r] - new_max);
     float row_sum = 0.0f;
-    for (int c = 0; c < BK; ++c) row_sum += (p[c] = exp_table(p[c] - new_max));
+    for (int c = 0; c < visible; ++c) row_sum += (p[c] = exp_table(p[c] - new_max));
     s->sum[r] = s->sum[r] * rescale + row_sum;
     s->max[r] = new_max;
-    for (int d = 0; d < DH; d += LANES) {
+    for (int d = 0; d < AIEK_DH; d += LANES) {
       aie::accum<accfloat, LANES> out;
-      out.from_vector(aie::mul(aie::load_v<LANES>(s->acc + r * DH + d), rescale).to_vector<float>());
-      for (int c = 0; c < BK; ++c) out = aie::mac(out, load_f32<LANES>(v + c * DH + d), p[c]);
-      aie::store_v(s->acc + r * DH + d, out.to_vector<float>());
+      out.from_vector(
+          aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), rescale).to_vector<float>());
+      for (int c = 0; c < visible; ++c)
+        out = aie::mac(out, load_f32<LANES>(v + c * AIEK_DH + d), p[c]);
+      aie::store_v(s->acc + r * AIEK_DH + d, out.to_vector<float>());
     }
   }
 }
 
-extern "C" void AIE_CAT(flash_attn_finish_, SUFFIX)(const State *s, bfloat16 *out) {
+extern "C" void AIEK_CAT(flash_attn_finish_, AIEK_SUFFIX)(State *s, bfloat16 *out, int blocks) {
   set_round_to_nearest_even();
-  for (int r = 0; r < BQ; ++r) {
+  for (int r = 0; r < AIEK_BQ; ++r) {
     const float inverse = aie::inv(s->sum[r]);  // table-based reciprocal, fact (L)
-    for (int d = 0; d < DH; d += LANES)
-      store_as<LANES>(out + r * DH + d,
-                      aie::mul(aie::load_v<LANES>(s->acc + r * DH + d), inverse).to_vector<float>());
+    for (int d = 0; d < AIEK_DH; d += LANES)
+      store_as<LANES>(out + r * AIEK_DH + d,
+                      aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), inverse)
+                          .to_vector<float>());
   }
+  if (++s->query_block == blocks) s->query_block = 0;  // the next head starts at block 0
 }

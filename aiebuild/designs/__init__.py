@@ -6,11 +6,14 @@ C++ kernel), `aiebuild/designs/<module>.py` (the IRON 1.4 design that places the
 kernel and moves the data) and their tests.
 
 A design is `design(launch, arg_specs) -> str`: the MLIR text of one launch, whose
-runtime sequence takes the launch's inputs then outputs (`arg_specs`, with the
-shape the launch sees: a slice binding `w_lm[3]` drops the leading axis). It
-links the kernel object named by `kernel_object(spec, launch).name`. mlir-aie is
-imported inside the design functions only, so this registry (and the build
-orchestration) loads without it.
+runtime sequence takes the launch's inputs then outputs (`arg_specs`: whole ELF
+arguments, even for a slice binding such as `w_lm[3]`, whose offset the design
+applies in its DMA access pattern, `common.slice_offset`). It links the kernel
+object named by `kernel_object(spec, launch).name`. Its `core_buffers(launch,
+arg_specs)` lists what it places in the core's data memory, in pure Python, so
+`check_launch` refuses a launch that cannot fit or tile before anything compiles.
+mlir-aie is imported inside the design functions only, so this registry (and the
+build orchestration) loads without it.
 
 Kernel parameters are compile-time `-D` macros; each kernel derives its entry
 point symbols from them, so two instances of one kernel with different tile
@@ -20,12 +23,13 @@ sizes link side by side in one ELF.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
-from aiebuild.designs.common import KernelObject
+from aiebuild.designs.common import CoreBuffer, KernelObject, core_memory_problem
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
+from aierun.errors import UserError
 
 Design = Callable[[Launch, list[ArgSpec]], str]
 
@@ -35,10 +39,13 @@ class OpDesign:
     design: Design
     module: Path  # the design's source file (part of the content key)
     kernel: Callable[[Launch, list[ArgSpec]], KernelObject]  # source and -D parameters
+    core_buffers: Callable[[Launch, list[ArgSpec]], list[CoreBuffer]]
 
 
 def _op(module, design: Design | None = None) -> OpDesign:
-    return OpDesign(design or module.design, Path(module.__file__), module.kernel)
+    return OpDesign(
+        design or module.design, Path(module.__file__), module.kernel, module.core_buffers
+    )
 
 
 DESIGNS: dict[str, OpDesign] = {
@@ -65,14 +72,30 @@ def kernel_object(spec: ElfSpec, launch: Launch) -> KernelObject:
 
 
 def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
-    """The arguments one launch's runtime sequence takes: inputs then outputs, with
-    the shape the launch sees (a slice drops the leading axis)."""
-    args = []
-    for binding in (*launch.inputs, *launch.outputs):
-        name, index = parse_binding(binding)
-        arg = spec.arg(name)
-        args.append(arg if index is None else replace(arg, shape=arg.shape[1:]))
-    return args
+    """The arguments one launch's runtime sequence takes: inputs then outputs, each
+    the whole ELF argument (a slice binding is applied by the design's DMA pattern)."""
+    return [spec.arg(parse_binding(b)[0]) for b in (*launch.inputs, *launch.outputs)]
+
+
+def check_launch(spec: ElfSpec, launch: Launch) -> None:
+    """Refuse, before anything compiles, a launch its design cannot tile or whose
+    buffers do not fit one core's data memory, naming the ELF (and its prefill
+    bucket), the launch and why."""
+    try:
+        problem = core_memory_problem(
+            op_design(launch.op).core_buffers(launch, launch_args(spec, launch))
+        )
+    except UserError as exc:
+        problem = str(exc)
+    if problem is None:
+        return
+    bucket = f" (prefill bucket {spec.bucket})" if spec.bucket else ""
+    raise UserError(
+        f"cannot build {spec.instance}{bucket} for npu2: launch '{launch.label or launch.op}' "
+        f"({launch.op} {launch.params}): {problem}. Choose prefill buckets that are "
+        "multiples of 32 (`doit compile buckets=64,256`), or build for the emulated device "
+        "with `doit compile target=emu`."
+    )
 
 
 def design_sources(spec: ElfSpec) -> dict[str, Path]:

@@ -1,21 +1,28 @@
-"""What every IRON design shares: kernel objects, tensor types, the lazy mlir-aie
-import and the resolution of a program to MLIR text."""
+"""What every IRON design shares: kernel objects, tensor types, the core memory a
+design places (and its budget), the lazy mlir-aie import and the resolution of a
+program to MLIR text."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aierun.abi import ArgSpec
+from aierun.abi import ArgSpec, Launch, parse_binding
 from aierun.errors import UserError
 
 KERNELS_SRC = Path(__file__).resolve().parents[2] / "kernels_src"
-# Tile edge of every GEMM/GEMV dimension (aiebuild.specs.TILE checks models against it).
-TILE = 64
+# Every -D parameter gets this prefix: an unprefixed `-DE=576` or `-DK=2048` would
+# rewrite identifiers named E or K inside aie_api and libstdc++ headers.
+MACRO_PREFIX = "AIEK_"
+# Data memory beside one AIE2P compute core, and the part of it aie.core reserves
+# for the stack by default (kernel locals such as flash_attn's score row live there).
+CORE_DATA_MEMORY = 64 * 1024
+CORE_STACK = 1024
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,10 @@ class KernelObject:
 
 
 def kernel_object(kernel: str, defines: dict[str, Any]) -> KernelObject:
-    """`kernel` (a file in kernels_src/) compiled with `defines` as -D macros."""
-    return KernelObject(
-        KERNELS_SRC / kernel, tuple(sorted((k, _macro(v)) for k, v in defines.items()))
-    )
+    """`kernel` (a file in kernels_src/) compiled with `defines` as -D macros, each
+    named with MACRO_PREFIX (`{"TM": 32}` -> `-DAIEK_TM=32`)."""
+    macros = sorted((MACRO_PREFIX + key, _macro(value)) for key, value in defines.items())
+    return KernelObject(KERNELS_SRC / kernel, tuple(macros))
 
 
 def _macro(value: Any) -> str:
@@ -48,6 +55,60 @@ def _macro(value: Any) -> str:
     if isinstance(value, float):
         return f"{value!r}f"  # a float literal: the kernels compute in fp32
     return str(value)
+
+
+@dataclass(frozen=True)
+class CoreBuffer:
+    """One region a design places in its compute core's data memory: the `depth`
+    buffers of an ObjectFifo that ends at the core, a core-local working buffer, or
+    a state buffer (zero-initialized: it carries the kernel's loop counters). The
+    design creates its fifos and buffers from these, so the memory budget
+    (`core_memory_problem`) counts exactly what the design places."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    depth: int = 2  # double buffering: the DMA fills one while the core works on the other
+    kind: str = "fifo"  # "fifo", "buffer" or "state"
+
+    @property
+    def type(self) -> type:
+        return tensor(self.shape, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize * (self.depth if self.is_fifo else 1)
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.kind == "fifo"
+
+    def make(self, lib: Any) -> Any:
+        if self.is_fifo:
+            return lib.ObjectFifo(self.type, name=self.name, depth=self.depth)
+        initial = np.zeros(self.shape, self.dtype) if self.kind == "state" else None
+        return lib.Buffer(self.type, initial_value=initial, name=self.name)
+
+
+def core_memory_problem(buffers: list[CoreBuffer]) -> str | None:
+    """Why these buffers do not fit one core's data memory, or None when they do."""
+    used = sum(b.nbytes for b in buffers) + CORE_STACK
+    if used <= CORE_DATA_MEMORY:
+        return None
+    parts = ", ".join(f"{b.name} {b.nbytes}" for b in buffers)
+    return (
+        f"its core needs {used} bytes of data memory ({parts}, stack {CORE_STACK}) but an "
+        f"AIE2P core has {CORE_DATA_MEMORY}"
+    )
+
+
+def slice_offset(launch: Launch, args: list[ArgSpec], position: int) -> int:
+    """Element offset, in the whole host argument, of what the launch's argument at
+    `position` binds: 0 for a whole argument, `index` rows of the leading axis in for
+    a slice such as `w_lm[3]`. The runtime sequence takes the whole argument and the
+    DMA access pattern starts at this offset (no strided memref in the stitcher)."""
+    _, index = parse_binding((*launch.inputs, *launch.outputs)[position])
+    return (index or 0) * math.prod(args[position].shape[1:])
 
 
 def iron():
@@ -101,26 +162,40 @@ def stream_program(
     workers: list[Any],
 ) -> str:
     """The usual runtime sequence: fill each input's producer handle from its host
-    buffer (one DMA task per access pattern, or the whole buffer), drain each
-    output's consumer handle into its host buffer, all in one task group that
-    waits for the drains. `fills` / `drains` pair a handle with its patterns, in
-    the order of the launch's inputs / outputs."""
+    buffer and drain each output's consumer handle into its host buffer.
+    `fills` / `drains` pair a handle with its access patterns, in the order of the
+    launch's inputs / outputs: None moves the whole buffer in one transfer (in a
+    one-phase launch); a list holds one pattern per phase, every list equally long.
+    Phase i issues pattern i of every handle in its own task group and finishes it
+    (awaits its drains, frees its tasks) before phase i+1, so a launch holds one
+    task per handle at a time: a shim tile has only about 16 buffer descriptors."""
     lib = iron()
-    handles = [handle for handle, _ in (*fills, *drains)]
-    patterns = [pattern for _, pattern in (*fills, *drains)]
+    transfers = [*fills, *drains]
+    phases = _phase_count([patterns for _, patterns in transfers])
 
     def sequence(*values):
         buffers, bound = values[: len(args)], values[len(args) :]
-        group = lib.TaskGroup()
-        for index, (buffer, handle) in enumerate(zip(buffers, bound, strict=True)):
-            for pattern in patterns[index] or [None]:
+        for phase in range(phases):  # the runtime sequence, not core program memory
+            group = lib.TaskGroup()
+            for index, (buffer, handle) in enumerate(zip(buffers, bound, strict=True)):
+                patterns = transfers[index][1]
+                pattern = None if patterns is None else patterns[phase]
                 if index < len(fills):
                     handle.fill(buffer, tap=pattern, group=group)
                 else:
                     handle.drain(buffer, tap=pattern, wait=True, group=group)
-        group.finish()
+            group.finish()
 
+    handles = [handle for handle, _ in transfers]
     return resolve(lib.Runtime(sequence, [*host_types(args), *handles]), workers)
+
+
+def _phase_count(patterns: list[list[Any] | None]) -> int:
+    lengths = {len(p) for p in patterns if p is not None}
+    # A whole-buffer transfer (None) happens once: only in a one-phase launch.
+    if len(lengths) > 1 or (lengths - {1} and None in patterns):
+        raise ValueError(f"a launch's transfers have different phase counts: {patterns}")
+    return lengths.pop() if lengths else 1
 
 
 def streaming_core(steps: int):

@@ -7,24 +7,25 @@ from __future__ import annotations
 import math
 
 from aiebuild.designs.common import (
+    CoreBuffer,
     KernelObject,
     iron,
     kernel_object,
     stream_program,
     streaming_core,
-    tensor,
 )
 from aierun.abi import ArgSpec, Launch
+from aierun.errors import UserError
 
-MAX_CHUNK = 2048  # elements per ObjectFifo buffer (4 KiB of bf16)
-VECTOR = 32  # bf16 lanes the kernel processes per step
+MAX_CHUNK = 2048  # elements per ObjectFifo buffer (4 KiB of bf16, 8 KiB of fp32)
+LANES = 16  # elements the kernel processes per vector step (eltwise.cc LANES)
 
 
 def chunk(launch: Launch) -> int:
     total = launch.params["rows"] * launch.params["cols"]
     size = math.gcd(total, MAX_CHUNK)
-    if size % VECTOR:
-        raise ValueError(f"{launch.op}: {total} elements do not split into {VECTOR}-lane chunks")
+    if size % LANES:
+        raise UserError(f"{launch.op}: {total} elements do not split into {LANES}-lane chunks")
     return size
 
 
@@ -39,15 +40,23 @@ def symbol(name: str, launch: Launch, args: list[ArgSpec]) -> str:
     return "_".join([name, *(a.dtype for a in args), str(chunk(launch))])
 
 
+def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
+    """Chunks of both operands in, result chunks out."""
+    size = chunk(launch)
+    return [
+        CoreBuffer(name, (size,), arg.np_dtype)
+        for name, arg in zip(("a_in", "b_in", "out"), args, strict=True)
+    ]
+
+
 def _binary(launch: Launch, args: list[ArgSpec], name: str) -> str:
     lib = iron()
-    size = chunk(launch)
-    steps = launch.params["rows"] * launch.params["cols"] // size
-    a_ty, b_ty, c_ty = (tensor(size, arg.np_dtype) for arg in args)
-    a_in, b_in = lib.ObjectFifo(a_ty, name="a_in"), lib.ObjectFifo(b_ty, name="b_in")
-    out = lib.ObjectFifo(c_ty, name="out")
-    op = lib.Kernel(symbol(name, launch, args), kernel(launch, args).name, [a_ty, b_ty, c_ty])
-
+    buffers = core_buffers(launch, args)
+    a_in, b_in, out = (buf.make(lib) for buf in buffers)
+    op = lib.Kernel(
+        symbol(name, launch, args), kernel(launch, args).name, [b.type for b in buffers]
+    )
+    steps = launch.params["rows"] * launch.params["cols"] // chunk(launch)
     worker = lib.Worker(streaming_core(steps), [a_in.cons(), b_in.cons(), out.prod(), op])
     fills = [(a_in.prod(), None), (b_in.prod(), None)]
     return stream_program(args, fills, [(out.cons(), None)], [worker])

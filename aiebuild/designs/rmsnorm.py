@@ -4,7 +4,13 @@ launch, the normalized rows leave as bf16 GEMM operands."""
 
 from __future__ import annotations
 
-from aiebuild.designs.common import KernelObject, iron, kernel_object, stream_program, tensor
+from aiebuild.designs.common import (
+    CoreBuffer,
+    KernelObject,
+    iron,
+    kernel_object,
+    stream_program,
+)
 from aierun.abi import BF16, ArgSpec, Launch
 
 
@@ -18,16 +24,24 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
     return f"rmsnorm_{args[0].dtype}_{launch.params['E']}"
 
 
+def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
+    """x rows in, the weight row (resident), normalized rows out."""
+    e = launch.params["E"]
+    return [
+        CoreBuffer("x_in", (e,), args[0].np_dtype),
+        CoreBuffer("w_in", (e,), BF16, depth=1),
+        CoreBuffer("y_out", (e,), BF16),
+    ]
+
+
 def design(launch: Launch, args: list[ArgSpec]) -> str:
     lib = iron()
     from aie.iron.controlflow import range_
 
-    rows, e = launch.params["rows"], launch.params["E"]
-    x_row, row = tensor(e, args[0].np_dtype), tensor(e, BF16)
-    x_in = lib.ObjectFifo(x_row, name="x_in", depth=2)
-    w_in = lib.ObjectFifo(row, name="w_in", depth=1)
-    y_out = lib.ObjectFifo(row, name="y_out", depth=2)
-    norm = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [x_row, row, row])
+    rows = launch.params["rows"]
+    buffers = core_buffers(launch, args)
+    x_in, w_in, y_out = (buf.make(lib) for buf in buffers)
+    norm = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [b.type for b in buffers])
 
     def core(x, w, y, rmsnorm):
         weight = w.acquire(1)

@@ -4,12 +4,12 @@ and that position's table row (cos | sin) per kernel call."""
 from __future__ import annotations
 
 from aiebuild.designs.common import (
+    CoreBuffer,
     KernelObject,
     iron,
     kernel_object,
     stream_program,
     streaming_core,
-    tensor,
 )
 from aierun.abi import BF16, ArgSpec, Launch
 
@@ -24,15 +24,22 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
     return f"rope_{args[1].dtype}_{launch.params['heads']}x{launch.params['head_dim']}"
 
 
+def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
+    """x rows in, table rows in, rotated rows out."""
+    heads, dim = launch.params["heads"], launch.params["head_dim"]
+    return [
+        CoreBuffer("x_in", (heads * dim,), BF16),
+        CoreBuffer("table_in", (dim,), args[1].np_dtype),
+        CoreBuffer("y_out", (heads * dim,), BF16),
+    ]
+
+
 def design(launch: Launch, args: list[ArgSpec]) -> str:
     lib = iron()
-    rows, heads, dim = launch.params["rows"], launch.params["heads"], launch.params["head_dim"]
-    row, table_row = tensor(heads * dim, BF16), tensor(dim, args[1].np_dtype)
-    x_in = lib.ObjectFifo(row, name="x_in")
-    t_in = lib.ObjectFifo(table_row, name="table_in")
-    y_out = lib.ObjectFifo(row, name="y_out")
-    rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [row, table_row, row])
-
-    worker = lib.Worker(streaming_core(rows), [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
+    buffers = core_buffers(launch, args)
+    x_in, t_in, y_out = (buf.make(lib) for buf in buffers)
+    rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [b.type for b in buffers])
+    steps = launch.params["rows"]
+    worker = lib.Worker(streaming_core(steps), [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
     fills = [(x_in.prod(), None), (t_in.prod(), None)]
     return stream_program(args, fills, [(y_out.cons(), None)], [worker])
