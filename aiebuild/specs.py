@@ -32,7 +32,11 @@ LAYER = "model.layers.{layer}."
 
 
 def _arg(
-    name: str, shape: Iterable[int], role: Role, source: str | None = None, dtype: str = "bf16",
+    name: str,
+    shape: Iterable[int],
+    role: Role,
+    source: str | None = None,
+    dtype: str = "bf16",
     **kw,
 ) -> ArgSpec:
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
