@@ -170,9 +170,10 @@ def _parse_child(child: ChildModule) -> _Child:
     return _Child(match.group("kind"), body, name, arg_types, kernels)
 
 
-def _block_end(text: str, open_brace: int) -> int:
-    """Index of the brace closing the one at `open_brace` (quoted strings skipped)."""
-    depth, index, quoted = 0, open_brace, False
+def _unquoted(text: str, index: int):
+    """(index, char) of `text` from `index` on, skipping quoted strings (MLIR string
+    attributes may hold any bracket)."""
+    quoted = False
     while index < len(text):
         char = text[index]
         if quoted:
@@ -182,13 +183,21 @@ def _block_end(text: str, open_brace: int) -> int:
                 quoted = False
         elif char == '"':
             quoted = True
-        elif char == "{":
+        else:
+            yield index, char
+        index += 1
+
+
+def _block_end(text: str, open_brace: int) -> int:
+    """Index of the brace closing the one at `open_brace`."""
+    depth = 0
+    for index, char in _unquoted(text, open_brace):
+        if char == "{":
             depth += 1
         elif char == "}":
             depth -= 1
             if depth == 0:
                 return index
-        index += 1
     raise StitchError("unbalanced braces in a launch module")
 
 
@@ -200,25 +209,16 @@ def _without_load_pdis(body: str) -> str:
 
 def _op_end(text: str, index: int) -> int:
     """Index just past the line break ending the op that continues at `index`
-    (brackets may span lines; quoted strings are skipped)."""
-    depth, quoted = 0, False
-    while index < len(text):
-        char = text[index]
-        if quoted:
-            if char == "\\":
-                index += 1
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char in "({[<":
+    (brackets may span lines; `->` is not a bracket)."""
+    depth = 0
+    for position, char in _unquoted(text, index):
+        if char in "({[<":
             depth += 1
-        elif char in ")}]>" and not (char == ">" and text[index - 1] == "-"):
+        elif char in ")}]>" and not (char == ">" and text[position - 1] == "-"):
             depth -= 1
         elif char == "\n" and depth <= 0:
-            return index + 1
-        index += 1
-    return index
+            return position + 1
+    return len(text)
 
 
 def _split_top_level(text: str) -> list[str]:

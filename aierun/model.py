@@ -1,6 +1,6 @@
 """A Hugging Face Llama-family checkpoint: shape, weights (memory-mapped), tokenizer.
 
-Weights are read with safetensors only (memory-mapped, never pickle). The shape is
+Weights are read from safetensors files only (memory-mapped). The shape is
 what the build derives ELF specs from and what a manifest is checked against.
 """
 
@@ -171,7 +171,7 @@ class Checkpoint:
     def _index_tensors(self) -> dict[str, _TensorEntry]:
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise UserError(f"{self.path} holds no *.safetensors weights (pickle is not read).")
+            raise UserError(f"{self.path} holds no *.safetensors weights (the only format read).")
         index: dict[str, _TensorEntry] = {}
         for file in files:
             index.update(_safetensors_entries(file))
