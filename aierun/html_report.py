@@ -109,7 +109,7 @@ class _Canvas:
 
     def text(self, x: float, y: float, text: str, size: int = 13, extra: str = "") -> None:
         self.items.append(f'<text x="{x}" y="{y}" font-size="{size}"{extra}>{escape(text)}</text>')
-        self._grow(x + 7 * len(text), y + 4)
+        self._grow(x + 0.62 * size * len(text), y + 4)  # a generous average glyph width
 
     def arrow(self, x1: float, y1: float, x2: float, y2: float, dashed: bool = False) -> None:
         dash = ' stroke-dasharray="5 4"' if dashed else ""
