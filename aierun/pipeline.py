@@ -150,6 +150,7 @@ class Session:
         spec, handle = self._elfs[instance]
         start = clock()
         buffers, nbytes = self.buffers.bind(spec, layer, inputs)
+        self.device.stage(handle, spec, buffers)
         bound = clock()
         self.device.run(handle, spec, buffers)
         ran = clock()

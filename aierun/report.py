@@ -305,9 +305,11 @@ def fine_grained_section(report: Report) -> Section:
         tables.append(Table(columns, rows, f"{phase.name}: each call as write / run / read"))
     emulated = " (the numpy emulation)" if report.info.device == "emu" else ""
     notes = [
-        "bind+write: binding every argument's buffer and copying the host inputs that changed "
-        "(weights were written once, at prepare); run: the device executing all launches of "
-        f"the ELF{emulated}; read: syncing the outputs the host reads (zero-copy views).",
+        "bind+write: binding every argument's buffer, copying the host inputs that changed "
+        "(weights were written once, at prepare) and staging the call (on the NPU: its "
+        "hardware context and run object, made on first use); run: the device executing all "
+        f"launches of the ELF{emulated}; read: syncing the outputs the host reads "
+        "(zero-copy views).",
     ]
     return Section("FINE-GRAINED BREAKDOWN", tables, notes)
 

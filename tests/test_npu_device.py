@@ -377,3 +377,17 @@ def test_read_rows_syncs_only_those_rows(xrt, tmp_path):
     changed = [i for i in range(len(after)) if after[i] != before[i]]
     assert changed and min(changed) >= row_bytes and max(changed) < 2 * row_bytes
     device.close()
+
+
+def test_staging_leaves_only_start_and_wait_to_the_run(xrt, tmp_path):
+    device = NpuDevice()
+    spec = toy_spec()
+    elf = loaded(device, tmp_path, spec)
+    buffers = bind(device, spec)
+    device.stage(elf, spec, buffers)
+    assert [call[0] for call in xrt.calls].count("set_arg") == len(spec.args)
+    xrt.calls.clear()
+    device.run(elf, spec, buffers)
+    kernel = f"main:{sequence_name(spec)}"
+    assert xrt.calls == [("start", kernel), ("wait2", kernel)]
+    device.close()

@@ -71,6 +71,10 @@ class Device(ABC):
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> Any:
         """Make an ELF artifact ready to run; returns the device's handle for it."""
 
+    def stage(self, elf: Any, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:  # noqa: B027
+        """Get a call ready to start (bind the arguments, acquire a context), so that
+        `run` times only the device's execution. Optional: `run` stages if needed."""
+
     @abstractmethod
     def run(self, elf: Any, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
         """Run all launches of a loaded ELF on buffers bound by argument name."""
