@@ -192,6 +192,9 @@ def _is_intact(unpacked: Path) -> bool:
 def _install(staging: Path, final: Path) -> None:
     """Rename the checked copy into place; a damaged old copy is moved aside first,
     and a copy another process installed meanwhile is kept (same archive, same bytes)."""
+    if final.exists() and _is_intact(final):  # another process was quicker
+        shutil.rmtree(staging)
+        return
     if final.exists():
         trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=final.parent))
         final.rename(trash / final.name)
