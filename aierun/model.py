@@ -262,6 +262,6 @@ def resolve_model(model: str | None, models_dir: Path) -> Path:
         return Path(snapshot_download(model, local_files_only=True))
     except Exception as exc:  # the hub client raises several types for "not cached"
         raise UserError(
-            f"--model {model!r} is neither a checkpoint directory nor a model id in the "
+            f"model {model!r} is neither a checkpoint directory nor a model id in the "
             "local Hugging Face cache (this runtime never downloads)."
         ) from exc
