@@ -1,0 +1,44 @@
+"""What a user sees for input they can fix: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aierun import cli
+
+
+@pytest.fixture
+def run(model_dir, emu_manifest, capsys):
+    def run(*flags: str) -> str:
+        argv = ["run", "--model", str(model_dir), "--artifacts", str(emu_manifest.parent)]
+        assert cli.main([*argv, *flags]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        return captured.err
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--seq-len", "100"), r"not a compiled prefill bucket .* buckets=64,100,128"),
+        (("--prompt", "word " * 300), r"largest compiled prefill bucket holds 128"),
+        (("--device", "gpu"), r"unknown device 'gpu'"),
+        (("--temperature", "-1"), r"--temperature must be >= 0"),
+        (("--top-p", "0"), r"--top-p in \(0, 1\]"),
+        (("--n-tokens", "0"), r"--n-tokens must be at least 1"),
+    ],
+)
+def test_bad_run_flags_are_refused_with_what_to_do(run, flags, message):
+    assert re.search(message, run(*flags))
+
+
+def test_missing_model_and_artifacts_are_named(tmp_path, emu_manifest, capsys):
+    argv = ["run", "--model", str(tmp_path / "nowhere"), "--artifacts", str(emu_manifest.parent)]
+    assert cli.main(argv) == 2
+    assert "is neither a checkpoint directory" in capsys.readouterr().err
+    assert cli.main(["run", "--artifacts", str(tmp_path)]) == 2
+    assert "no compiled artifacts for target emu" in capsys.readouterr().err
