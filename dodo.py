@@ -55,7 +55,10 @@ def task_compile():
     yield from tasks.compile_tasks(CONFIG)
 
 
-def _runtime_task(command: str, params: list[dict], doc: str) -> dict:
+def _runtime_task(command: str) -> dict:
+    """`aierun <command>` as a doit task, taking the same options as parameters."""
+    params = cli.doit_params(command)
+
     def action(**values):
         argv = [command, *cli.flags_from_params(values, params)]
         if CONFIG.model:
@@ -69,32 +72,27 @@ def _runtime_task(command: str, params: list[dict], doc: str) -> dict:
         "task_dep": ["compile"],
         "uptodate": [False],
         "verbosity": 2,
-        "doc": doc,
     }
 
 
 def task_generate():
     """Generate text for --prompt, streamed to stdout (`doit run` and plain `doit` do this)."""
-    return _runtime_task("run", cli.doit_params("run"), "generate text for --prompt")
+    return _runtime_task("run")
 
 
 def task_profile():
     """Run once, print the per-step profile report; JSON, trace and HTML go to build/profiles/."""
-    return _runtime_task(
-        "profile", cli.doit_params("profile"), "per-step profile report (+ build/profiles/*)"
-    )
+    return _runtime_task("profile")
 
 
 def task_verify():
     """Top-k gate of our greedy tokens against Hugging Face transformers (fails on FAIL)."""
-    return _runtime_task("verify", cli.doit_params("verify"), "top-k gate against transformers")
+    return _runtime_task("verify")
 
 
 def task_diagnosis():
     """Per-layer hidden-state comparison against transformers; names the first bad layer."""
-    return _runtime_task(
-        "diagnosis", cli.doit_params("diagnosis"), "per-layer comparison against transformers"
-    )
+    return _runtime_task("diagnosis")
 
 
 def task_pack():
