@@ -63,7 +63,10 @@ def _runtime_task(command: str) -> dict:
         argv = [command, *cli.flags_from_params(values, params)]
         if CONFIG.model:
             argv += ["--model", CONFIG.model]
-        code = cli.main(argv)  # it has printed what went wrong
+        try:
+            code = cli.main(argv)  # it has printed what went wrong
+        except SystemExit as exit_:  # a flag argparse refused (usage printed)
+            code = exit_.code
         return TaskFailed(f"aierun {command} exited with {code}") if code else None
 
     return {

@@ -37,9 +37,17 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
 
+def positive_int(text: str) -> int:
+    """An option value of 1 or more (checked before anything is loaded)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 RUN_OPTIONS = (
     Option("prompt", str, DEFAULT_PROMPT, "the user prompt (through the chat template, if any)"),
-    Option("n_tokens", int, 32, "most tokens to generate (stops earlier at end-of-turn / EOS)"),
+    Option("n_tokens", positive_int, 32, "most tokens to generate (stops earlier at EOS)"),
     Option("device", str, "emu", "emu (numpy emulation, any machine) or npu (XRT, Ryzen AI NPU2)"),
     Option("artifacts", str, None, "a build directory, an unpacked bundle or a bundle archive "
            "(default: $AIERUN_HOME/targets/<target>)"),
@@ -59,8 +67,8 @@ REFERENCE_DTYPE = Option(
 )  # fmt: skip
 VERIFY_OPTIONS = (
     Option("prompts", str, None, "a file with one prompt per line (default: the built-in set)"),
-    Option("n_tokens", int, 32, "greedy tokens to generate and check per prompt"),
-    Option("k", int, 5, "each of our tokens must be within the reference's top-k"),
+    Option("n_tokens", positive_int, 32, "greedy tokens to generate and check per prompt"),
+    Option("k", positive_int, 5, "each of our tokens must be within the reference's top-k"),
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
     Option("json", str, None, "write the verify result here"),
@@ -96,10 +104,16 @@ def _options(command: str) -> tuple[Option, ...]:
 
 def doit_params(command: str) -> list[dict[str, Any]]:
     """The command's flags as doit task parameters (`doit run --prompt ...`)."""
+    # doit cannot report a failed conversion without a traceback: it gets plain int,
+    # and the range is checked when `main` parses the flags.
+    doit_type = {positive_int: int}
     return [
-        {"name": o.name, "long": o.flag[2:], "type": o.type, "default": o.default, "help": o.help}
+        {
+            "name": o.name, "long": o.flag[2:], "type": doit_type.get(o.type, o.type),
+            "default": o.default, "help": o.help,
+        }
         for o in _options(command)
-    ]
+    ]  # fmt: skip
 
 
 def flags_from_params(values: dict[str, Any], params: list[dict[str, Any]]) -> list[str]:

@@ -29,11 +29,17 @@ def run(model_dir, emu_manifest, capsys):
         (("--device", "gpu"), r"unknown device 'gpu'"),
         (("--temperature", "-1"), r"--temperature must be >= 0"),
         (("--top-p", "0"), r"--top-p in \(0, 1\]"),
-        (("--n-tokens", "0"), r"--n-tokens must be at least 1"),
     ],
 )
 def test_bad_run_flags_are_refused_with_what_to_do(run, flags, message):
     assert re.search(message, run(*flags))
+
+
+def test_a_count_below_one_is_refused_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--n-tokens", "0"])
+    assert exit_info.value.code == 2
+    assert "--n-tokens: must be at least 1" in capsys.readouterr().err
 
 
 def test_missing_model_and_artifacts_are_named(tmp_path, emu_manifest, capsys):
