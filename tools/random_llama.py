@@ -80,7 +80,16 @@ def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> torch.Tenso
 
 
 def write_checkpoint(out: Path, config: dict, seed: int = 0) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write into a sibling staging directory, renamed into place when complete."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _write(staging, config, seed)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+def _write(out: Path, config: dict, seed: int) -> None:
+    out.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     shapes = tensor_shapes(config)
     tensors = {name: random_bf16(rng, shape) for name, shape in tqdm(shapes.items(), "weights")}
