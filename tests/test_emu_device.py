@@ -30,7 +30,7 @@ def test_weight_buffer_never_written_fails_loudly():
     manager = BufferManager(device, weights)  # no preload: the weight is never written
     buffers, _ = manager.bind(spec, 0, {"x": np.ones((2, 4), BF16)})
     with pytest.raises(DeviceError, match=r"reads 'w' \(weight"):
-        device.run(spec, spec, buffers)
+        device.run(device.load(spec, {}), spec, buffers)
 
 
 def test_preloaded_weights_compute_and_round_to_bf16():
@@ -39,7 +39,7 @@ def test_preloaded_weights_compute_and_round_to_bf16():
     manager.preload(spec, range(2))
     x = np.full((2, 4), 1.0 + 2**-7, BF16)  # 4 * 0.5 * (1 + 2^-7) needs rounding in bf16
     buffers, written = manager.bind(spec, 1, {"x": x})
-    device.run(spec, spec, buffers)
+    device.run(device.load(spec, {}), spec, buffers)
     assert written == x.nbytes
     exact = 4 * 0.5 * (1 + 2**-7)
     assert buffers["y"].read().dtype == BF16

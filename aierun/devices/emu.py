@@ -13,6 +13,7 @@ units' summation order; numpy's exp, division and BLAS order stand in for them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,35 +75,80 @@ class EmuDevice(Device):
     def alloc(self, spec: ArgSpec, label: str) -> EmuBuffer:
         return EmuBuffer(spec, label)
 
-    def load(self, spec: ElfSpec, files: dict[str, Any]) -> ElfSpec:
+    def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
         unknown = {launch.op for launch in spec.launches} - set(OPS)
         if unknown:
             raise DeviceError(f"{spec.instance}: the emulator has no op {sorted(unknown)}")
-        return spec
+        return EmuElf.of(spec)
 
-    def run(self, elf: ElfSpec, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
+    def run(self, elf: EmuElf, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
         produced: set[str] = set()
-        for number, launch in enumerate(spec.launches):
-            operands = [self._operand(spec, buffers, b, produced, number) for b in launch.inputs]
+        for number, launch in enumerate(elf.launches):
+            operands = [
+                self._operand(spec, buffers, operand, produced, number) for operand in launch.inputs
+            ]
             results = OPS[launch.op](launch.params, *operands)
-            for binding, values in zip(launch.outputs, results, strict=True):
-                name, index = parse_binding(binding)
+            for (name, index), values in zip(launch.outputs, results, strict=True):
                 buffers[name].store(index, values)  # type: ignore[attr-defined]
                 produced.add(name)
 
     @staticmethod
     def _operand(
-        spec: ElfSpec, buffers: dict[str, Buffer], binding: str, produced: set[str], number: int
+        spec: ElfSpec,
+        buffers: dict[str, Buffer],
+        operand: Operand,
+        produced: set[str],
+        number: int,
     ) -> np.ndarray:
-        name, index = parse_binding(binding)
-        buffer = buffers[name]
-        role = spec.arg(name).role  # the consumer's role: a bound handle may be an output
-        host_filled = role in HOST_WRITTEN
-        if (host_filled and not buffer.written) or (not host_filled and name not in produced):
+        buffer = buffers[operand.name]
+        written = buffer.written if operand.host_filled else operand.name in produced
+        if not written:
             raise DeviceError(
                 f"{spec.instance} launch {number} ({spec.launches[number].op}) reads "
-                f"{name!r} ({role}, buffer {buffer.label}) which nothing has "
-                "written: the NPU would compute on stale memory here."
+                f"{operand.name!r} ({spec.arg(operand.name).role}, buffer {buffer.label}) "
+                "which nothing has written: the NPU would compute on stale memory here."
             )
         values = buffer.as_f32()  # type: ignore[attr-defined]
-        return values if index is None else values[index]
+        return values if operand.index is None else values[operand.index]
+
+
+@dataclass(frozen=True)
+class Operand:
+    name: str
+    index: int | None  # a slice of the argument's leading axis, or all of it
+    # Filled by the host (weight / const / input), as the consumer's ABI says: a
+    # bound handle may be another ELF's output.
+    host_filled: bool
+
+
+@dataclass(frozen=True)
+class EmuLaunch:
+    op: str
+    params: dict[str, Any]
+    inputs: tuple[Operand, ...]
+    outputs: tuple[tuple[str, int | None], ...]
+
+
+@dataclass(frozen=True)
+class EmuElf:
+    """A launch plan with its bindings parsed once at load, not on every call."""
+
+    launches: tuple[EmuLaunch, ...]
+
+    @classmethod
+    def of(cls, spec: ElfSpec) -> EmuElf:
+        def operand(binding: str) -> Operand:
+            name, index = parse_binding(binding)
+            return Operand(name, index, spec.arg(name).role in HOST_WRITTEN)
+
+        return cls(
+            tuple(
+                EmuLaunch(
+                    launch.op,
+                    launch.params,
+                    tuple(operand(b) for b in launch.inputs),
+                    tuple(parse_binding(b) for b in launch.outputs),
+                )
+                for launch in spec.launches
+            )
+        )
