@@ -27,9 +27,9 @@ from aierun.artifacts import (
     ArtifactSet,
     verify_entry,
 )
-from aierun.bundle import BUNDLE_META, ENTRIES, SUMS, digest_bytes, sums_text
+from aierun.bundle import BUNDLE_META, ENTRIES, SUMS, sums_text
 from aierun.errors import UserError
-from aierun.files import sha256_file
+from aierun.files import sha256_file, sha256_text
 
 log = structlog.get_logger("aiebuild.bundle")
 
@@ -49,7 +49,7 @@ def pack(home: Path, target: str, out_path: Path) -> Path:
     files = _entry_files(artifacts)
     documents = _documents(artifacts, target)
     digests = {name: sha256_file(path) for name, path in files.items()}
-    digests |= {name: digest_bytes(data) for name, data in documents.items()}
+    digests |= {name: sha256_text(data) for name, data in documents.items()}
     _write_archive(out_path, {SUMS: sums_text(digests).encode(), **documents}, files)
     size = out_path.stat().st_size
     log.info("bundle.packed", path=str(out_path), target=target, files=len(digests), bytes=size)

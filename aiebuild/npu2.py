@@ -24,7 +24,6 @@ another process published first is taken as is.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import shutil
@@ -49,7 +48,7 @@ from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import ENTRY_META, PLAN
 from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
-from aierun.files import sha256_file, write_json_atomic
+from aierun.files import sha256_file, sha256_text, write_json_atomic
 
 log = structlog.get_logger("aiebuild.npu2")
 
@@ -149,12 +148,12 @@ class Npu2Target:
         }
         hashes = {label: sha256_file(path) for label, path in files.items()}
         rules = "".join(inspect.getsource(f) for f in (kernel_arg_order, sequence_name))
-        hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = _sha256(rules)
+        hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = sha256_text(rules)
         flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": PAD_ODD_CONFIGURES}
-        hashes["aiebuild/npu2.py:flags"] = _sha256(canonical_json(flags))
+        hashes["aiebuild/npu2.py:flags"] = sha256_text(canonical_json(flags))
         # The -D parameters the designs derive (from their constants and the specs').
         objects = [[o.source.name, *o.flags()] for o in self.kernel_objects(spec)]
-        hashes["kernel objects"] = _sha256(canonical_json(objects))
+        hashes["kernel objects"] = sha256_text(canonical_json(objects))
         return hashes
 
     def build(self, spec: ElfSpec, key: str, store: Store) -> Path:
@@ -196,7 +195,7 @@ class Npu2Target:
             "flags": [*PEANO_FLAGS, *obj.flags()],
             "toolchain": self.fingerprint(),
         }
-        return _sha256(canonical_json(payload))
+        return sha256_text(canonical_json(payload))
 
     def object_is_valid(self, obj: KernelObject) -> bool:
         return self.objects.path(self.object_key(obj), obj) is not None
@@ -321,7 +320,3 @@ def collect_objects(home: Path, kept_entries: Iterable[Path], grace_s: float = 0
                 removed.append(path.name)
     log.info("objects.gc", removed=len(removed), kept=len(keep))
     return removed
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

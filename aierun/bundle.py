@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -74,10 +73,6 @@ def open_bundle(archive: Path, cache_dir: Path, targets: tuple[str, ...] | None 
 def sums_text(digests: dict[str, str]) -> str:
     """SHA256SUMS content for {name: sha256}, readable by `sha256sum -c` too."""
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items()))
-
-
-def digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def parse_sums(text: str, archive: Path) -> dict[str, str]:

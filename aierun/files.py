@@ -19,6 +19,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_text(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` through a temporary file in the same directory, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
