@@ -237,7 +237,7 @@ class Npu2Target:
         children = []
         for number, launch in enumerate(spec.launches):
             device = f"l{number}_{launch.op}"
-            text = designs.op_design(launch.op).design(launch, designs.launch_args(spec, launch))
+            text = designs.mlir(spec, launch)
             (work / f"{device}.mlir").write_text(text)  # kept for inspection on failure
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
         # The runtime's rule for the kernel name and argument order (aierun.devices.npu).

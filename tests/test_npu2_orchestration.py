@@ -48,17 +48,35 @@ def _forget_iron() -> None:
     importlib.invalidate_caches()
 
 
+def install_program(source: Path, target: Path) -> None:
+    """A stand-in program run by this interpreter (it imports the project's dependencies)."""
+    _, body = source.read_text().split("\n", 1)
+    target.write_text(f"#!{sys.executable}\n{body}")
+    target.chmod(0o755)
+
+
+def set_wheel_version(install: Path, version: str) -> None:
+    """The metadata of the mlir_aie wheel that `install` (its `mlir_aie` directory) is."""
+    for old in install.parent.glob("mlir_aie*.dist-info"):
+        shutil.rmtree(old)
+    info = install.parent / f"mlir_aie-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mlir_aie\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("mlir_aie\n")
+
+
 @pytest.fixture
 def standins(tmp_path, monkeypatch):
-    """A fake mlir-aie install and Peano, the stand-in aie.iron on sys.path, a copy of
-    kernels_src, a fresh runtime home."""
-    peano, install = tmp_path / "peano", tmp_path / "mlir-aie"
+    """A fake mlir-aie wheel install (site-packages/mlir_aie and its 1.4.0 metadata) and
+    Peano, the stand-in aie.iron on sys.path, a copy of kernels_src, a fresh runtime home."""
+    peano, install = tmp_path / "peano", tmp_path / "site-packages" / "mlir_aie"
     (peano / "bin").mkdir(parents=True)
     (install / "bin").mkdir(parents=True)
     (install / "include" / "aie_api").mkdir(parents=True)
     (install / "include" / "aie_api" / "aie.hpp").write_text("// stand-in\n")
-    shutil.copy(TESTS / "standins" / "clang++", peano / "bin" / "clang++")
-    shutil.copy(TESTS / "standins" / "aiecc", install / "bin" / "aiecc")
+    install_program(TESTS / "standins" / "clang++", peano / "bin" / "clang++")
+    install_program(TESTS / "standins" / "aiecc", install / "bin" / "aiecc")
+    set_wheel_version(install, "1.4.0")
     _forget_iron()
     monkeypatch.syspath_prepend(str(IRON_STANDIN))
     kernels = tmp_path / "kernels_src"
@@ -97,7 +115,7 @@ def users(builds, op: str) -> list:
 def test_discovery_finds_the_standin_toolchain(standins):
     found = toolchain.discover()
     assert found.usable, found.reason
-    assert found.mlir_aie_version == "1.4.0"  # asked from the install's own aiecc
+    assert found.mlir_aie_version == "1.4.0"  # the install's wheel metadata: aiecc has none
     assert found.peano_version == "19.0.0"  # `clang++ --version`, not a placeholder
     assert found.clang == standins["peano"] / "bin" / "clang++"
     assert found.include == standins["install"] / "include"
@@ -115,14 +133,12 @@ def test_auto_target_is_npu2_with_a_toolchain_and_emu_without(standins, monkeypa
 
 
 def test_an_old_or_incomplete_toolchain_is_refused_with_the_fix(standins, monkeypatch):
-    monkeypatch.setenv("STANDIN_AIECC_VERSION", "1.3.2")
+    set_wheel_version(standins["install"], "1.3.2")
     old = toolchain.discover()
     assert not old.usable
     assert "mlir-aie 1.3.2 is not supported" in old.reason and "target=emu" in old.reason
-    # An upgrade changes the aiecc binary, which invalidates its cached version probe.
-    monkeypatch.setenv("STANDIN_AIECC_VERSION", "1.4.1")
-    aiecc = standins["install"] / "bin" / "aiecc"
-    aiecc.write_text(aiecc.read_text() + "\n# upgraded\n")
+    set_wheel_version(standins["install"], "1.4.1")
+    assert toolchain.discover().usable
     (standins["peano"] / "bin" / "clang++").unlink()
     no_peano = toolchain.discover()
     assert not no_peano.usable and "no Peano" in no_peano.reason
@@ -167,8 +183,7 @@ def test_every_launch_fits_a_core_and_resolves_with_bounded_dma_tasks(standins, 
     # and at most 16 DMA tasks live (it raises otherwise); no unrolled core loops.
     for spec in model_specs(shape, (2048,)):
         for launch in spec.launches:
-            args = designs.launch_args(spec, launch)
-            text = designs.op_design(launch.op).design(launch, args)
+            text = designs.mlir(spec, launch)
             assert text.count("func.call") <= 4, f"{spec.instance} {launch.op} is unrolled"
 
 

@@ -5,8 +5,9 @@ Per op the structure is the same everywhere in the project:
 C++ kernel), `aiebuild/designs/<module>.py` (the IRON 1.4 design that places the
 kernel and moves the data) and their tests.
 
-A design is `design(launch, arg_specs) -> str`: the MLIR text of one launch, whose
-runtime sequence takes the launch's inputs then outputs (`arg_specs`: whole ELF
+A design is `design(launch, arg_specs) -> Program`: the IRON program of one launch
+(unresolved), built with the API `common.iron()` hands out, whose runtime sequence
+takes the launch's inputs then outputs (`arg_specs`: whole ELF
 arguments, even for a slice binding such as `w_lm[3]`, whose offset the design
 applies in its DMA access pattern, `common.slice_offset`). It links the kernel
 object named by `kernel_object(spec, launch).name`. Its `core_buffers(launch,
@@ -25,13 +26,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from aiebuild import iron_model
 from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
 from aiebuild.designs.common import CoreBuffer, KernelObject, core_memory_problem
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
 from aierun.errors import UserError
 
-Design = Callable[[Launch, list[ArgSpec]], str]
+PACKAGE = Path(__file__).resolve().parents[1]  # aiebuild/
+
+Design = Callable[[Launch, list[ArgSpec]], Any]
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,24 @@ def check_launch(spec: ElfSpec, launch: Launch) -> None:
     )
 
 
+def record(spec: ElfSpec, launch: Launch) -> iron_model.Program:
+    """The launch's program as the recorded model of IRON captures it."""
+    with iron_model.recording():
+        return op_design(launch.op).design(launch, launch_args(spec, launch))
+
+
+def mlir(spec: ElfSpec, launch: Launch) -> str:
+    """The launch's MLIR, from its design run against the real `aie.iron`."""
+    program = op_design(launch.op).design(launch, launch_args(spec, launch))
+    return str(program.resolve_program())
+
+
 def design_sources(spec: ElfSpec) -> dict[str, Path]:
     """Every file whose bytes decide this ELF's MLIR and objects, by a label that does
     not depend on where the checkout lives."""
-    files = {Path(__file__), Path(common.__file__)}
+    files = {Path(__file__), Path(common.__file__), Path(iron_model.__file__)}
     files |= {op_design(launch.op).module for launch in spec.launches}
-    labelled = {f"aiebuild/designs/{f.name}": f for f in files}
+    labelled = {f"aiebuild/{f.relative_to(PACKAGE).as_posix()}": f for f in files}
     kernels = {kernel_object(spec, launch).source for launch in spec.launches}
     kernels |= set(common.KERNELS_SRC.glob("*.h"))
     return labelled | {f"kernels_src/{f.name}": f for f in kernels}

@@ -8,10 +8,12 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from aiebuild import iron_model
 from aierun.abi import ArgSpec, Launch, parse_binding
 from aierun.errors import UserError
 
@@ -111,17 +113,31 @@ def slice_offset(launch: Launch, args: list[ArgSpec], position: int) -> int:
     return (index or 0) * math.prod(args[position].shape[1:])
 
 
-def iron():
-    """The `aie.iron` module of mlir-aie >= 1.4, imported only when a design runs."""
+def iron() -> SimpleNamespace:
+    """The IRON API a design builds with: inside `iron_model.recording()` the recorded
+    model (for the rules check, the simulator and the time model), else the real
+    `aie.iron` of mlir-aie >= 1.4, imported only when a design runs for MLIR."""
+    if iron_model.active():
+        return iron_model.API
     try:
         import aie.iron
+        from aie.helpers.taplib import TensorAccessPattern
+        from aie.iron.controlflow import range_
+        from aie.iron.device import NPU2, Tile
     except ImportError as exc:
         raise UserError(
             "building for npu2 needs the mlir-aie Python package (aie.iron, >= 1.4), which "
             f"is not importable here ({exc}). Install the mlir_aie wheel or build with "
             "`doit compile target=emu`."
         ) from exc
-    return aie.iron
+    names = ("ObjectFifo", "Buffer", "Kernel", "Worker", "Runtime", "TaskGroup", "Program")
+    return SimpleNamespace(
+        **{name: getattr(aie.iron, name) for name in names},
+        range_=range_,
+        TensorAccessPattern=TensorAccessPattern,
+        Tile=Tile,
+        NPU2=NPU2,
+    )
 
 
 def tensor(shape: tuple[int, ...] | int, dtype: np.dtype) -> type:
@@ -134,12 +150,11 @@ def host_types(args: list[ArgSpec]) -> list[type]:
     return [tensor(a.shape, a.np_dtype) for a in args]
 
 
-def resolve(runtime: Any, workers: list[Any]) -> str:
-    """MLIR text of a one-launch program on the whole NPU2 array (8 columns)."""
-    from aie.iron.device import NPU2
-
-    program = iron().Program(NPU2(), runtime, workers=workers)
-    return str(program.resolve_program())
+def program(runtime: Any, workers: list[Any]) -> Any:
+    """A one-launch program on the whole NPU2 array (8 columns), unresolved: the
+    recorded model's Program is the record itself, the real one resolves to MLIR."""
+    lib = iron()
+    return lib.Program(lib.NPU2(), runtime, workers=workers)
 
 
 def tiles(extent: int, tile: int, what: str) -> int:
@@ -150,9 +165,7 @@ def tiles(extent: int, tile: int, what: str) -> int:
 
 def tap(dims: tuple[int, ...], offset: int, sizes: list[int], strides: list[int]) -> Any:
     """A shim DMA access pattern over a host buffer (at most 4 dimensions)."""
-    from aie.helpers.taplib import TensorAccessPattern
-
-    return TensorAccessPattern(dims, offset, sizes, strides)
+    return iron().TensorAccessPattern(dims, offset, sizes, strides)
 
 
 def stream_program(
@@ -160,7 +173,7 @@ def stream_program(
     fills: list[tuple[Any, list[Any] | None]],
     drains: list[tuple[Any, list[Any] | None]],
     workers: list[Any],
-) -> str:
+) -> Any:
     """The usual runtime sequence: fill each input's producer handle from its host
     buffer and drain each output's consumer handle into its host buffer.
     `fills` / `drains` pair a handle with its access patterns, in the order of the
@@ -187,7 +200,7 @@ def stream_program(
             group.finish()
 
     handles = [handle for handle, _ in transfers]
-    return resolve(lib.Runtime(sequence, [*host_types(args), *handles]), workers)
+    return program(lib.Runtime(sequence, [*host_types(args), *handles]), workers)
 
 
 def _phase_count(patterns: list[list[Any] | None]) -> int:
@@ -202,7 +215,7 @@ def streaming_core(steps: int):
     """A worker body for kernels that consume one buffer of every input fifo and
     produce one output buffer per call, `steps` times (worker args: the fifo
     handles in kernel-argument order, then the kernel)."""
-    from aie.iron.controlflow import range_
+    range_ = iron().range_
 
     def core(*handles):
         *fifos, kernel_fn = handles

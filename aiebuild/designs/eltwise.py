@@ -5,6 +5,7 @@ through one core in chunks."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from aiebuild.designs.common import (
     CoreBuffer,
@@ -49,7 +50,7 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def _binary(launch: Launch, args: list[ArgSpec], name: str) -> str:
+def _binary(launch: Launch, args: list[ArgSpec], name: str) -> Any:
     lib = iron()
     buffers = core_buffers(launch, args)
     a_in, b_in, out = (buf.make(lib) for buf in buffers)
@@ -62,9 +63,9 @@ def _binary(launch: Launch, args: list[ArgSpec], name: str) -> str:
     return stream_program(args, fills, [(out.cons(), None)], [worker])
 
 
-def design_add(launch: Launch, args: list[ArgSpec]) -> str:
+def design_add(launch: Launch, args: list[ArgSpec]) -> Any:
     return _binary(launch, args, "add")
 
 
-def design_silu_mul(launch: Launch, args: list[ArgSpec]) -> str:
+def design_silu_mul(launch: Launch, args: list[ArgSpec]) -> Any:
     return _binary(launch, args, "silu_mul")

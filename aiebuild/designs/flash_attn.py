@@ -17,6 +17,8 @@ Core memory at BLOCK = 32, head_dim 64: q, k, v, o 2 x 4 KiB each, state 8.3 KiB
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from aiebuild.designs.common import (
@@ -52,9 +54,9 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def design(launch: Launch, args: list[ArgSpec]) -> str:
+def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    from aie.iron.controlflow import range_
+    range_ = lib.range_
 
     p = launch.params
     s, heads, kv_heads, dim = p["S"], p["heads"], p["kv_heads"], p["head_dim"]

@@ -12,6 +12,8 @@ Core memory at TM = 32: x 2 x 4 KiB, w 2 x 8 KiB, y 2 x 4 KiB, acc 8 KiB = 40 Ki
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from aiebuild.designs.common import (
@@ -50,9 +52,9 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def design(launch: Launch, args: list[ArgSpec]) -> str:
+def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    from aie.iron.controlflow import range_
+    range_ = lib.range_
 
     m, k, n = launch.params["M"], launch.params["K"], launch.params["N"]
     tm = tile_m(launch)

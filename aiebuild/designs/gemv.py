@@ -11,6 +11,8 @@ takes the whole host argument and the access patterns start at the slice."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from aiebuild.designs.common import (
@@ -51,9 +53,9 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def design(launch: Launch, args: list[ArgSpec]) -> str:
+def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    from aie.iron.controlflow import range_
+    range_ = lib.range_
 
     _, w, y = args
     k, n = launch.params["K"], launch.params["N"]

@@ -4,6 +4,8 @@ launch, the normalized rows leave as bf16 GEMM operands."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiebuild.designs.common import (
     CoreBuffer,
     KernelObject,
@@ -34,9 +36,9 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def design(launch: Launch, args: list[ArgSpec]) -> str:
+def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    from aie.iron.controlflow import range_
+    range_ = lib.range_
 
     rows = launch.params["rows"]
     buffers = core_buffers(launch, args)

@@ -3,6 +3,8 @@ and that position's table row (cos | sin) per kernel call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiebuild.designs.common import (
     CoreBuffer,
     KernelObject,
@@ -34,7 +36,7 @@ def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
     ]
 
 
-def design(launch: Launch, args: list[ArgSpec]) -> str:
+def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     buffers = core_buffers(launch, args)
     x_in, t_in, y_out = (buf.make(lib) for buf in buffers)
