@@ -1,4 +1,4 @@
-"""doit tasks: `doit compile|generate|profile|verify|diagnosis|model|pack|unpack|cache`.
+"""doit tasks: `doit compile|generate|profile|verify|diagnosis|model|pack|unpack|cache|bench`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
@@ -8,9 +8,11 @@ parameters (`doit generate --prompt "..." --n-tokens 30`).
 """
 
 import os
+import sys
 from pathlib import Path
 
 from doit import create_after, get_var
+from doit.action import CmdAction
 from doit.exceptions import TaskFailed
 
 ROOT = Path(__file__).resolve().parent
@@ -124,6 +126,17 @@ def task_cache():
     """List the artifact store per target; `doit cache gc=1` first removes unused entries."""
     return {
         "actions": [tasks.failing_cleanly(cache.command, BUILD, get_var("gc", "0"))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_bench():
+    """Host ops vs the seed's way and emu vs transformers at Llama-3.2-1B shapes
+    (`doit bench parts=host,layers,engines`); JSON under build/bench/."""
+    command = [sys.executable, "-m", "tools.bench", "--parts", get_var("parts", "all")]
+    return {
+        "actions": [CmdAction(command, cwd=ROOT, shell=False)],
         "uptodate": [False],
         "verbosity": 2,
     }
