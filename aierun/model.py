@@ -114,6 +114,8 @@ def rope_table(shape: ModelShape, n_positions: int) -> np.ndarray:
     return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
 
 
+# A fast tokenizer (tokenizer.json) or a SentencePiece model: one of them is needed.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _TIED = {
     "model.embed_tokens.weight": "lm_head.weight",
     "lm_head.weight": "model.embed_tokens.weight",
@@ -131,25 +133,59 @@ class _TensorEntry:
     shape: tuple[int, ...]
 
 
+# The safetensors format caps its JSON header at 100 MB; a larger length is damage.
+MAX_HEADER_BYTES = 100_000_000
+DAMAGED = "the file is damaged or not safetensors: copy or convert the checkpoint again"
+
+
 def _safetensors_entries(file: Path) -> dict[str, _TensorEntry]:
+    size = file.stat().st_size
     with file.open("rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_len))
-    header.pop("__metadata__", None)
-    unsupported = {e["dtype"] for e in header.values()} - set(_SAFETENSORS_DTYPES)
+        prefix = handle.read(8)
+        header_len = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or header_len > min(size - 8, MAX_HEADER_BYTES):
+            raise UserError(
+                f"{file}: its header length ({header_len} bytes) does not fit the file "
+                f"({size} bytes); {DAMAGED}."
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+            header.pop("__metadata__", None)
+            fields = {
+                name: (e["dtype"], tuple(int(d) for d in e["shape"]), *map(int, e["data_offsets"]))
+                for name, e in header.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{file}: its header is not valid ({exc!r}); {DAMAGED}.") from None
+    unsupported = {dtype for dtype, *_ in fields.values()} - set(_SAFETENSORS_DTYPES)
     if unsupported:
         raise UserError(f"{file} stores tensors as {sorted(unsupported)}; expected BF16/F16/F32.")
+    data_bytes = size - 8 - header_len
     entries = {}
-    for name, entry in header.items():
-        dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
-        begin, end = entry["data_offsets"]
+    for name, (dtype_name, shape, begin, end) in fields.items():
+        dtype = _SAFETENSORS_DTYPES[dtype_name]
         if end - begin != int(np.prod(shape)) * dtype.itemsize:
             raise UserError(
                 f"{file}: tensor {name} claims shape {list(shape)} but holds {end - begin} "
                 "bytes; the file is damaged."
             )
+        if not 0 <= begin <= end <= data_bytes:
+            raise UserError(
+                f"{file}: tensor {name} lies at bytes {begin}..{end} of a {data_bytes}-byte "
+                f"data section (the file is truncated?); {DAMAGED}."
+            )
         entries[name] = _TensorEntry(file, 8 + header_len + begin, dtype, shape)
     return entries
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{file} is not valid JSON ({exc}): fix it or copy it again.") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{file} is not a JSON object: it is not a Hugging Face config.")
+    return config
 
 
 class Checkpoint:
@@ -163,8 +199,14 @@ class Checkpoint:
                 f"{self.path} is not a Hugging Face checkpoint directory (no config.json). "
                 "Pass --model DIR with config.json, *.safetensors and tokenizer.json."
             )
-        self.config = json.loads(config_file.read_text())
-        self.shape = ModelShape.from_config(self.config)
+        self.config = _read_config(config_file)
+        try:
+            self.shape = ModelShape.from_config(self.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
+                "it is not a complete Llama-family config."
+            ) from None
         self._index = self._index_tensors()
         self._tokenizer = None
 
@@ -198,14 +240,26 @@ class Checkpoint:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self._tokenizer = _load_tokenizer(self.path)
         return self._tokenizer
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def nonfinite_output_error(self) -> UserError:
+        """Why the model computed NaN or infinite logits, naming the weight tensor that
+        holds them (a full scan: only after the fact, never on every load)."""
+        for name in self._index:
+            if not np.isfinite(self.tensor(name).astype(np.float32)).all():
+                return UserError(
+                    f"the model computed NaN/infinite logits: tensor {name!r} in {self.path} "
+                    "holds NaN or infinity. The checkpoint is damaged: convert or copy it again."
+                )
+        return UserError(
+            f"the model computed NaN/infinite logits although every weight in {self.path} is "
+            "finite (the activations overflowed): this checkpoint cannot run in bf16."
+        )
 
     def stop_token_ids(self) -> set[int]:
         """EOS ids from the config, the generation config and the tokenizer."""
@@ -243,6 +297,25 @@ class Checkpoint:
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
         )
+
+
+def _load_tokenizer(path: Path):
+    """The checkpoint's tokenizer; transformers' many ways of failing on missing or
+    broken tokenizer files become one message naming the directory."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the tokenizer "
+            "files of the model into it."
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers and tokenizers raise many types for bad files
+        raise UserError(
+            f"the tokenizer in {path} cannot be loaded ({type(exc).__name__}: {exc}): copy "
+            "the model's tokenizer files (tokenizer.json, tokenizer_config.json) again."
+        ) from None
 
 
 def resolve_model(model: str | None, models_dir: Path) -> Path:

@@ -333,6 +333,8 @@ class Session:
         if on_logits is not None:
             on_logits(logits)
         with self.profiler.cpu("sample"):
+            if not np.isfinite(logits).all():  # argmax of NaNs would be a silent token 0
+                raise self.checkpoint.nonfinite_output_error()
             return sample(logits, sampling, rng)
 
     def close(self) -> None:
