@@ -13,9 +13,12 @@
 //     and may differ from IEEE in the last bit. Not emulated (numpy's IEEE products).
 // (S) vector reductions accumulate per lane, then halve the lanes pairwise. Not
 //     emulated: numpy's summation order differs in the last bits.
-// (L) exp and reciprocal come from lookup tables (exp in 1/256 steps, reciprocal
-//     within ~0.4%): softmax and SiLU are not libm's. Not emulated: aierun/ops
-//     uses numpy's exp and division.
+// (L) exp: XDNA 2's exp2 returns bf16 (aie_api's exp2 requires a bfloat16 result on
+//     XDNA 2; upstream aie_kernels/aie2p/softmax.cc does the same), so exp_bf16 below
+//     is bf16-precise. Emulated: aierun.ops.numerics.exp_bf16. The reciprocal and the
+//     inverse square root are aie_api's scalar float inv / invsqrt (per lane for a
+//     vector), whose precision aie_api does not document. Not emulated: aierun/ops and
+//     the host model (kernels_src/host) take IEEE division and 1/sqrt.
 // (B) bf16 matmuls are real bf16 x bf16 -> fp32 (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
 //     is never defined: bfp16 blocks would change the numerics). Emulated: bf16
 //     operands, fp32 accumulation.
@@ -32,16 +35,30 @@ static inline void set_round_to_nearest_even() {
   aie::set_rounding(aie::rounding_mode::conv_even);  // fact (R)
 }
 
-// N elements of bf16 or fp32 as an fp32 vector (bf16 -> fp32 is exact).
+// A bf16 vector as fp32 (exact).
+template <unsigned N>
+static inline aie::vector<float, N> to_f32(aie::vector<bfloat16, N> v) {
+  aie::accum<accfloat, N> widened;
+  widened.from_vector(v);
+  return widened.template to_vector<float>();
+}
+
+// N elements of bf16 or fp32 as an fp32 vector.
 template <unsigned N>
 static inline aie::vector<float, N> load_f32(const float *p) {
   return aie::load_v<N>(p);
 }
 template <unsigned N>
 static inline aie::vector<float, N> load_f32(const bfloat16 *p) {
-  aie::accum<accfloat, N> widened;
-  widened.from_vector(aie::load_v<N>(p));
-  return widened.template to_vector<float>();
+  return to_f32(aie::load_v<N>(p));
+}
+
+// e^x per lane as 2^(x * log2 e): an fp32 product (M), then exp2, whose result is
+// bf16 on XDNA 2 (L) and rounds by the current mode (R); widened back to fp32.
+template <unsigned N>
+static inline aie::vector<float, N> exp_bf16(aie::vector<float, N> x) {
+  const float log2e = 1.4426950408889634f;
+  return to_f32(aie::exp2<bfloat16>(aie::mul(x, log2e).template to_vector<float>()));
 }
 
 // Store an fp32 vector as bf16 (rounded to nearest even after the mode is set) or fp32.

@@ -3,7 +3,8 @@
 //   silu_mul_<a>_<b>_<c>_<CHUNK>(g, u, c):  c = g / (1 + exp(-g)) * u
 // -D AIEK_CHUNK=<elements>
 // -D AIEK_A_F32 / AIEK_B_F32 / AIEK_C_F32=<1: that operand is fp32, else bf16>
-// Relies on (R) for bf16 results, (M) for the products, (L) for exp and the reciprocal.
+// Relies on (R) for bf16 results and the bf16 exp, (M) for the products, (L) for the
+// bf16-precise exp and the reciprocal.
 #include "aie_kernel_common.h"
 
 #if AIEK_A_F32
@@ -43,12 +44,10 @@ extern "C" void AIEK_CAT5(silu_mul_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *g, 
                                                                    c_t *c) {
   set_round_to_nearest_even();
   const aie::vector<float, LANES> one = aie::broadcast<float, LANES>(1.0f);
-  const aie::vector<float, LANES> log2e = aie::broadcast<float, LANES>(1.4426950408889634f);
   for (int i = 0; i < AIEK_CHUNK; i += LANES) {
     aie::vector<float, LANES> gate = load_f32<LANES>(g + i);
-    // exp(-g) = 2^(-g * log2 e): the runtime library's table-based exp2, fact (L).
-    auto e = aie::exp2<float>(aie::neg(aie::mul(gate, log2e).to_vector<float>()));
-    auto sigmoid = aie::inv(aie::add(one, e));  // table-based reciprocal, fact (L)
+    auto e = exp_bf16<LANES>(aie::neg(gate));   // bf16-precise, fact (L)
+    auto sigmoid = aie::inv(aie::add(one, e));  // the scalar inv per lane, fact (L)
     auto silu = aie::mul(gate, sigmoid).to_vector<float>();
     store_as<LANES>(c + i, aie::mul(silu, load_f32<LANES>(u + i)).to_vector<float>());
   }

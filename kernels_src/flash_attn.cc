@@ -9,8 +9,9 @@
 //   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); next query block
 // The key and query block indices live in the state, so the design's core loops
 // stay loops rather than unrolled calls with constant indices.
-// Relies on (L): exp and the reciprocal are the table-based ones, so the softmax is
-// not libm's; (M) for the fp32 rescaling products; (R) for the bf16 output.
+// Relies on (L): the exp is bf16-precise (so is every softmax weight and rescale
+// factor) and the reciprocal is aie_api's scalar inv; (M) for the fp32 rescaling
+// products; (R) for the bf16 exps and output.
 #include "aie_kernel_common.h"
 #include <cmath>
 
@@ -31,8 +32,8 @@ struct State {
 static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 2) * sizeof(float),
               "State must match the design's state buffer");
 
-static inline float exp_table(float v) {  // e^v through the table-based exp2, fact (L)
-  return aie::exp2<float>(aie::broadcast<float, LANES>(v * 1.4426950408889634f))[0];
+static inline float exp_scalar(float v) {  // e^v, bf16-precise, fact (L)
+  return exp_bf16<LANES>(aie::broadcast<float, LANES>(v))[0];
 }
 
 extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
@@ -46,6 +47,7 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
                                                         const bfloat16 *v, State *s) {
   const int key_block = s->key_block++;
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
+  set_round_to_nearest_even();              // the exps round to bf16, fact (R)
   const bool diagonal = key_block == s->query_block;
   const float scale = aie::invsqrt(float(AIEK_DH));
   alignas(32) float p[AIEK_BK];
@@ -63,9 +65,9 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
     }
     const float new_max = block_max > s->max[r] ? block_max : s->max[r];
     // The first visible block has no history: rescale 0 instead of exp(-inf).
-    const float rescale = s->max[r] == -INFINITY ? 0.0f : exp_table(s->max[r] - new_max);
+    const float rescale = s->max[r] == -INFINITY ? 0.0f : exp_scalar(s->max[r] - new_max);
     float row_sum = 0.0f;
-    for (int c = 0; c < visible; ++c) row_sum += (p[c] = exp_table(p[c] - new_max));
+    for (int c = 0; c < visible; ++c) row_sum += (p[c] = exp_scalar(p[c] - new_max));
     s->sum[r] = s->sum[r] * rescale + row_sum;
     s->max[r] = new_max;
     for (int d = 0; d < AIEK_DH; d += LANES) {
@@ -82,7 +84,7 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
 extern "C" void AIEK_CAT(flash_attn_finish_, AIEK_SUFFIX)(State *s, bfloat16 *out, int blocks) {
   set_round_to_nearest_even();
   for (int r = 0; r < AIEK_BQ; ++r) {
-    const float inverse = aie::inv(s->sum[r]);  // table-based reciprocal, fact (L)
+    const float inverse = aie::inv(s->sum[r]);  // the scalar inv, fact (L)
     for (int d = 0; d < AIEK_DH; d += LANES)
       store_as<LANES>(out + r * AIEK_DH + d,
                       aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), inverse)

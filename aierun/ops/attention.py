@@ -1,17 +1,23 @@
 """Causal grouped-query attention (kernels_src/flash_attn.cc).
 
-The device kernel streams K/V blocks with an online softmax in fp32, using the
-runtime library's table exp and reciprocal. This emulation computes the exact
-softmax in fp32 (numpy exp and division), so it differs from the kernel by those
-approximations, not only by rounding. Scores, softmax and the weighted sum stay
-fp32; only the output is written as bf16.
+The device kernel streams K/V blocks with an online softmax in fp32 whose exp is
+AIE2P's bf16-precise exp2. This emulation takes the same exp (numerics.exp_bf16) in a
+softmax over whole rows, so it differs from the kernel by the online rescaling (each
+block's exps are taken against a running maximum, then rescaled by a bf16 exp too) and
+the summation order, not by the exp's precision. Scores, softmax and the weighted sum
+stay fp32; only the output is written as bf16.
 """
+
+from collections.abc import Callable
 
 import numpy as np
 
+from aierun.ops.numerics import exp_bf16
+
 
 def flash_attn(params: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray]:
-    return (attend(q, k, v, params["heads"], params["kv_heads"], params["head_dim"], causal=True),)
+    dims = params["heads"], params["kv_heads"], params["head_dim"]
+    return (attend(q, k, v, *dims, causal=True, exp=exp_bf16),)
 
 
 def attend(
@@ -23,13 +29,15 @@ def attend(
     dim: int,
     causal: bool,
     block: int = 256,
+    exp: Callable[[np.ndarray], np.ndarray] = np.exp,
 ) -> np.ndarray:
     """q [Sq, H*Dh], k/v [Sk, Hkv*Dh] in fp32 -> [Sq, H*Dh]. With `causal`, query i
     sees keys up to Sk - Sq + i (the queries are the last Sq positions).
 
     Queries go in blocks (larger than the kernel's, for numpy's sake): a block only
     scores the keys its rows can see, which skips the masked upper triangle and
-    bounds memory."""
+    bounds memory. `exp` is numpy's for the host's decode attention, the kernel's
+    bf16-precise one for the NPU's (flash_attn)."""
     sq, sk = q.shape[0], k.shape[0]
     group = heads // kv_heads
     qh = q.reshape(sq, kv_heads, group, dim).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
@@ -44,6 +52,6 @@ def attend(
         if causal:
             rows = np.arange(start, stop)[:, None] + (sk - sq)
             scores = np.where(np.arange(keys)[None, :] <= rows, scores, np.float32(-np.inf))
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores = exp(scores - scores.max(axis=-1, keepdims=True))
         out[:, :, start:stop] = (scores @ vh[:, :, :keys]) / scores.sum(axis=-1, keepdims=True)
     return out.transpose(2, 0, 1, 3).reshape(sq, heads * dim)
