@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 from filelock import FileLock
+from packaging.version import Version
 
 from aiebuild import designs, toolchain
 from aiebuild.designs.common import KernelObject
@@ -64,13 +65,19 @@ PEANO_FLAGS = (
     "-Wno-macro-redefined",
     "-Wno-empty-body",
 )
-# Several device configurations in one full ELF (npu-stack.md, aiecc 1.4).
-AIECC_FLAGS = ("--get-full-elf", "--expand-load-pdis")
-# With --expand-load-pdis an odd number of configure points has needed an extra
-# empty configure at the end in some aiecc versions (npu-stack.md). No release is
-# known to have fixed it, so every ELF gets the padding; the empty configure
-# costs one reconfiguration of an already loaded device. Revisit per version.
-PAD_ODD_CONFIGURES = True
+# Several device configurations in one full ELF (npu-stack.md, aiecc 1.4), cores
+# compiled and linked by Peano: aiecc 1.4.0 defaults to Chess (CommandLineOptions.h at
+# v1.4.0: `xchesscc`, `xbridge` cl::init(true)), 1.4.1.dev46 and later to Peano
+# (Xilinx/mlir-aie#3501, which also removed `--no-xchesscc`); the explicit `=false`
+# form is accepted by both, and both flags are needed (1.4.0 turns both on when either
+# is left on).
+AIECC_FLAGS = ("--get-full-elf", "--expand-load-pdis", "--xchesscc=false", "--xbridge=false")
+# --expand-load-pdis resets the array before each configure by loading one of two
+# empty PDIs in turn; the firmware skips a PDI load that repeats the last one, so a
+# sequence with an odd number of configures swallows the next dispatch's first reset.
+# Xilinx/mlir-aie#3622 (first in the 1.4.3.dev31+gaf819a8 wheel) appends the missing
+# reset itself; older releases get it from the stitcher (pad_odd_configures).
+RESET_PARITY_FIXED_IN = Version("1.4.3.dev31")
 STITCHED = "stitched.mlir"
 RECORD = "object.json"  # an object cache entry: the object's sha256 and command
 LOCK = ".lock"  # held while an object entry is published or collected
@@ -132,6 +139,14 @@ class Npu2Target:
             self._fingerprint = toolchain.fingerprint(self.toolchain)
         return self._fingerprint
 
+    @property
+    def pads_odd_configures(self) -> bool:
+        """Whether the stitcher adds the reset this aiecc leaves out (RESET_PARITY_FIXED_IN)."""
+        version = self.toolchain.mlir_aie_version
+        if version is None:  # discover() calls such a toolchain unusable
+            raise ValueError("the toolchain has no mlir-aie version")
+        return needs_reset_pad(version)
+
     def check(self, spec: ElfSpec) -> None:
         """Refuse what the designs cannot build (tiling, core memory), naming why."""
         for launch in spec.launches:
@@ -149,7 +164,7 @@ class Npu2Target:
         hashes = {label: sha256_file(path) for label, path in files.items()}
         rules = "".join(inspect.getsource(f) for f in (kernel_arg_order, sequence_name))
         hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = sha256_text(rules)
-        flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": PAD_ODD_CONFIGURES}
+        flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": self.pads_odd_configures}
         hashes["aiebuild/npu2.py:flags"] = sha256_text(canonical_json(flags))
         # The -D parameters the designs derive (from their constants and the specs').
         objects = [[o.source.name, *o.flags()] for o in self.kernel_objects(spec)]
@@ -241,7 +256,9 @@ class Npu2Target:
             (work / f"{device}.mlir").write_text(text)  # kept for inspection on failure
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
         # The runtime's rule for the kernel name and argument order (aierun.devices.npu).
-        stitched = stitch(children, kernel_arg_order(spec), sequence_name(spec), PAD_ODD_CONFIGURES)
+        stitched = stitch(
+            children, kernel_arg_order(spec), sequence_name(spec), self.pads_odd_configures
+        )
         if stitched.removed_load_pdis:
             log.debug(
                 "stitch.load_pdi_removed", elf=spec.instance, count=stitched.removed_load_pdis
@@ -295,6 +312,10 @@ class Npu2Target:
                 f"  {' '.join(command)}\n{tail}\nFix the error above and run `doit compile` "
                 "again; nothing was published to the artifact store."
             )
+
+
+def needs_reset_pad(mlir_aie_version: str) -> bool:
+    return Version(mlir_aie_version) < RESET_PARITY_FIXED_IN
 
 
 def collect_objects(home: Path, kept_entries: Iterable[Path], grace_s: float = 0.0) -> list[str]:

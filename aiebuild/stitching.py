@@ -34,9 +34,12 @@ Decisions recorded here:
   renamed in the later launch, which then links a renamed copy of the object; the
   `ObjectRename` list tells the object build which `llvm-objcopy --redefine-sym`
   copies to make.
-- With `--expand-load-pdis`, some aiecc versions need an even number of configure
-  points: `pad_odd_configures=True` appends an empty configure of the last device
-  (aiebuild.npu2.PAD_ODD_CONFIGURES says when it is used).
+- With `--expand-load-pdis`, aiecc before Xilinx/mlir-aie#3622 needs an even number
+  of configure points (each one resets the array with one of two empty PDIs in turn;
+  an odd count ends on the PDI the next dispatch starts with, and the firmware skips
+  that repeated load). `pad_odd_configures=True` adds what #3622 adds: one more reset,
+  as a configure of an empty device `@RESET_PAD`, which writes no configuration
+  (aiebuild.npu2.needs_reset_pad says which versions need it).
 
 This is text-level work on purpose: it runs (and is tested) without mlir-aie.
 """
@@ -52,6 +55,7 @@ from pathlib import PurePosixPath
 from aierun.abi import ArgSpec, parse_binding
 
 MLIR_ELEMENT = {"bf16": "bf16", "f32": "f32", "i32": "i32"}
+RESET_PAD = "reset_pad"  # an empty device: configuring it is a reset and nothing else
 _DEVICE = re.compile(r"aie\.device\((?P<kind>[\w]+)\)\s*(?:@(?P<name>[\w$.]+))?\s*\{")
 _SEQUENCE = re.compile(
     r"aie\.runtime_sequence\s*(?:@(?P<name>[\w$.]+))?\s*\((?P<args>[^)]*)\)\s*\{"
@@ -122,6 +126,7 @@ def stitch(
     kinds = {p.device_kind for p in parsed}
     if len(kinds) != 1:
         raise StitchError(f"launches target different devices {sorted(kinds)}: configure needs one")
+    (kind,) = kinds
     renames = _unique_kernel_symbols(children, parsed)
     removed = sum(len(_LOAD_PDI.findall(p.body)) for p in parsed)
     devices = [
@@ -132,8 +137,9 @@ def stitch(
         _configure(child, p, host_args) for child, p in zip(children, parsed, strict=True)
     ]
     if pad_odd_configures and len(configures) % 2:
-        configures.append(f"      aiex.configure @{children[-1].device} {{\n      }}")
-    wrapper = _wrapper(kinds.pop(), sequence, host_args, configures)
+        devices.append(_device_text(kind, RESET_PAD, "\n  "))
+        configures.append(f"      aiex.configure @{RESET_PAD} {{\n      }}")
+    wrapper = _wrapper(kind, sequence, host_args, configures)
     objects = sorted({obj for p in parsed for obj in p.kernels.values()})
     text = "module {\n" + "\n".join([*devices, wrapper]) + "\n}\n"
     return Stitched(text, sequence, tuple(objects), tuple(renames), removed)

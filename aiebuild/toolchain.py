@@ -2,16 +2,20 @@
 
 Where each part is looked for (npu-stack.md):
 - aiecc: `$MLIR_AIE_INSTALL_DIR/bin/aiecc`, else `aiecc` on PATH;
-- the mlir-aie version: `aiecc --version` of the aiecc that will run when it comes
-  from `$MLIR_AIE_INSTALL_DIR`, else the `mlir_aie` Python distribution, else
-  `aiecc --version`;
+- the mlir-aie version: the metadata of the mlir_aie wheel the aiecc that will run
+  belongs to (`<site>/mlir_aie-<version>.dist-info` beside `<site>/mlir_aie`, which is
+  what `$MLIR_AIE_INSTALL_DIR` names for a wheel install), else, for an aiecc found on
+  PATH outside such a directory, the mlir_aie distribution of this Python environment.
+  `aiecc --version` is no help: the 1.4 driver prints a banner with a git SHA and no
+  version number (aiecc CommandLineOptions.h, printVersion);
 - the aie_api headers: `$MLIR_AIE_INSTALL_DIR/include`, else the wheel's `mlir_aie/include`;
 - Peano: `$PEANO_INSTALL_DIR` (its version: `clang++ --version`), else the
   `llvm-aie` wheel's data directory (the wheel's version).
 
-The fingerprint (part of every npu2 content key) is the two versions plus the
+The fingerprint (part of every npu2 content key) is the two versions, the git SHA
+aiecc reports (a source build or a dev wheel can share a version number) and the
 sha256 of the aiecc and clang++ binaries. Hashing a compiler on every no-op
-`doit compile` would cost seconds, so hashes and version probes are cached by
+`doit compile` would cost seconds, so hashes and `--version` answers are cached by
 path, mtime and size in `<runtime home>/toolchain-probes.json`.
 """
 
@@ -28,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from aierun import paths
 from aierun.files import sha256_file, write_json_atomic
 
-MIN_MLIR_AIE = (1, 4)
-MLIR_AIE_DISTRIBUTIONS = ("mlir_aie", "mlir-aie")
+MIN_MLIR_AIE = Version("1.4")
+# The wheel's names (utils/mlir_aie_wheels/setup.py): both install the package `mlir_aie`.
+MLIR_AIE_DISTRIBUTIONS = ("mlir_aie", "mlir_aie_no_rtti")
+MLIR_AIE_PACKAGE = "mlir_aie"
 INSTALL_HINT = (
     "Install mlir-aie >= 1.4 and Peano (`pip install mlir_aie llvm-aie` from the "
     "mlir-aie release wheels, see docs/hardware-bring-up.md) or set MLIR_AIE_INSTALL_DIR "
@@ -69,8 +77,8 @@ def discover() -> Toolchain:
     aiecc = installed or _which("aiecc")
     if aiecc is None:
         return Toolchain(False, f"no NPU toolchain: aiecc (mlir-aie) was not found. {INSTALL_HINT}")
-    version = _mlir_aie_version(aiecc, ask_binary=bool(installed))
-    problem = _version_problem(version)
+    version = _mlir_aie_version(aiecc, install if installed else None)
+    problem = _version_problem(version, aiecc)
     if problem:
         return Toolchain(False, problem, version, aiecc)
     include = _include_dir(install)
@@ -107,10 +115,13 @@ def discover() -> Toolchain:
 def fingerprint(found: Toolchain) -> dict[str, Any]:
     """What identifies the compiler for the content keys: versions and binary hashes."""
     probes = _Probes.load()
+    aiecc = _require(found.aiecc, "aiecc")
+    sha = re.search(r"git SHA:\s*(\S+)", probes.version_output(aiecc))
     result = {
         "mlir_aie": found.mlir_aie_version,
         "llvm_aie": found.peano_version,
-        "aiecc_sha256": probes.sha256(_require(found.aiecc, "aiecc")),
+        "aiecc_git_sha": sha.group(1) if sha else None,
+        "aiecc_sha256": probes.sha256(aiecc),
         "clang_sha256": probes.sha256(found.clang),
     }
     probes.save()
@@ -120,34 +131,52 @@ def fingerprint(found: Toolchain) -> dict[str, Any]:
 # -- finding the parts ----------------------------------------------------------
 
 
-def _mlir_aie_version(aiecc: Path, ask_binary: bool) -> str | None:
-    """The version of the mlir-aie that `aiecc` belongs to: an install directory's
-    aiecc is asked itself (a wheel in the same environment may be another release)."""
-    if not ask_binary:
-        for name in MLIR_AIE_DISTRIBUTIONS:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return _probed_version(aiecc)
+def _mlir_aie_version(aiecc: Path, install: Path | None) -> str | None:
+    """The version of the mlir_aie wheel that `aiecc` belongs to: the metadata beside
+    its install directory; for an aiecc on PATH outside one (the wheel's console
+    script), this environment's distribution. An install directory without metadata
+    (a source build) has no version we could trust: a wheel in the same environment
+    may be another release."""
+    root = install or aiecc.resolve().parents[1]
+    beside = _distribution_at(root)
+    if beside is not None or install is not None:
+        return beside.version if beside is not None else None
+    for name in MLIR_AIE_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
-def _probed_version(binary: Path) -> str | None:
-    probes = _Probes.load()
-    version = probes.version(binary)
-    probes.save()
-    return version
+def _distribution_at(root: Path) -> importlib.metadata.Distribution | None:
+    """The mlir_aie wheel whose package directory `root` is, from its metadata."""
+    if root.name != MLIR_AIE_PACKAGE:
+        return None
+    for dist in importlib.metadata.distributions(path=[str(root.parent)]):
+        name = (dist.metadata["Name"] or "").replace("-", "_").lower()
+        if name in MLIR_AIE_DISTRIBUTIONS:
+            return dist
+    return None
 
 
-def _version_problem(version: str | None) -> str | None:
+def _version_problem(version: str | None, aiecc: Path) -> str | None:
     if version is None:
-        return f"cannot tell the mlir-aie version (`aiecc --version` said none). {INSTALL_HINT}"
-    numbers = re.match(r"(\d+)\.(\d+)", version)
-    if numbers is None or (int(numbers[1]), int(numbers[2])) < MIN_MLIR_AIE:
+        root = aiecc.resolve().parents[1]
+        return (
+            f"cannot tell the mlir-aie version of {aiecc}: no mlir_aie wheel metadata "
+            f"(mlir_aie-<version>.dist-info) beside {root}, and `aiecc --version` names only "
+            f"a git SHA. Use the mlir_aie wheel (MLIR_AIE_INSTALL_DIR=<site-packages>/mlir_aie) "
+            f"rather than a source build. {INSTALL_HINT}"
+        )
+    try:
+        supported = Version(version) >= MIN_MLIR_AIE
+    except InvalidVersion:
+        supported = False
+    if not supported:
         return (
             f"mlir-aie {version} is not supported: this project needs mlir-aie >= "
-            f"{'.'.join(map(str, MIN_MLIR_AIE))} (IRON and aiecc changed spelling in 1.4). "
-            f"{INSTALL_HINT}"
+            f"{MIN_MLIR_AIE} (IRON and aiecc changed spelling in 1.4). {INSTALL_HINT}"
         )
     return None
 
@@ -179,7 +208,7 @@ def _peano() -> tuple[Path | None, str | None]:
     except importlib.metadata.PackageNotFoundError:
         wheel_version, wheel = None, None
     if env is not None and _exe(env / "bin" / "clang++"):
-        return env, _probed_version(env / "bin" / "clang++")
+        return env, _clang_version(env / "bin" / "clang++")
     if wheel is not None and _exe(wheel / "bin" / "clang++"):
         return wheel, wheel_version
     return None, None
@@ -206,6 +235,13 @@ def _require(path: Path | None, what: str) -> Path:
 
 
 # -- cached probes ----------------------------------------------------------------
+
+
+def _clang_version(clang: Path) -> str | None:
+    probes = _Probes.load()
+    found = re.search(r"\d+\.\d+(?:\.\d+)?[\w.+-]*", probes.version_output(clang))
+    probes.save()
+    return found.group(0) if found else None
 
 
 class _Probes:
@@ -244,20 +280,20 @@ class _Probes:
             self.changed = True
         return entry["sha256"]
 
-    def version(self, binary: Path) -> str | None:
+    def version_output(self, binary: Path) -> str:
         entry = self._entry(binary)
-        if "version" not in entry:
-            entry["version"] = _ask_version(binary)
+        if "version_output" not in entry:
+            entry["version_output"] = _ask_version(binary)
             self.changed = True
-        return entry["version"]
+        return entry["version_output"]
 
 
-def _ask_version(binary: Path) -> str | None:
+def _ask_version(binary: Path) -> str:
+    """What `binary --version` prints ("" when it cannot run)."""
     try:
         done = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = re.search(r"\d+\.\d+(?:\.\d+)?[\w.+-]*", done.stdout + done.stderr)
-    return found.group(0) if found else None
+        return ""
+    return done.stdout + done.stderr

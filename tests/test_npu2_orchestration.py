@@ -29,8 +29,10 @@ from aiebuild.npu2 import (
     BuildError,
     Npu2Target,
     collect_objects,
+    needs_reset_pad,
 )
 from aiebuild.specs import model_specs
+from aiebuild.stitching import RESET_PAD
 from aiebuild.tasks import BuildConfig, compile_all, compile_tasks, plan, select_target
 from aierun.artifacts import PLAN, ArtifactSet
 from aierun.errors import UserError
@@ -101,6 +103,10 @@ def calls(log: Path, start: int = 0, tool: str | None = None) -> list[dict]:
     return [c for c in found if tool is None or c["tool"] == tool]
 
 
+def elf_name(aiecc_call: dict) -> str:
+    return next(a for a in aiecc_call["argv"] if a.startswith("--full-elf-name=")).split("=")[1]
+
+
 def config(tmp_path: Path, model_dir: Path, buckets=BUCKETS) -> BuildConfig:
     return BuildConfig(tmp_path / "build", str(model_dir), tuple(buckets), "npu2")
 
@@ -149,15 +155,67 @@ def test_an_old_or_incomplete_toolchain_is_refused_with_the_fix(standins, monkey
     assert not no_iron.usable and "(aie.iron) is not importable" in no_iron.reason
 
 
-def test_fingerprint_follows_the_compiler_binaries(standins):
+def test_a_source_build_without_wheel_metadata_is_refused_naming_where_it_looked(standins):
+    for info in standins["install"].parent.glob("mlir_aie*.dist-info"):
+        shutil.rmtree(info)
+    found = toolchain.discover()
+    assert not found.usable
+    assert "cannot tell the mlir-aie version" in found.reason
+    where = f"wheel metadata (mlir_aie-<version>.dist-info) beside {standins['install']}"
+    assert where in found.reason
+    assert "only a git SHA" in found.reason and "target=emu" in found.reason
+
+
+def test_fingerprint_follows_the_compiler_binaries(standins, monkeypatch):
     found = toolchain.discover()
     before = toolchain.fingerprint(found)
     assert before["mlir_aie"] == "1.4.0" and len(before["clang_sha256"]) == 64
+    assert before["aiecc_git_sha"] == "db06374df0000000"  # from the `aiecc --version` banner
+    # A rebuilt aiecc of another commit with the same wheel version is another compiler.
+    monkeypatch.setenv("STANDIN_AIECC_SHA", "af819a802f4e")
+    aiecc = standins["install"] / "bin" / "aiecc"
+    aiecc.write_text(aiecc.read_text() + "\n# rebuilt\n")
+    rebuilt = toolchain.fingerprint(found)
+    assert rebuilt["aiecc_git_sha"] == "af819a802f4e"
+    assert rebuilt["aiecc_sha256"] != before["aiecc_sha256"]
+    before = rebuilt
     clang = standins["peano"] / "bin" / "clang++"
     clang.write_text(clang.read_text() + "\n# another build of the compiler\n")
     after = toolchain.fingerprint(found)
     assert after["clang_sha256"] != before["clang_sha256"]
     assert after["aiecc_sha256"] == before["aiecc_sha256"]
+
+
+@pytest.mark.parametrize("version", ["1.4.0", "1.4.3"])
+def test_aiecc_compiles_cores_with_peano_on_every_1_4_release(standins, version):
+    """1.4.0 defaults to Chess, 1.4.1.dev46+ to Peano and no longer knows --no-xchesscc:
+    the flags pick Peano on both (the stand-in follows each release's option rules)."""
+    set_wheel_version(standins["install"], version)
+    work = standins["tmp"] / "work"
+    work.mkdir()
+    (work / STITCHED).write_text("module {\n}\n")
+    aiecc = str(standins["install"] / "bin" / "aiecc")
+    Npu2Target._run([aiecc, *AIECC_FLAGS, "--full-elf-name=x.elf", STITCHED], work, "aiecc")
+    assert (work / "x.elf").is_file()
+    with pytest.raises(BuildError, match="require aietools"):  # the release's default
+        Npu2Target._run([aiecc, "--get-full-elf", "--full-elf-name=y.elf", "--xchesscc",
+                         STITCHED], work, "aiecc")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "padded"),
+    [("1.4.0", True), ("1.4.3.dev30+gdeadbee", True), ("1.4.3.dev31+gaf819a8", False),
+     ("1.4.3", False), ("1.5.0", False)],
+)  # fmt: skip
+def test_the_reset_pad_is_added_only_where_aiecc_lacks_it(standins, model_dir, version, padded):
+    set_wheel_version(standins["install"], version)
+    assert needs_reset_pad(version) == padded
+    _, _, _, builds = plan(config(standins["tmp"], model_dir))
+    spec = next(b.spec for b in builds if len(b.spec.launches) % 2)  # e.g. flash_attn
+    stitched = Npu2Target().stitch(spec, standins["tmp"]).mlir
+    configures = re.findall(r"aiex\.configure @(\w+)", stitched)
+    assert configures[-1] == RESET_PAD if padded else RESET_PAD not in configures
+    assert len(configures) == len(spec.launches) + padded
 
 
 # -- plan-time checks: tiling and core memory -------------------------------------------
@@ -280,7 +338,7 @@ def test_a_design_parameter_rebuilds_only_its_users_and_the_common_header_everyt
     start = len(calls(standins["log"]))
     monkeypatch.setattr(gemv, "ROWS", 64)  # a -D value of the GEMV kernel
     compile_all(cfg)
-    relinked = {c["argv"][2].split("=")[1] for c in calls(standins["log"], start, "aiecc")}
+    relinked = {elf_name(c) for c in calls(standins["log"], start, "aiecc")}
     assert relinked == {f"{b.spec.instance}.elf" for b in users(builds, "gemv")}
     assert 0 < len(relinked) < len(builds)
 
@@ -405,6 +463,6 @@ def test_doit_compile_for_npu2_in_parallel_rebuilds_only_what_changed(standins, 
     design.write_text(design.read_text() + "\n# an edited design\n")
     done = doit(checkout, env, "-n", "2", *args)
     assert done.returncode == 0, done.stderr
-    relinked = sorted(c["argv"][2].split("=")[1] for c in calls(standins["log"], start, "aiecc"))
+    relinked = sorted(elf_name(c) for c in calls(standins["log"], start, "aiecc"))
     assert relinked == ["lm_head_gemv.elf", "o_gemv_ffn.elf", "rms_gemv_rope.elf"]
     assert calls(standins["log"], start, "clang++") == []  # the kernels did not change
