@@ -278,7 +278,7 @@ class ObjectFifoHandle:
         sequence = _sequence()
         self.bind(sequence.runtime)
         if tap is None:  # the whole buffer, in order
-            tap = TensorAccessPattern(host.shape, 0, [1, 1, 1, math.prod(host.shape)], [0] * 4)
+            tap = TensorAccessPattern(host.shape, 0, [1, 1, 1, math.prod(host.shape)], [0, 0, 0, 1])
         transfer = Transfer(self, host, tap, wait, group or sequence.default_group)
         _emit(transfer)
         return transfer
