@@ -1,0 +1,192 @@
+"""Cycles of one call of each kernel entry point on an AIE2P core, for the npu2 time
+model (aiebuild/timing.py).
+
+One section per kernel source, one cost function per entry-point symbol prefix, each a
+function of the object's -D parameters (`AIEK_` prefix removed, e.g. {"TM": 32, ...}):
+the same parameters the kernel composes its symbols from, so a design rewritten around
+the same kernel keeps its costs. A cost counts the issue slots of the kernel's inner
+loops from the vector operations it is written with (kernels_src/*.cc) at the rates
+below; the per-call overhead (call, lock acquire/release) is timing.CALL_OVERHEAD_CYCLES.
+
+The `upstream_*` sections model the upstream kernels whose published measurements
+calibrate the rates (aiebuild/calibration.py); our designs do not link them.
+
+Rates (aie2p-facts.md section 6; "⚠" = derived, not stated at the source):
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+Defines = dict[str, int | float | str]
+CostFn = Callable[[Defines], float]
+
+# bf16 mmul without BFP16 emulation: a 4x8x8 block is 8 `mac_elem_32` (32 bf16 MACs
+# each; aie_api aie2p/emulated_mmul_intrinsics.hpp `mac_4x8_8x8_bf16`), one per cycle
+# at best: 8 cycles per 256 MACs (⚠ one vector MAC issue per cycle).
+BF16_4X8X8_CYCLES = 8.0
+# BFP16-emulated mmul (-DAIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16): both operands go
+# through `to_v64bfp16ebs8`, then one `mac_8x8_8x8T` (512 MACs; aie_api
+# aie2p/mmul_bf16_bf16.hpp). Its effective cost per 8x8x8 block with the conversions,
+# transposes and loads is not documented: fitted to the whole-array bf16 GEMM at
+# 2048^3 (8508 GFLOP/s, Xilinx/mlir-air kernel_registry GEMM_bf16_in_fp32_out.md) by
+# (15.7 ms of core time over 1024 calls of 64x32x128 per core: 6.52 cycles a block).
+BFP16_8X8X8_CYCLES = 6.52
+# A 4x8x8 mmul under BFP16 emulation is one 8x8x8 bfp16 mac with A grown to 8 rows
+# (mmul_bf16_bf16<4, 8, 8> in the same header): half its MACs are wasted, it costs a
+# whole 8x8x8 block.
+BFP16_4X8X8_CYCLES = BFP16_8X8X8_CYCLES
+# fp32 vector arithmetic has no native multiplier (kernels_src/aie_kernel_common.h
+# fact M); AIE-ML's documented rate is 42 fp32 ops per cycle per tile (AMD AM020,
+# "FP32 float operations/tile", emulation mode); AIE2P assumed the same (⚠).
+FP32_OPS_PER_CYCLE = 42.0
+LANES = 16  # fp32 lanes of the vector operations our kernels use
+# A 16-lane `reduce_add`: log2(16) shuffle + add steps (⚠ estimate).
+REDUCE_CYCLES = 4.0
+# One vector `aie::exp2` (table based, bf16 out) or `aie::inv` / `invsqrt` (⚠ estimate:
+# a lookup, a few fp32 products).
+TRANSCENDENTAL_CYCLES = 4.0
+
+
+def fp32_ops(count: float) -> float:
+    """Cycles of `count` fp32 operations (a MAC counts two) at FP32_OPS_PER_CYCLE."""
+    return count / FP32_OPS_PER_CYCLE
+
+
+def mmul_cycles(m: int, k: int, n: int, mode: str) -> float:
+    """An m x k x n product in 4x8x8 mmul blocks (our kernels' shape), bf16 or bfp16."""
+    blocks = (m // 4) * (k // 8) * (n // 8)
+    return blocks * (BFP16_4X8X8_CYCLES if mode == "bfp16" else BF16_4X8X8_CYCLES)
+
+
+def mma_mode(d: Defines) -> str:
+    """The kernel's matmul mode: -D AIEK_MMA=bfp16 selects BFP16 emulation."""
+    return "bfp16" if str(d.get("MMA", "bf16")) == "bfp16" else "bf16"
+
+
+# -- kernels_src/gemm.cc --------------------------------------------------------------
+def _gemm_zero(d: Defines) -> float:
+    return d["TM"] * d["TN"] / LANES  # one 16-lane store per cycle
+
+
+def _gemm_mac(d: Defines) -> float:
+    """The mmul blocks, plus per 4x8 output block: an 8x8 transpose of w per k step
+    (block_wt) and the fp32 read-add-write of the block into acc."""
+    tm, tk, tn = d["TM"], d["TK"], d["TN"]
+    out_blocks = (tm // 4) * (tn // 8)
+    transposes = out_blocks * (tk // 8)  # one 64-element shuffle each (⚠ 1 cycle)
+    return mmul_cycles(tm, tk, tn, mma_mode(d)) + transposes + fp32_ops(out_blocks * 32)
+
+
+def _gemm_store(d: Defines) -> float:
+    return fp32_ops(d["TM"] * d["TN"])  # one conversion per element
+
+
+# -- kernels_src/gemv.cc --------------------------------------------------------------
+def _gemv(d: Defines) -> float:
+    """Per row of the tile: TK/16 fp32 MACs and one reduce_add (the kernel's loop)."""
+    rows, cols = d["TN"], d["TK"]
+    return rows * (fp32_ops(2 * cols) + REDUCE_CYCLES)
+
+
+# -- kernels_src/flash_attn.cc --------------------------------------------------------
+# Share of a causal walk's (query block, key block) steps at or below the diagonal:
+# (n + 1) / 2n for n blocks, about one half at the prefill lengths that matter.
+CAUSAL_VISIBLE_FRACTION = 0.5
+
+
+def _flash_init(d: Defines) -> float:
+    return fp32_ops(d["BQ"] * d["DH"])
+
+
+def _flash_step(d: Defines) -> float:
+    """A visible key block: per query row and key, a DH-long dot product with its
+    reduce and two exp2 (score, then probability); per row one rescale and the P@V
+    accumulation of BK keys over DH. The design streams every key block for every
+    query block and the kernel returns at once above the causal diagonal, so over a
+    launch about half the calls do the work: the cost is that average."""
+    bq, bk, dh = d["BQ"], d["BK"], d["DH"]
+    scores = bq * bk * (fp32_ops(2 * dh) + REDUCE_CYCLES + 2 * TRANSCENDENTAL_CYCLES)
+    values = bq * (fp32_ops(dh) + fp32_ops(2 * bk * dh) + TRANSCENDENTAL_CYCLES)
+    return CAUSAL_VISIBLE_FRACTION * (scores + values)
+
+
+def _flash_finish(d: Defines) -> float:
+    return d["BQ"] * (TRANSCENDENTAL_CYCLES + fp32_ops(2 * d["DH"]))
+
+
+# -- kernels_src/rmsnorm.cc, rope.cc, eltwise.cc ---------------------------------------
+def _rmsnorm(d: Defines) -> float:
+    e = d["E"]
+    return fp32_ops(2 * e) + REDUCE_CYCLES + TRANSCENDENTAL_CYCLES + fp32_ops(2 * e)
+
+
+def _rope(d: Defines) -> float:
+    return fp32_ops(6 * d["HEADS"] * d["DH"] // 2)  # 2 products + a MAC per output pair
+
+
+def _add(d: Defines) -> float:
+    return fp32_ops(d["CHUNK"])
+
+
+def _silu_mul(d: Defines) -> float:
+    chunk = d["CHUNK"]
+    return fp32_ops(5 * chunk) + 2 * TRANSCENDENTAL_CYCLES * chunk / LANES
+
+
+# -- upstream kernels of the calibration points (aiebuild/calibration.py) ----------------
+def _upstream_mm_bfp16(d: Defines) -> float:
+    """mlir-aie aie_kernels/aie2p/mm.cc under BFP16 emulation: 8x8x8 blocks."""
+    return math.prod((d["M"] // 8, d["K"] // 8, d["N"] // 8)) * BFP16_8X8X8_CYCLES
+
+
+def _upstream_mv(d: Defines) -> float:
+    """mlir-air matrix_vector_multiplication mv.cc: fp32 vector MACs per row, as gemv.cc."""
+    return d["M"] * (fp32_ops(2 * d["K"]) + REDUCE_CYCLES)
+
+
+# The online softmax of attn_npu2.cc per score (max, exp2, sum, rescale, with its
+# running statistics in bf16), fit: the 2048 causal 32/8-head point (15.4-16.1 ms,
+# mlir-air FlashAttention_bf16.md) less its matmuls.
+UPSTREAM_SOFTMAX_CYCLES_PER_SCORE = 11.4
+
+
+def _upstream_attn_block(d: Defines) -> float:
+    """mlir-air attn_npu2.cc, one (q tile, k chunk) step: Q@K^T and P@V as BFP16 8x8x8
+    blocks plus the online softmax over the tile's scores (bf16 vector exp2)."""
+    q, k, dk = d["Q"], d["K"], d["DK"]
+    mm = 2 * (q // 8) * (k // 8) * (dk // 8) * BFP16_8X8X8_CYCLES
+    return mm + q * k * UPSTREAM_SOFTMAX_CYCLES_PER_SCORE
+
+
+COSTS: dict[str, dict[str, CostFn]] = {
+    "gemm": {
+        "gemm_zero_f32_": _gemm_zero,
+        "gemm_mac_bf16_": _gemm_mac,
+        "gemm_store_bf16_": _gemm_store,
+    },
+    "gemv": {"gemv_bf16_": _gemv},
+    "flash_attn": {
+        "flash_attn_init_": _flash_init,
+        "flash_attn_step_": _flash_step,
+        "flash_attn_finish_": _flash_finish,
+    },
+    "rmsnorm": {"rmsnorm_": _rmsnorm},
+    "rope": {"rope_": _rope},
+    "eltwise": {"add_": _add, "silu_mul_": _silu_mul},
+    "upstream_mm": {"matmul_bfp16_": _upstream_mm_bfp16},
+    "upstream_mv": {"matvec_bf16_": _upstream_mv},
+    "upstream_attn": {"attn_block_bfp16_": _upstream_attn_block},
+}
+
+
+def call_cycles(source: str, symbol: str, defines: Defines) -> float:
+    """Cycles of one call of `symbol` from the kernel `source` (its file stem)."""
+    entries = COSTS.get(source)
+    if entries is None:
+        raise KeyError(f"no kernel costs for {source!r}: add them to aiebuild/kernel_costs.py")
+    for prefix in sorted(entries, key=len, reverse=True):
+        if symbol.startswith(prefix):
+            return float(entries[prefix](defines))
+    raise KeyError(f"no cost for entry point {symbol!r} of {source!r} in kernel_costs.py")

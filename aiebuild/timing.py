@@ -1,0 +1,324 @@
+"""The npu2 time model: how long one launch, and one call of an ELF, takes on a Strix
+NPU, computed from the recorded IRON program of each launch (aiebuild/iron_model.py),
+with no data.
+
+Per launch, every resource is busy for a time:
+- each core: the cycles of its kernel calls (aiebuild/kernel_costs.py, per entry point
+  from the object's -D parameters, plus CALL_OVERHEAD_CYCLES a call) at CLOCK_HZ;
+- each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
+  over the channel's rate (a fifo end takes the next free channel of its tile and
+  direction, as the ObjectFifo lowering does; more ends than channels share them);
+- each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
+  the runtime sequence's fills and drains.
+Overlap, stated simply: the resources work at the same time (double-buffered fifos),
+so a launch takes as long as its busiest resource, which is what bounds it. An ELF
+call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
+a reconfiguration (RECONFIGURE_S) before every further launch.
+
+Columns: a tile's explicit column, else column 0 (the placer's choice is not recorded
+yet); a shim endpoint sits in its pinned shim tile's column, else its fifo's other
+end's column.
+
+Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
+solved from the published measurements that aiebuild/calibration.py then checks the
+model against, `python -m aiebuild.calibration`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiebuild import iron_model, kernel_costs
+from aiebuild.iron_model import Call, Link, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
+from aiebuild.kernel_costs import Defines
+
+# -- rates ------------------------------------------------------------------------------
+# AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
+# Turbo/High level; aie2p-facts.md section 6). XRT's GEMM test uses the same clock.
+CLOCK_HZ = 1.8e9
+# Core and memory-tile DMA channels move one 32-bit word per cycle ("our stream switch
+# moves data in 32-bit granularity", mlir-aie programming_guide section-4c, written for
+# AIE2; the AIE2P width is not established, aie2p-facts.md section 7).
+STREAM_BYTES_PER_S = 4 * CLOCK_HZ
+# One shim DMA channel to or from DDR, fit: Xilinx/mlir-air GEMV_bf16.md streams the
+# matrix through one channel per column on 8 columns: 2048x2048 (8.39 MB) in 330 us and
+# 16384x2048 (67.1 MB) in 2193 us, i.e. 58.7 MB in 1863 us more = 31.5 GB/s, 3.94 GB/s
+# per channel.
+SHIM_CHANNEL_BYTES_PER_S = 3.94e9
+# Dispatch of one run, including the first configuration, fit: the same two GEMV
+# points' intercept, 330 us - 8.39 MB / 31.5 GB/s = 64 us (mlir-aie #3793 reports a
+# "~64 us persistent-stream floor" on NPU2).
+DISPATCH_S = 64e-6
+# One column's shim-to-DDR traffic (all its channels), fit: mlir-air EltwiseAdd_bf16.md
+# on one column (a, b in, c out: 25.2 MB) takes 2759 us: 25.2 MB / (2759 - 64) us.
+COLUMN_DDR_BYTES_PER_S = 9.34e9
+# The whole array's DDR bandwidth, fit: the same add on 8 columns, N = 4M -> 8M
+# (25.2 MB more) takes 798 - 437 = 361 us more: 69.7 GB/s; taken as 67 GB/s so that the
+# 4M point (57.7 GB/s measured with dispatch) stays within a few percent too.
+ARRAY_DDR_BYTES_PER_S = 67e9
+# Reconfiguration between the launches of one ELF: mlir-air reports a ~80 us per-launch
+# floor (RoPE "~80 us"); nod-ai/iree-amd-aie #1187 measures 79-82 us reconfiguration
+# plus run with a control packet on Strix (106-116 us without, turbo off).
+RECONFIGURE_S = 80e-6
+# Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
+# it (estimate, not measured: a few dozen instructions and lock round trips).
+CALL_OVERHEAD_CYCLES = 100.0
+# DMA channels per tile and direction (aie2p-facts.md section 2).
+CHANNELS = {"core": 2, "memtile": 6, "shim": 2}
+
+
+@dataclass(frozen=True)
+class LaunchTime:
+    """One launch: how long each resource is busy, in seconds."""
+
+    label: str
+    busy: dict[str, float]
+
+    @property
+    def seconds(self) -> float:
+        return max(self.busy.values(), default=0.0)
+
+    @property
+    def bound(self) -> str:
+        """The busiest resource: what bounds the launch."""
+        return max(self.busy, key=self.busy.__getitem__) if self.busy else "nothing"
+
+
+@dataclass(frozen=True)
+class ElfTime:
+    """One call of an ELF: dispatch, its launches in order and the reconfigurations
+    between them."""
+
+    name: str
+    launches: list[LaunchTime]
+    dispatch_s: float = DISPATCH_S
+    reconfigure_s: float = RECONFIGURE_S
+
+    @property
+    def fixed_s(self) -> float:
+        return self.dispatch_s + self.reconfigure_s * max(len(self.launches) - 1, 0)
+
+    @property
+    def seconds(self) -> float:
+        return self.fixed_s + sum(launch.seconds for launch in self.launches)
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * self.seconds
+
+    def summary(self) -> dict[str, Any]:
+        """What the artifact records: the total and, per launch, its time and bound."""
+        return {
+            "ms": round(self.ms, 4),
+            "fixed_ms": round(1e3 * self.fixed_s, 4),
+            "launches": [
+                {"label": t.label, "ms": round(1e3 * t.seconds, 4), "bound": t.bound}
+                for t in self.launches
+            ],
+        }
+
+
+# -- one launch ---------------------------------------------------------------------------
+_OBJECT_TAG = re.compile(r"_[0-9a-f]{10}$")
+
+
+def kernel_source(object_name: str) -> str:
+    """The kernel a linked object was compiled from: `gemm_0123456789.o` -> `gemm`."""
+    return _OBJECT_TAG.sub("", object_name.removesuffix(".o"))
+
+
+@dataclass
+class _Endpoints:
+    """Where a program's fifo ends sit: a name per tile, and its column."""
+
+    program: Program
+    names: dict[int, str] = field(default_factory=dict)
+    columns: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for index, worker in enumerate(self.program.workers):
+            tile = worker.tile
+            placed = tile.col is not None and tile.row is not None
+            self.names[id(worker)] = f"core({tile.col},{tile.row})" if placed else f"core#{index}"
+            self.columns[id(worker)] = tile.col or 0
+        for index, link in enumerate(self.program.links):
+            col = link.tile.col
+            self.names[id(link)] = f"memtile({col},1)" if col is not None else f"memtile#{index}"
+            self.columns[id(link)] = col or 0
+
+    def kind(self, handle: ObjectFifoHandle) -> str:
+        endpoint = handle.endpoint
+        return "core" if isinstance(endpoint, Worker) else (
+            "memtile" if isinstance(endpoint, Link) else "shim")  # fmt: skip
+
+    def column(self, handle: ObjectFifoHandle) -> int:
+        if not isinstance(handle.endpoint, iron_model.Runtime):
+            return self.columns[id(handle.endpoint)]
+        if handle.shim_tile is not None and handle.shim_tile.col is not None:
+            return handle.shim_tile.col
+        others = [h for h in _ends(handle.fifo) if h is not handle and h.endpoint is not None]
+        placed = [self.column(h) for h in others if not isinstance(h.endpoint, iron_model.Runtime)]
+        return placed[0] if placed else 0
+
+    def tile(self, handle: ObjectFifoHandle) -> str:
+        if isinstance(handle.endpoint, iron_model.Runtime):
+            return f"shim({self.column(handle)},0)"
+        return self.names[id(handle.endpoint)]
+
+
+def _ends(fifo: ObjectFifo) -> list[ObjectFifoHandle]:
+    return [h for h in (fifo.producer, *fifo.consumers) if h is not None]
+
+
+def _released(worker: Worker) -> Counter:
+    """Objects each of the worker's handles releases over the launch."""
+    counts: Counter = Counter()
+    for node, repeat in iron_model.walk(worker.body):
+        if isinstance(node, Release):
+            counts[id(node.handle)] += node.count * repeat
+    return counts
+
+
+class _Traffic:
+    """Bytes through every fifo of a program, from its workers' releases, the runtime
+    sequence's transfers, or through memory-tile links from the fifos they join/split."""
+
+    def __init__(self, program: Program) -> None:
+        self.released: Counter = Counter()
+        for worker in program.workers:
+            self.released.update(_released(worker))
+        self.transferred: Counter = Counter()
+        for transfer in program.runtime.transfers():
+            nbytes = transfer.tap.length * transfer.host.dtype.itemsize
+            self.transferred[id(transfer.handle)] += nbytes
+        self._memo: dict[int, int] = {}
+
+    def handle_bytes(self, handle: ObjectFifoHandle) -> int:
+        """Bytes that pass through this end of its fifo."""
+        if isinstance(handle.endpoint, iron_model.Runtime):
+            return self.transferred[id(handle)]
+        return self.fifo_bytes(handle.fifo)
+
+    def fifo_bytes(self, fifo: ObjectFifo) -> int:
+        if id(fifo) not in self._memo:
+            self._memo[id(fifo)] = self._count(fifo)
+        return self._memo[id(fifo)]
+
+    def _count(self, fifo: ObjectFifo) -> int:
+        for handle in _ends(fifo):
+            if isinstance(handle.endpoint, Worker):
+                return self.released[id(handle)] * fifo.nbytes
+        for handle in _ends(fifo):
+            if isinstance(handle.endpoint, iron_model.Runtime):
+                return self.transferred[id(handle)]
+        link = fifo.producer.endpoint
+        if link.kind == "join":
+            return sum(self.fifo_bytes(h.fifo) for h in link.inputs)
+        source = link.inputs[0].fifo  # split or forward: this output's share, repeated
+        share = self.fifo_bytes(source) * fifo.size // source.size
+        return share * (fifo.repeat_count or 1)
+
+
+def _shares_memory(fifo: ObjectFifo) -> bool:
+    """A fifo between two placed neighbouring cores moves through shared memory, no DMA
+    (aie2p-facts.md sections 1 and 4: one consumer, no dims, adjacent tiles)."""
+    ends = _ends(fifo)
+    if len(ends) != 2 or fifo.dims_to_stream or fifo.repeat_count:
+        return False
+    tiles = [h.endpoint.tile for h in ends if isinstance(h.endpoint, Worker)]
+    if len(tiles) != 2 or any(t.col is None or t.row is None for t in tiles):
+        return False
+    (a, b) = tiles
+    return abs(a.col - b.col) + abs(a.row - b.row) <= 1
+
+
+def _channel_bytes(program: Program, where: _Endpoints, traffic: _Traffic) -> dict:
+    """Bytes per DMA channel: {(kind, tile, direction, channel): bytes}."""
+    by_port: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for fifo in program.fifos:
+        if _shares_memory(fifo):
+            continue
+        for handle in _ends(fifo):
+            direction = "mm2s" if handle.is_prod else "s2mm"
+            by_port[(where.kind(handle), where.tile(handle), direction)].append(
+                traffic.handle_bytes(handle)
+            )
+    channels: dict[tuple[str, str, str, int], int] = Counter()
+    for (kind, tile, direction), ends in by_port.items():
+        for index, nbytes in enumerate(ends):
+            channels[(kind, tile, direction, index % CHANNELS[kind])] += nbytes
+    return channels
+
+
+def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
+    cycles = 0.0
+    for node, repeat in iron_model.walk(worker.body):
+        if isinstance(node, Call):
+            kernel = node.kernel
+            cost = kernel_costs.call_cycles(
+                kernel_source(kernel.object), kernel.symbol, defines.get(kernel.object, {})
+            )
+            cycles += repeat * (cost + CALL_OVERHEAD_CYCLES)
+    return cycles / CLOCK_HZ
+
+
+def launch_time(program: Program, defines: dict[str, Defines], label: str = "") -> LaunchTime:
+    """The busy time of every resource of one launch. `defines` gives each linked
+    object's -D parameters (without the AIEK_ prefix), by object file name."""
+    where, traffic = _Endpoints(program), _Traffic(program)
+    busy: dict[str, float] = {}
+    for worker in program.workers:
+        busy[where.names[id(worker)]] = _core_seconds(worker, defines)
+    ddr_columns: Counter = Counter()
+    for (kind, tile, direction, channel), nbytes in _channel_bytes(program, where, traffic).items():
+        rate = SHIM_CHANNEL_BYTES_PER_S if kind == "shim" else STREAM_BYTES_PER_S
+        busy[f"{tile} {direction}{channel}"] = nbytes / rate
+    for transfer in program.runtime.transfers():
+        nbytes = transfer.tap.length * transfer.host.dtype.itemsize
+        ddr_columns[where.column(transfer.handle)] += nbytes
+    for column, nbytes in ddr_columns.items():
+        busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
+    busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
+    return LaunchTime(label, busy)
+
+
+# -- one ELF --------------------------------------------------------------------------------
+def object_defines(objects: Iterable[Any]) -> dict[str, Defines]:
+    """{object file name: -D parameters} of kernel objects (designs.common.KernelObject),
+    the AIEK_ prefix removed and numbers parsed."""
+    from aiebuild.designs.common import MACRO_PREFIX
+
+    return {
+        obj.name: {key.removeprefix(MACRO_PREFIX): _value(v) for key, v in obj.defines}
+        for obj in objects
+    }
+
+
+def _value(text: str) -> int | float | str:
+    for parse in (int, lambda t: float(t.removesuffix("f"))):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def elf_time(spec: Any) -> ElfTime:
+    """One call of the ELF `spec` (aierun.abi.ElfSpec): every launch recorded through
+    its design. The launch's `mma` parameter (aiebuild/specs.py) reaches the kernel as
+    -D AIEK_MMA; until a design passes it on, the cost follows the spec's choice."""
+    from aiebuild import designs
+
+    launches = []
+    for launch in spec.launches:
+        program = designs.record(spec, launch)
+        defines = object_defines([designs.kernel_object(spec, launch)])
+        if "mma" in launch.params:
+            for values in defines.values():
+                values.setdefault("MMA", launch.params["mma"])
+        launches.append(launch_time(program, defines, launch.label or launch.op))
+    return ElfTime(spec.instance, launches)
