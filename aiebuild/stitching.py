@@ -1,8 +1,9 @@
 """The stitcher: per-launch IRON modules -> one multi-launch module for one full ELF.
 
-Input: one MLIR module per launch, as IRON 1.4 prints it (`module { aie.device(npu2)
-@main { ... aie.runtime_sequence @sequence(%arg0: memref<...>, ...) { ... } } }`).
-Output: one module where
+Input: one MLIR module per launch, as IRON 1.4 prints it: `module { aie.device(npu2) {
+... aie.runtime_sequence(%arg0: memref<...>, ...) { ... } } }`, the default symbol
+names `@main` and `@sequence` left out, tiles unplaced (`aie.logical_tile`); a named
+device or sequence is taken as well. Output: one module where
 
 - each launch's device is renamed to its own symbol (`@l0_rmsnorm`, `@l1_gemm`, ...),
   its body and runtime sequence kept;

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from string import Template
 
@@ -20,6 +22,107 @@ def fixture(name: str) -> str:
 
 def arg(name: str, shape: tuple[int, ...], role: Role, dtype: str = "bf16") -> ArgSpec:
     return ArgSpec(name, shape, dtype, role)
+
+
+# What IRON 1.4 prints (mlir-aie v1.4.0, db06374), for the fixtures and the stand-in:
+# - default symbol names are omitted: `aie.device(npu2) {`, `aie.runtime_sequence(`
+#   (AIEOps.td DeviceOp `($sym_name^)?` with default "main"; RuntimeSequenceOp::print
+#   skips "sequence");
+# - tiles are unplaced `aie.logical_tile<CoreTile>(?, ?)` (program.py resolve_program);
+# - a shim transfer is one `aie.dma_bd(%buf : T offset = O len = L sizes = [..] strides
+#   = [..])` whose len counts the three inner dimensions, the outermost one being the
+#   task's repeat_count = sizes[0] - 1 (dialects/aiex.py shim_dma_single_bd_task);
+# - `aiex.npu.load_pdi` only under the full-ELF compile arg (program.py, runtime.py);
+# - a waited task is awaited, then every task is freed (runtime.py finish_task_group).
+_TASK = re.compile(
+    r"%(?P<task>\w+) = aiex\.dma_configure_task_for @\w+ \{\n(?P<body>.*?)\n\s*\}"
+    r"(?: \{(?P<attrs>[^}]*)\})?\n",
+    re.S,
+)
+_BD = re.compile(
+    r"\s*aie\.dma_bd\(%\w+ : memref<[\dx]+\w+> offset = \d+ len = (?P<len>\d+) "
+    r"sizes = \[(?P<sizes>[\d, ]+)\] strides = \[[\d, ]+\]\)\n\s*aie\.end"
+)
+_DECL = re.compile(r"func\.func private @(\w+)\(([^)]*)\)")
+_CALL = re.compile(r"func\.call @(\w+)\([^)]*\) : \(([^)]*)\) -> \(\)")
+
+
+def iron14_problems(text: str, full_elf: bool = False) -> list[str]:
+    """How `text` differs from what IRON 1.4 prints (empty when it does not)."""
+    problems = []
+    if re.search(r"aie\.device\(\w+\) @main\b", text):
+        problems.append("names the default device @main")
+    if "aie.runtime_sequence @sequence(" in text:
+        problems.append("names the default runtime sequence @sequence")
+    if "aie.tile(" in text or "aie.logical_tile<CoreTile>(?, ?)" not in text:
+        problems.append("places tiles itself (IRON prints aie.logical_tile<...>(?, ?))")
+    if ("aiex.npu.load_pdi" in text) != full_elf:
+        problems.append(f"load_pdi {'missing under' if full_elf else 'without'} the full-ELF arg")
+    tasks = list(_TASK.finditer(text))
+    if len(tasks) != text.count("aiex.dma_configure_task_for"):
+        problems.append("a DMA task is not one configure block")
+    for task in tasks:
+        problems += _task_problems(text, task)
+    declared = dict(_DECL.findall(text))
+    problems += [
+        f"func.call @{name} passes ({types}), declared ({declared.get(name)})"
+        for name, types in _CALL.findall(text)
+        if declared.get(name) != types
+    ]
+    return problems
+
+
+def _task_problems(text: str, task: re.Match) -> list[str]:
+    name, attrs = task.group("task"), task.group("attrs") or ""
+    bd = _BD.fullmatch(task.group("body"))
+    if bd is None:
+        return [f"%{name}: not one aie.dma_bd of the 1.4 syntax: {task.group('body').strip()}"]
+    sizes = [int(size) for size in bd.group("sizes").split(",")]
+    problems = []
+    if int(bd.group("len")) != math.prod(sizes[-3:]):
+        problems.append(f"%{name}: len {bd.group('len')} is not the inner sizes {sizes[-3:]}")
+    repeat = re.search(r"repeat_count = (\d+) : i32", attrs)
+    if (int(repeat.group(1)) if repeat else 0) != sizes[0] - 1:
+        problems.append(f"%{name}: repeat_count is not sizes[0] - 1 = {sizes[0] - 1}")
+    awaited = f"aiex.dma_await_task(%{name})" in text
+    if awaited != ("issue_token = true" in attrs):
+        problems.append(f"%{name}: awaited without issue_token, or the token is never awaited")
+    if text.count(f"aiex.dma_free_task(%{name})") != 1:
+        problems.append(f"%{name}: not freed exactly once")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("name", "full_elf"),
+    [("rmsnorm_4x64.mlir", False), ("gemm_4x64x128.mlir", False), ("gemv_flat.mlir", False),
+     ("gemv_partition.mlir", True)],
+)  # fmt: skip
+def test_fixtures_are_what_iron_1_4_prints(name, full_elf):
+    text = Template(fixture(name)).substitute(w_offset=8192, y_offset=128)
+    assert iron14_problems(text, full_elf) == []
+
+
+def test_the_form_check_sees_each_pre_1_4_form():
+    norm = fixture("rmsnorm_4x64.mlir")
+    bd = "aie.dma_bd(%arg1 : memref<64xbf16> offset = 0 len = 64 sizes = [1, 1, 1, 64] strides = "
+    old_forms = {
+        "@main": norm.replace("aie.device(npu2) {", "aie.device(npu2) @main {"),
+        "@sequence": norm.replace("aie.runtime_sequence(", "aie.runtime_sequence @sequence("),
+        "places tiles": norm.replace("aie.logical_tile<CoreTile>(?, ?)", "aie.tile(0, 2)"),
+        "1.4 syntax": norm.replace(f"{bd}[0, 0, 0, 1])", "aie.dma_bd(%arg1 : memref<64xbf16>, "
+                                   "0, 64, [<size = 64, stride = 1>])"),
+        "len 256": norm.replace("len = 256 sizes = [1, 1, 4", "len = 256 sizes = [4, 1, 1"),
+        "without the full-ELF": norm.replace(
+            "      %1 = aiex", "      aiex.npu.load_pdi {device_ref = @main}\n      %1 = aiex"
+        ),
+        "freed exactly once": norm.replace("      aiex.dma_free_task(%3)\n", ""),
+        "passes (memref<64xf32>": norm.replace("(memref<64xf32>, memref<64xbf16>, memref<64xbf16>)"
+                                               " attributes", "(memref<64xf32>, memref<64xbf16>, "
+                                               "memref<64xbf16>, i32) attributes"),
+    }  # fmt: skip
+    for expected, text in old_forms.items():
+        assert text != norm, expected
+        assert any(expected in problem for problem in iron14_problems(text)), expected
 
 
 # rmsnorm (fp32 x) then a GEMM, with an intermediate between them.
@@ -72,22 +175,6 @@ def test_main_takes_every_elf_arg_in_abi_order_and_runs_launches_in_order():
     assert "(memref<4x64xbf16>, memref<128x64xbf16>, memref<4x128xbf16>)" in main
 
 
-def test_child_load_pdis_are_removed():
-    assert "aiex.npu.load_pdi" in NORM.mlir  # the fixture carries one, as IRON emits it
-    result = stitch([NORM, GEMM], NORM_GEMM_ARGS, "mini")
-    assert "load_pdi" not in result.mlir
-    assert result.removed_load_pdis == 2
-
-
-def test_multi_line_and_generic_load_pdis_are_removed_whole():
-    child = gemv_partition(0, 0)
-    assert child.mlir.count("load_pdi") == 2  # a pretty op over three lines, a generic one
-    result = stitch([child], LM_ARGS, "lm_head_gemv")
-    assert "load_pdi" not in result.mlir and "device_ref" not in result.mlir
-    assert result.mlir.count("{") == result.mlir.count("}")
-    assert "aiex.dma_free_task(%1)\n    }" in result.mlir  # the sequence body is intact
-
-
 LM_ARGS = (
     arg("x", (1, 64), Role.INPUT),
     arg("w_lm", (4, 128, 64), Role.WEIGHT),
@@ -105,6 +192,32 @@ def gemv_partition(number: int, partition: int) -> ChildModule:
     return ChildModule(f"l{number}_gemv", text, bindings)
 
 
+def test_child_load_pdis_are_removed():
+    """Under the full-ELF compile arg IRON starts each sequence with a load of its own
+    device (runtime.py, load_pdi_device_ref); in a stitched ELF only @main loads."""
+    children = [gemv_partition(0, 0), gemv_partition(1, 1)]
+    assert "aiex.npu.load_pdi {device_ref = @main}" in children[0].mlir
+    result = stitch(children, LM_ARGS, "lm_head_gemv")
+    assert "load_pdi" not in result.mlir and result.removed_load_pdis == 2
+    # The designs' own output (no full-ELF arg) has none to remove.
+    assert stitch([NORM, GEMM], NORM_GEMM_ARGS, "mini").removed_load_pdis == 0
+
+
+def test_multi_line_and_generic_load_pdis_are_removed_whole():
+    pretty = "aiex.npu.load_pdi {device_ref = @main}"
+    child = gemv_partition(0, 0)
+    spelled = child.mlir.replace(pretty, "aiex.npu.load_pdi {\n        device_ref = @main\n      }")
+    generic = '"aiex.npu.load_pdi"() {device_ref = @main} : () -> ()'
+    spelled = spelled.replace(
+        "      aiex.dma_free_task(%3)\n", f"      aiex.dma_free_task(%3)\n      {generic}\n"
+    )
+    assert spelled.count("load_pdi") == 2  # a pretty op over three lines, a generic one
+    result = stitch([replace(child, mlir=spelled)], LM_ARGS, "lm_head_gemv")
+    assert "load_pdi" not in result.mlir and "device_ref" not in result.mlir
+    assert result.mlir.count("{") == result.mlir.count("}")
+    assert "aiex.dma_free_task(%3)\n    }" in result.mlir  # the sequence body is intact
+
+
 def test_slices_pass_the_whole_argument_and_reshapes_become_identity_casts():
     result = stitch([gemv_partition(0, 1), gemv_partition(1, 3)], LM_ARGS, "lm_head_gemv")
     main = device_block(result.mlir, "main")
@@ -114,10 +227,9 @@ def test_slices_pass_the_whole_argument_and_reshapes_become_identity_casts():
         "(memref<1x64xbf16>, memref<4x128x64xbf16>, memref<4x128xf32>)"
     ) in main
     assert "reinterpret_cast" not in main and "strided" not in main
-    assert "aie.dma_bd(%arg1 : memref<4x128x64xbf16>, 8192," in device_block(result.mlir, "l0_gemv")
-    assert "aie.dma_bd(%arg1 : memref<4x128x64xbf16>, 24576," in device_block(
-        result.mlir, "l1_gemv"
-    )
+    partition = "aie.dma_bd(%arg1 : memref<4x128x64xbf16> offset = {} len"
+    assert partition.format(8192) in device_block(result.mlir, "l0_gemv")
+    assert partition.format(24576) in device_block(result.mlir, "l1_gemv")
     # An unnamed IRON sequence is named so that aiex.run can call it.
     assert "aie.runtime_sequence @sequence(%arg0: memref<1x64xbf16>" in result.mlir
     # Both partitions link the same object with the same symbol: nothing renamed.
