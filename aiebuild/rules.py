@@ -121,13 +121,17 @@ class Violation:
     limit: int
     detail: str  # what makes up the value
     fix: str
+    alignment: bool = False  # the value must be a multiple of the limit
 
     def describe(self) -> str:
         where = f"{self.tile.kind.value} {self.tile}: " if self.tile else ""
-        return (
-            f"{where}{self.rule} is {self.value} ({self.detail}), the limit is {self.limit}: "
-            f"{self.fix}"
+        limit = (
+            f"it must be a multiple of {self.limit}"
+            if self.alignment
+            else f"the limit is {self.limit}"
         )
+        fix = self.fix[:1].upper() + self.fix[1:]
+        return f"{where}{self.rule} is {self.value} ({self.detail}), {limit}. {fix}"
 
 
 @dataclass(frozen=True)
@@ -554,8 +558,8 @@ def _runtime_pattern(
     strides = (0,) * (4 - len(tap.strides)) + tap.strides
     if tap.offset * item % WORD:
         yield Violation(
-            "offset alignment (bytes)", tile, tap.offset * item, WORD, pattern,
-            "start transfers at a multiple of 4 bytes.",
+            "offset (bytes)", tile, tap.offset * item, WORD, pattern,
+            "start transfers at a multiple of 4 bytes.", alignment=True,
         )  # fmt: skip
     outer, outer_stride = sizes[0], strides[0]
     if outer_stride > 0 and outer > ITERATION_SIZE_MAX:
@@ -581,8 +585,8 @@ def _fifo_end_rules(end: Endpoint) -> Iterator[Violation]:
     what = f"{end}, {fifo.nbytes}-byte objects"
     if fifo.nbytes % WORD:
         yield Violation(
-            "object length alignment (bytes)", tile, fifo.nbytes, WORD, what,
-            "make the fifo's objects a multiple of 4 bytes.",
+            "object length (bytes)", tile, fifo.nbytes, WORD, what,
+            "make the fifo's objects a multiple of 4 bytes.", alignment=True,
         )  # fmt: skip
     if fifo.nbytes // WORD > BD_LENGTH_WORDS[kind]:
         yield Violation(
@@ -623,7 +627,7 @@ def _dims_rules(
     if size0 * item % WORD:
         yield Violation(
             "innermost transfer length (bytes)", tile, size0 * item, WORD, pattern,
-            "make the innermost size a multiple of 4 bytes.",
+            "make the innermost size a multiple of 4 bytes.", alignment=True,
         )  # fmt: skip
     if item < WORD and size0 > 1 and stride0 != 1:
         yield Violation(
@@ -651,8 +655,8 @@ def _stride_rules(
     for name, stride in strides:
         if stride * item % WORD:
             yield Violation(
-                f"stride alignment of the {name} (bytes)", tile, stride * item, WORD, pattern,
-                "strides must be multiples of 4 bytes.",
+                f"stride of the {name} (bytes)", tile, stride * item, WORD, pattern,
+                "strides must be multiples of 4 bytes.", alignment=True,
             )  # fmt: skip
         elif stride * item // WORD > STRIDE_MAX_WORDS[kind]:
             yield Violation(
