@@ -57,6 +57,16 @@ def task_compile():
     yield from tasks.compile_tasks(CONFIG)
 
 
+def task_check():
+    """Check every npu2 design of the model against the NPU2 hardware rules (table per ELF)."""
+    return {
+        "actions": [tasks.failing_cleanly(tasks.check_designs, CONFIG)],
+        "task_dep": ["model"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
 def _runtime_task(command: str) -> dict:
     """`aierun <command>` as a doit task, taking the same options as parameters."""
     params = cli.doit_params(command)

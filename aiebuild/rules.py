@@ -223,6 +223,12 @@ def check_specs(specs: Iterable[ElfSpec]) -> list[LaunchCheck]:
 def require_legal(specs: Iterable[ElfSpec]) -> list[LaunchCheck]:
     """The checks of every launch; a RulesError listing every violation if any."""
     checks = check_specs(specs)
+    refuse_violations(checks)
+    return checks
+
+
+def refuse_violations(checks: Iterable[LaunchCheck]) -> None:
+    """One RulesError naming every violation of these checks, if there is any."""
     messages = [message for c in checks for message in c.messages()]
     if messages:
         count = f"{len(messages)} violation{'s' if len(messages) > 1 else ''}"
@@ -230,7 +236,6 @@ def require_legal(specs: Iterable[ElfSpec]) -> list[LaunchCheck]:
             f"the npu2 designs break the hardware rules ({count}; see aiebuild/rules.py for "
             "the limits and their sources):\n" + "\n".join(f"- {m}" for m in messages)
         )
-    return checks
 
 
 def elf_usage(checks: Iterable[LaunchCheck]) -> dict[str, tuple[int, Usage]]:

@@ -19,7 +19,7 @@ import structlog
 from doit.exceptions import InvalidCommand, InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
-from aiebuild import toolchain
+from aiebuild import rules, toolchain
 from aiebuild.designs.common import KernelObject
 from aiebuild.npu2 import Npu2Target
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
@@ -217,6 +217,16 @@ def compile_all(config: BuildConfig) -> Path:
     path = manifest_path(config.home, target.name)
     write_manifest(path, manifest_data(config, target.name, shape, builds))
     return path
+
+
+def check_designs(config: BuildConfig) -> None:
+    """`doit check`: record, place and check every launch of every ELF of the model
+    against the NPU2 hardware rules (aiebuild/rules.py); print the per-ELF table and
+    fail naming every violation."""
+    shape = Checkpoint(config.model_dir()).shape
+    checks = rules.check_specs(model_specs(shape, config.buckets))
+    print(rules.table(checks))
+    rules.refuse_violations(checks)
 
 
 class StderrReporter(ConsoleReporter):
