@@ -96,6 +96,18 @@ def test_a_legal_design_passes_and_reports_its_usage():
     assert report.placement.workers[next(iter(report.placement.workers))] == TileId(0, 2)
 
 
+def test_shim_ends_sit_in_their_cores_column_and_spill_to_the_nearest_free_shim():
+    placed = placement.place(streaming(3, 1, tile=iron_model.Tile(3, 4)))
+    shims = {handle.name: tile for handle, tile in placed.shims.items()}
+    # in0, in1 take shim (3, 0)'s two MM2S channels; in2 goes to the nearest shim with one
+    # free, the lower column first; out0 takes an S2MM channel of (3, 0)
+    assert shims == {"in0": TileId(3, 0), "in1": TileId(3, 0), "in2": TileId(2, 0),
+                     "out0": TileId(3, 0)}  # fmt: skip
+    assert [(str(e), e.channel) for e in placed.at(TileId(3, 0))] == [
+        ("in0 producer", 0), ("in1 producer", 1), ("out0 consumer", 0)
+    ]  # fmt: skip
+
+
 def test_three_input_fifos_into_one_core_are_refused():
     message = refused(streaming(3, 1), "input DMA channels", 3, 2)
     assert message.startswith("core (0, 2)")
