@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from aiebuild.store import Store, content_key
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import PLAN
+from aierun.errors import UserError
+from aierun.files import sha256_file
 
 
 class Target(Protocol):
@@ -45,7 +47,9 @@ class EmuTarget:
         pass  # numpy runs any shape the specs produce
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
-        return {}  # the plan is the spec: nothing else decides its bytes
+        """The plan is the spec; the modeled npu2 time beside it also follows the
+        designs, the kernels and the time model."""
+        return npu2_model_sources(spec)
 
     def build(self, spec: ElfSpec, key: str, store: Store) -> Path:
         return store.publish(key, plan_meta(spec, {"emu": 1}), {PLAN: plan_bytes(spec)})
@@ -56,7 +60,41 @@ def plan_bytes(spec: ElfSpec) -> bytes:
 
 
 def plan_meta(spec: ElfSpec, toolchain: dict[str, Any]) -> dict[str, Any]:
-    return {"name": spec.name, "instance": spec.instance, "toolchain": toolchain}
+    """artifact.json's record of an ELF, with its modeled npu2 time (both targets), which
+    the runtime's profile report shows without importing aiebuild."""
+    return {
+        "name": spec.name,
+        "instance": spec.instance,
+        "toolchain": toolchain,
+        "npu2_model": npu2_model(spec),
+    }
+
+
+def npu2_model(spec: ElfSpec) -> dict[str, Any]:
+    """One call of the ELF on npu2 as aiebuild/timing.py models it ({"ms", "fixed_ms",
+    "launches": [{"label", "ms", "bound"}]}), or {"error": why} when the npu2 designs
+    cannot build it (the emu target builds any shape)."""
+    from aiebuild import designs, timing  # the designs load only when an ELF is built
+
+    try:
+        for launch in spec.launches:
+            designs.check_launch(spec, launch)
+    except UserError as exc:
+        return {"error": str(exc)}
+    return timing.elf_time(spec).summary()
+
+
+def npu2_model_sources(spec: ElfSpec) -> dict[str, str]:
+    """sha256 of the files the modeled time depends on: the designs and kernels, the
+    time model and its kernel costs."""
+    from aiebuild import designs
+
+    root = Path(__file__).resolve().parents[1]
+    files = {
+        **designs.design_sources(spec),
+        **{f"aiebuild/{n}": root / "aiebuild" / n for n in ("timing.py", "kernel_costs.py")},
+    }
+    return {label: sha256_file(path) for label, path in files.items()}
 
 
 def entry_key(target: Target, spec: ElfSpec, fingerprint: dict[str, Any]) -> str:

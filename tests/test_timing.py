@@ -128,3 +128,23 @@ def test_every_rate_is_positive():
     rates = [timing.CLOCK_HZ, timing.STREAM_BYTES_PER_S, timing.SHIM_CHANNEL_BYTES_PER_S,
              timing.COLUMN_DDR_BYTES_PER_S, timing.ARRAY_DDR_BYTES_PER_S]  # fmt: skip
     assert all(np.isfinite(r) and r > 0 for r in rates)
+
+
+def test_emu_artifact_records_the_modeled_npu2_time(tmp_path):
+    import json
+
+    from aiebuild.specs import rms_gemv_rope
+    from aiebuild.store import Store
+    from aiebuild.targets import EmuTarget
+    from aierun.artifacts import ENTRY_META
+    from aierun.model import ModelShape
+
+    shape = ModelShape(2, 128, 4, 2, 32, 256, 512, 1e-5, 10000.0, None, True, 2048)
+    spec = rms_gemv_rope(shape)
+    entry = EmuTarget().build(spec, "0" * 64, Store(tmp_path, "emu"))
+    recorded = json.loads((entry / ENTRY_META).read_text())["npu2_model"]
+    modeled = timing.elf_time(spec)
+    assert recorded["ms"] == pytest.approx(modeled.ms, abs=1e-4)
+    assert [launch["label"] for launch in recorded["launches"]] == [
+        launch.label or launch.op for launch in spec.launches
+    ]
