@@ -10,6 +10,7 @@ Every file is checked against its sha256 before use.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,29 @@ from aierun.model import ModelShape
 log = structlog.get_logger("aierun.artifacts")
 
 MANIFEST = "manifest.json"
+# A store key is a sha256 in hex: anything else in a manifest is refused, so a
+# manifest cannot point outside its store ("../..").
+KEY_PATTERN = re.compile("[0-9a-f]{64}")
+# Beside a target's manifest: one manifest per model compiled before (models/<name>/).
+SIDE_BY_SIDE = "models"
 ENTRY_META = "artifact.json"
 PLAN = "plan.json"
 
 
 class ArtifactError(UserError):
     pass
+
+
+REBUILD = "run `doit compile` in the checkout (or unpack the bundle again) to rebuild it"
+
+
+def read_json_file(path: Path, what: str, advice: str) -> Any:
+    """A JSON document the runtime depends on; a torn or hand-broken one is refused
+    with its path and what to do, not with a decoder traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{what} {path} is not valid JSON ({exc}): {advice}.") from None
 
 
 @dataclass(frozen=True)
@@ -47,22 +65,26 @@ def verify_entry(entry: Path) -> dict[str, Any]:
     """Read an entry's artifact.json and check every listed file's size and sha256."""
     meta_file = entry / ENTRY_META
     if not meta_file.is_file():
-        raise ArtifactError(f"artifact entry {entry} has no {ENTRY_META}")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("key") != entry.name:
-        raise ArtifactError(f"artifact entry {entry} claims key {meta.get('key')!r}")
-    for name, info in meta["files"].items():
+        raise ArtifactError(f"artifact entry {entry} is missing or has no {ENTRY_META}: {REBUILD}")
+    meta = read_json_file(meta_file, "artifact record", REBUILD)
+    if not isinstance(meta, dict) or meta.get("key") != entry.name:
+        raise ArtifactError(f"artifact entry {entry} is not the entry of its key: {REBUILD}")
+    try:
+        listed = {name: (info["size"], info["sha256"]) for name, info in meta["files"].items()}
+    except (KeyError, TypeError, AttributeError):
+        raise ArtifactError(f"{meta_file} has no valid file list: {REBUILD}") from None
+    for name, (size, digest) in listed.items():
         path = entry / name
-        if not path.is_file() or path.stat().st_size != info["size"]:
-            raise ArtifactError(f"artifact file {path} is missing or has the wrong size")
-        if sha256_file(path) != info["sha256"]:
-            raise ArtifactError(f"artifact file {path} does not match its sha256: it is corrupt")
+        if not path.is_file() or path.stat().st_size != size:
+            raise ArtifactError(f"artifact file {path} is missing or has the wrong size: {REBUILD}")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"artifact file {path} does not match its sha256: {REBUILD}")
     return meta
 
 
 def load_entry(entry: Path, instance: str) -> Artifact:
     meta = verify_entry(entry)
-    spec = ElfSpec.from_json(json.loads((entry / PLAN).read_text()))
+    spec = ElfSpec.from_json(read_json_file(entry / PLAN, "launch plan", REBUILD))
     files = {name: entry / name for name in meta["files"]}
     return Artifact(instance, meta["key"], meta["target"], spec, files, meta)
 
@@ -79,20 +101,26 @@ class ArtifactSet:
 
     @classmethod
     def open(cls, manifest_file: Path) -> ArtifactSet:
-        data = json.loads(manifest_file.read_text())
-        schema = data.get("schema", 0)
-        if schema > ARTIFACT_SCHEMA:
+        advice = "run `doit compile` again (it rewrites it), or unpack the bundle again"
+        data = read_json_file(manifest_file, "manifest", advice)
+        schema = data.get("schema", 0) if isinstance(data, dict) else 0
+        if not isinstance(schema, int) or schema > ARTIFACT_SCHEMA:
             raise ArtifactError(
                 f"{manifest_file} uses artifact schema {schema}; this runtime reads up to "
                 f"{ARTIFACT_SCHEMA}. Upgrade aierun or rebuild the artifacts."
             )
-        return cls(
-            manifest_file.parent,
-            data["target"],
-            ModelShape.from_json(data["model"]),
-            tuple(data["buckets"]),
-            data,
-        )
+        try:
+            return cls(
+                manifest_file.parent,
+                str(data["target"]),
+                ModelShape.from_json(data["model"]),
+                tuple(int(b) for b in data["buckets"]),
+                {**data, "elfs": dict(data["elfs"]), "store": str(data["store"])},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(
+                f"manifest {manifest_file} is incomplete or malformed ({exc!r}): {advice}."
+            ) from None
 
     @property
     def store(self) -> Path:
@@ -106,9 +134,31 @@ class ArtifactSet:
         key = self.manifest["elfs"].get(instance)
         if key is None:
             raise ArtifactError(f"the artifacts in {self.root} have no ELF {instance!r}")
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            raise ArtifactError(
+                f"the manifest in {self.root} names {key!r} for {instance}, which is not a "
+                f"content key: {REBUILD}"
+            )
         artifact = load_entry(self.store / key, instance)
         log.debug("artifact.load", elf=instance, key=key[:12], target=artifact.target)
         return artifact
+
+    def for_model(self, shape: ModelShape, model_name: str) -> ArtifactSet:
+        """This set if it was compiled for `shape`, else the set kept beside it for that
+        model: `doit compile` keeps one manifest per model under `models/`, so going
+        back to a model compiled before needs no compile."""
+        if shape == self.shape:
+            return self
+        for other in sorted((self.root / SIDE_BY_SIDE).glob(f"*/{MANIFEST}")):
+            try:
+                candidate = ArtifactSet.open(other)
+            except ArtifactError as exc:
+                log.warning("artifacts.side_manifest_unreadable", reason=str(exc))
+                continue
+            if candidate.shape == shape:
+                log.info("artifacts.model_manifest", model=model_name, manifest=str(other))
+                return candidate
+        return self  # check_model says what to do
 
     def check_model(self, shape: ModelShape, model_name: str) -> None:
         if shape != self.shape:
@@ -119,16 +169,20 @@ class ArtifactSet:
             )
 
 
-def find_manifest(where: Path | None, targets: tuple[str, ...], home: Path) -> Path:
+def find_manifest(where: Path | None, targets: tuple[str, ...], homes: list[Path]) -> Path:
     """The manifest to use: `where` (a manifest file, an unpacked bundle or a build
-    directory / runtime home), else the runtime home; the first of `targets` wins."""
-    base = home if where is None else where
-    candidates = [base, base / MANIFEST, *(base / "targets" / t / MANIFEST for t in targets)]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.name == MANIFEST:
-            return candidate
+    directory / runtime home), else the first of `homes` that has one; the first of
+    `targets` wins within a place."""
+    places = homes if where is None else [where]
+    for base in places:
+        candidates = [base, base / MANIFEST, *(base / "targets" / t / MANIFEST for t in targets)]
+        for candidate in candidates:
+            if candidate.is_file() and candidate.name == MANIFEST:
+                log.debug("artifacts.found", manifest=str(candidate))
+                return candidate
     raise ArtifactError(
-        f"no compiled artifacts for target {' or '.join(targets)} in {base}. Run "
-        "`doit compile` in the checkout and pass --artifacts <checkout>/build (or set "
-        "AIERUN_HOME to it), or pass --artifacts with a bundle made by `doit pack`."
+        f"no compiled artifacts for target {' or '.join(targets)} in "
+        f"{' or '.join(map(str, places))}. Run `doit compile` in the checkout (then run "
+        "aierun inside it, or pass --artifacts <checkout>/build), or pass --artifacts with "
+        "a bundle made by `doit pack`."
     )

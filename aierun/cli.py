@@ -8,6 +8,8 @@ with the same flags, so both front doors behave the same.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +20,14 @@ from typing import Any
 import structlog
 
 from aierun import __version__, logs, paths
-from aierun.errors import DeviceError, UserError
+from aierun.errors import Failure, UserError, describe
 
 log = structlog.get_logger("aierun.cli")
 
 DEFAULT_PROMPT = "What is the capital of France?"
+# Chat answers get room to finish; a run's default stays short (a quick check).
+CHAT_N_TOKENS = 512
+CHAT_MARKER = "> "
 
 
 @dataclass(frozen=True)
@@ -45,15 +50,37 @@ def positive_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """A real number (nan and inf would make every later computation meaningless)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def utf8_text(text: str) -> str:
+    """Text that can be tokenized: a command line in another encoding reaches Python
+    as undecodable bytes (lone surrogates), refused here with where they are."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"is not UTF-8 text (undecodable byte at character {exc.start + 1}): pass it in "
+            "UTF-8 (e.g. convert it with `iconv -t UTF-8`)"
+        ) from None
+    return text
+
+
 RUN_OPTIONS = (
-    Option("prompt", str, DEFAULT_PROMPT, "the user prompt (through the chat template, if any)"),
+    Option("prompt", utf8_text, DEFAULT_PROMPT,
+           "the user prompt (through the chat template, if any)"),
     Option("n_tokens", positive_int, 32, "most tokens to generate (stops earlier at EOS)"),
     Option("device", str, "emu", "emu (numpy emulation, any machine) or npu (XRT, Ryzen AI NPU2)"),
     Option("artifacts", str, None, "a build directory, an unpacked bundle or a bundle archive "
            "(default: $AIERUN_HOME/targets/<target>)"),
     Option("seq_len", int, None, "force this prefill bucket (2048 reproduces the seed's setting)"),
-    Option("temperature", float, 0.0, "0 = greedy (default, reproducible); > 0 samples"),
-    Option("top_p", float, 1.0, "nucleus sampling mass when sampling"),
+    Option("temperature", finite_float, 0.0, "0 = greedy (default, reproducible); > 0 samples"),
+    Option("top_p", finite_float, 1.0, "nucleus sampling mass when sampling"),
     Option("seed", int, 0, "random seed for sampling"),
 )  # fmt: skip
 PROFILE_OPTIONS = (
@@ -75,19 +102,26 @@ VERIFY_OPTIONS = (
     REFERENCE_DTYPE,
 )
 DIAGNOSIS_OPTIONS = (
-    Option("prompt", str, DEFAULT_PROMPT, "the prompt to compare layer by layer"),
-    Option("threshold", float, 0.99, "cosine similarity below which a layer is reported bad"),
+    Option("prompt", utf8_text, DEFAULT_PROMPT, "the prompt to compare layer by layer"),
+    Option(
+        "threshold", finite_float, 0.99, "cosine similarity below which a layer is reported bad"
+    ),
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
     Option("json", str, None, "write the per-layer comparison here"),
     REFERENCE_DTYPE,
 )
+CHAT_OPTIONS = (
+    *(o for o in RUN_OPTIONS if o.name != "prompt"),
+    Option("n_tokens", positive_int, CHAT_N_TOKENS,
+           "most tokens per answer (an answer cut short is not kept in the conversation)"),
+)  # fmt: skip
 UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run on: emu or npu"),)
 
 COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
     "chat": (
-        tuple(o for o in RUN_OPTIONS if o.name != "prompt"),
+        CHAT_OPTIONS,
         "interactive chat: one message per line on stdin, answers on stdout",
     ),
     "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
@@ -103,17 +137,13 @@ def _options(command: str) -> tuple[Option, ...]:
 
 
 def doit_params(command: str) -> list[dict[str, Any]]:
-    """The command's flags as doit task parameters (`doit run --prompt ...`)."""
-    # doit cannot report a failed conversion without a traceback: it gets plain int,
-    # and the range is checked when `main` parses the flags.
-    doit_type = {positive_int: int}
+    """The command's flags as doit task parameters (`doit generate --prompt ...`)."""
+    # doit reports a failed conversion with a traceback, so it passes every value on
+    # as text; `main` converts and checks them with the flags' own types.
     return [
-        {
-            "name": o.name, "long": o.flag[2:], "type": doit_type.get(o.type, o.type),
-            "default": o.default, "help": o.help,
-        }
+        {"name": o.name, "long": o.flag[2:], "type": str, "default": o.default, "help": o.help}
         for o in _options(command)
-    ]  # fmt: skip
+    ]
 
 
 def flags_from_params(values: dict[str, Any], params: list[dict[str, Any]]) -> list[str]:
@@ -149,20 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_session(args: argparse.Namespace, profiler=None):
-    """Artifacts + model + device -> a prepared Session (use it in a `with` block:
-    closing it releases the device). The artifacts are found first, so a missing
-    build fails at once rather than after the model is made ready."""
+    """Device + artifacts + model -> a prepared Session (use it in a `with` block:
+    closing it releases the device). The device is opened first ("no NPU here" is
+    the news, not "no artifacts for npu2"), then the artifacts are found, so a
+    missing build fails at once rather than after the model is made ready."""
     from aierun.artifacts import ArtifactSet, find_manifest
     from aierun.devices.base import open_device
     from aierun.model import Checkpoint, resolve_model
     from aierun.pipeline import Session
 
-    targets = device_targets(args.device)
-    manifest = find_manifest(_artifacts_dir(args.artifacts, targets), targets, paths.home())
-    artifacts = ArtifactSet.open(manifest)
-    checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
     device = open_device(args.device)
     try:
+        where = _artifacts_dir(args.artifacts, device.targets)
+        manifest = find_manifest(where, device.targets, paths.artifact_homes())
+        checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
+        artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
         session = Session(checkpoint, artifacts, device, profiler)
         session.prepare()
     except BaseException:
@@ -228,15 +259,21 @@ class TextStream:
 
 
 def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
-    """Print the answer as it comes; returns the generated ids."""
+    """Print the answer as it comes; returns the generated ids. Interrupted (Ctrl-C),
+    the text shown so far stays and the line is ended."""
     stream = TextStream(session.checkpoint.tokenizer)
     start = time.perf_counter()
     first = last = None
-    for token in session.generate(prompt, n_tokens, sampling, seq_len):
-        last = time.perf_counter()
-        first = first or last
-        sys.stdout.write(stream.push(token))
+    try:
+        for token in session.generate(prompt, n_tokens, sampling, seq_len):
+            last = time.perf_counter()
+            first = first or last
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
         sys.stdout.flush()
+        raise
     sys.stdout.write(stream.finish() + "\n")
     sys.stdout.flush()
     tokens = stream.tokens
@@ -250,27 +287,46 @@ def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """A multi-turn chat: each turn prefills the whole conversation so far."""
+    """A multi-turn chat: each turn prefills the whole conversation so far. Log lines
+    go to the log file only, so they do not interleave with the conversation."""
     from aierun.pipeline import Sampling
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
-    with open_session(args) as session:
-        checkpoint = session.checkpoint
+    n_tokens = args.n_tokens
+    with open_session(args) as session, logs.console_quiet():
         messages: list[dict[str, str]] = []
         print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
-        for line in sys.stdin:
-            if not line.strip():
-                break
-            messages.append({"role": "user", "content": line.strip()})
+        while (line := _read_message()) is not None:
+            messages.append({"role": "user", "content": line})
             try:
-                ids = checkpoint.encode_chat(messages)
-                tokens = _stream(session, ids, args.n_tokens, sampling, args.seq_len)
+                ids = session.checkpoint.encode_chat(messages)
+                tokens = _stream(session, ids, n_tokens, sampling, args.seq_len)
             except UserError as exc:  # e.g. the conversation outgrew the largest bucket
                 print(f"aierun chat: {exc} This message was dropped.", file=sys.stderr)
                 messages.pop()
                 continue
-            messages.append({"role": "assistant", "content": checkpoint.tokenizer.decode(tokens)})
+            if len(tokens) >= n_tokens:  # no end of turn: the answer was cut short
+                print(f"aierun chat: the answer was cut at {n_tokens} tokens (--n-tokens) and "
+                      "is not kept in the conversation.", file=sys.stderr)  # fmt: skip
+                messages.pop()
+                continue
+            text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
+            messages.append({"role": "assistant", "content": text})
     return 0
+
+
+def _read_message() -> str | None:
+    """The next chat message from stdin (None at an empty line or end of input),
+    after the input marker on stderr."""
+    print(CHAT_MARKER, end="", file=sys.stderr, flush=True)
+    try:
+        line = sys.stdin.readline()
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"the chat input (stdin) is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+            "type or pipe UTF-8."
+        ) from None
+    return line.strip() or None
 
 
 def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -295,12 +351,26 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        paths.check_home()
         logs.configure(paths.logs_dir(), args.log_level)
         return HANDLERS[args.command](args)
-    except (UserError, DeviceError) as exc:
-        log.debug(f"{args.command}.failed", error=str(exc))  # the JSON log; the console gets:
-        print(f"aierun {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        failure = describe(exc)
+        if failure is None:  # a bug: its traceback is what a report needs
+            raise
+        return _report(args.command, exc, failure)
+
+
+def _report(command: str, exc: BaseException, failure: Failure) -> int:
+    """Say what went wrong, once, on stderr; the JSON log records it too."""
+    if isinstance(exc, BrokenPipeError):
+        # The reader of stdout is gone: nothing more to say, and nothing may be
+        # flushed into the closed pipe at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return failure.code
+    log.debug(f"{command}.failed", error=failure.message, exit_code=failure.code)
+    print(f"aierun {command}: {failure.message}", file=sys.stderr)
+    return failure.code
 
 
 if __name__ == "__main__":

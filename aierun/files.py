@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,21 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: Path, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporaries `write_atomic` left beside `path` when its process was
+    killed. One younger than `min_age_s` may belong to a writer running now: kept."""
+    removed = []
+    cutoff = time.time() - min_age_s
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return removed
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -51,10 +53,54 @@ def configure(log_dir: Path | None, level: str | None = None) -> Path | None:
         if _json is not None:
             root.removeHandler(_json)
             _json.close()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
-        _json = _handler(logging.FileHandler(log_dir / name), structlog.processors.JSONRenderer())
+            _json = None
+        _json = _open_file_handler(log_dir)
     return Path(_json.baseFilename) if _json is not None else None
+
+
+class _LogFileHandler(logging.FileHandler):
+    """The JSON-lines file is a record, not the work: when it cannot be written (a
+    full disk, a read-only home) logging goes on to the console only, said once,
+    instead of logging's traceback on every event."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        global _json
+        logging.getLogger().removeHandler(self)
+        if _json is self:
+            _json = None
+        _warn_no_file(self.baseFilename, sys.exc_info()[1])
+
+
+def _open_file_handler(log_dir: Path) -> logging.FileHandler | None:
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler = _LogFileHandler(log_dir / name, delay=False)
+    except OSError as exc:
+        _warn_no_file(str(log_dir / name), exc)
+        return None
+    return _handler(handler, structlog.processors.JSONRenderer())
+
+
+def _warn_no_file(path: str, exc: BaseException | None) -> None:
+    reason = getattr(exc, "strerror", None) or exc
+    print(f"aierun: warning: cannot write the log file {path} ({reason}); "
+          "logging to the console only.", file=sys.stderr)  # fmt: skip
+
+
+@contextmanager
+def console_quiet() -> Iterator[None]:
+    """Only warnings and errors on the console (the log file keeps everything):
+    for interactive use, where log lines would interleave with the conversation."""
+    if _console is None:
+        yield
+        return
+    level = _console.level
+    _console.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        _console.setLevel(level)
 
 
 def _handler(handler: logging.Handler, renderer) -> logging.Handler:

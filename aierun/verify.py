@@ -38,6 +38,11 @@ def load_prompts(file: str | Path | None) -> list[str]:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"--prompts {file}: cannot read it ({exc.strerror}).") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"--prompts {file} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it "
+            "as UTF-8 (e.g. `iconv -t UTF-8`)."
+        ) from None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"--prompts {file} holds no prompt: write one prompt per line.")

@@ -311,9 +311,12 @@ def _import_pyxrt() -> Any:
     try:
         xrt = importlib.import_module("pyxrt")
     except ImportError as exc:
+        accel = sorted(str(p) for p in Path("/dev/accel").glob("accel*"))
         raise UserError(
-            f"the npu device needs XRT's Python bindings (pyxrt), which are not importable "
-            f"({exc}). {_install_hint()}"
+            f"no NPU found here: looked for XRT's Python bindings (pyxrt), which are not "
+            f"importable ({exc}), and for NPU device nodes (/dev/accel/accel*: "
+            f"{', '.join(accel) or 'none'}). Use --device emu to run on the numpy emulation; "
+            f"on a Ryzen AI machine: {_install_hint()}"
         ) from None
     if not (hasattr(xrt, "elf") and hasattr(xrt, "ext")):
         raise UserError(
