@@ -47,7 +47,7 @@ def pack(home: Path, target: str, out_path: Path) -> Path:
     """Write the bundle of `target`'s current manifest to `out_path` (atomically)."""
     artifacts = _open_manifest(home, target)
     files = _entry_files(artifacts)
-    documents = _documents(artifacts, target)
+    documents = _documents(artifacts, target, {n: p.stat().st_size for n, p in files.items()})
     digests = {name: sha256_file(path) for name, path in files.items()}
     digests |= {name: sha256_text(data) for name, data in documents.items()}
     _write_archive(out_path, {SUMS: sums_text(digests).encode(), **documents}, files)
@@ -56,17 +56,19 @@ def pack(home: Path, target: str, out_path: Path) -> Path:
     return out_path
 
 
-def _documents(artifacts: ArtifactSet, target: str) -> dict[str, bytes]:
-    """manifest.json (pointing at the bundled entries) and bundle.json."""
+def _documents(artifacts: ArtifactSet, target: str, sizes: dict[str, int]) -> dict[str, bytes]:
+    """manifest.json (pointing at the bundled entries) and bundle.json, which declares
+    the size of every file (`sizes`: the entries' files): unpacking writes no more."""
+    manifest = json.dumps({**artifacts.manifest, "store": ENTRIES}, indent=2, sort_keys=True)
     meta = {
         "schema": ARTIFACT_SCHEMA,
         "target": target,
         "min_runtime_version": __version__,
         "model": artifacts.manifest["model_name"],
+        "sizes": {**sizes, MANIFEST: len(manifest.encode())},
     }
-    manifest = {**artifacts.manifest, "store": ENTRIES}
     return {
-        MANIFEST: json.dumps(manifest, indent=2, sort_keys=True).encode(),
+        MANIFEST: manifest.encode(),
         BUNDLE_META: json.dumps(meta, indent=2, sort_keys=True).encode(),
     }
 

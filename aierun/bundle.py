@@ -26,6 +26,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,7 +35,7 @@ import structlog
 from packaging.version import InvalidVersion, Version
 
 from aierun import ARTIFACT_SCHEMA, __version__
-from aierun.artifacts import MANIFEST, ArtifactError
+from aierun.artifacts import ENTRY_META, KEY_PATTERN, MANIFEST, ArtifactError
 from aierun.files import sha256_file
 
 log = structlog.get_logger("aierun.bundle")
@@ -42,6 +44,12 @@ SUMS = "SHA256SUMS"
 BUNDLE_META = "bundle.json"
 ENTRIES = "entries"
 REQUIRED = (BUNDLE_META, MANIFEST)
+DOCUMENTS = (SUMS, *REQUIRED)  # read and checked before anything is written
+MAX_DOCUMENT_BYTES = 16 * 2**20
+MAX_MEMBERS = 100_000
+# Compiled ELFs and launch plans, no weights: a bundle beyond this is not ours.
+DEFAULT_MAX_UNPACKED_BYTES = 2**30
+LIMIT_ENV = "AIERUN_MAX_BUNDLE_BYTES"
 REPACK = "get an intact copy of the bundle, or re-run `doit pack` where it was built"
 # What a damaged or non-tar archive raises while it is read.
 _READ_ERRORS = (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error)
@@ -56,16 +64,21 @@ def open_bundle(archive: Path, cache_dir: Path, targets: tuple[str, ...] | None 
     final = Path(cache_dir) / sha256_file(archive)
     if _is_intact(final):
         log.info("bundle.reuse", bundle=str(archive), path=str(final))
-        _check_compatible(final, archive, targets)
+        documents = {name: (final / name).read_bytes() for name in DOCUMENTS}
+        _check_documents(documents, archive, targets)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
-    try:
-        _extract(archive, staging)
-        _check_compatible(staging, archive, targets)
-        _install(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _open_tar(archive) as tar:
+        members, listed = _scan(tar, archive, targets)  # everything is checked before writing
+        _check_free_space(archive, sum(m.size for m in members), final.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+        try:
+            for member in members:
+                _extract_member(tar, member, staging, archive)
+            _verify_files(staging, listed, archive)
+            _install(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("bundle.unpacked", bundle=str(archive), path=str(final))
     return final
 
@@ -95,27 +108,114 @@ def parse_sums(text: str, archive: Path) -> dict[str, str]:
 # -- unpacking ------------------------------------------------------------------
 
 
-def _extract(archive: Path, staging: Path) -> None:
-    """Check every member, extract the listed files and verify their hashes."""
+@contextmanager
+def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    """The archive for reading; a damaged or non-tar file is refused, not a traceback."""
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            listed = _read_sums(tar, members, archive)
-            files = _checked_members(members, listed, archive)
-            for member in files:
-                _extract_member(tar, member, staging, archive)
+            yield tar
     except _READ_ERRORS as exc:
         raise _refuse(archive, f"it is damaged or not a tar archive ({exc})") from None
-    _verify_files(staging, listed, archive)
 
 
-def _read_sums(
-    tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path
-) -> dict[str, str]:
-    found = [m for m in members if _normalized(m.name) == SUMS and m.isfile()]
-    if not found:
+def _scan(
+    tar: tarfile.TarFile, archive: Path, targets: tuple[str, ...] | None
+) -> tuple[list[tarfile.TarInfo], dict[str, str]]:
+    """One pass over the member headers, writing nothing. The three documents are
+    read (each bounded) as they come and checked as soon as all are in, so a bundle
+    for another target or schema is refused before the rest is even decompressed.
+    Returns the regular files to extract and SHA256SUMS's {path: sha256}."""
+    members: list[tarfile.TarInfo] = []
+    documents: dict[str, bytes] = {}
+    checked: tuple[dict[str, str], dict[str, int]] | None = None
+    for member in tar:
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            raise _refuse(archive, f"it has more than {MAX_MEMBERS} members")
+        name = _normalized(member.name)
+        if name in DOCUMENTS and member.isfile() and name not in documents:
+            documents[name] = _read_document(tar, member, archive)
+            if len(documents) == len(DOCUMENTS):
+                checked = _check_documents(documents, archive, targets)
+    if SUMS not in documents:
         raise _refuse(archive, f"it has no {SUMS}: it was not made by `doit pack`")
-    return parse_sums(tar.extractfile(found[0]).read().decode(), archive)
+    if checked is None:
+        raise _refuse(archive, f"it lacks {', '.join(sorted(set(DOCUMENTS) - set(documents)))}")
+    listed, sizes = checked
+    files = _checked_members(members, listed, archive)
+    _check_sizes(files, sizes, archive)
+    return files, listed
+
+
+def _read_document(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> bytes:
+    if member.size > MAX_DOCUMENT_BYTES:
+        raise _refuse(archive, f"{member.name} is {member.size} bytes, more than a bundle's "
+                      f"{MAX_DOCUMENT_BYTES} for it")  # fmt: skip
+    return tar.extractfile(member).read(MAX_DOCUMENT_BYTES)
+
+
+def _check_documents(
+    documents: dict[str, bytes], archive: Path, targets: tuple[str, ...] | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """SHA256SUMS, bundle.json and manifest.json, checked against each other and the
+    device; returns SHA256SUMS's {path: sha256} and bundle.json's {path: size}."""
+    listed = parse_sums(documents[SUMS].decode("utf-8", "replace"), archive)
+    meta = _parse_json(documents[BUNDLE_META], BUNDLE_META, archive)
+    manifest = _parse_json(documents[MANIFEST], MANIFEST, archive)
+    _check_compatible(meta, manifest, archive, targets)
+    sizes = _declared_sizes(meta, listed, archive)
+    for instance, key in manifest.get("elfs", {}).items():
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            raise _refuse(archive, f"its {MANIFEST} names {key!r} for {instance}, which is not "
+                          "a content key")  # fmt: skip
+        if f"{ENTRIES}/{key}/{ENTRY_META}" not in listed:
+            raise _refuse(archive, f"its {MANIFEST} names entry {key[:12]}, which it lacks")
+    return listed, sizes
+
+
+def _declared_sizes(meta: dict[str, Any], listed: dict[str, str], archive: Path) -> dict[str, int]:
+    """bundle.json's size of every listed file (but itself): what unpacking may write."""
+    sizes = meta.get("sizes")
+    if not isinstance(sizes, dict) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes.values()
+    ):
+        raise _refuse(archive, f"its {BUNDLE_META} declares no file sizes (made by an older "
+                      "`doit pack`?)")  # fmt: skip
+    undeclared = sorted(set(listed) - set(sizes) - {BUNDLE_META})
+    if undeclared:
+        raise _refuse(archive, f"{BUNDLE_META} declares no size for {undeclared[0]}")
+    return sizes
+
+
+def _check_sizes(files: list[tarfile.TarInfo], sizes: dict[str, int], archive: Path) -> None:
+    """Each member must hold what bundle.json declares for it, and all of it must fit
+    the limit and the free disk: a small archive cannot unpack into gigabytes."""
+    total = 0
+    for member in files:
+        name = _normalized(member.name)
+        if name in sizes and member.size != sizes[name]:
+            raise _refuse(archive, f"member {name!r} holds {member.size} bytes, but "
+                          f"{BUNDLE_META} declares {sizes[name]}")  # fmt: skip
+        total += member.size
+    limit = max_unpacked_bytes()
+    if total > limit:
+        raise _refuse(archive, f"it would unpack to {total} bytes, more than the limit of "
+                      f"{limit} ({LIMIT_ENV} raises it)")  # fmt: skip
+
+
+def _check_free_space(archive: Path, needed: int, where: Path) -> None:
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise _refuse(
+            archive,
+            f"it unpacks to {needed} bytes and {where} has {free} free",
+            "free some space there or set AIERUN_HOME to a disk with room",
+        )
+
+
+def max_unpacked_bytes() -> int:
+    """The most a bundle may unpack to: generous for compiled ELFs (no weights)."""
+    return int(os.environ.get(LIMIT_ENV) or DEFAULT_MAX_UNPACKED_BYTES)
 
 
 def _checked_members(
@@ -204,10 +304,10 @@ def _install(staging: Path, final: Path) -> None:
 # -- compatibility ----------------------------------------------------------------
 
 
-def _check_compatible(root: Path, archive: Path, targets: tuple[str, ...] | None) -> None:
+def _check_compatible(
+    meta: dict[str, Any], manifest: dict[str, Any], archive: Path, targets: tuple[str, ...] | None
+) -> None:
     """Refuse a bundle of a newer schema, for a newer runtime or for another target."""
-    meta = _read_json(root / BUNDLE_META, archive)
-    manifest = _read_json(root / MANIFEST, archive)
     try:
         schema, target = int(meta["schema"]), str(meta["target"])
         needed = Version(str(meta["min_runtime_version"]))
@@ -234,16 +334,18 @@ def _check_compatible(root: Path, archive: Path, targets: tuple[str, ...] | None
         )
     if manifest.get("target") != target or manifest.get("store") != ENTRIES:
         raise _refuse(archive, f"its {MANIFEST} does not match {BUNDLE_META}")
+    if not isinstance(manifest.get("elfs"), dict):
+        raise _refuse(archive, f"its {MANIFEST} has no ELF list")
 
 
-def _read_json(path: Path, archive: Path) -> dict[str, Any]:
+def _parse_json(data: bytes, name: str, archive: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise _refuse(archive, f"{path.name} is unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise _refuse(archive, f"{path.name} is not a JSON object")
-    return data
+        parsed = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise _refuse(archive, f"{name} is unreadable ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise _refuse(archive, f"{name} is not a JSON object")
+    return parsed
 
 
 def _path_problem(name: str) -> str | None:
