@@ -1,4 +1,5 @@
-"""doit tasks: `doit compile|generate|profile|verify|diagnosis|model|pack|unpack|cache|bench`.
+"""doit tasks: `doit compile|generate|profile|verify|diagnosis|simulate|model|pack|unpack|
+cache|bench`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
@@ -40,12 +41,8 @@ def task_model():
     if CONFIG.model:  # the user's own checkpoint: nothing to make
         return {"actions": [], "uptodate": [True]}
     target = BUILD / "models" / default_model.NAME
-
-    def materialize() -> None:
-        default_model.materialize(target)
-
     return {
-        "actions": [materialize],
+        "actions": [tasks.failing_cleanly(default_model.materialize, target)],
         "targets": [str(target / name) for name in default_model.CHECKPOINT_FILES],
         "uptodate": [lambda: default_model.is_materialized(target)],
     }
@@ -108,6 +105,22 @@ def task_verify():
 def task_diagnosis():
     """Per-layer hidden-state comparison against transformers; names the first bad layer."""
     return _runtime_task("diagnosis")
+
+
+def task_simulate():
+    """Run every ELF through the dataflow model with the kernels compiled for this machine
+    and compare with emu (`doit simulate buckets=64,256 elf=lm_head_gemv`; buckets
+    default to 64); table on stdout, JSON under build/simulate/, fails beyond tolerance."""
+    from aiebuild.sim import run  # needs a C++ compiler only when it runs
+
+    buckets = CONFIG.buckets if get_var("buckets", "") else run.DEFAULT_BUCKETS
+    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu")
+    return {
+        "actions": [(run.task_action, (config, get_var("elf", "")))],
+        "task_dep": ["model"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
 
 def task_pack():

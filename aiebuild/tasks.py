@@ -8,6 +8,7 @@ ELFs whose key changed.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +27,10 @@ from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
 from aiebuild.targets import Target, entry_key, get_target
 from aierun import ARTIFACT_SCHEMA, default_model
-from aierun.abi import ElfSpec
-from aierun.errors import UserError
-from aierun.files import write_json_atomic
+from aierun.abi import ElfSpec, canonical_json
+from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
+from aierun.errors import UserError, describe
+from aierun.files import remove_stale_temporaries, sha256_text, write_json_atomic
 from aierun.model import Checkpoint, ModelShape, resolve_model
 
 log = structlog.get_logger("aiebuild.compile")
@@ -43,15 +45,26 @@ class BuildConfig:
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
-        """The `doit ... model= buckets= target=` variables; a bad value stops doit
-        with a one-line error (InvalidCommand), not a traceback."""
-        buckets = get_var("buckets", "")
+        """The `doit ... model= buckets= target=` variables over the choices saved in
+        build/config.json by an earlier doit (so a later plain `doit` keeps them;
+        `model=default` etc. go back to the default). A bad value stops doit with a
+        one-line error (InvalidCommand), not a traceback."""
+        saved = saved_choices(home)
+        given = {name: get_var(name, None) for name in CHOICES}
+        given = {name: value for name, value in given.items() if value is not None}
+        choices = {**saved, **given}
+        choices = {k: v for k, v in choices.items() if v not in ("", "default", "auto")}
+        buckets = choices.get("buckets", "")
         try:
             parsed = tuple(int(b) for b in buckets.split(",") if b) or DEFAULT_BUCKETS
         except ValueError:
             message = f"buckets={buckets!r}: expected prefill lengths like buckets=64,256"
             raise InvalidCommand(message) from None
-        return cls(home, get_var("model", None), parsed, get_var("target", "auto"))
+        if "model" in given and Path(given["model"]).expanduser().is_dir():
+            choices["model"] = str(Path(given["model"]).expanduser().resolve())
+        if choices != saved:
+            _save_choices(home, choices)
+        return cls(home, choices.get("model"), parsed, choices.get("target", "auto"))
 
     def model_dir(self) -> Path:
         """The checkpoint: a directory or a model id from the local Hugging Face cache,
@@ -59,6 +72,39 @@ class BuildConfig:
         if self.model:
             return resolve_model(self.model, self.home / "models")
         return self.home / "models" / default_model.NAME
+
+
+# Build choices a doit run remembers for the next ones, in <build>/config.json.
+CHOICES = ("model", "buckets", "target")
+CHOICES_FILE = "config.json"
+
+
+def saved_choices(home: Path) -> dict[str, str]:
+    """What an earlier `doit ... model= buckets= target=` chose; an unreadable file
+    counts as no choice (it is rewritten at the next choice)."""
+    path = home / CHOICES_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("compile.choices_unreadable", path=str(path), reason=str(exc))
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: str(v) for k, v in data.items() if k in CHOICES}
+
+
+def _save_choices(home: Path, choices: dict[str, str]) -> None:
+    path = home / CHOICES_FILE
+    try:
+        write_json_atomic(path, choices)
+    except OSError as exc:  # the build itself reports an unwritable build directory
+        log.warning("compile.choices_not_saved", path=str(path), reason=str(exc))
+        return
+    shown = " ".join(f"{k}={v}" for k, v in sorted(choices.items())) or "the defaults"
+    log.info("compile.choices_saved", choices=shown, path=str(path),
+             note="later doit runs keep them; model=default / buckets=default go back")  # fmt: skip
 
 
 def select_target(requested: str) -> str:
@@ -119,17 +165,20 @@ def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
 
 
 def failing_cleanly(function: Callable[..., Any], *args: Any) -> tuple:
-    """A doit action whose UserError fails the task with its one-paragraph message
-    instead of a traceback. A (callable, args) pair of module-level functions, so
-    that `doit -n N` can hand it to another process."""
+    """A doit action whose user-caused failure (aierun.errors.describe) fails the task
+    with its one-paragraph message instead of a traceback. A (callable, args) pair of
+    module-level functions, so that `doit -n N` can hand it to another process."""
     return (_run_cleanly, (function, *args))
 
 
 def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
     try:
         function(*args)
-    except UserError as exc:
-        return TaskFailed(str(exc))
+    except Exception as exc:
+        failure = describe(exc)
+        if failure is None:  # a bug: doit shows its traceback
+            raise
+        return TaskFailed(failure.message or "")
     return None
 
 
@@ -156,7 +205,7 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
         "actions": [(write_manifest, (path, data))],
         "task_dep": [f"compile:{b.spec.instance}" for b in builds],
         "targets": [str(path)],
-        "uptodate": [lambda: path.is_file() and _read_json(path) == data],
+        "uptodate": [lambda: _read_json(path) == data],
         "doc": "target manifest: ELF name -> content key for this model shape",
         "verbosity": 2,
     }
@@ -198,14 +247,30 @@ def _object_deps(target: Target, spec: ElfSpec) -> list[str]:
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
+    """The target's manifest, and a copy kept beside it for this model (models/<name>/),
+    which the runtime picks when it is given that model again: switching back to a
+    model compiled before needs no compile. Temporaries of killed writers go too."""
     write_json_atomic(path, data)
+    side = path.parent / SIDE_BY_SIDE / model_key(data) / MANIFEST
+    write_json_atomic(side, {**data, "store": f"../../{data['store']}"})
+    for written in (path, side):
+        remove_stale_temporaries(written)
     log.info("compile.manifest", path=str(path), elfs=len(data["elfs"]), target=data["target"])
 
 
-def _read_json(path: Path) -> Any:
-    import json
+def model_key(data: dict[str, Any]) -> str:
+    """A directory name per model: its name and a hash of its shape (two checkpoints
+    may share a directory name)."""
+    return f"{data['model_name']}-{sha256_text(canonical_json(data['model']))[:8]}"
 
-    return json.loads(path.read_text())
+
+def _read_json(path: Path) -> Any:
+    """The manifest as written, or None when it is missing or unreadable (then it is
+    simply written again)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def compile_all(config: BuildConfig) -> Path:
