@@ -19,6 +19,13 @@ DEFAULT_BUCKETS = (64, 256, 2048)
 LM_HEAD_PARTITIONS = 8
 # Every GEMM/GEMV dimension is tiled in blocks of this many elements on the cores.
 TILE = 64
+# The NPU2 array a launch may spread over: 8 columns of 4 compute cores
+# (aiebuild/iron_model.NPU2). Each launch records the part it uses as the params
+# `columns` x `core_rows`; its design places one worker per core of that part.
+COLUMNS, CORE_ROWS = 8, 4
+GEMV_ROWS = 32  # output rows per GEMV core step (designs/gemv.py TN)
+ATTN_BLOCK = 32  # query and key rows per flash-attention block (designs/flash_attn.py)
+ELTWISE_LANES = 16  # elements per vector step of the elementwise kernels
 
 W, C, IN, MID, OUT = Role.WEIGHT, Role.CONST, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT
 # Precision choices (measured against transformers in fp32 over a prompt set: the
@@ -63,17 +70,63 @@ def check_tileable(shape: ModelShape) -> None:
         )
 
 
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _array(columns: int, core_rows: int = 1) -> dict[str, int]:
+    return {"columns": columns, "core_rows": core_rows}
+
+
+def _matmul(op: str, m: int, k: int, n: int) -> dict[str, int]:
+    """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
+    core rows. A GEMV's: its 32-row output blocks over columns x core rows."""
+    if op == "gemm":
+        return {"M": m, "K": k, "N": n, **_array(
+            _largest_divisor(n // TILE, COLUMNS), _largest_divisor(max(m // TILE, 1), CORE_ROWS)
+        )}  # fmt: skip
+    blocks = n // GEMV_ROWS
+    columns = _largest_divisor(blocks, COLUMNS)
+    return {
+        "M": m,
+        "K": k,
+        "N": n,
+        **_array(columns, _largest_divisor(blocks // columns, CORE_ROWS)),
+    }
+
+
+def _rows(rows: int) -> dict[str, int]:
+    """Row-wise ops (rmsnorm, rope): whole rows per column, one core per column."""
+    return {"rows": rows, **_array(_largest_divisor(rows, COLUMNS))}
+
+
+def _eltwise(rows: int, cols: int) -> dict[str, int]:
+    """Elementwise ops: equal runs of whole vectors per column."""
+    vectors = rows * cols // ELTWISE_LANES
+    return {"rows": rows, "cols": cols, **_array(_largest_divisor(vectors, COLUMNS))}
+
+
+def _attention(shape: ModelShape, s: int) -> dict[str, int]:
+    """Query heads of one KV group over core rows, (query block, head) items over
+    columns, one column kept for the memory tile that joins K and V: core rows divide
+    the group, whole groups per round, whole rounds per KV head."""
+    group, blocks = shape.n_heads // shape.n_kv_heads, s // ATTN_BLOCK
+    core_rows = _largest_divisor(group, CORE_ROWS)
+    fits = [c for c in range(1, COLUMNS) if (c * core_rows) % group == 0
+            and blocks % (c * core_rows // group) == 0]  # fmt: skip
+    return _array(max(fits), core_rows)
+
+
 def _rms_projections_rope(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
     e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
-    mm = {"M": rows, "K": e}
-    rope = {"rows": rows, "head_dim": dh}
+    rope = {**_rows(rows), "head_dim": dh}
     return [
         Launch(
-            "rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)
+            "rmsnorm", {**_rows(rows), "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)
         ),
-        Launch(gemm, {**mm, "N": q}, ("xn", "wq"), ("q",), "gemm Q"),
-        Launch(gemm, {**mm, "N": kv}, ("xn", "wk"), ("k",), "gemm K"),
-        Launch(gemm, {**mm, "N": kv}, ("xn", "wv"), ("v",), "gemm V"),
+        Launch(gemm, _matmul(gemm, rows, e, q), ("xn", "wq"), ("q",), "gemm Q"),
+        Launch(gemm, _matmul(gemm, rows, e, kv), ("xn", "wk"), ("k",), "gemm K"),
+        Launch(gemm, _matmul(gemm, rows, e, kv), ("xn", "wv"), ("v",), "gemm V"),
         Launch("rope", {**rope, "heads": shape.n_heads}, ("q", "rope"), ("q_roped",), "rope Q"),
         Launch("rope", {**rope, "heads": shape.n_kv_heads}, ("k", "rope"), ("k_roped",), "rope K"),
     ]
@@ -117,7 +170,7 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
     s, q, kv = bucket, shape.q_dim, shape.kv_dim
     params = {
         "S": s, "heads": shape.n_heads, "kv_heads": shape.n_kv_heads,
-        "head_dim": shape.head_dim, "causal": True,
+        "head_dim": shape.head_dim, "causal": True, **_attention(shape, s),
     }  # fmt: skip
     args = (
         _arg("q_roped", (s, q), IN),
@@ -131,15 +184,15 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
 
 def _o_ffn_launches(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
     e, f = shape.hidden, shape.ffn
-    eltwise = {"rows": rows, "cols": e}
+    eltwise, norm = _eltwise(rows, e), {**_rows(rows), "E": e, "eps": shape.rms_eps}
     return [
-        Launch(gemm, {"M": rows, "K": shape.q_dim, "N": e}, ("attn_out", "wo"), ("o",), "gemm O"),
+        Launch(gemm, _matmul(gemm, rows, shape.q_dim, e), ("attn_out", "wo"), ("o",), "gemm O"),
         Launch("add", eltwise, ("o", "x"), ("h",), "add residual"),
-        Launch("rmsnorm", {"rows": rows, "E": e, "eps": shape.rms_eps}, ("h", "ffn_norm"), ("hn",)),
-        Launch(gemm, {"M": rows, "K": e, "N": f}, ("hn", "w_gate"), ("g",), "gemm gate"),
-        Launch(gemm, {"M": rows, "K": e, "N": f}, ("hn", "w_up"), ("u",), "gemm up"),
-        Launch("silu_mul", {"rows": rows, "cols": f}, ("g", "u"), ("a",)),
-        Launch(gemm, {"M": rows, "K": f, "N": e}, ("a", "w_down"), ("d",), "gemm down"),
+        Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",)),
+        Launch(gemm, _matmul(gemm, rows, e, f), ("hn", "w_gate"), ("g",), "gemm gate"),
+        Launch(gemm, _matmul(gemm, rows, e, f), ("hn", "w_up"), ("u",), "gemm up"),
+        Launch("silu_mul", _eltwise(rows, f), ("g", "u"), ("a",)),
+        Launch(gemm, _matmul(gemm, rows, f, e), ("a", "w_down"), ("d",), "gemm down"),
         Launch("add", eltwise, ("d", "h"), ("y",), "add residual"),
     ]
 
@@ -174,9 +227,11 @@ def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
-    """Rows of one LM-head partition: the vocabulary padded to whole tiles."""
+    """Rows of one LM-head partition: the vocabulary padded so that every core of the
+    array gets whole GEMV blocks."""
     per_partition = -(-shape.vocab // partitions)
-    return -(-per_partition // TILE) * TILE
+    unit = GEMV_ROWS * COLUMNS * CORE_ROWS
+    return -(-per_partition // unit) * unit
 
 
 def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
@@ -188,7 +243,7 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
     launches = tuple(
-        Launch("gemv", {"M": 1, "K": e, "N": rows}, ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
+        Launch("gemv", _matmul("gemv", 1, e, rows), ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
                f"partition {p}")
         for p in range(partitions)
     )  # fmt: skip

@@ -2,11 +2,15 @@
 // (aierun/ops/attention.py, aiebuild/designs/flash_attn.py).
 // -D AIEK_DH=<head dim>  -D AIEK_BQ=<query rows per block>  -D AIEK_BK=<key rows per block>
 // Entry points (suffix <DH>_<BQ>x<BK>), state = State below (the design's fp32 state
-// buffer of the same size, zero-initialized):
+// buffer of the same size; its initial value sets the core's first query block and
+// its step, see aiebuild/designs/flash_attn.py initial_state):
 //   flash_attn_init_*(state)                 start a query block
-//   flash_attn_step_*(q, k, v, state)        fold in the next key block; blocks above
-//                                            the causal diagonal are skipped
-//   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); next query block
+//   flash_attn_step_*(q, kv, state)          fold in the next key block, kv = [K; V]
+//                                            (BK rows each); blocks above the causal
+//                                            diagonal are skipped
+//   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); the core's next
+//                                            query block (back to its first after
+//                                            `blocks`: the next KV head)
 // The key and query block indices live in the state, so the design's core loops
 // stay loops rather than unrolled calls with constant indices.
 // Relies on (L): the exp is bf16-precise (so is every softmax weight and rescale
@@ -28,8 +32,10 @@ struct State {
   float sum[AIEK_BQ];
   int key_block;    // index of the next key block of this query block
   int query_block;  // index of the current query block within its head
+  int query_first;  // this core's first query block of a head
+  int query_step;   // query blocks between this core's successive ones
 };
-static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 2) * sizeof(float),
+static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 4) * sizeof(float),
               "State must match the design's state buffer");
 
 static inline float exp_scalar(float v) {  // e^v, bf16-precise, fact (L)
@@ -43,8 +49,9 @@ extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
   s->key_block = 0;
 }
 
-extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *k,
-                                                        const bfloat16 *v, State *s) {
+extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *kv,
+                                                        State *s) {
+  const bfloat16 *k = kv, *v = kv + AIEK_BK * AIEK_DH;
   const int key_block = s->key_block++;
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
   set_round_to_nearest_even();              // the exps round to bf16, fact (R)
@@ -90,5 +97,6 @@ extern "C" void AIEK_CAT(flash_attn_finish_, AIEK_SUFFIX)(State *s, bfloat16 *ou
                       aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), inverse)
                           .to_vector<float>());
   }
-  if (++s->query_block == blocks) s->query_block = 0;  // the next head starts at block 0
+  s->query_block += s->query_step;
+  if (s->query_block >= blocks) s->query_block = s->query_first;  // the next KV head
 }

@@ -10,11 +10,12 @@ A design is `design(launch, arg_specs) -> Program`: the IRON program of one laun
 takes the launch's inputs then outputs (`arg_specs`: whole ELF
 arguments, even for a slice binding such as `w_lm[3]`, whose offset the design
 applies in its DMA access pattern, `common.slice_offset`). It links the kernel
-object named by `kernel_object(spec, launch).name`. Its `core_buffers(launch,
-arg_specs)` lists what it places in the core's data memory, in pure Python, so
-`check_launch` refuses a launch that cannot fit or tile before anything compiles.
-mlir-aie is imported inside the design functions only, so this registry (and the
-build orchestration) loads without it.
+object named by `kernel_object(spec, launch).name`, and spreads over the
+`columns` x `core_rows` cores its spec records. Run inside
+`iron_model.recording()` (`record`) it builds the record that the hardware rules
+check, the simulator and the time model read; run against the real `aie.iron`
+(`mlir`) it gives the MLIR aiecc compiles. mlir-aie is imported only then, so
+this registry (and the build orchestration) loads without it.
 
 Kernel parameters are compile-time `-D` macros; each kernel derives its entry
 point symbols from them, so two instances of one kernel with different tile
@@ -30,7 +31,7 @@ from typing import Any
 
 from aiebuild import iron_model
 from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
-from aiebuild.designs.common import CoreBuffer, KernelObject, core_memory_problem
+from aiebuild.designs.common import KernelObject
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
 from aierun.errors import UserError
 
@@ -44,13 +45,10 @@ class OpDesign:
     design: Design
     module: Path  # the design's source file (part of the content key)
     kernel: Callable[[Launch, list[ArgSpec]], KernelObject]  # source and -D parameters
-    core_buffers: Callable[[Launch, list[ArgSpec]], list[CoreBuffer]]
 
 
 def _op(module, design: Design | None = None) -> OpDesign:
-    return OpDesign(
-        design or module.design, Path(module.__file__), module.kernel, module.core_buffers
-    )
+    return OpDesign(design or module.design, Path(module.__file__), module.kernel)
 
 
 DESIGNS: dict[str, OpDesign] = {
@@ -83,24 +81,18 @@ def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
 
 
 def check_launch(spec: ElfSpec, launch: Launch) -> None:
-    """Refuse, before anything compiles, a launch its design cannot tile or whose
-    buffers do not fit one core's data memory, naming the ELF (and its prefill
-    bucket), the launch and why."""
+    """Refuse, before anything compiles, a launch its design cannot tile, naming the
+    ELF (and its prefill bucket), the launch and why."""
     try:
-        problem = core_memory_problem(
-            op_design(launch.op).core_buffers(launch, launch_args(spec, launch))
-        )
+        record(spec, launch)
     except UserError as exc:
-        problem = str(exc)
-    if problem is None:
-        return
-    bucket = f" (prefill bucket {spec.bucket})" if spec.bucket else ""
-    raise UserError(
-        f"cannot build {spec.instance}{bucket} for npu2: launch '{launch.label or launch.op}' "
-        f"({launch.op} {launch.params}): {problem}. Choose prefill buckets that are "
-        "multiples of 32 (`doit compile buckets=64,256`), or build for the emulated device "
-        "with `doit compile target=emu`."
-    )
+        bucket = f" (prefill bucket {spec.bucket})" if spec.bucket else ""
+        raise UserError(
+            f"cannot build {spec.instance}{bucket} for npu2: launch "
+            f"'{launch.label or launch.op}' ({launch.op} {launch.params}): {exc}. Choose "
+            "prefill buckets that are multiples of 32 (`doit compile buckets=64,256`), or "
+            "build for the emulated device with `doit compile target=emu`."
+        ) from exc
 
 
 def record(spec: ElfSpec, launch: Launch) -> iron_model.Program:

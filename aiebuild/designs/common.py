@@ -1,6 +1,5 @@
-"""What every IRON design shares: kernel objects, tensor types, the core memory a
-design places (and its budget), the lazy mlir-aie import and the resolution of a
-program to MLIR text."""
+"""What every IRON design shares: kernel objects, tensor types, the tiles of the
+array, the runtime sequence of shim streams, and the one seam to IRON (`iron()`)."""
 
 from __future__ import annotations
 
@@ -21,10 +20,6 @@ KERNELS_SRC = Path(__file__).resolve().parents[2] / "kernels_src"
 # Every -D parameter gets this prefix: an unprefixed `-DE=576` or `-DK=2048` would
 # rewrite identifiers named E or K inside aie_api and libstdc++ headers.
 MACRO_PREFIX = "AIEK_"
-# Data memory beside one AIE2P compute core, and the part of it aie.core reserves
-# for the stack by default (kernel locals such as flash_attn's score row live there).
-CORE_DATA_MEMORY = 64 * 1024
-CORE_STACK = 1024
 
 
 @dataclass(frozen=True)
@@ -57,51 +52,6 @@ def _macro(value: Any) -> str:
     if isinstance(value, float):
         return f"{value!r}f"  # a float literal: the kernels compute in fp32
     return str(value)
-
-
-@dataclass(frozen=True)
-class CoreBuffer:
-    """One region a design places in its compute core's data memory: the `depth`
-    buffers of an ObjectFifo that ends at the core, a core-local working buffer, or
-    a state buffer (zero-initialized: it carries the kernel's loop counters). The
-    design creates its fifos and buffers from these, so the memory budget
-    (`core_memory_problem`) counts exactly what the design places."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    depth: int = 2  # double buffering: the DMA fills one while the core works on the other
-    kind: str = "fifo"  # "fifo", "buffer" or "state"
-
-    @property
-    def type(self) -> type:
-        return tensor(self.shape, self.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize * (self.depth if self.is_fifo else 1)
-
-    @property
-    def is_fifo(self) -> bool:
-        return self.kind == "fifo"
-
-    def make(self, lib: Any) -> Any:
-        if self.is_fifo:
-            return lib.ObjectFifo(self.type, name=self.name, depth=self.depth)
-        initial = np.zeros(self.shape, self.dtype) if self.kind == "state" else None
-        return lib.Buffer(self.type, initial_value=initial, name=self.name)
-
-
-def core_memory_problem(buffers: list[CoreBuffer]) -> str | None:
-    """Why these buffers do not fit one core's data memory, or None when they do."""
-    used = sum(b.nbytes for b in buffers) + CORE_STACK
-    if used <= CORE_DATA_MEMORY:
-        return None
-    parts = ", ".join(f"{b.name} {b.nbytes}" for b in buffers)
-    return (
-        f"its core needs {used} bytes of data memory ({parts}, stack {CORE_STACK}) but an "
-        f"AIE2P core has {CORE_DATA_MEMORY}"
-    )
 
 
 def slice_offset(launch: Launch, args: list[ArgSpec], position: int) -> int:
@@ -168,47 +118,128 @@ def tap(dims: tuple[int, ...], offset: int, sizes: list[int], strides: list[int]
     return iron().TensorAccessPattern(dims, offset, sizes, strides)
 
 
-def stream_program(
-    args: list[ArgSpec],
-    fills: list[tuple[Any, list[Any] | None]],
-    drains: list[tuple[Any, list[Any] | None]],
-    workers: list[Any],
-) -> Any:
-    """The usual runtime sequence: fill each input's producer handle from its host
-    buffer and drain each output's consumer handle into its host buffer.
-    `fills` / `drains` pair a handle with its access patterns, in the order of the
-    launch's inputs / outputs: None moves the whole buffer in one transfer (in a
-    one-phase launch); a list holds one pattern per phase, every list equally long.
-    Phase i issues pattern i of every handle in its own task group and finishes it
-    (awaits its drains, frees its tasks) before phase i+1, so a launch holds one
-    task per handle at a time: a shim tile has only about 16 buffer descriptors."""
+@dataclass(frozen=True)
+class Stream:
+    """One shim DMA stream of a launch: `handle` (a fifo's producer to fill, or its
+    consumer to drain) moves the launch argument at position `arg`, with one access
+    pattern per phase of the runtime sequence (None: nothing in that phase)."""
+
+    arg: int
+    handle: Any
+    patterns: list[Any | None]
+    drain: bool = False
+
+
+def once(pattern: Any, phases: int) -> list[Any | None]:
+    """A stream that moves `pattern` in the first phase only (e.g. a resident vector)."""
+    return [pattern] + [None] * (phases - 1)
+
+
+def contiguous(dims: tuple[int, ...], offset: int, length: int) -> Any:
+    """`length` consecutive elements from `offset`: one linear shim transfer."""
+    return tap(dims, offset, [1, 1, 1, length], [0, 0, 0, 1])
+
+
+def stream_program(args: list[ArgSpec], streams: list[Stream], workers: list[Any]) -> Any:
+    """The runtime sequence of a launch: phase i starts pattern i of every stream in
+    one task group and finishes it (awaits its drains, frees its tasks) before phase
+    i+1, so a shim holds only the few tasks of one phase (it has 16 buffer
+    descriptors). The sequence is Python-unrolled: it lives in the runtime
+    instruction stream, not in core program memory."""
     lib = iron()
-    transfers = [*fills, *drains]
-    phases = _phase_count([patterns for _, patterns in transfers])
+    phases = {len(s.patterns) for s in streams}
+    if len(phases) != 1:
+        raise ValueError(f"a launch's streams have different phase counts: {sorted(phases)}")
 
     def sequence(*values):
-        buffers, bound = values[: len(args)], values[len(args) :]
-        for phase in range(phases):  # the runtime sequence, not core program memory
+        buffers, handles = values[: len(args)], values[len(args) :]
+        for phase in range(phases.pop()):
             group = lib.TaskGroup()
-            for index, (buffer, handle) in enumerate(zip(buffers, bound, strict=True)):
-                patterns = transfers[index][1]
-                pattern = None if patterns is None else patterns[phase]
-                if index < len(fills):
-                    handle.fill(buffer, tap=pattern, group=group)
+            for stream, handle in zip(streams, handles, strict=True):
+                pattern = stream.patterns[phase]
+                if pattern is None:
+                    continue
+                if stream.drain:
+                    handle.drain(buffers[stream.arg], tap=pattern, wait=True, group=group)
                 else:
-                    handle.drain(buffer, tap=pattern, wait=True, group=group)
+                    handle.fill(buffers[stream.arg], tap=pattern, group=group)
             group.finish()
 
-    handles = [handle for handle, _ in transfers]
+    handles = [s.handle for s in streams]
     return program(lib.Runtime(sequence, [*host_types(args), *handles]), workers)
 
 
-def _phase_count(patterns: list[list[Any] | None]) -> int:
-    lengths = {len(p) for p in patterns if p is not None}
-    # A whole-buffer transfer (None) happens once: only in a one-phase launch.
-    if len(lengths) > 1 or (lengths - {1} and None in patterns):
-        raise ValueError(f"a launch's transfers have different phase counts: {patterns}")
-    return lengths.pop() if lengths else 1
+def core_tile(lib: Any, column: int, row: int) -> Any:
+    """Compute core `row` (0-3) of `column`: array rows 2-5."""
+    return lib.Tile(column, 2 + row)
+
+
+def mem_tile(lib: Any, column: int) -> Any:
+    return lib.Tile(column, 1)
+
+
+def shim_tile(lib: Any, column: int) -> Any:
+    return lib.Tile(column, 0)
+
+
+def array(launch: Launch) -> tuple[int, int]:
+    """The columns x core rows the launch's spec gives it (aiebuild/specs.py)."""
+    return launch.params["columns"], launch.params["core_rows"]
+
+
+def state_buffer(lib: Any, name: str, values: np.ndarray) -> Any:
+    """A core-local buffer with initial values (e.g. a kernel's loop counters)."""
+    return lib.Buffer(tensor(values.shape, values.dtype), initial_value=values, name=name)
+
+
+def scratch_buffer(lib: Any, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """A core-local working buffer (e.g. an fp32 accumulator), zero-initialized."""
+    return state_buffer(lib, name, np.zeros(shape, dtype))
+
+
+def row_streams(
+    lib: Any,
+    args: list[ArgSpec],
+    columns: int,
+    rows: int,
+    names: list[str],
+    per_row: list[tuple[int, ...]],
+    resident: dict[int, Any] | None = None,
+) -> tuple[list[list[Any]], list[Stream]]:
+    """Row-wise launches (rmsnorm, rope, eltwise): `rows` items over `columns` cores
+    (core row 0 of each column), each column streaming its consecutive block of
+    items straight from and to its own shim. Argument i moves items of shape
+    `per_row[i]` (inputs, then the one output last); an argument in `resident` is
+    instead one object (of that type) broadcast once from shim 0 to every core.
+    Returns per column the worker's fifo handles in argument order, and the streams."""
+    resident = resident or {}
+    block = rows // columns
+    handles: list[list[Any]] = [[] for _ in range(columns)]
+    streams = []
+    for i, (name, shape) in enumerate(zip(names, per_row, strict=True)):
+        out = i == len(names) - 1
+        if i in resident:
+            fifo = lib.ObjectFifo(resident[i], depth=1, name=name)
+            streams.append(Stream(i, fifo.prod(tile=shim_tile(lib, 0)), [whole(args[i])]))
+            for column in range(columns):
+                handles[column].append(fifo.cons())
+            continue
+        size = math.prod(shape)
+        for column in range(columns):
+            fifo = lib.ObjectFifo(tensor(shape, args[i].np_dtype), name=f"{name}{column}")
+            end = (
+                fifo.cons(tile=shim_tile(lib, column))
+                if out
+                else fifo.prod(tile=shim_tile(lib, column))
+            )
+            handles[column].append(fifo.prod() if out else fifo.cons())
+            pattern = contiguous(args[i].shape, column * block * size, block * size)
+            streams.append(Stream(i, end, [pattern], drain=out))
+    return handles, streams
+
+
+def whole(arg: ArgSpec) -> Any:
+    return contiguous(arg.shape, 0, math.prod(arg.shape))
 
 
 def streaming_core(steps: int):

@@ -1,6 +1,7 @@
 """Elementwise launches (aierun/ops/eltwise.py, kernels_src/eltwise.cc): the residual
-add (bf16 + fp32 residual -> fp32) and SwiGLU's silu(gate) * up, streamed
-through one core in chunks."""
+add (bf16 + fp32 residual -> fp32) and SwiGLU's silu(gate) * up. The flat elements
+are split into one consecutive run per column; each column's core streams its run of
+both operands from its shim in chunks and the results back."""
 
 from __future__ import annotations
 
@@ -8,25 +9,32 @@ import math
 from typing import Any
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    array,
+    core_tile,
     iron,
     kernel_object,
+    row_streams,
     stream_program,
     streaming_core,
+    tensor,
 )
+from aiebuild.specs import ELTWISE_LANES as LANES
 from aierun.abi import ArgSpec, Launch
 from aierun.errors import UserError
 
 MAX_CHUNK = 2048  # elements per ObjectFifo buffer (4 KiB of bf16, 8 KiB of fp32)
-LANES = 16  # elements the kernel processes per vector step (eltwise.cc LANES)
 
 
 def chunk(launch: Launch) -> int:
-    total = launch.params["rows"] * launch.params["cols"]
-    size = math.gcd(total, MAX_CHUNK)
+    """Elements per kernel call: the largest power-of-two share of a column's run."""
+    columns, _ = array(launch)
+    run = launch.params["rows"] * launch.params["cols"] // columns
+    size = math.gcd(run, MAX_CHUNK)
     if size % LANES:
-        raise UserError(f"{launch.op}: {total} elements do not split into {LANES}-lane chunks")
+        raise UserError(
+            f"{launch.op}: runs of {run} elements do not split into {LANES}-lane chunks"
+        )
     return size
 
 
@@ -41,26 +49,17 @@ def symbol(name: str, launch: Launch, args: list[ArgSpec]) -> str:
     return "_".join([name, *(a.dtype for a in args), str(chunk(launch))])
 
 
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """Chunks of both operands in, result chunks out."""
-    size = chunk(launch)
-    return [
-        CoreBuffer(name, (size,), arg.np_dtype)
-        for name, arg in zip(("a_in", "b_in", "out"), args, strict=True)
-    ]
-
-
 def _binary(launch: Launch, args: list[ArgSpec], name: str) -> Any:
     lib = iron()
-    buffers = core_buffers(launch, args)
-    a_in, b_in, out = (buf.make(lib) for buf in buffers)
-    op = lib.Kernel(
-        symbol(name, launch, args), kernel(launch, args).name, [b.type for b in buffers]
-    )
-    steps = launch.params["rows"] * launch.params["cols"] // chunk(launch)
-    worker = lib.Worker(streaming_core(steps), [a_in.cons(), b_in.cons(), out.prod(), op])
-    fills = [(a_in.prod(), None), (b_in.prod(), None)]
-    return stream_program(args, fills, [(out.cons(), None)], [worker])
+    size, (columns, _) = chunk(launch), array(launch)
+    op = lib.Kernel(symbol(name, launch, args), kernel(launch, args).name,
+                    [tensor((size,), a.np_dtype) for a in args])  # fmt: skip
+    chunks = launch.params["rows"] * launch.params["cols"] // size
+    handles, streams = row_streams(lib, args, columns, chunks, ["a", "b", "out"], [(size,)] * 3)
+    body = streaming_core(chunks // columns)
+    workers = [lib.Worker(body, [*handles[c], op], tile=core_tile(lib, c, 0))
+               for c in range(columns)]  # fmt: skip
+    return stream_program(args, streams, workers)
 
 
 def design_add(launch: Launch, args: list[ArgSpec]) -> Any:

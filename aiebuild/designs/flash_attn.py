@@ -1,19 +1,26 @@
-"""Causal grouped-query attention (aierun/ops/attention.py, kernels_src/flash_attn.cc).
+"""Causal grouped-query attention over the array (aierun/ops/attention.py,
+kernels_src/flash_attn.cc).
 
-One core walks (head, query block) pairs; for each it streams every key/value
-block of that head's KV group through an online softmax kept in fp32 (running
-max, running sum, fp32 accumulator) and writes the normalized block as bf16.
-Blocks above the causal diagonal are streamed but skipped by the kernel: it keeps
-the DMA patterns affine (4-D) at the price of twice the K/V traffic; a causal
-pattern per query block is the next optimization.
+A work item is one (query head, query block) pair: its core folds every key/value
+block of the head's KV group into an online softmax kept in fp32 (running max,
+running sum, fp32 accumulator) and writes the normalized block as bf16. Blocks above
+the causal diagonal are streamed but skipped by the kernel: every core of the launch
+then needs the same K/V stream, which is what lets one stream serve them all.
 
-The kernel keeps the key- and query-block indices in its state buffer, so the
-core's loops stay loops (no S / BLOCK unrolled copies in the 16 KiB program
-memory). The runtime sequence has one phase per KV head (its query heads, K, V
-and outputs: four DMA tasks live at a time).
+The runtime sequence has one phase per KV head; the launch's `core_rows` divide the
+head's group of query heads and its `columns` take successive query blocks:
+- K and V of the KV head enter at the shim of the column after the cores, whose
+  memory tile joins each K block with its V block into one [K; V] object broadcast
+  to every core (a core has 2 input DMA channels: [K; V] and its queries);
+- column c's shim streams, per round, the query blocks of its cores (core_rows
+  consecutive heads of one query block), which its memory tile splits per core, and
+  drains the output blocks its memory tile joins back from its cores.
+Core (c, r) starts at query block (c * core_rows) // group and steps by
+columns * core_rows / group blocks per round; the kernel keeps these in its state
+(initial values of the core's state buffer), so the core's loops stay loops.
 
-Core memory at BLOCK = 32, head_dim 64: q, k, v, o 2 x 4 KiB each, state 8.3 KiB
-= 40.3 KiB (BLOCK = 64 would need 64 KiB for the fifos alone)."""
+Core memory at BLOCK = 32, head_dim 64: q 2 x 4 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB,
+state 8.3 KiB = 40.3 KiB of 64."""
 
 from __future__ import annotations
 
@@ -22,17 +29,22 @@ from typing import Any
 import numpy as np
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    Stream,
+    array,
+    core_tile,
     iron,
     kernel_object,
+    mem_tile,
+    shim_tile,
+    state_buffer,
     stream_program,
     tap,
+    tensor,
     tiles,
 )
+from aiebuild.specs import ATTN_BLOCK as BLOCK
 from aierun.abi import BF16, ArgSpec, Launch
-
-BLOCK = 32  # query rows and key rows per block (the kernel needs BQ == BK)
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -41,69 +53,92 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     )
 
 
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """q, k, v blocks in, o blocks out, and the state [acc | max | sum | key block,
-    query block] (flash_attn.cc's State)."""
-    dim = launch.params["head_dim"]
-    tiles(launch.params["S"], BLOCK, "S (the prefill bucket)")
-    state = BLOCK * dim + 2 * BLOCK + 2
-    return [
-        *(CoreBuffer(f"{t}_in", (BLOCK, dim), BF16) for t in "qkv"),
-        CoreBuffer("o_out", (BLOCK, dim), BF16),
-        CoreBuffer("state", (state,), np.dtype(np.float32), kind="state"),
-    ]
+def initial_state(dim: int, first: int, step: int) -> np.ndarray:
+    """flash_attn.cc's State: [acc | max | sum | key block, query block, first query
+    block, query block step], the four counters int32 in fp32 words."""
+    state = np.zeros(BLOCK * dim + 2 * BLOCK + 4, np.float32)
+    state[-3:].view(np.int32)[:] = (first, first, step)
+    return state
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-
     p = launch.params
-    s, heads, kv_heads, dim = p["S"], p["heads"], p["kv_heads"], p["head_dim"]
-    group, blocks = heads // kv_heads, tiles(s, BLOCK, "S")
-    buffers = core_buffers(launch, args)
-    q_in, k_in, v_in, o_out, state = (buf.make(lib) for buf in buffers)
-    block, state_ty = buffers[0].type, buffers[-1].type
+    heads, kv_heads, dim = p["heads"], p["kv_heads"], p["head_dim"]
+    columns, rows = array(launch)
+    group, blocks = heads // kv_heads, tiles(p["S"], BLOCK, "S (the prefill bucket)")
+    step = columns * rows // group  # query blocks per round
+    rounds = tiles(blocks, step, "query blocks (per round of the array)")
+    kv_column = columns  # the column whose memory tile joins K and V
+    block_ty = tensor((BLOCK, dim), BF16)
     suffix, obj = f"{dim}_{BLOCK}x{BLOCK}", kernel(launch, args).name
+    state_ty = tensor(initial_state(dim, 0, 1).shape, np.dtype(np.float32))
     start = lib.Kernel(f"flash_attn_init_{suffix}", obj, [state_ty])
-    step = lib.Kernel(f"flash_attn_step_{suffix}", obj, [block, block, block, state_ty])
-    finish = lib.Kernel(f"flash_attn_finish_{suffix}", obj, [state_ty, block, np.int32])
+    fold = lib.Kernel(f"flash_attn_step_{suffix}", obj,
+                      [block_ty, tensor((2 * BLOCK * dim,), BF16), state_ty])  # fmt: skip
+    finish = lib.Kernel(f"flash_attn_finish_{suffix}", obj, [state_ty, block_ty, np.int32])
 
-    def core(qs, ks, vs, out, acc, start_fn, step_fn, finish_fn):
-        for _ in range_(heads * blocks):  # (head, query block) pairs, in order
-            start_fn(acc)
+    kv = lib.ObjectFifo(tensor((2 * BLOCK * dim,), BF16), name="kv")
+    k_in, v_in = kv.prod().join([0, BLOCK * dim], tile=mem_tile(lib, kv_column),
+                                obj_types=[block_ty] * 2, names=["k_in", "v_in"])  # fmt: skip
+    q_in = [lib.ObjectFifo(tensor((rows, BLOCK, dim), BF16), name=f"q_in{c}")
+            for c in range(columns)]  # fmt: skip
+    q_core = [
+        q_in[c].cons().split([r * BLOCK * dim for r in range(rows)], tile=mem_tile(lib, c),
+                             obj_types=[block_ty] * rows, names=[f"q{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
+    o_out = [lib.ObjectFifo(tensor((rows, BLOCK, dim), BF16), name=f"o{c}")
+             for c in range(columns)]  # fmt: skip
+    o_core = [
+        o_out[c].prod().join([r * BLOCK * dim for r in range(rows)], tile=mem_tile(lib, c),
+                             obj_types=[block_ty] * rows, names=[f"o{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
+
+    def core(qs, kvs, out, state, start_fn, fold_fn, finish_fn):
+        for _ in range_(kv_heads * rounds):  # (KV head, round) pairs, in order
+            start_fn(state)
             queries = qs.acquire(1)
             for _ in range_(blocks):
-                keys, values = ks.acquire(1), vs.acquire(1)
-                step_fn(queries, keys, values, acc)
-                ks.release(1)
-                vs.release(1)
+                keys_values = kvs.acquire(1)
+                fold_fn(queries, keys_values, state)
+                kvs.release(1)
             qs.release(1)
             result = out.acquire(1)
-            finish_fn(acc, result, blocks)  # advances the query block, wrapping per head
+            finish_fn(state, result, blocks)  # steps to this core's next query block
             out.release(1)
 
-    worker = lib.Worker(
-        core, [q_in.cons(), k_in.cons(), v_in.cons(), o_out.prod(), state, start, step, finish]
-    )
+    workers = [
+        lib.Worker(core, [q_core[c][r].cons(), kv.cons(), o_core[c][r].prod(),
+                          state_buffer(lib, f"state_{c}_{r}",
+                                       initial_state(dim, c * rows // group, step)),
+                          start, fold, finish], tile=core_tile(lib, c, r))
+        for c in range(columns) for r in range(rows)
+    ]  # fmt: skip
     q_row, kv_row = heads * dim, kv_heads * dim
-    # Heads in order h = kv_head * group + g. Phase = one KV head: its group's query
-    # heads (all their query blocks), and its whole K/V sequence replayed per query
-    # head and query block.
-    q_taps = [
-        tap(args[0].shape, h * group * dim, [group, blocks, BLOCK, dim],
-            [dim, BLOCK * q_row, q_row, 1])
-        for h in range(kv_heads)
+
+    def query_tap(shape: tuple[int, ...], c: int, h: int) -> Any:
+        """Column c's query (or output) blocks for KV head h: per round, `rows`
+        consecutive heads of one query block."""
+        first_block, first_head = c * rows // group, h * group + c * rows % group
+        return tap(shape, first_block * BLOCK * q_row + first_head * dim,
+                   [rounds, rows, BLOCK, dim], [step * BLOCK * q_row, dim, q_row, 1])  # fmt: skip
+
+    def kv_tap(shape: tuple[int, ...], h: int) -> Any:
+        """KV head h's whole sequence, block by block, replayed for every round."""
+        return tap(shape, h * dim, [rounds, blocks, BLOCK, dim], [0, BLOCK * kv_row, kv_row, 1])
+
+    phases = range(kv_heads)
+    q, k, v, o = (a.shape for a in args)
+    shim = shim_tile(lib, kv_column)
+    streams = [
+        *(Stream(0, q_in[c].prod(tile=shim_tile(lib, c)), [query_tap(q, c, h) for h in phases])
+          for c in range(columns)),
+        Stream(1, k_in.prod(tile=shim), [kv_tap(k, h) for h in phases]),
+        Stream(2, v_in.prod(tile=shim), [kv_tap(v, h) for h in phases]),
+        *(Stream(3, o_out[c].cons(tile=shim_tile(lib, c)), [query_tap(o, c, h) for h in phases],
+                 drain=True) for c in range(columns)),
     ]  # fmt: skip
-    kv_taps = [
-        tap(args[1].shape, h * dim, [group * blocks, blocks, BLOCK, dim],
-            [0, BLOCK * kv_row, kv_row, 1])
-        for h in range(kv_heads)
-    ]  # fmt: skip
-    o_taps = [
-        tap(args[3].shape, h * group * dim, [group, blocks, BLOCK, dim],
-            [dim, BLOCK * q_row, q_row, 1])
-        for h in range(kv_heads)
-    ]  # fmt: skip
-    fills = [(q_in.prod(), q_taps), (k_in.prod(), kv_taps), (v_in.prod(), kv_taps)]
-    return stream_program(args, fills, [(o_out.cons(), o_taps)], [worker])
+    return stream_program(args, streams, workers)

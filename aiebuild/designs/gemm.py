@@ -1,14 +1,24 @@
-"""GEMM y[M,N] = x[M,K] @ w[N,K]^T (aierun/ops/matmul.py, kernels_src/gemm.cc).
+"""GEMM y[M,N] = x[M,K] @ w[N,K]^T over the array (aierun/ops/matmul.py, kernels_src/gemm.cc).
 
-One core computes TM x TN output tiles, accumulating K / TK products in an fp32
-buffer. The shim DMA cuts the tiles out of the row-major host buffers (4-D access
-patterns, one phase per M block, so that only three DMA tasks are live at a time):
-x's k-tiles are replayed for every n-tile, w is read in [TN, TK] tiles of the
-Hugging Face [out, in] layout (the kernel transposes the 8x8 blocks it feeds to
-the mmul unit).
+The launch's `columns` x `core_rows` cores (aiebuild/specs.py) compute TM x TN output
+tiles, each accumulating its K / TK products in an fp32 buffer. Core (c, r) owns the
+tiles (m, n) with m = r (mod core_rows) and n in column c's consecutive share of the
+n tiles, so:
+- the x tiles of m-block r are broadcast along core row r: one shim stream, forwarded
+  by a memory tile to the `columns` cores of that row (entering at the shims of
+  columns without cores when there are enough, else at every other column: no shim
+  and no memory tile carries more than two input streams);
+- the w tiles of column c's n tiles are broadcast down column c: its shim stream,
+  forwarded by its memory tile to the column's `core_rows` cores;
+- the y tiles of a column's cores are joined in its memory tile into one
+  (core_rows * TM) x TN block, contiguous rows of y, drained by its shim.
+Per core: 2 input channels (x, w) and 1 output; per memory tile at most 1 + 1 +
+core_rows = 6 input channels. One phase of the runtime sequence per round of m-blocks
+(`core_rows` of them) keeps 2-3 live tasks per shim; within it each core walks its n
+tiles (the x stream replays its m-block per n tile, a repeat of the shim pattern).
 
-Core memory at TM = 32: x 2 x 4 KiB, w 2 x 8 KiB, y 2 x 4 KiB, acc 8 KiB = 40 KiB
-(TM = 64 would need 64 KiB before the stack: more than the core has)."""
+Tiles: TM = 64 (32 when M is not a multiple of 64), TK = 32, TN = 64. Core memory:
+x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB = 48 KiB of 64."""
 
 from __future__ import annotations
 
@@ -17,80 +27,107 @@ from typing import Any
 import numpy as np
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    Stream,
+    array,
+    core_tile,
     iron,
     kernel_object,
+    mem_tile,
+    scratch_buffer,
+    shim_tile,
     stream_program,
     tap,
+    tensor,
     tiles,
 )
-from aiebuild.specs import TILE
+from aiebuild.specs import COLUMNS
 from aierun.abi import BF16, ArgSpec, Launch
 
-ROWS = 32  # TM: rows of x per output tile
+TK, TN = 32, 64
 
 
 def tile_m(launch: Launch) -> int:
-    return min(launch.params["M"], ROWS)
+    return 64 if launch.params["M"] % 64 == 0 else 32
+
+
+def x_columns(columns: int, rows: int) -> list[int]:
+    """The shim / memory-tile column where core row r's x stream enters: the columns
+    without cores when there are enough, else spread over the core columns (then
+    columns >= rows, so the columns differ)."""
+    if columns + rows <= COLUMNS:
+        return [columns + r for r in range(rows)]
+    return [r * columns // rows for r in range(rows)]
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TILE, "TN": TILE})
-
-
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """x tiles in, w tiles in, y tiles out, the fp32 accumulator (checks the tiling)."""
-    p, tm = launch.params, tile_m(launch)
-    for extent, tile, what in ((p["M"], tm, "M"), (p["K"], TILE, "K"), (p["N"], TILE, "N")):
-        tiles(extent, tile, what)
-    return [
-        CoreBuffer("a_in", (tm, TILE), BF16),
-        CoreBuffer("b_in", (TILE, TILE), BF16),
-        CoreBuffer("c_out", (tm, TILE), BF16),
-        CoreBuffer("acc", (tm * TILE,), np.dtype(np.float32), kind="buffer"),
-    ]
+    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN})
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-
     m, k, n = launch.params["M"], launch.params["K"], launch.params["N"]
+    columns, rows = array(launch)
     tm = tile_m(launch)
-    m_tiles, k_tiles, n_tiles = tiles(m, tm, "M"), tiles(k, TILE, "K"), tiles(n, TILE, "N")
-    a, b, c, acc = core_buffers(launch, args)
-    a_in, b_in, c_out, accumulator = (buf.make(lib) for buf in (a, b, c, acc))
-    obj, suffix = kernel(launch, args).name, f"{tm}x{TILE}x{TILE}"
-    zero = lib.Kernel(f"gemm_zero_f32_{suffix}", obj, [acc.type])
-    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [a.type, b.type, acc.type])
-    store = lib.Kernel(f"gemm_store_bf16_{suffix}", obj, [acc.type, c.type])
+    m_rounds = tiles(m, tm * rows, "M (per round of core rows)")
+    n_rounds = tiles(n, TN * columns, "N (per round of columns)")
+    k_tiles = tiles(k, TK, "K")
+    x_ty, w_ty, y_ty = tensor((tm, TK), BF16), tensor((TN, TK), BF16), tensor((tm, TN), BF16)
+    acc_ty = tensor((tm * TN,), np.dtype(np.float32))
+    obj, suffix = kernel(launch, args).name, f"{tm}x{TK}x{TN}"
+    zero = lib.Kernel(f"gemm_zero_f32_{suffix}", obj, [acc_ty])
+    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [x_ty, w_ty, acc_ty])
+    store = lib.Kernel(f"gemm_store_bf16_{suffix}", obj, [acc_ty, y_ty])
 
-    def core(xs, ws, ys, total, zero_fn, mac_fn, store_fn):
-        for _ in range_(m_tiles * n_tiles):
-            zero_fn(total)
+    x_column = x_columns(columns, rows)
+    x_in = [lib.ObjectFifo(x_ty, name=f"x_in{r}") for r in range(rows)]
+    x_row = [x_in[r].cons().forward(tile=mem_tile(lib, x_column[r]), name=f"x{r}")
+             for r in range(rows)]  # fmt: skip
+    w_in = [lib.ObjectFifo(w_ty, name=f"w_in{c}") for c in range(columns)]
+    w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), name=f"w{c}") for c in range(columns)]
+    y_out = [lib.ObjectFifo(tensor((rows * tm, TN), BF16), name=f"y{c}") for c in range(columns)]
+    y_core = [
+        y_out[c].prod().join([r * tm * TN for r in range(rows)], tile=mem_tile(lib, c),
+                             obj_types=[y_ty] * rows, names=[f"y{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
+
+    def core(xs, ws, ys, acc, zero_fn, mac_fn, store_fn):
+        for _ in range_(m_rounds * n_rounds):
+            zero_fn(acc)
             for _ in range_(k_tiles):
                 x, w = xs.acquire(1), ws.acquire(1)
-                mac_fn(x, w, total)
+                mac_fn(x, w, acc)
                 xs.release(1)
                 ws.release(1)
             out = ys.acquire(1)
-            store_fn(total, out)
+            store_fn(acc, out)
             ys.release(1)
 
-    worker = lib.Worker(
-        core, [a_in.cons(), b_in.cons(), c_out.prod(), accumulator, zero, mac, store]
-    )
-    x_dims, w_dims, y_dims = args[0].shape, args[1].shape, args[2].shape
-    # Phase i = M block i: x tiles [n (replay), k, row, col]; all of w [n, k, row, col];
-    # y [n, row, col].
-    x_taps = [
-        tap(x_dims, i * tm * k, [n_tiles, k_tiles, tm, TILE], [0, TILE, k, 1])
-        for i in range(m_tiles)
-    ]
-    w_taps = [tap(w_dims, 0, [n_tiles, k_tiles, TILE, TILE], [TILE * k, TILE, k, 1])] * m_tiles
-    y_taps = [
-        tap(y_dims, i * tm * n, [1, n_tiles, tm, TILE], [0, TILE, n, 1]) for i in range(m_tiles)
-    ]
-    fills = [(a_in.prod(), x_taps), (b_in.prod(), w_taps)]
-    return stream_program(args, fills, [(c_out.cons(), y_taps)], [worker])
+    workers = [
+        lib.Worker(core, [x_row[r].cons(), w_col[c].cons(), y_core[c][r].prod(),
+                          scratch_buffer(lib, f"acc_{c}_{r}", (tm * TN,), np.dtype(np.float32)),
+                          zero, mac, store], tile=core_tile(lib, c, r))
+        for c in range(columns) for r in range(rows)
+    ]  # fmt: skip
+    x, w, y = (a.shape for a in args)
+    # Phase = round i of m-blocks. x of row r: its m-block's k tiles, replayed for
+    # every n tile of the round (stride 0: a repeat); w of column c: its n tiles' k
+    # tiles; y of column c: (rows * tm) rows by its n tiles.
+    x_taps = [[tap(x, (i * rows + r) * tm * k, [n_rounds, k_tiles, tm, TK], [0, TK, k, 1])
+               for i in range(m_rounds)] for r in range(rows)]  # fmt: skip
+    w_tap = [tap(w, c * n_rounds * TN * k, [n_rounds, k_tiles, TN, TK], [TN * k, TK, k, 1])
+             for c in range(columns)]  # fmt: skip
+    y_taps = [[tap(y, i * rows * tm * n + c * n_rounds * TN, [1, n_rounds, rows * tm, TN],
+                   [0, TN, n, 1]) for i in range(m_rounds)]
+              for c in range(columns)]  # fmt: skip
+    streams = [
+        *(Stream(0, x_in[r].prod(tile=shim_tile(lib, x_column[r])), x_taps[r])
+          for r in range(rows)),
+        *(Stream(1, w_in[c].prod(tile=shim_tile(lib, c)), [w_tap[c]] * m_rounds)
+          for c in range(columns)),
+        *(Stream(2, y_out[c].cons(tile=shim_tile(lib, c)), y_taps[c], drain=True)
+          for c in range(columns)),
+    ]  # fmt: skip
+    return stream_program(args, streams, workers)

@@ -1,13 +1,19 @@
-"""GEMV y[N] = w[N,K] @ x[K] (aierun/ops/matmul.py with M = 1, kernels_src/gemv.cc).
+"""GEMV y[N] = w[N,K] @ x[K] over the array (aierun/ops/matmul.py with M = 1,
+kernels_src/gemv.cc).
 
-x stays resident in the core; w streams in [TN, TK] tiles and each TN-row block
-accumulates its K / TK partial dot products in fp32 (in a state buffer that also
-counts the k tiles, so the core's k loop stays a loop instead of K / TK unrolled
-calls in the 16 KiB program memory) before it is written, as bf16 or (LM head
-logits) as fp32, following the output argument's dtype.
+Decode streams every weight once per token: the launch spreads w's rows over every
+column's shim. Column c owns the rows [c * N / columns, (c + 1) * N / columns); its
+shim streams them as (core_rows * TN) x TK blocks, which its memory tile splits into
+one TN x TK tile per core of the column (core r takes every core_rows-th TN-row block
+of the column). x stays resident in every core: one shim stream broadcast to all.
+Each core accumulates a TN-row block's K / TK partial dot products in fp32 (in a
+state buffer that also counts the k tiles, so the core's k loop stays a loop) and
+writes the block as bf16 or, for the LM head logits, fp32 (the output argument's
+dtype); the column's memory tile joins its cores' blocks into contiguous rows of y.
 
 An LM-head partition binds a slice (`w_lm[3]`, `logits[3]`): the runtime sequence
-takes the whole host argument and the access patterns start at the slice."""
+takes the whole host argument and the access patterns start at the slice.
+Core memory at K = 8192: x 16 KiB, w 2 x 4 KiB, y and state < 1 KiB."""
 
 from __future__ import annotations
 
@@ -16,58 +22,69 @@ from typing import Any
 import numpy as np
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    Stream,
+    array,
+    contiguous,
+    core_tile,
     iron,
     kernel_object,
+    mem_tile,
+    scratch_buffer,
+    shim_tile,
     slice_offset,
     stream_program,
     tap,
+    tensor,
     tiles,
+    whole,
 )
-from aiebuild.specs import TILE
+from aiebuild.specs import GEMV_ROWS as TN
+from aiebuild.specs import TILE as TK
 from aierun.abi import BF16, ArgSpec, Launch
-
-ROWS = 32  # TN: weight rows per tile (32 x 64 bf16 = 4 KiB)
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    return kernel_object("gemv.cc", {"K": launch.params["K"], "TN": ROWS, "TK": TILE})
+    return kernel_object("gemv.cc", {"K": launch.params["K"], "TN": TN, "TK": TK})
 
 
 def symbol(launch: Launch, out_dtype: str) -> str:
     """The object has a bf16-output and an fp32-output entry point (LM head logits)."""
-    return f"gemv_bf16_{launch.params['K']}x{ROWS}x{TILE}_{out_dtype}"
-
-
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """x (resident), w tiles in, y blocks out, the state [TN partial sums | k counter]."""
-    k, n = launch.params["K"], launch.params["N"]
-    tiles(k, TILE, "K")
-    tiles(n, ROWS, "N")
-    return [
-        CoreBuffer("x_in", (k,), BF16, depth=1),
-        CoreBuffer("w_in", (ROWS, TILE), BF16),
-        CoreBuffer("y_out", (ROWS,), args[2].np_dtype),
-        CoreBuffer("state", (ROWS + 1,), np.dtype(np.float32), kind="state"),
-    ]
+    return f"gemv_bf16_{launch.params['K']}x{TN}x{TK}_{out_dtype}"
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-
     _, w, y = args
     k, n = launch.params["K"], launch.params["N"]
-    k_tiles, n_tiles = tiles(k, TILE, "K"), tiles(n, ROWS, "N")
-    buffers = core_buffers(launch, args)
-    x_in, w_in, y_out, state = (buf.make(lib) for buf in buffers)
-    types = [buf.type for buf in buffers]
-    gemv = lib.Kernel(symbol(launch, y.dtype), kernel(launch, args).name, types)
+    columns, rows = array(launch)
+    k_tiles = tiles(k, TK, "K")
+    per_core = tiles(n, columns * rows * TN, "N (per core of the array)")
+    per_column = n // columns
+    x_ty, w_ty = tensor((k,), BF16), tensor((TN, TK), BF16)
+    y_ty, state_ty = tensor((TN,), y.np_dtype), tensor((TN + 1,), np.dtype(np.float32))
+    gemv = lib.Kernel(symbol(launch, y.dtype), kernel(launch, args).name,
+                      [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
+
+    x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
+    w_in = [lib.ObjectFifo(tensor((rows * TN, TK), BF16), name=f"w_in{c}") for c in range(columns)]
+    w_core = [
+        w_in[c].cons().split([r * TN * TK for r in range(rows)], tile=mem_tile(lib, c),
+                             obj_types=[w_ty] * rows, names=[f"w{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
+    y_out = [lib.ObjectFifo(tensor((rows * TN,), y.np_dtype), name=f"y{c}")
+             for c in range(columns)]  # fmt: skip
+    y_core = [
+        y_out[c].prod().join([r * TN for r in range(rows)], tile=mem_tile(lib, c),
+                             obj_types=[y_ty] * rows, names=[f"y{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
 
     def core(xs, ws, ys, counters, fn):
         vector = xs.acquire(1)
-        for _ in range_(n_tiles):
+        for _ in range_(per_core):
             out = ys.acquire(1)
             for _ in range_(k_tiles):  # the kernel counts the k tiles in `counters`
                 block = ws.acquire(1)
@@ -76,11 +93,20 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
             ys.release(1)
         xs.release(1)
 
-    worker = lib.Worker(core, [x_in.cons(), w_in.cons(), y_out.prod(), state, gemv])
-    w_tap = tap(
-        w.shape, slice_offset(launch, args, 1), [n_tiles, k_tiles, ROWS, TILE],
-        [ROWS * k, TILE, k, 1],
-    )  # fmt: skip
-    y_tap = tap(y.shape, slice_offset(launch, args, 2), [1, 1, 1, n], [0, 0, 0, 1])
-    fills = [(x_in.prod(), None), (w_in.prod(), [w_tap])]
-    return stream_program(args, fills, [(y_out.cons(), [y_tap])], [worker])
+    workers = [
+        lib.Worker(core, [x_in.cons(), w_core[c][r].cons(), y_core[c][r].prod(),
+                          scratch_buffer(lib, f"state_{c}_{r}", (TN + 1,), np.dtype(np.float32)),
+                          gemv], tile=core_tile(lib, c, r))
+        for c in range(columns) for r in range(rows)
+    ]  # fmt: skip
+    w_at, y_at = slice_offset(launch, args, 1), slice_offset(launch, args, 2)
+    streams = [
+        Stream(0, x_in.prod(tile=shim_tile(lib, 0)), [whole(args[0])]),
+        *(Stream(1, w_in[c].prod(tile=shim_tile(lib, c)), [
+            tap(w.shape, w_at + c * per_column * k, [per_core, k_tiles, rows * TN, TK],
+                [rows * TN * k, TK, k, 1])]) for c in range(columns)),
+        *(Stream(2, y_out[c].cons(tile=shim_tile(lib, c)),
+                 [contiguous(y.shape, y_at + c * per_column, per_column)], drain=True)
+          for c in range(columns)),
+    ]  # fmt: skip
+    return stream_program(args, streams, workers)

@@ -1,17 +1,22 @@
-"""RMSNorm (aierun/ops/norm.py, kernels_src/rmsnorm.cc): x rows (fp32 residual stream
-or bf16) stream through one core, the weight row stays resident for the whole
-launch, the normalized rows leave as bf16 GEMM operands."""
+"""RMSNorm (aierun/ops/norm.py, kernels_src/rmsnorm.cc): the rows are split into one
+consecutive block per column; each column's core streams its x rows (fp32 residual
+stream or bf16) from its shim and its normalized rows (bf16 GEMM operands) back,
+while the weight row, streamed once from shim 0, is broadcast to every core and
+stays resident for the whole launch."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    array,
+    core_tile,
     iron,
     kernel_object,
+    row_streams,
     stream_program,
+    tensor,
 )
 from aierun.abi import BF16, ArgSpec, Launch
 
@@ -26,34 +31,29 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
     return f"rmsnorm_{args[0].dtype}_{launch.params['E']}"
 
 
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """x rows in, the weight row (resident), normalized rows out."""
-    e = launch.params["E"]
-    return [
-        CoreBuffer("x_in", (e,), args[0].np_dtype),
-        CoreBuffer("w_in", (e,), BF16, depth=1),
-        CoreBuffer("y_out", (e,), BF16),
-    ]
-
-
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-
-    rows = launch.params["rows"]
-    buffers = core_buffers(launch, args)
-    x_in, w_in, y_out = (buf.make(lib) for buf in buffers)
-    norm = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [b.type for b in buffers])
+    rows, e = launch.params["rows"], launch.params["E"]
+    columns, _ = array(launch)
+    row_ty = (e,)
+    norm = lib.Kernel(symbol(launch, args), kernel(launch, args).name,
+                      [tensor(row_ty, args[0].np_dtype), tensor(row_ty, BF16),
+                       tensor(row_ty, BF16)])  # fmt: skip
+    handles, streams = row_streams(
+        lib, args, columns, rows, ["x", "w", "y"], [row_ty, row_ty, row_ty],
+        resident={1: tensor(row_ty, BF16)},
+    )  # fmt: skip
 
     def core(x, w, y, rmsnorm):
         weight = w.acquire(1)
-        for _ in range_(rows):
+        for _ in range_(rows // columns):
             values, result = x.acquire(1), y.acquire(1)
             rmsnorm(values, weight, result)
             x.release(1)
             y.release(1)
         w.release(1)
 
-    worker = lib.Worker(core, [x_in.cons(), w_in.cons(), y_out.prod(), norm])
-    fills = [(x_in.prod(), None), (w_in.prod(), None)]
-    return stream_program(args, fills, [(y_out.cons(), None)], [worker])
+    workers = [lib.Worker(core, [*handles[c], norm], tile=core_tile(lib, c, 0))
+               for c in range(columns)]  # fmt: skip
+    return stream_program(args, streams, workers)

@@ -1,19 +1,24 @@
 """Rotary embedding (aierun/ops/rope.py, kernels_src/rope.cc): one row of all heads
-and that position's table row (cos | sin) per kernel call."""
+and that position's table row (cos | sin) per kernel call. The rows are split into
+one consecutive block per column; each column's core streams its x rows and table
+rows from its shim and its rotated rows back."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiebuild.designs.common import (
-    CoreBuffer,
     KernelObject,
+    array,
+    core_tile,
     iron,
     kernel_object,
+    row_streams,
     stream_program,
     streaming_core,
+    tensor,
 )
-from aierun.abi import BF16, ArgSpec, Launch
+from aierun.abi import ArgSpec, Launch
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -26,22 +31,15 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
     return f"rope_{args[1].dtype}_{launch.params['heads']}x{launch.params['head_dim']}"
 
 
-def core_buffers(launch: Launch, args: list[ArgSpec]) -> list[CoreBuffer]:
-    """x rows in, table rows in, rotated rows out."""
-    heads, dim = launch.params["heads"], launch.params["head_dim"]
-    return [
-        CoreBuffer("x_in", (heads * dim,), BF16),
-        CoreBuffer("table_in", (dim,), args[1].np_dtype),
-        CoreBuffer("y_out", (heads * dim,), BF16),
-    ]
-
-
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    buffers = core_buffers(launch, args)
-    x_in, t_in, y_out = (buf.make(lib) for buf in buffers)
-    rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, [b.type for b in buffers])
-    steps = launch.params["rows"]
-    worker = lib.Worker(streaming_core(steps), [x_in.cons(), t_in.cons(), y_out.prod(), rotate])
-    fills = [(x_in.prod(), None), (t_in.prod(), None)]
-    return stream_program(args, fills, [(y_out.cons(), None)], [worker])
+    heads, dim, rows = launch.params["heads"], launch.params["head_dim"], launch.params["rows"]
+    columns, _ = array(launch)
+    shapes = [(heads * dim,), (dim,), (heads * dim,)]
+    types = [tensor(s, a.np_dtype) for s, a in zip(shapes, args, strict=True)]
+    rotate = lib.Kernel(symbol(launch, args), kernel(launch, args).name, types)
+    handles, streams = row_streams(lib, args, columns, rows, ["x", "table", "y"], shapes)
+    body = streaming_core(rows // columns)
+    workers = [lib.Worker(body, [*handles[c], rotate], tile=core_tile(lib, c, 0))
+               for c in range(columns)]  # fmt: skip
+    return stream_program(args, streams, workers)
