@@ -1,0 +1,248 @@
+// A host (x86/arm) model of the subset of aie_api our AIE2P kernels use, so that
+// kernels_src/*.cc compile unchanged with the system C++ compiler and run in the
+// dataflow simulator (aiebuild/sim). NOT the NPU path: Peano builds use the real
+// aie_api, and this directory is never on their include path.
+//
+// Written from aie_api's documented behaviour (Xilinx/aie_api aie.hpp and its docs),
+// keeping AIE2P's constraints as compile errors (exp2's bf16 result, the bf16 mmul
+// shapes, vector widths) and modelling the arithmetic the kernels rely on
+// (kernels_src/aie_kernel_common.h facts): conversions to bf16 round by the core's
+// rounding mode register (default floor); vector reductions accumulate lane-pairwise;
+// exp2 is bf16-precise. fp32 products are IEEE here (fact M is not modelled), and inv /
+// invsqrt are IEEE (their AIE2P precision is undocumented).
+#pragma once
+
+#if defined(__AIENGINE__) || defined(__AIE_ARCH__)
+#error "kernels_src/host is the host model of aie_api; AIE builds use the real aie_api"
+#endif
+
+#include <cmath>
+#include <concepts>
+#include <cstdio>
+#include <cstdlib>
+
+#include "detail/mmul.hpp"
+#include "detail/scalar.hpp"
+#include "detail/vector.hpp"
+
+namespace aie {
+
+namespace detail {
+template <typename X>
+struct vector_traits : std::false_type {};
+template <typename T, unsigned N>
+struct vector_traits<vector<T, N>> : std::true_type {
+  using element = T;
+  static constexpr unsigned lanes = N;
+};
+template <typename X>
+concept Vector = vector_traits<X>::value;
+
+// The operands of a lane-wise operation: two vectors of one type, or a vector and a
+// scalar of (convertible to) its element type, either way round.
+template <typename A, typename B>
+concept LanewisePair = (Vector<A> && std::same_as<A, B>) ||
+                       (Vector<A> && !Vector<B> &&
+                        std::convertible_to<B, typename vector_traits<A>::element>) ||
+                       (Vector<B> && !Vector<A> &&
+                        std::convertible_to<A, typename vector_traits<B>::element>);
+
+template <typename A, typename B>
+using pair_vector = std::conditional_t<Vector<A>, A, B>;
+
+// Lane i of an operand as fp32; a scalar is first converted to the vector's element type.
+template <typename V, typename X>
+float lane(const X &x, unsigned i) {
+  if constexpr (Vector<X>)
+    return float(x[i]);
+  else
+    return float(typename vector_traits<V>::element(x));
+}
+
+template <typename V, typename A, typename B, typename Op>
+V lanewise(const A &a, const B &b, Op op) {
+  V out;
+  for (unsigned i = 0; i < V::size(); ++i)
+    out[i] = typename V::value_type(op(lane<V>(a, i), lane<V>(b, i)));
+  return out;
+}
+
+// acc + sign * a * b per lane, or only the products (no accumulator input: a product of
+// -0 stays -0).
+template <unsigned N, typename V, typename A, typename B>
+accum<accfloat, N> multiply(const accum<accfloat, N> *acc, const A &a, const B &b, float sign) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i) {
+    const float product = lane<V>(a, i) * lane<V>(b, i);
+    out.host_lane(i) = acc ? acc->host_lane(i) + sign * product : product;
+  }
+  return out;
+}
+
+template <typename T>
+inline constexpr bool is_accum_tag = std::is_same_v<T, accfloat>;
+
+[[noreturn]] inline void fail(const char *what) {
+  std::fprintf(stderr, "host aie_api: %s\n", what);
+  std::abort();
+}
+}  // namespace detail
+
+// -- initialization, memory, reshaping ------------------------------------------------
+template <typename T, unsigned N>
+auto zeros() {
+  if constexpr (detail::is_accum_tag<T>)
+    return accum<T, N>(vector<float, N>(zeros<float, N>()));
+  else {
+    vector<T, N> v;
+    for (unsigned i = 0; i < N; ++i) v[i] = T(0.0f);
+    return v;
+  }
+}
+
+template <typename T, unsigned N>
+vector<T, N> broadcast(T value) {
+  vector<T, N> v;
+  for (unsigned i = 0; i < N; ++i) v[i] = value;
+  return v;
+}
+
+template <unsigned N, typename T>
+vector<std::remove_const_t<T>, N> load_v(T *p) {
+  vector<std::remove_const_t<T>, N> v;
+  for (unsigned i = 0; i < N; ++i) v[i] = p[i];
+  return v;
+}
+
+template <typename T, unsigned N>
+T *store_v(T *p, const vector<T, N> &v) {
+  for (unsigned i = 0; i < N; ++i) p[i] = v[i];
+  return p;
+}
+
+template <typename T, unsigned N, typename... Rest>
+  requires(std::same_as<vector<T, N>, Rest> && ...)
+vector<T, N *(1 + sizeof...(Rest))> concat(const vector<T, N> &first, const Rest &...rest) {
+  vector<T, N *(1 + sizeof...(Rest))> out;
+  unsigned index = 0;
+  out.insert(index++, first);
+  (out.insert(index++, rest), ...);
+  return out;
+}
+
+// `v` read as a row-major rows x cols matrix, returned as its transpose (cols x rows).
+template <typename T, unsigned N>
+vector<T, N> transpose(const vector<T, N> &v, unsigned rows, unsigned cols) {
+  if (rows * cols != N) detail::fail("transpose: rows * cols must equal the vector length");
+  vector<T, N> out;
+  for (unsigned r = 0; r < rows; ++r)
+    for (unsigned c = 0; c < cols; ++c) out[c * rows + r] = v[r * cols + c];
+  return out;
+}
+
+// -- lane-wise arithmetic: vectors (of the operands' type) or fp32 accumulators -------
+// add / sub / max of bf16 lanes compute in fp32 and round by the current mode.
+template <typename A, typename B>
+  requires detail::LanewisePair<A, B>
+auto add(const A &a, const B &b) {
+  return detail::lanewise<detail::pair_vector<A, B>>(a, b, [](float x, float y) { return x + y; });
+}
+template <typename A, typename B>
+  requires detail::LanewisePair<A, B>
+auto sub(const A &a, const B &b) {
+  return detail::lanewise<detail::pair_vector<A, B>>(a, b, [](float x, float y) { return x - y; });
+}
+template <typename A, typename B>
+  requires detail::LanewisePair<A, B>
+auto max(const A &a, const B &b) {
+  return detail::lanewise<detail::pair_vector<A, B>>(a, b,
+                                                    [](float x, float y) { return x < y ? y : x; });
+}
+
+template <typename T, unsigned N>
+vector<T, N> neg(const vector<T, N> &v) {
+  vector<T, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = -v[i];  // a sign flip: exact in both types
+  return out;
+}
+
+template <unsigned N, typename T>
+accum<accfloat, N> add(const accum<accfloat, N> &acc, const vector<T, N> &v) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i) out.host_lane(i) = acc.host_lane(i) + float(v[i]);
+  return out;
+}
+template <unsigned N, typename T>
+accum<accfloat, N> sub(const accum<accfloat, N> &acc, const vector<T, N> &v) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i) out.host_lane(i) = acc.host_lane(i) - float(v[i]);
+  return out;
+}
+
+// Products go to an fp32 accumulator; mac / msc add / subtract them lane by lane, each
+// product rounded to fp32 first (exact for bf16 x bf16).
+template <typename A, typename B>
+  requires detail::LanewisePair<A, B>
+auto mul(const A &a, const B &b) {
+  using V = detail::pair_vector<A, B>;
+  return detail::multiply<V::size(), V>(nullptr, a, b, 1.0f);
+}
+template <unsigned N, typename A, typename B>
+  requires detail::LanewisePair<A, B> && (detail::pair_vector<A, B>::size() == N)
+accum<accfloat, N> mac(const accum<accfloat, N> &acc, const A &a, const B &b) {
+  return detail::multiply<N, detail::pair_vector<A, B>>(&acc, a, b, 1.0f);
+}
+template <unsigned N, typename A, typename B>
+  requires detail::LanewisePair<A, B> && (detail::pair_vector<A, B>::size() == N)
+accum<accfloat, N> msc(const accum<accfloat, N> &acc, const A &a, const B &b) {
+  return detail::multiply<N, detail::pair_vector<A, B>>(&acc, a, b, -1.0f);
+}
+
+// -- reductions ------------------------------------------------------------------------
+// The lanes' sum as the hardware forms it (fact S): pairwise halving, lane i + lane
+// i + N/2, until one lane is left.
+template <unsigned N>
+float reduce_add(const vector<float, N> &v) {
+  std::array<float, N> partial;
+  for (unsigned i = 0; i < N; ++i) partial[i] = v[i];
+  for (unsigned half = N / 2; half > 0; half /= 2)
+    for (unsigned i = 0; i < half; ++i) partial[i] = partial[i] + partial[i + half];
+  return partial[0];
+}
+
+template <typename T, unsigned N>
+T reduce_max(const vector<T, N> &v) {
+  T best = v[0];
+  for (unsigned i = 1; i < N; ++i) best = float(v[i]) > float(best) ? v[i] : best;
+  return best;
+}
+
+// -- elementary functions ----------------------------------------------------------------
+// 2^x per lane. On XDNA 2 the result type must be bfloat16 (aie_api requires it); the
+// model takes 2^x exactly (fp64, then fp32) and rounds it to bf16 by the current mode,
+// as aierun.ops.numerics.exp_bf16 does.
+template <typename TR = bfloat16, unsigned N>
+  requires std::same_as<TR, bfloat16>
+vector<TR, N> exp2(const vector<float, N> &v) {
+  vector<TR, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = TR(float(std::exp2(double(v[i]))));
+  return out;
+}
+
+inline float inv(float x) { return 1.0f / x; }
+inline float invsqrt(float x) { return 1.0f / std::sqrt(x); }
+
+template <unsigned N>
+vector<float, N> inv(const vector<float, N> &v) {  // per lane, as aie_api does for float
+  vector<float, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = inv(v[i]);
+  return out;
+}
+template <unsigned N>
+vector<float, N> invsqrt(const vector<float, N> &v) {
+  vector<float, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = invsqrt(v[i]);
+  return out;
+}
+
+}  // namespace aie

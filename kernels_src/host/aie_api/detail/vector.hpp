@@ -1,0 +1,108 @@
+// aie::vector and aie::accum of the host model: plain arrays of lanes.
+#pragma once
+
+#include <array>
+#include <cassert>
+#include <limits>
+
+#include "scalar.hpp"
+
+namespace aie {
+
+namespace detail {
+template <typename T>
+inline constexpr bool is_element = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
+
+// aie_api leaves a default-constructed vector or accumulator undefined; the host model
+// fills it with NaN, so a kernel that reads one before writing it shows it.
+template <typename T>
+inline T poison() {
+  return T(std::numeric_limits<float>::quiet_NaN());
+}
+}  // namespace detail
+
+// AIE2P vectors are 128 to 1024 bits (aie_api aie_doc.hpp); the host model covers
+// float and bfloat16 lanes, the types our kernels compute in.
+template <typename T, unsigned N>
+class vector {
+  static_assert(detail::is_element<T>, "the host aie_api models float and bfloat16 vectors");
+  static_assert(N * sizeof(T) * 8 >= 128 && N * sizeof(T) * 8 <= 1024 &&
+                    (N & (N - 1)) == 0,
+                "AIE2P vectors are 128, 256, 512 or 1024 bits");
+
+ public:
+  using value_type = T;
+  static constexpr unsigned size() { return N; }
+
+  vector() { lanes_.fill(detail::poison<T>()); }
+
+  T operator[](unsigned i) const {
+    assert(i < N);
+    return lanes_[i];
+  }
+  T &operator[](unsigned i) {
+    assert(i < N);
+    return lanes_[i];
+  }
+
+  // Sub-vector `index` of M lanes (lanes index*M .. index*M+M-1).
+  template <unsigned M>
+  vector<T, M> extract(unsigned index) const {
+    static_assert(N % M == 0, "extract: the part must divide the vector");
+    assert(index < N / M);
+    vector<T, M> part;
+    for (unsigned i = 0; i < M; ++i) part[i] = lanes_[index * M + i];
+    return part;
+  }
+
+  template <unsigned M>
+  vector &insert(unsigned index, const vector<T, M> &part) {
+    static_assert(N % M == 0, "insert: the part must divide the vector");
+    assert(index < N / M);
+    for (unsigned i = 0; i < M; ++i) lanes_[index * M + i] = part[i];
+    return *this;
+  }
+
+ private:
+  std::array<T, N> lanes_;
+};
+
+// An accumulator of N fp32 lanes (accfloat: the only accumulator the host models).
+template <typename Tag, unsigned N>
+class accum {
+  static_assert(std::is_same_v<Tag, accfloat>, "the host aie_api models accfloat accumulators");
+
+ public:
+  using value_type = Tag;
+  static constexpr unsigned size() { return N; }
+
+  accum() { lanes_.fill(detail::poison<float>()); }
+  template <typename T>
+  explicit accum(const vector<T, N> &v) {
+    from_vector(v);
+  }
+
+  // Widening bf16 or fp32 lanes is exact.
+  template <typename T>
+  accum &from_vector(const vector<T, N> &v) {
+    for (unsigned i = 0; i < N; ++i) lanes_[i] = float(v[i]);
+    return *this;
+  }
+
+  // To fp32 lanes unchanged, or to bf16 lanes rounded by the current rounding mode.
+  template <typename T>
+  vector<T, N> to_vector() const {
+    vector<T, N> v;
+    for (unsigned i = 0; i < N; ++i) v[i] = T(lanes_[i]);
+    return v;
+  }
+
+  // Host-model access for the functions in aie.hpp (aie_api accumulators have none).
+  float host_lane(unsigned i) const { return lanes_[i]; }
+  float &host_lane(unsigned i) { return lanes_[i]; }
+
+ private:
+  std::array<float, N> lanes_;
+};
+
+}  // namespace aie
