@@ -1,8 +1,8 @@
 """The npu2 target: IRON designs + Peano objects + the stitcher + aiecc -> one full ELF.
 
 Per ELF (DESIGN.md section 3):
-0. at plan time, `check` refuses a launch whose design cannot tile it or whose
-   buffers do not fit a core's data memory, before anything compiles;
+0. at plan time, the hardware rules check (aiebuild/rules.py, for every target)
+   refuses a launch its design cannot tile or the NPU cannot hold, before anything compiles;
 1. every launch's kernel object comes from the object cache, content-keyed by the
    kernel source (and the local headers), the compile flags with its -D
    parameters and the toolchain fingerprint, so an object shared by several ELFs
@@ -146,11 +146,6 @@ class Npu2Target:
         if version is None:  # discover() calls such a toolchain unusable
             raise ValueError("the toolchain has no mlir-aie version")
         return needs_reset_pad(version)
-
-    def check(self, spec: ElfSpec) -> None:
-        """Refuse what the designs cannot build (tiling, core memory), naming why."""
-        for launch in spec.launches:
-            designs.check_launch(spec, launch)
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         """The designs and kernels (and their -D parameters), the stitcher, the ABI

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from aiebuild.store import Store, content_key
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import PLAN
-from aierun.errors import UserError
 from aierun.files import sha256_file
 
 
@@ -25,10 +24,6 @@ class Target(Protocol):
 
     def fingerprint(self) -> dict[str, Any]:
         """Toolchain identity: versions and binary hashes."""
-
-    def check(self, spec: ElfSpec) -> None:
-        """Refuse at plan time, with a UserError saying why, an ELF this target
-        cannot build (before anything compiles)."""
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         """sha256 of every source file that feeds this ELF, by project-relative path."""
@@ -42,9 +37,6 @@ class EmuTarget:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"emu": 1}
-
-    def check(self, spec: ElfSpec) -> None:
-        pass  # numpy runs any shape the specs produce
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         """The plan is the spec; the modeled npu2 time beside it also follows the
@@ -72,15 +64,10 @@ def plan_meta(spec: ElfSpec, toolchain: dict[str, Any]) -> dict[str, Any]:
 
 def npu2_model(spec: ElfSpec) -> dict[str, Any]:
     """One call of the ELF on npu2 as aiebuild/timing.py models it ({"ms", "fixed_ms",
-    "launches": [{"label", "ms", "bound"}]}), or {"error": why} when the npu2 designs
-    cannot build it (the emu target builds any shape)."""
-    from aiebuild import designs, timing  # the designs load only when an ELF is built
+    "launches": [{"label", "ms", "bound"}]}); the plan has checked that the npu2
+    designs build it (aiebuild/rules.py)."""
+    from aiebuild import timing  # the designs load only when an ELF is built
 
-    try:
-        for launch in spec.launches:
-            designs.check_launch(spec, launch)
-    except UserError as exc:
-        return {"error": str(exc)}
     return timing.elf_time(spec).summary()
 
 

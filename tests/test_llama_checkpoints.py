@@ -43,7 +43,7 @@ def tiny_llama(path, tokenizer_from, **overrides) -> LlamaForCausalLM:
 def test_untied_llama3_scaled_checkpoint_matches_transformers(tmp_path, model_dir):
     reference = tiny_llama(tmp_path / "model", model_dir).float()
     home = tmp_path / "home"
-    manifest = compile_emu(home, tmp_path / "model", buckets=(16,))
+    manifest = compile_emu(home, tmp_path / "model", buckets=(32,))
     session = Session(Checkpoint(tmp_path / "model"), ArtifactSet.open(manifest), EmuDevice())
     ids = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
     ours = session.prefill(ids, capacity=len(ids) + 4)
@@ -60,7 +60,7 @@ def test_untied_llama3_scaled_checkpoint_matches_transformers(tmp_path, model_di
 def test_model_the_kernels_cannot_tile_is_refused_naming_the_dimension(tmp_path, model_dir):
     tiny_llama(tmp_path / "model", model_dir, head_dim=48)
     with pytest.raises(UserError, match=r"head_dim \(Dh\) = 48 is not a multiple of 64"):
-        compile_emu(tmp_path / "home", tmp_path / "model", buckets=(16,))
+        compile_emu(tmp_path / "home", tmp_path / "model", buckets=(32,))
 
 
 def test_artifacts_of_another_model_are_refused(tmp_path, model_dir, emu_manifest):

@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiebuild import iron_model, placement, rules
+from aiebuild import iron_model, placement, rules, tasks
 from aiebuild.placement import TileId
+from aiebuild.specs import model_specs
 from aierun.abi import BF16
+from aierun.model import Checkpoint
 
 I32 = np.dtype(np.int32)
 
@@ -345,3 +347,15 @@ def test_a_refusal_names_the_elf_and_the_launch(rule, monkeypatch):
     (line,) = [line for line in lines if f"{rule} is" in line]
     where = "- flash_attn.s64 (prefill bucket 64), launch 'GQA' (flash_attn), core (8, 2): "
     assert line.startswith(where)
+
+
+# --- the designs in the tree ------------------------------------------------------------
+
+
+def test_doit_check_passes_for_the_default_model(model_dir, tmp_path, capsys):
+    config = tasks.BuildConfig(tmp_path, str(model_dir), (64, 256, 2048), "emu")
+    tasks.check_designs(config)  # raises RulesError naming every violation
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["ELF", "launches", "cores"]
+    instances = {spec.instance for spec in model_specs(Checkpoint(model_dir).shape)}
+    assert {line.split()[0] for line in table[1:]} == instances

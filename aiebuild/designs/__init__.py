@@ -33,7 +33,6 @@ from aiebuild import iron_model
 from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
 from aiebuild.designs.common import KernelObject
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
-from aierun.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parents[1]  # aiebuild/
 
@@ -78,21 +77,6 @@ def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
     """The arguments one launch's runtime sequence takes: inputs then outputs, each
     the whole ELF argument (a slice binding is applied by the design's DMA pattern)."""
     return [spec.arg(parse_binding(b)[0]) for b in (*launch.inputs, *launch.outputs)]
-
-
-def check_launch(spec: ElfSpec, launch: Launch) -> None:
-    """Refuse, before anything compiles, a launch its design cannot tile, naming the
-    ELF (and its prefill bucket), the launch and why."""
-    try:
-        record(spec, launch)
-    except UserError as exc:
-        bucket = f" (prefill bucket {spec.bucket})" if spec.bucket else ""
-        raise UserError(
-            f"cannot build {spec.instance}{bucket} for npu2: launch "
-            f"'{launch.label or launch.op}' ({launch.op} {launch.params}): {exc}. Choose "
-            "prefill buckets that are multiples of 32 (`doit compile buckets=64,256`), or "
-            "build for the emulated device with `doit compile target=emu`."
-        ) from exc
 
 
 def record(spec: ElfSpec, launch: Launch) -> iron_model.Program:
