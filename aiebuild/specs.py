@@ -78,7 +78,7 @@ def _array(columns: int, core_rows: int = 1) -> dict[str, int]:
     return {"columns": columns, "core_rows": core_rows}
 
 
-def _matmul(op: str, m: int, k: int, n: int) -> dict[str, int]:
+def matmul_params(op: str, m: int, k: int, n: int) -> dict[str, int]:
     """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
     core rows. A GEMV's: its 32-row output blocks over columns x core rows."""
     if op == "gemm":
@@ -95,18 +95,18 @@ def _matmul(op: str, m: int, k: int, n: int) -> dict[str, int]:
     }
 
 
-def _rows(rows: int) -> dict[str, int]:
+def row_params(rows: int) -> dict[str, int]:
     """Row-wise ops (rmsnorm, rope): whole rows per column, one core per column."""
     return {"rows": rows, **_array(_largest_divisor(rows, COLUMNS))}
 
 
-def _eltwise(rows: int, cols: int) -> dict[str, int]:
+def eltwise_params(rows: int, cols: int) -> dict[str, int]:
     """Elementwise ops: equal runs of whole vectors per column."""
     vectors = rows * cols // ELTWISE_LANES
     return {"rows": rows, "cols": cols, **_array(_largest_divisor(vectors, COLUMNS))}
 
 
-def _attention(shape: ModelShape, s: int) -> dict[str, int]:
+def attention_params(shape: ModelShape, s: int) -> dict[str, int]:
     """Query heads of one KV group over core rows, (query block, head) items over
     columns, one column kept for the memory tile that joins K and V: core rows divide
     the group, whole groups per round, whole rounds per KV head."""
@@ -119,14 +119,13 @@ def _attention(shape: ModelShape, s: int) -> dict[str, int]:
 
 def _rms_projections_rope(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
     e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
-    rope = {**_rows(rows), "head_dim": dh}
+    rope = {**row_params(rows), "head_dim": dh}
+    norm = {**row_params(rows), "E": e, "eps": shape.rms_eps}
     return [
-        Launch(
-            "rmsnorm", {**_rows(rows), "E": e, "eps": shape.rms_eps}, ("x", "attn_norm"), ("xn",)
-        ),
-        Launch(gemm, _matmul(gemm, rows, e, q), ("xn", "wq"), ("q",), "gemm Q"),
-        Launch(gemm, _matmul(gemm, rows, e, kv), ("xn", "wk"), ("k",), "gemm K"),
-        Launch(gemm, _matmul(gemm, rows, e, kv), ("xn", "wv"), ("v",), "gemm V"),
+        Launch("rmsnorm", norm, ("x", "attn_norm"), ("xn",)),
+        Launch(gemm, matmul_params(gemm, rows, e, q), ("xn", "wq"), ("q",), "gemm Q"),
+        Launch(gemm, matmul_params(gemm, rows, e, kv), ("xn", "wk"), ("k",), "gemm K"),
+        Launch(gemm, matmul_params(gemm, rows, e, kv), ("xn", "wv"), ("v",), "gemm V"),
         Launch("rope", {**rope, "heads": shape.n_heads}, ("q", "rope"), ("q_roped",), "rope Q"),
         Launch("rope", {**rope, "heads": shape.n_kv_heads}, ("k", "rope"), ("k_roped",), "rope K"),
     ]
@@ -170,7 +169,7 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
     s, q, kv = bucket, shape.q_dim, shape.kv_dim
     params = {
         "S": s, "heads": shape.n_heads, "kv_heads": shape.n_kv_heads,
-        "head_dim": shape.head_dim, "causal": True, **_attention(shape, s),
+        "head_dim": shape.head_dim, "causal": True, **attention_params(shape, s),
     }  # fmt: skip
     args = (
         _arg("q_roped", (s, q), IN),
@@ -183,16 +182,16 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
 
 
 def _o_ffn_launches(shape: ModelShape, rows: int, gemm: str) -> list[Launch]:
-    e, f = shape.hidden, shape.ffn
-    eltwise, norm = _eltwise(rows, e), {**_rows(rows), "E": e, "eps": shape.rms_eps}
+    e, f, q = shape.hidden, shape.ffn, shape.q_dim
+    eltwise, norm = eltwise_params(rows, e), {**row_params(rows), "E": e, "eps": shape.rms_eps}
     return [
-        Launch(gemm, _matmul(gemm, rows, shape.q_dim, e), ("attn_out", "wo"), ("o",), "gemm O"),
+        Launch(gemm, matmul_params(gemm, rows, q, e), ("attn_out", "wo"), ("o",), "gemm O"),
         Launch("add", eltwise, ("o", "x"), ("h",), "add residual"),
         Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",)),
-        Launch(gemm, _matmul(gemm, rows, e, f), ("hn", "w_gate"), ("g",), "gemm gate"),
-        Launch(gemm, _matmul(gemm, rows, e, f), ("hn", "w_up"), ("u",), "gemm up"),
-        Launch("silu_mul", _eltwise(rows, f), ("g", "u"), ("a",)),
-        Launch(gemm, _matmul(gemm, rows, f, e), ("a", "w_down"), ("d",), "gemm down"),
+        Launch(gemm, matmul_params(gemm, rows, e, f), ("hn", "w_gate"), ("g",), "gemm gate"),
+        Launch(gemm, matmul_params(gemm, rows, e, f), ("hn", "w_up"), ("u",), "gemm up"),
+        Launch("silu_mul", eltwise_params(rows, f), ("g", "u"), ("a",)),
+        Launch(gemm, matmul_params(gemm, rows, f, e), ("a", "w_down"), ("d",), "gemm down"),
         Launch("add", eltwise, ("d", "h"), ("y",), "add residual"),
     ]
 
@@ -243,7 +242,7 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
     launches = tuple(
-        Launch("gemv", _matmul("gemv", 1, e, rows), ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
+        Launch("gemv", matmul_params("gemv", 1, e, rows), ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
                f"partition {p}")
         for p in range(partitions)
     )  # fmt: skip
