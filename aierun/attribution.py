@@ -253,6 +253,8 @@ class Report:
     decode: Phase
     elfs: list[ElfStats]
     profiler: Profiler = field(repr=False)
+    # Modeled npu2 ms of one call per ELF instance, from its artifact (None: not modeled).
+    npu2_model_ms: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def build(

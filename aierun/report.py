@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from aierun import cli, paths
+from aierun.artifacts import ArtifactSet
 from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, RunInfo, Step
 from aierun.errors import UserError
 from aierun.files import write_atomic
@@ -230,14 +231,19 @@ def kernel_section(report: Report) -> Section:
             rows.append((elf.spec.instance, len(elf.spec.launches), s.count, ms(s.avg_ms),
                          ms(s.min_ms), ms(s.max_ms), ms(s.total_ms),
                          share(s.total_ms, phase.wall_ms), ms(floor, 3),
-                         f"{s.avg_ms / floor:.1f}x"))  # fmt: skip
+                         f"{s.avg_ms / floor:.1f}x", ms(elf.floor_ms(NPU2_RATES), 3),
+                         ms(report.npu2_model_ms.get(elf.spec.instance), 3)))  # fmt: skip
         if rows:
             columns = ("ELF", "launches", "calls", "avg ms", "min ms", "max ms", "total ms",
-                       "% wall", "floor ms", "vs floor")  # fmt: skip
+                       "% wall", "floor ms", "vs floor", "npu2 floor ms",
+                       "npu2 model ms")  # fmt: skip
             title = f"{phase.name}: one call = one ELF run with all its launches"
             tables.append(Table(columns, rows, title))
     tables.append(roofline_table(report))
-    notes = []
+    notes = [
+        "npu2 model ms: one call on a Strix NPU as the build's time model "
+        "(aiebuild/timing.py) predicts it, recorded in the ELF's artifact."
+    ]
     if beats_floor(report):
         notes.append(
             f"A kernel ran faster than its floor: the {report.rates.device} rates above are "
@@ -443,17 +449,48 @@ def to_json(report: Report) -> dict[str, Any]:
             for s in [phase.cpu_stats(name)]
         },
         "roofline": {"rates": _rates_json(report.rates), "npu2_rates": _rates_json(NPU2_RATES)},
+        "npu2_model": npu2_model_json(report),
+    }
+
+
+def npu2_model_json(report: Report) -> dict[str, Any]:
+    """The modeled npu2 kernel time of this run: per ELF one call, and summed over the
+    run's calls, per prefill and per decode token (None where an ELF has no model)."""
+    names = _elf_keys(report)
+    per_elf = {names[id(e)]: report.npu2_model_ms.get(e.spec.instance) for e in report.elfs}
+
+    def total(phase: str) -> float | None:
+        calls = [(e.stats.count, report.npu2_model_ms.get(e.spec.instance))
+                 for e in report.elfs_of(phase)]  # fmt: skip
+        if not calls or any(model is None for _, model in calls):
+            return None
+        return sum(count * model for count, model in calls)
+
+    decode = total("decode")
+    steps = report.decode.steps
+    return {
+        "ttft_ms": total("prefill"),
+        "tpot_ms": decode / steps if decode is not None and steps else None,
+        "per_elf": per_elf,
+    }
+
+
+def _elf_keys(report: Report) -> dict[int, str]:
+    """Each ELF's "<phase>/<ELF name>" key; the instance (bucket) only when a phase ran
+    several."""
+    names = Counter((e.phase, e.spec.name) for e in report.elfs)
+    return {
+        id(e): f"{e.phase}/{e.spec.name if names[(e.phase, e.spec.name)] == 1 else e.spec.instance}"
+        for e in report.elfs
     }
 
 
 def _kernels_json(report: Report) -> dict[str, Any]:
     """Keyed "<phase>/<ELF name>"; the instance (bucket) only when a phase ran several."""
-    names = Counter((e.phase, e.spec.name) for e in report.elfs)
-    out = {}
+    keys, out = _elf_keys(report), {}
     for elf in report.elfs:
         s = elf.stats
-        name = elf.spec.name if names[(elf.phase, elf.spec.name)] == 1 else elf.spec.instance
-        out[f"{elf.phase}/{name}"] = {
+        out[keys[id(elf)]] = {
             "instance": elf.spec.instance,
             "launches": len(elf.spec.launches),
             "count": s.count,
@@ -469,6 +506,7 @@ def _kernels_json(report: Report) -> dict[str, Any]:
             "floor_ms": elf.floor_ms(report.rates),
             "npu2_floor_ms": elf.floor_ms(NPU2_RATES),
             "bound": report.rates.bound(elf.cost),
+            "npu2_model_ms": report.npu2_model_ms.get(elf.spec.instance),
         }
     return out
 
@@ -558,7 +596,15 @@ def run_profile(
     report = Report.build(profiler, info, specs, device_rates(info.device, rates_cache()))
     if info.device == "emu" and beats_floor(report):  # rates measured while busy: again
         report = Report.build(profiler, info, specs, remeasure(rates_cache()))
+    report.npu2_model_ms = {i: modeled_npu2_ms(session.artifacts, i) for i in specs}
     return report, tokens
+
+
+def modeled_npu2_ms(artifacts: ArtifactSet, instance: str) -> float | None:
+    """One call of the ELF on npu2 as the build modeled it (artifact.json `npu2_model`);
+    None for artifacts built before the model or an ELF the npu2 designs cannot build."""
+    model = artifacts.load(instance).meta.get("npu2_model") or {}
+    return model.get("ms")
 
 
 def beats_floor(report: Report) -> bool:

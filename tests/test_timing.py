@@ -148,3 +148,38 @@ def test_emu_artifact_records_the_modeled_npu2_time(tmp_path):
     assert [launch["label"] for launch in recorded["launches"]] == [
         launch.label or launch.op for launch in spec.launches
     ]
+
+
+@pytest.fixture(scope="module")
+def profiled(session):
+    from aierun.pipeline import Sampling
+    from aierun.report import run_profile
+
+    report, _ = run_profile(session, "The capital of France is", 3, Sampling(), None)
+    return report
+
+
+def test_profile_json_carries_the_modeled_npu2_time_per_elf_and_phase(profiled):
+    import json
+
+    from aierun.report import to_json
+
+    data = json.loads(json.dumps(to_json(profiled)))
+    model, kernels = data["npu2_model"], data["kernels"]
+    assert set(model) == {"ttft_ms", "tpot_ms", "per_elf"}
+    assert set(model["per_elf"]) == set(kernels)
+    for key, ms in model["per_elf"].items():
+        assert ms > 0 and ms == kernels[key]["npu2_model_ms"]
+    for phase, total in (("prefill", model["ttft_ms"]), ("decode", model["tpot_ms"])):
+        calls = sum(
+            kernels[k]["count"] * ms for k, ms in model["per_elf"].items() if k.startswith(phase)
+        )
+        per = data["decode_tokens"] if phase == "decode" else 1
+        assert total == pytest.approx(calls / per)
+
+
+def test_report_shows_the_modeled_time_beside_the_floor(profiled):
+    from aierun.report import render_text
+
+    text = render_text(profiled)
+    assert "npu2 model ms" in text and "npu2 floor ms" in text
