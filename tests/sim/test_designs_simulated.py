@@ -1,0 +1,151 @@
+"""Every op design, at small shapes, through the dataflow model with the kernels
+compiled for this machine, against emu on the same inputs (aiebuild/sim/run.py);
+and a mutated access pattern and a mutated kernel are each caught."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from aiebuild import designs
+from aiebuild.sim import dataflow
+from aiebuild.sim.run import Capture, HostKernels, compare, elf_objects, simulate_elf
+from aiebuild.specs import model_specs
+from aierun.abi import ElfSpec, Role, parse_binding
+from aierun.devices.emu import EmuDevice
+from aierun.model import ModelShape
+
+SHAPE = ModelShape(
+    n_layers=1, hidden=128, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, vocab=1000,
+    rms_eps=1e-5, rope_theta=10000.0, rope_scaling=None, tie_embeddings=True,
+    max_positions=256,
+)  # fmt: skip
+BUCKET = 64
+
+
+def one_launch_specs() -> dict[str, ElfSpec]:
+    """Each distinct launch of the model's ELFs as an ELF of its own: what it reads is
+    an input, what it writes an output."""
+    found: dict[str, ElfSpec] = {}
+    for spec in model_specs(SHAPE, (BUCKET,)):
+        for launch in spec.launches:
+            reads = [parse_binding(b)[0] for b in launch.inputs]
+            writes = [parse_binding(b)[0] for b in launch.outputs]
+            args = tuple(
+                replace(spec.arg(name), role=Role.INPUT if name in reads else Role.OUTPUT)
+                for name in dict.fromkeys([*reads, *writes])
+            )
+            key = f"{launch.op}-{spec.name}-{launch.label or launch.op}".replace(" ", "_")
+            one = ElfSpec(key, spec.phase, spec.bucket, args, (launch,))
+            same = any(o.launches[0].params == launch.params and o.args == args
+                       for o in found.values())  # fmt: skip
+            if not same:
+                found[key] = one
+    return found
+
+
+SPECS = one_launch_specs()
+
+
+def random_inputs(spec: ElfSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        arg.name: rng.standard_normal(arg.shape, np.float32).astype(arg.np_dtype)
+        for arg in spec.args_with(Role.INPUT)
+    }
+
+
+def on_emu(spec: ElfSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    device = EmuDevice()
+    buffers = {arg.name: device.alloc(arg, arg.name) for arg in spec.args}
+    for name, values in inputs.items():
+        buffers[name].write(values)
+    device.run(device.load(spec, {}), spec, buffers)
+    return {a.name: buffers[a.name].host for a in spec.args_with(Role.OUTPUT)}
+
+
+def written(spec: ElfSpec, name: str, values: np.ndarray) -> np.ndarray:
+    """The part of an output the launch writes (one slice for an LM-head partition)."""
+    (launch,) = spec.launches
+    index = dict(parse_binding(b) for b in launch.outputs)[name]
+    return values if index is None else values[index]
+
+
+def simulated(spec: ElfSpec, inputs, kernels: HostKernels | None = None):
+    kernels = kernels or HostKernels(elf_objects(spec))
+    outputs, _ = simulate_elf(Capture(spec, inputs, {}), kernels)
+    return outputs
+
+
+# How far each op's kernel may be from emu, and why (measured on these inputs):
+# - rmsnorm, rope, add, silu_mul: the same fp32 operations per element in the same
+#   order (emu models the kernels' lane-order sums and bf16 exp), so bit-exact;
+# - gemm, gemv: the fp32 dot products are summed in the mmul / vector lanes' order,
+#   not BLAS's; the rounded bf16 result can then land one bf16 step away;
+# - flash_attn: the online softmax rescales its running sums block by block (emu
+#   normalizes once), so values near zero differ in many bf16 steps: bounded
+#   relative to the output's scale, and by the cosine.
+MAX_ULP = {"rmsnorm": 0, "rope": 0, "add": 0, "silu_mul": 0, "gemm": 1, "gemv": 1}
+FLASH_RELATIVE, FLASH_COSINE = 2**-6, 0.99999
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_op_design_simulated_matches_emu(key):
+    spec = SPECS[key]
+    op = spec.launches[0].op
+    inputs = random_inputs(spec)
+    expected, ours = on_emu(spec, inputs), simulated(spec, inputs)
+    for name in expected:
+        diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
+        assert diff.nonfinite == 0, (name, diff)
+        if op == "flash_attn":
+            assert diff.max_abs <= FLASH_RELATIVE * diff.scale and diff.cosine >= FLASH_COSINE
+        else:
+            assert diff.max_ulp <= MAX_ULP[op], (name, diff)
+
+
+def far_from_emu(spec: ElfSpec, inputs, kernels: HostKernels | None = None) -> bool:
+    """Whether the model, run on `inputs`, fails or visibly differs from emu."""
+    try:
+        ours = simulated(spec, inputs, kernels)
+    except dataflow.DataflowError:
+        return True
+    expected = on_emu(spec, inputs)
+    diffs = [compare(written(spec, n, ours[n]), written(spec, n, expected[n])) for n in expected]
+    return any(d.nonfinite or d.max_ulp > 1 for d in diffs)
+
+
+def test_an_access_pattern_one_tile_off_is_caught(monkeypatch):
+    """The first fill of the gemm launch starts one fifo object (one tile) later."""
+    spec = SPECS["gemm-rms_gemms_rope-gemm_Q"]
+    record = designs.record
+
+    def shifted(spec, launch):
+        program = record(spec, launch)
+        fill = next(t for t in program.runtime.transfers() if t.is_fill)
+        tap = fill.tap
+        fill.tap = type(tap)(tap.tensor_dims, tap.offset + fill.handle.fifo.size, tap.sizes,
+                             tap.strides)  # fmt: skip
+        return program
+
+    inputs = random_inputs(spec)
+    assert not far_from_emu(spec, inputs)
+    monkeypatch.setattr(designs, "record", shifted)
+    assert far_from_emu(spec, inputs)
+
+
+def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
+    """gemv.cc's inner loop stops one vector short of the tile."""
+    spec = SPECS["gemv-rms_gemv_rope-gemm_Q"]
+    (obj,) = elf_objects(spec)
+    source = obj.source.read_text()
+    loop = "k < AIEK_TK; k += LANES"
+    assert loop in source, "the gemv kernel changed: update the mutation"
+    mutated = tmp_path / obj.source.name
+    mutated.write_text(source.replace(loop, "k < AIEK_TK - LANES; k += LANES"))
+    wrong = replace(obj, source=mutated)
+    inputs = random_inputs(spec)
+    assert not far_from_emu(spec, inputs)
+    assert far_from_emu(spec, inputs, HostKernels([wrong]))
