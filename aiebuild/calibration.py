@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -279,34 +279,45 @@ def _one_launch(name: str, args: list[ArgSpec], launch: Launch) -> Callable[[], 
 
 
 def gemm_ours(m: int, k: int, n: int):
+    from aiebuild.specs import matmul_params
+
     args = [ArgSpec("x", (m, k), "bf16", Role.INPUT), ArgSpec("w", (n, k), "bf16", Role.WEIGHT),
             ArgSpec("y", (m, n), "bf16", Role.OUTPUT)]  # fmt: skip
-    op = "gemm" if m > 1 else "gemv"
-    params = {"M": m, "K": k, "N": n, "mma": "bfp16"} if m > 1 else {"M": 1, "K": k, "N": n}
-    return _one_launch(f"{op} {m}x{k}x{n}", args, Launch(op, params, ("x", "w"), ("y",), op))
+    params = {**matmul_params("gemm", m, k, n), "mma": "bfp16"}
+    return _one_launch(f"gemm {m}x{k}x{n}", args, Launch("gemm", params, ("x", "w"), ("y",)))
 
 
 def gemv_ours(m: int, k: int):
+    from aiebuild.specs import matmul_params
+
     args = [ArgSpec("x", (1, k), "bf16", Role.INPUT), ArgSpec("w", (m, k), "bf16", Role.WEIGHT),
             ArgSpec("y", (1, m), "bf16", Role.OUTPUT)]  # fmt: skip
-    launch = Launch("gemv", {"M": 1, "K": k, "N": m}, ("x", "w"), ("y",), "gemv")
+    launch = Launch("gemv", matmul_params("gemv", 1, k, m), ("x", "w"), ("y",), "gemv")
     return _one_launch(f"gemv {m}x{k}", args, launch)
 
 
 def add_ours(total: int):
+    from aiebuild.specs import eltwise_params
+
     rows = total // 2048
     args = [ArgSpec(n, (rows, 2048), "bf16", r)
             for n, r in (("a", Role.INPUT), ("b", Role.INPUT), ("c", Role.OUTPUT))]  # fmt: skip
-    launch = Launch("add", {"rows": rows, "cols": 2048}, ("a", "b"), ("c",), "add")
+    launch = Launch("add", eltwise_params(rows, 2048), ("a", "b"), ("c",), "add")
     return _one_launch(f"add {total}", args, launch)
 
 
 def attention_ours(seq: int, heads: int, kv_heads: int, dk: int = 64):
+    from aiebuild.specs import attention_params
+    from aierun.model import ModelShape
+
+    shape = ModelShape(1, heads * dk, heads, kv_heads, dk, 4 * heads * dk, 256, 1e-5, 1e4,
+                       None, True, seq)  # fmt: skip
     q, kv = heads * dk, kv_heads * dk
     args = [ArgSpec("q", (seq, q), "bf16", Role.INPUT), ArgSpec("k", (seq, kv), "bf16", Role.INPUT),
             ArgSpec("v", (seq, kv), "bf16", Role.INPUT),
             ArgSpec("o", (seq, q), "bf16", Role.OUTPUT)]  # fmt: skip
-    params = {"S": seq, "heads": heads, "kv_heads": kv_heads, "head_dim": dk, "causal": True}
+    params = {"S": seq, "heads": heads, "kv_heads": kv_heads, "head_dim": dk, "causal": True,
+              **attention_params(shape, seq)}  # fmt: skip
     return _one_launch("attention", args, Launch("flash_attn", params, ("q", "k", "v"), ("o",)))
 
 
@@ -372,9 +383,23 @@ SEED_MS = {"rms_gemms_rope": 7.3, "flash_attn": 21.6, "o_ffn": 41.0, "lm_head_ge
 SEED_PREFILL_KERNEL_MS, SEED_DECODE_KERNEL_MS = 1119.0, 87.0
 
 
-def llama_rows(seq_len: int = 2048) -> tuple[list[tuple[str, ...]], dict[str, float]]:
+def with_mma(spec: ElfSpec, mma: str | None) -> ElfSpec:
+    """The spec with its GEMM launches' matmul mode set to `mma` (None: as specified)."""
+    if mma is None:
+        return spec
+    launches = tuple(
+        replace(launch, params={**launch.params, "mma": mma}) if launch.op == "gemm" else launch
+        for launch in spec.launches
+    )
+    return replace(spec, launches=launches)
+
+
+def llama_rows(
+    seq_len: int = 2048, mma: str | None = None
+) -> tuple[list[tuple[str, ...]], dict[str, float]]:
     """Per ELF of Llama-3.2-1B at `seq_len`: modeled, the seed's measured, the floor
-    (aierun/roofline.py) and what bounds the slowest launch; and the per-phase sums."""
+    (aierun/roofline.py) and what bounds the slowest launch; and the per-phase sums.
+    `mma` overrides the GEMMs' matmul mode (bf16 or bfp16) to compare the two."""
     from aiebuild.specs import model_specs
     from aierun.model import ModelShape
     from aierun.roofline import NPU2_RATES, elf_cost
@@ -383,6 +408,7 @@ def llama_rows(seq_len: int = 2048) -> tuple[list[tuple[str, ...]], dict[str, fl
     shape = ModelShape.from_config(LLAMA_3_2_1B)
     rows, modeled = [], {}
     for spec in model_specs(shape, [seq_len]):
+        spec = with_mma(spec, mma)
         elf = timing.elf_time(spec)
         modeled[spec.name] = elf.ms
         slowest = max(elf.launches, key=lambda launch: launch.seconds)
@@ -409,11 +435,12 @@ def markdown(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama", action="store_true", help="also model Llama-3.2-1B")
+    parser.add_argument("--mma", choices=("bf16", "bfp16"), help="the GEMMs' matmul mode")
     args = parser.parse_args(argv)
     columns = ("point", "measured ms", "model ms", "error", "bound", "ours ms")
     print(markdown(columns, calibration_rows()))
     if args.llama:
-        rows, phases = llama_rows()
+        rows, phases = llama_rows(mma=args.mma)
         columns = ("ELF", "modeled ms", "seed ms", "floor ms", "modeled / floor", "bound")
         print()
         print(markdown(columns, rows))
