@@ -16,8 +16,10 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
+from test_stitching import fixture, iron14_problems
 
 from aiebuild import designs, toolchain
 from aiebuild.designs import common, gemv
@@ -34,6 +36,7 @@ from aiebuild.npu2 import (
 from aiebuild.specs import model_specs
 from aiebuild.stitching import RESET_PAD
 from aiebuild.tasks import BuildConfig, compile_all, compile_tasks, plan, select_target
+from aierun.abi import BF16
 from aierun.artifacts import PLAN, ArtifactSet
 from aierun.errors import UserError
 from aierun.model import ModelShape
@@ -466,3 +469,51 @@ def test_doit_compile_for_npu2_in_parallel_rebuilds_only_what_changed(standins, 
     relinked = sorted(elf_name(c) for c in calls(standins["log"], start, "aiecc"))
     assert relinked == ["lm_head_gemv.elf", "o_gemv_ffn.elf", "rms_gemv_rope.elf"]
     assert calls(standins["log"], start, "clang++") == []  # the kernels did not change
+
+
+# -- the stand-in aie.iron: the recorded model and a printer ----------------------------
+
+
+def rmsnorm_like_the_fixture() -> str:
+    """tests/fixtures/mlir/rmsnorm_4x64.mlir's program, built with the stand-in."""
+    from aie.helpers.taplib import TensorAccessPattern
+    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron.controlflow import range_
+    from aie.iron.device import NPU2
+
+    x_row, w_row, y_row = (common.tensor((64,), np.dtype(t)) for t in (np.float32, BF16, BF16))
+    x_in = ObjectFifo(x_row, name="x_in")
+    w_in = ObjectFifo(w_row, depth=1, name="w_in")
+    y_out = ObjectFifo(y_row, name="y_out")
+    norm = Kernel("rmsnorm_f32_64", "rmsnorm_1a2b3c4d5e.o", [x_row, w_row, y_row])
+
+    def core(x, w, y, rmsnorm):
+        weight = w.acquire(1)
+        for _ in range_(4):
+            values, result = x.acquire(1), y.acquire(1)
+            rmsnorm(values, weight, result)
+            x.release(1)
+            y.release(1)
+        w.release(1)
+
+    def sequence(x, w, y, x_fill, w_fill, y_drain):
+        rows = TensorAccessPattern((4, 64), 0, [1, 1, 1, 256], [0, 0, 0, 1])
+        x_fill.fill(x, tap=rows)
+        w_fill.fill(w, tap=TensorAccessPattern((64,), 0, [1, 1, 1, 64], [0, 0, 0, 1]))
+        y_drain.drain(y, tap=rows, wait=True)
+
+    worker = Worker(core, [x_in.cons(), w_in.cons(), y_out.prod(), norm])
+    host = [common.tensor((4, 64), np.dtype(np.float32)), w_row, common.tensor((4, 64), BF16)]
+    runtime = Runtime(sequence, [*host, x_in.prod(), w_in.prod(), y_out.cons()])
+    return str(Program(NPU2(), runtime, workers=[worker]).resolve_program())
+
+
+def test_the_standin_prints_a_program_as_iron_1_4_does(standins):
+    assert rmsnorm_like_the_fixture() == fixture("rmsnorm_4x64.mlir")
+
+
+def test_every_design_prints_iron_1_4_forms_through_the_standin(standins, checkpoint):
+    for spec in model_specs(checkpoint.shape, BUCKETS):
+        for launch in spec.launches:
+            text = designs.mlir(spec, launch)
+            assert iron14_problems(text) == [], f"{spec.instance} {launch.op}"

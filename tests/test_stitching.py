@@ -28,7 +28,8 @@ def arg(name: str, shape: tuple[int, ...], role: Role, dtype: str = "bf16") -> A
 # - default symbol names are omitted: `aie.device(npu2) {`, `aie.runtime_sequence(`
 #   (AIEOps.td DeviceOp `($sym_name^)?` with default "main"; RuntimeSequenceOp::print
 #   skips "sequence");
-# - tiles are unplaced `aie.logical_tile<CoreTile>(?, ?)` (program.py resolve_program);
+# - tiles are `aie.logical_tile<CoreTile>(?, ?)`, with the coordinates a design pins,
+#   until the placement pass (program.py resolve_program);
 # - a shim transfer is one `aie.dma_bd(%buf : T offset = O len = L sizes = [..] strides
 #   = [..])` whose len counts the three inner dimensions, the outermost one being the
 #   task's repeat_count = sizes[0] - 1 (dialects/aiex.py shim_dma_single_bd_task);
@@ -54,8 +55,8 @@ def iron14_problems(text: str, full_elf: bool = False) -> list[str]:
         problems.append("names the default device @main")
     if "aie.runtime_sequence @sequence(" in text:
         problems.append("names the default runtime sequence @sequence")
-    if "aie.tile(" in text or "aie.logical_tile<CoreTile>(?, ?)" not in text:
-        problems.append("places tiles itself (IRON prints aie.logical_tile<...>(?, ?))")
+    if "aie.tile(" in text or "aie.logical_tile<CoreTile>(" not in text:
+        problems.append("places tiles itself (IRON prints aie.logical_tile<...>(col, row))")
     if ("aiex.npu.load_pdi" in text) != full_elf:
         problems.append(f"load_pdi {'missing under' if full_elf else 'without'} the full-ELF arg")
     tasks = list(_TASK.finditer(text))
@@ -111,7 +112,7 @@ def test_the_form_check_sees_each_pre_1_4_form():
         "places tiles": norm.replace("aie.logical_tile<CoreTile>(?, ?)", "aie.tile(0, 2)"),
         "1.4 syntax": norm.replace(f"{bd}[0, 0, 0, 1])", "aie.dma_bd(%arg1 : memref<64xbf16>, "
                                    "0, 64, [<size = 64, stride = 1>])"),
-        "len 256": norm.replace("len = 256 sizes = [1, 1, 4", "len = 256 sizes = [4, 1, 1"),
+        "len 256": norm.replace("256 sizes = [1, 1, 1, 256]", "256 sizes = [4, 1, 1, 64]"),
         "without the full-ELF": norm.replace(
             "      %1 = aiex", "      aiex.npu.load_pdi {device_ref = @main}\n      %1 = aiex"
         ),

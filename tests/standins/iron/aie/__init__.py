@@ -1,2 +1,2 @@
-"""Stand-in for mlir-aie's Python package (tests only): just enough of `aie.iron`
-(1.4 spelling) for aiebuild/designs to run and print IRON-shaped MLIR."""
+"""Stand-in for mlir-aie's Python package (tests only): `aie.iron` (1.4 spelling) as the
+project's recorded model of IRON plus a printer of IRON 1.4's MLIR (aie/iron/printer.py)."""

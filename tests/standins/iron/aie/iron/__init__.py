@@ -1,183 +1,75 @@
-"""Stand-in `aie.iron` (tests only): records what a design declares and prints it as
-MLIR shaped like IRON 1.4 output (one `aie.device(npu2) @main` with the kernel
-declarations, fifos, buffers, the traced core body and a runtime sequence that
-loads its own PDI, as IRON's does). It refuses, as the device would, more DMA
-tasks live at once than a shim tile has buffer descriptors."""
+"""Stand-in `aie.iron` (tests only): the project's recorded model of IRON
+(aiebuild.iron_model) with a printer (`printer.py`): a design run against it records
+what it builds, and `Program.resolve_program()` prints that record as IRON 1.4 would.
+One model of IRON, no second one that could drift.
 
-import itertools
-import typing
+The model records inside `iron_model.recording()`; the stand-in must not leave one
+open while a design runs (`designs.common.iron()` would then hand out the model's
+own API, whose programs do not print). So the few calls that create objects outside
+a traced body (an ObjectFifo, a Buffer, a memory-tile link, the Program, which
+traces the bodies) each run inside a recording of their own; the printer finds
+everything from the program's workers and runtime."""
 
-import numpy as np
+from aiebuild import iron_model
+from aiebuild.iron_model import Kernel, Runtime, TaskGroup, Worker
 
-SHIM_BDS = 16
-_ELEMENTS = {"bfloat16": "bf16", "float32": "f32", "int32": "i32"}
-_body: list[str] = []  # the text being traced (core body or runtime sequence)
+from .printer import print_program
 
-
-def _current() -> list[str]:
-    return _body
-
-
-def mlir_type(t) -> str:
-    if t in (int, np.int32):
-        return "i32"
-    dims, dtype = typing.get_args(t)
-    (element,) = typing.get_args(dtype)
-    return f"memref<{'x'.join(map(str, dims))}x{_ELEMENTS[np.dtype(element).name]}>"
+__all__ = ["Buffer", "Kernel", "ObjectFifo", "Program", "Runtime", "TaskGroup", "Worker"]
 
 
-class ObjectFifo:
-    def __init__(self, obj_type, name, depth=2):
-        self.type, self.name, self.depth = obj_type, name, depth
+class _Handle(iron_model.ObjectFifoHandle):
+    def split(self, *args, **kwargs):
+        with iron_model.recording():
+            return super().split(*args, **kwargs)
 
-    def prod(self):
-        return _Handle(self, "Produce")
+    def join(self, *args, **kwargs):
+        with iron_model.recording():
+            return super().join(*args, **kwargs)
 
-    def cons(self):
-        return _Handle(self, "Consume")
-
-
-class _Handle:
-    def __init__(self, fifo, port):
-        self.fifo, self.port = fifo, port
-
-    def acquire(self, count):
-        _body.append(f"aie.objectfifo.acquire @{self.fifo.name}({self.port}, {count})")
-        return _Value(self.fifo.type)
-
-    def release(self, count):
-        _body.append(f"aie.objectfifo.release @{self.fifo.name}({self.port}, {count})")
-
-    def fill(self, buffer, tap=None, group=None):
-        group.add(self, buffer, tap, wait=False)
-
-    def drain(self, buffer, tap=None, wait=False, group=None):
-        group.add(self, buffer, tap, wait)
+    def forward(self, *args, **kwargs):
+        with iron_model.recording():
+            return super().forward(*args, **kwargs)
 
 
-class _Value:
-    def __init__(self, value_type):
-        self.type = value_type
+class ObjectFifo(iron_model.ObjectFifo):
+    def __init__(self, *args, **kwargs):
+        with iron_model.recording():
+            super().__init__(*args, **kwargs)
+
+    def prod(self, *args, **kwargs):
+        return _linkable(super().prod(*args, **kwargs))
+
+    def cons(self, *args, **kwargs):
+        return _linkable(super().cons(*args, **kwargs))
 
 
-class Buffer:
-    def __init__(self, type=None, initial_value=None, name=None):
-        self.type, self.initial_value, self.name = type, initial_value, name
+def _linkable(handle: iron_model.ObjectFifoHandle) -> _Handle:
+    """The model's handle, able to make memory-tile links outside a recording."""
+    handle.__class__ = _Handle
+    return handle
 
 
-class Kernel:
-    def __init__(self, symbol, obj, arg_types):
-        self.symbol, self.object, self.arg_types = symbol, obj, list(arg_types)
-
-    def __call__(self, *args):
-        if len(args) != len(self.arg_types):
-            raise TypeError(f"{self.symbol} takes {len(self.arg_types)} args, got {len(args)}")
-        for arg, expected in zip(args, self.arg_types, strict=True):
-            given = int if isinstance(arg, int) else getattr(arg, "type", None)
-            if given is not None and mlir_type(given) != mlir_type(expected):
-                raise TypeError(f"{self.symbol}: {mlir_type(given)} for {mlir_type(expected)}")
-        _body.append(f"func.call @{self.symbol}({len(args)} args)")
+class Buffer(iron_model.Buffer):
+    def __init__(self, *args, **kwargs):
+        with iron_model.recording():
+            super().__init__(*args, **kwargs)
 
 
-class Worker:
-    def __init__(self, core_fn, fn_args, tile=None):
-        self.core_fn, self.fn_args = core_fn, list(fn_args)
+class Program(iron_model.Program):
+    def __init__(self, *args, **kwargs):
+        with iron_model.recording():
+            super().__init__(*args, **kwargs)
 
-
-class TaskGroup:
-    _ids = itertools.count()
-
-    def __init__(self):
-        self.tasks = []
-
-    def add(self, handle, buffer, tap, wait):
-        if len(self.tasks) >= SHIM_BDS:
-            raise RuntimeError(f"more than {SHIM_BDS} DMA tasks live: no buffer descriptor left")
-        number = next(TaskGroup._ids)
-        arg, arg_type = buffer
-        offset, dims = (
-            (0, [[1, 0]])
-            if tap is None
-            else (tap.offset, list(zip(tap.sizes, tap.strides, strict=True)))
-        )
-        pattern = ", ".join(f"<size = {size}, stride = {stride}>" for size, stride in dims)
-        _body.append(f"%t{number} = aiex.dma_configure_task_for @{handle.fifo.name} {{")
-        _body.append(f"  aie.dma_bd({arg} : {arg_type}, {offset}, [{pattern}])")
-        _body.append(f"}}{' {issue_token = true}' if wait else ''}")
-        _body.append(f"aiex.dma_start_task(%t{number})")
-        self.tasks.append((number, wait))
-
-    def finish(self):
-        _body.extend(f"aiex.dma_await_task(%t{n})" for n, wait in self.tasks if wait)
-        _body.extend(f"aiex.dma_free_task(%t{n})" for n, wait in self.tasks if not wait)
-        self.tasks = []
-
-
-class Runtime:
-    def __init__(self, sequence_fn, fn_args):
-        self.sequence_fn, self.fn_args = sequence_fn, list(fn_args)
-
-
-class Program:
-    def __init__(self, device, runtime, workers):
-        self.device, self.runtime, self.workers = device, runtime, workers
-
-    def resolve_program(self):
-        return _Module(self)
+    def resolve_program(self) -> "_Module":
+        return _Module(print_program(self))
 
 
 class _Module:
-    def __init__(self, program):
-        self.text = _print(program)
+    """What IRON's resolve_program returns: its str() is the MLIR text."""
 
-    def __str__(self):
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
         return self.text
-
-
-def _print(program) -> str:
-    lines = ["module {", f"  aie.device({program.device.name}) @main {{"]
-    kernels = {a.symbol: a for w in program.workers for a in w.fn_args if isinstance(a, Kernel)}
-    for kernel in kernels.values():
-        types = ", ".join(mlir_type(t) for t in kernel.arg_types)
-        lines.append(
-            f"    func.func private @{kernel.symbol}({types}) "
-            f'attributes {{link_with = "{kernel.object}"}}'
-        )
-    lines += ["    %shim_noc_tile_0_0 = aie.tile(0, 0)", "    %tile_0_2 = aie.tile(0, 2)"]
-    for worker in program.workers:
-        for arg in worker.fn_args:
-            if isinstance(arg, _Handle):
-                f = arg.fifo
-                lines.append(f"    aie.objectfifo @{f.name}({f.depth} : i32) : {mlir_type(f.type)}")
-            elif isinstance(arg, Buffer):
-                lines.append(
-                    f'    %{arg.name} = aie.buffer {{sym_name = "{arg.name}"}} : '
-                    f"{mlir_type(arg.type)}"
-                )
-        lines += [
-            "    %core_0_2 = aie.core(%tile_0_2) {",
-            *_trace(
-                worker.core_fn,
-                [_Value(a.type) if isinstance(a, Buffer) else a for a in worker.fn_args],
-            ),
-            "      aie.end",
-            "    }",
-        ]
-    rt = program.runtime
-    n_args = len(rt.fn_args) - sum(isinstance(a, _Handle) for a in rt.fn_args)
-    host = rt.fn_args[:n_args]
-    params = ", ".join(f"%arg{i}: {mlir_type(t)}" for i, t in enumerate(host))
-    lines.append(f"    aie.runtime_sequence @sequence({params}) {{")
-    lines.append("      aiex.npu.load_pdi {device_ref = @main}")
-    buffers = [(f"%arg{i}", mlir_type(t)) for i, t in enumerate(host)]
-    lines += _trace(rt.sequence_fn, [*buffers, *rt.fn_args[n_args:]])
-    lines += ["    }", "  }", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def _trace(fn, args) -> list[str]:
-    _body.clear()
-    fn(*args)
-    traced = ["      " + line for line in _body]
-    _body.clear()
-    return traced
