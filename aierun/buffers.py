@@ -66,7 +66,7 @@ class BufferManager:
         key = (source, arg.layout, arg.shape)
         if key not in self._weights:
             buffer = self.device.alloc(arg, source)
-            self.preloaded_bytes += buffer.write(self._resolved(spec, arg, source))
+            self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
             self._weights[key] = buffer
         return self._weights[key]
 
@@ -74,9 +74,19 @@ class BufferManager:
         key = (spec.instance, arg.name)
         if key not in self._consts:
             buffer = self.device.alloc(arg, f"{spec.instance}:{arg.name}")
-            self.preloaded_bytes += buffer.write(self._resolved(spec, arg, arg.source))
+            self.preloaded_bytes += self._write_static(
+                buffer, self._resolved(spec, arg, arg.source)
+            )
             self._consts[key] = buffer
         return self._consts[key]
+
+    @staticmethod
+    def _write_static(buffer: Buffer, array: np.ndarray) -> int:
+        nbytes = buffer.write(array)
+        # Static data is never rewritten: holding its source (often the checkpoint's
+        # memory map) would only keep the source's pages resident.
+        buffer.last_source = None
+        return nbytes
 
     def _resolved(self, spec: ElfSpec, arg: ArgSpec, source: str) -> np.ndarray:
         array = self.resolve_source(source, arg.layout, arg.shape)
@@ -145,6 +155,11 @@ class BufferManager:
         if buffer.last_source is value and buffer.written:
             return buffer, 0  # the same host array as last call: bytes unchanged
         return buffer, buffer.write(value)
+
+    def input_buffer(self, spec: ElfSpec, name: str) -> Buffer:
+        """The pooled buffer of an input argument, for a host op that writes its result
+        there in place (`Buffer.write_with`) and binds the buffer as the input."""
+        return self._pool(spec, self._input_args(spec)[name])
 
     def _pool(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
         key = (spec.instance, arg.name)

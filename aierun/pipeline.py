@@ -22,7 +22,8 @@ from aierun.buffers import BufferManager
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
 from aierun.model import Checkpoint, rope_table
-from aierun.ops.attention import attend
+from aierun.ops.attention import KVCache
+from aierun.ops.embedding import EmbeddingTable
 from aierun.ops.norm import rmsnorm
 from aierun.ops.numerics import to_bf16
 from aierun.profiler import KernelCall, Profiler, clock
@@ -51,21 +52,9 @@ class Sampling:
             )
 
 
-class KVCache:
-    """Host-side K/V per layer in fp32 (the values are bf16-exact), filled by
-    prefill's kv_cache_extract and appended to by each decode step."""
-
-    def __init__(self, layers: int, kv_dim: int, capacity: int):
-        self.k = np.zeros((layers, capacity, kv_dim), np.float32)
-        self.v = np.zeros((layers, capacity, kv_dim), np.float32)
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[1]
-
-    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
-        self.k[layer, start : start + len(k)] = k
-        self.v[layer, start : start + len(v)] = v
+# Positions the KV cache made at prepare holds beyond the largest prefill bucket,
+# so that a prompt of that bucket can decode this many tokens before the cache grows.
+DECODE_HEADROOM = 256
 
 
 class Session:
@@ -91,10 +80,10 @@ class Session:
         self.buffers = BufferManager(device, self._weight_source)
         self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
         self._rope = rope_table(self.shape, self.shape.max_positions)
-        self._embed = checkpoint.tensor("model.embed_tokens.weight")
+        self._embed: EmbeddingTable | None = None  # read into memory at prepare
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
         self._pad_id = _pad_token(checkpoint.config)
-        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, 0)
+        self.kv = self._kv_cache(0)
         self.position = 0
         self.prepared = False
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
@@ -118,6 +107,8 @@ class Session:
                     self.device.load(artifact.spec, artifact.files),
                 )
                 self.buffers.preload(artifact.spec, layers)
+            self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
+            self.kv = self._kv_cache(self.artifacts.buckets[-1] + DECODE_HEADROOM)
         self.prepared = True
         log.info(
             "weights.preloaded",
@@ -126,6 +117,11 @@ class Session:
             mb=round(self.buffers.preloaded_bytes / 1e6, 1),
             seconds=round(span.dur_s, 2),
         )
+
+    def _kv_cache(self, capacity: int) -> KVCache:
+        shape = self.shape
+        capacity = min(capacity, shape.max_positions)
+        return KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, capacity)
 
     def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         if source == "rope":
@@ -208,11 +204,11 @@ class Session:
         self.last_prompt = (n, bucket)
         prof = self.profiler
         with prof.cpu("eos_pad"):
-            padded = np.array(ids + [self._pad_id] * (bucket - n))
+            padded = pad_prompt(ids, bucket, self._pad_id)
         with prof.cpu("embed_lookup"):
-            x: np.ndarray | Buffer = np.take(self._embed, padded, axis=0).astype(np.float32)
-        capacity = min(max(capacity, n + 1), self.shape.max_positions)
-        self.kv = KVCache(self.shape.n_layers, self.shape.kv_dim, capacity)
+            x = self._embedded(f"rms_gemms_rope.s{bucket}", padded)
+        if self.kv.capacity < max(capacity, n + 1):  # else the cache made at prepare is reused
+            self.kv = self._kv_cache(max(capacity, n + 1))
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):
@@ -221,6 +217,13 @@ class Session:
                     on_layer(layer, x.read_rows(0, n).copy())
         self.position = n
         return self._logits(x, row=n - 1)
+
+    def _embedded(self, instance: str, ids: np.ndarray) -> Buffer:
+        """The embedding rows of `ids`, written straight into the input buffer of the
+        first layer's call (bound there as a device buffer: no second host copy)."""
+        buffer = self.buffers.input_buffer(self.spec(instance), "x")
+        buffer.write_with(lambda host: self._embed.lookup(ids, host))
+        return buffer
 
     def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
         s = f".s{bucket}"
@@ -245,9 +248,9 @@ class Session:
         if pos >= self.shape.max_positions:
             raise UserError(f"the context is full ({self.shape.max_positions} positions)")
         if pos >= self.kv.capacity:
-            self._grow_cache()
+            self.kv = self.kv.grown(min(max(2 * self.kv.capacity, 64), self.shape.max_positions))
         with prof.cpu("embed_lookup"):
-            x: np.ndarray | Buffer = self._embed[token : token + 1].astype(np.float32)
+            x = self._embedded("rms_gemv_rope", np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
@@ -257,34 +260,20 @@ class Session:
         return self._logits(x, row=0)
 
     def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
-        shape = self.shape
         proj = self.call(
             "rms_gemv_rope", layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row
         )
         with self.profiler.cpu("decode_attention", layer):  # appends this K/V, then attends
             self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
-            attn = attend(
-                proj["q_roped"].host.astype(np.float32),
-                self.kv.k[layer, : pos + 1],
-                self.kv.v[layer, : pos + 1],
-                shape.n_heads, shape.n_kv_heads, shape.head_dim, causal=False,
-            )  # fmt: skip
-            attn_out = to_bf16(attn)
+            attn_out = to_bf16(self.kv.attend(layer, proj["q_roped"].host, pos + 1))
         return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=proj["x"])["y"]
-
-    def _grow_cache(self) -> None:
-        capacity = min(max(2 * self.kv.capacity, 64), self.shape.max_positions)
-        grown = KVCache(self.shape.n_layers, self.shape.kv_dim, capacity)
-        grown.k[:, : self.kv.capacity] = self.kv.k
-        grown.v[:, : self.kv.capacity] = self.kv.v
-        self.kv = grown
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
         with self.profiler.cpu("final_rms_norm"):  # includes reading the row back
-            last = hidden.read_rows(row, row + 1)
-            params = {"eps": self.shape.rms_eps}
-            normed = to_bf16(rmsnorm(params, last, self._final_norm)[0])
+            normed = final_norm(
+                hidden.read_rows(row, row + 1), self._final_norm, self.shape.rms_eps
+            )
         out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
         return out.host.reshape(-1)[: self.shape.vocab].astype(np.float32)
 
@@ -339,6 +328,18 @@ class Session:
 
     def close(self) -> None:
         self.device.close()
+
+
+def pad_prompt(ids: list[int], bucket: int, pad_id: int) -> np.ndarray:
+    """The prompt's ids filled up to its bucket with `pad_id`."""
+    padded = np.full(bucket, pad_id, np.int64)
+    padded[: len(ids)] = ids
+    return padded
+
+
+def final_norm(last: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """The final RMSNorm of the last hidden row [1, E] (fp32), as the LM head's bf16 input."""
+    return to_bf16(rmsnorm({"eps": eps}, last, weight)[0])
 
 
 def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:

@@ -8,6 +8,7 @@ whether the host or a kernel has filled them, and give zero-copy host views.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,17 @@ class Buffer(ABC):
 
     def write(self, source: np.ndarray) -> int:
         """Copy host data in and push it to the device; returns bytes written."""
-        np.copyto(self.host, source.reshape(self.spec.shape), casting="no")
+        nbytes = self.write_with(lambda host: np.copyto(host, source.reshape(host.shape), "no"))
+        self.last_source = source
+        return nbytes
+
+    def write_with(self, fill: Callable[[np.ndarray], object]) -> int:
+        """Let `fill` write the host view in place (no staging array), then push it
+        to the device; returns bytes written."""
+        fill(self.host)
         self.sync_to_device()
         self.written = True
-        self.last_source = source
+        self.last_source = None
         return self.spec.nbytes
 
     def read(self) -> np.ndarray:

@@ -28,24 +28,39 @@ from aierun.ops.numerics import to_bf16
 class EmuBuffer(Buffer):
     def __init__(self, spec: ArgSpec, label: str):
         super().__init__(spec, label)
-        # Allocated and touched now (at prepare), not inside the first timed call.
-        self._host = np.empty(spec.shape, spec.np_dtype)
-        self._host.fill(0)
         self._version = 0
         self._f32_version = -1
-        # fp32 buffers are their own fp32 view; bf16 ones get one reused fp32 copy.
-        wide = spec.np_dtype == np.float32
-        self._f32 = self._host if wide else np.zeros_like(self._host, np.float32)
-        self._f32.fill(0)
+        # Allocated and touched now (at prepare), not inside the first timed call.
+        # Every buffer has an fp32 image, the operand the launches compute on; an fp32
+        # buffer is its own. Static bf16 data (weights, consts) is kept only as that
+        # image (exact for bf16): nothing reads it back, and a bf16 copy as well would
+        # cost the emulator a third more memory. Its bf16 host view is a staging array
+        # that lives from the write to the sync.
+        self._static = spec.role in (Role.WEIGHT, Role.CONST) and spec.dtype != "f32"
+        self._f32 = np.empty(spec.shape, np.float32)
+        if not self._static:  # static data is touched by its write, at prepare
+            self._f32.fill(0)
+        self._host: np.ndarray | None = None
+        if spec.dtype == "f32":
+            self._host = self._f32
+        elif not self._static:
+            self._host = np.empty(spec.shape, spec.np_dtype)
+            self._host.fill(0)
 
     @property
     def host(self) -> np.ndarray:
+        if self._host is None:  # static data: stage its bf16 image for the host
+            dtype = self.spec.np_dtype
+            self._host = (
+                self._f32.astype(dtype) if self.written else np.empty(self._f32.shape, dtype)
+            )
         return self._host
 
     def sync_to_device(self) -> None:
-        self._version += 1  # the host changed the bytes: the fp32 copy is stale
-        if self.spec.role in (Role.WEIGHT, Role.CONST):
-            self.as_f32()  # convert static data at prepare, not inside the first call
+        self._version += 1  # the host changed the bytes: the fp32 image is stale
+        if self._static:  # convert at prepare, not inside the first call; drop the staging
+            self.as_f32()
+            self._host = None
 
     def sync_from_device(self) -> None:
         pass  # emulated DDR is host memory
@@ -53,7 +68,8 @@ class EmuBuffer(Buffer):
     def as_f32(self) -> np.ndarray:
         """The contents as fp32 (exact for bf16), refreshed only when the bytes
         changed: weights are converted once, which is what makes the emulation fast."""
-        if self._f32_version != self._version and self._f32 is not self._host:
+        stale = self._f32_version != self._version
+        if stale and self._host is not None and self._f32 is not self._host:
             np.copyto(self._f32, self._host, casting="unsafe")
         self._f32_version = self._version
         return self._f32

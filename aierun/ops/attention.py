@@ -8,6 +8,8 @@ the summation order, not by the exp's precision. Scores, softmax and the weighte
 stay fp32; only the output is written as bf16.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 
 import numpy as np
@@ -55,3 +57,57 @@ def attend(
         scores = exp(scores - scores.max(axis=-1, keepdims=True))
         out[:, :, start:stop] = (scores @ vh[:, :, :keys]) / scores.sum(axis=-1, keepdims=True)
     return out.transpose(2, 0, 1, 3).reshape(sq, heads * dim)
+
+
+class KVCache:
+    """The host's K/V of every layer for decode attention.
+
+    Laid out per KV head, [layers, Hkv, capacity, Dh], so that one head's keys and
+    values are each one contiguous matrix: the scores of all query heads of a group
+    are one GEMM against it, the weighted sum another. Stored as fp32 (exact for the
+    bf16 the device writes), the type numpy's BLAS multiplies: each position is
+    converted once when it is stored, never when it is read. The arrays are touched
+    when allocated, so storing a prompt does not fault their pages in."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int):
+        shape = (layers, kv_heads, capacity, head_dim)
+        self.k = np.empty(shape, np.float32)
+        self.v = np.empty(shape, np.float32)
+        self.k.fill(0)
+        self.v.fill(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Rows [start, start + len(k)) from device outputs shaped [rows, Hkv*Dh]."""
+        _, heads, _, dim = self.k.shape
+        rows = slice(start, start + len(k))
+        np.copyto(self.k[layer, :, rows], k.reshape(len(k), heads, dim).transpose(1, 0, 2))
+        np.copyto(self.v[layer, :, rows], v.reshape(len(v), heads, dim).transpose(1, 0, 2))
+
+    def grown(self, capacity: int) -> KVCache:
+        """A larger cache holding this one's contents."""
+        layers, heads, old, dim = self.k.shape
+        bigger = KVCache(layers, heads, dim, capacity)
+        bigger.k[:, :, :old] = self.k
+        bigger.v[:, :, :old] = self.v
+        return bigger
+
+    def attend(self, layer: int, q: np.ndarray, length: int) -> np.ndarray:
+        """One query row q [1, H*Dh] against positions [0, length) -> fp32 [1, H*Dh].
+
+        The exact softmax in fp32 (numpy's exp): this runs on the host CPU, whose
+        arithmetic is fp32, not on the NPU."""
+        _, kv_heads, _, dim = self.k.shape
+        group = q.shape[-1] // (kv_heads * dim)
+        queries = q.reshape(kv_heads, group, dim).astype(np.float32)  # [Hkv, G, Dh]
+        keys = self.k[layer, :, :length]  # [Hkv, L, Dh], each head contiguous
+        scores = queries @ keys.transpose(0, 2, 1)  # [Hkv, G, L]: a group in one GEMM
+        scores *= np.float32(1.0 / np.sqrt(dim))
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        out = scores @ self.v[layer, :, :length]  # [Hkv, G, Dh]
+        out /= scores.sum(axis=-1, keepdims=True)
+        return out.reshape(1, kv_heads * group * dim)
