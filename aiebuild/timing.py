@@ -6,8 +6,7 @@ Per launch, every resource is busy for a time:
 - each core: the cycles of its kernel calls (aiebuild/kernel_costs.py, per entry point
   from the object's -D parameters, plus CALL_OVERHEAD_CYCLES a call) at CLOCK_HZ;
 - each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
-  over the channel's rate (a fifo end takes the next free channel of its tile and
-  direction, as the ObjectFifo lowering does; more ends than channels share them);
+  over the channel's rate;
 - each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
   the runtime sequence's fills and drains.
 Overlap, stated simply: the resources work at the same time (double-buffered fifos),
@@ -15,9 +14,9 @@ so a launch takes as long as its busiest resource, which is what bounds it. An E
 call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
 a reconfiguration (RECONFIGURE_S) before every further launch.
 
-Columns: a tile's explicit column, else column 0 (the placer's choice is not recorded
-yet); a shim endpoint sits in its pinned shim tile's column, else its fifo's other
-end's column.
+Tiles, columns and DMA channels are where aiebuild/placement.py puts them (mlir-aie's
+placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
+no DMA.
 
 Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
 solved from the published measurements that aiebuild/calibration.py then checks the
@@ -27,14 +26,15 @@ model against, `python -m aiebuild.calibration`).
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiebuild import iron_model, kernel_costs
-from aiebuild.iron_model import Call, Link, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
+from aiebuild.iron_model import Call, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
 from aiebuild.kernel_costs import Defines
+from aiebuild.placement import DMA_CHANNELS, Placement, TileId, TileKind, place
 
 # -- rates ------------------------------------------------------------------------------
 # AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
@@ -67,8 +67,7 @@ RECONFIGURE_S = 80e-6
 # Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
 # it (estimate, not measured: a few dozen instructions and lock round trips).
 CALL_OVERHEAD_CYCLES = 100.0
-# DMA channels per tile and direction (aie2p-facts.md section 2).
-CHANNELS = {"core": 2, "memtile": 6, "shim": 2}
+CHANNELS = DMA_CHANNELS  # per tile kind and direction (aie2p-facts.md section 2)
 
 
 @dataclass(frozen=True)
@@ -131,45 +130,6 @@ def kernel_source(object_name: str) -> str:
     return _OBJECT_TAG.sub("", object_name.removesuffix(".o"))
 
 
-@dataclass
-class _Endpoints:
-    """Where a program's fifo ends sit: a name per tile, and its column."""
-
-    program: Program
-    names: dict[int, str] = field(default_factory=dict)
-    columns: dict[int, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for index, worker in enumerate(self.program.workers):
-            tile = worker.tile
-            placed = tile.col is not None and tile.row is not None
-            self.names[id(worker)] = f"core({tile.col},{tile.row})" if placed else f"core#{index}"
-            self.columns[id(worker)] = tile.col or 0
-        for index, link in enumerate(self.program.links):
-            col = link.tile.col
-            self.names[id(link)] = f"memtile({col},1)" if col is not None else f"memtile#{index}"
-            self.columns[id(link)] = col or 0
-
-    def kind(self, handle: ObjectFifoHandle) -> str:
-        endpoint = handle.endpoint
-        return "core" if isinstance(endpoint, Worker) else (
-            "memtile" if isinstance(endpoint, Link) else "shim")  # fmt: skip
-
-    def column(self, handle: ObjectFifoHandle) -> int:
-        if not isinstance(handle.endpoint, iron_model.Runtime):
-            return self.columns[id(handle.endpoint)]
-        if handle.shim_tile is not None and handle.shim_tile.col is not None:
-            return handle.shim_tile.col
-        others = [h for h in _ends(handle.fifo) if h is not handle and h.endpoint is not None]
-        placed = [self.column(h) for h in others if not isinstance(h.endpoint, iron_model.Runtime)]
-        return placed[0] if placed else 0
-
-    def tile(self, handle: ObjectFifoHandle) -> str:
-        if isinstance(handle.endpoint, iron_model.Runtime):
-            return f"shim({self.column(handle)},0)"
-        return self.names[id(handle.endpoint)]
-
-
 def _ends(fifo: ObjectFifo) -> list[ObjectFifoHandle]:
     return [h for h in (fifo.producer, *fifo.consumers) if h is not None]
 
@@ -223,35 +183,22 @@ class _Traffic:
         return share * (fifo.repeat_count or 1)
 
 
-def _shares_memory(fifo: ObjectFifo) -> bool:
-    """A fifo between two placed neighbouring cores moves through shared memory, no DMA
-    (aie2p-facts.md sections 1 and 4: one consumer, no dims, adjacent tiles)."""
-    ends = _ends(fifo)
-    if len(ends) != 2 or fifo.dims_to_stream or fifo.repeat_count:
-        return False
-    tiles = [h.endpoint.tile for h in ends if isinstance(h.endpoint, Worker)]
-    if len(tiles) != 2 or any(t.col is None or t.row is None for t in tiles):
-        return False
-    (a, b) = tiles
-    return abs(a.col - b.col) + abs(a.row - b.row) <= 1
-
-
-def _channel_bytes(program: Program, where: _Endpoints, traffic: _Traffic) -> dict:
-    """Bytes per DMA channel: {(kind, tile, direction, channel): bytes}."""
-    by_port: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for fifo in program.fifos:
-        if _shares_memory(fifo):
+def _channel_bytes(placement: Placement, traffic: _Traffic) -> Counter:
+    """Bytes per DMA channel, {(tile, direction, channel): bytes}, from the placement's
+    channel of every fifo end (shared-memory fifos use none)."""
+    channels: Counter = Counter()
+    for handle, end in placement.endpoints.items():
+        if end.channel is None:
             continue
-        for handle in _ends(fifo):
-            direction = "mm2s" if handle.is_prod else "s2mm"
-            by_port[(where.kind(handle), where.tile(handle), direction)].append(
-                traffic.handle_bytes(handle)
-            )
-    channels: dict[tuple[str, str, str, int], int] = Counter()
-    for (kind, tile, direction), ends in by_port.items():
-        for index, nbytes in enumerate(ends):
-            channels[(kind, tile, direction, index % CHANNELS[kind])] += nbytes
+        direction = "mm2s" if handle.is_prod else "s2mm"
+        channel = end.channel % CHANNELS[end.tile.kind]  # past the count: the rules refuse
+        channels[(end.tile, direction, channel)] += traffic.handle_bytes(handle)
     return channels
+
+
+def _tile_name(tile: TileId) -> str:
+    kind = {TileKind.CORE: "core", TileKind.MEM: "memtile", TileKind.SHIM: "shim"}[tile.kind]
+    return f"{kind}({tile.col},{tile.row})"
 
 
 def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
@@ -267,19 +214,20 @@ def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
 
 
 def launch_time(program: Program, defines: dict[str, Defines], label: str = "") -> LaunchTime:
-    """The busy time of every resource of one launch. `defines` gives each linked
-    object's -D parameters (without the AIEK_ prefix), by object file name."""
-    where, traffic = _Endpoints(program), _Traffic(program)
+    """The busy time of every resource of one launch, placed as mlir-aie would place it
+    (aiebuild/placement.py). `defines` gives each linked object's -D parameters
+    (without the AIEK_ prefix), by object file name."""
+    placement, traffic = place(program), _Traffic(program)
     busy: dict[str, float] = {}
-    for worker in program.workers:
-        busy[where.names[id(worker)]] = _core_seconds(worker, defines)
+    for worker, tile in placement.workers.items():
+        busy[_tile_name(tile)] = _core_seconds(worker, defines)
+    for (tile, direction, channel), nbytes in _channel_bytes(placement, traffic).items():
+        rate = SHIM_CHANNEL_BYTES_PER_S if tile.kind is TileKind.SHIM else STREAM_BYTES_PER_S
+        busy[f"{_tile_name(tile)} {direction}{channel}"] = nbytes / rate
     ddr_columns: Counter = Counter()
-    for (kind, tile, direction, channel), nbytes in _channel_bytes(program, where, traffic).items():
-        rate = SHIM_CHANNEL_BYTES_PER_S if kind == "shim" else STREAM_BYTES_PER_S
-        busy[f"{tile} {direction}{channel}"] = nbytes / rate
     for transfer in program.runtime.transfers():
         nbytes = transfer.tap.length * transfer.host.dtype.itemsize
-        ddr_columns[where.column(transfer.handle)] += nbytes
+        ddr_columns[placement.tile(transfer.handle).col] += nbytes
     for column, nbytes in ddr_columns.items():
         busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
     busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
