@@ -32,6 +32,7 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "reporter": tasks.StderrReporter,
 }
+tasks.check_build_dir(BUILD)  # a read-only or misplaced build/ is one line, not a traceback
 logs.configure(BUILD / "logs")
 CONFIG = tasks.BuildConfig.from_vars(BUILD, get_var)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from aiebuild.targets import Target, entry_key, get_target
 from aierun import ARTIFACT_SCHEMA, default_model
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
-from aierun.errors import UserError, describe
+from aierun.errors import UserError, describe, os_error_message
 from aierun.files import remove_stale_temporaries, sha256_text, write_json_atomic
 from aierun.model import Checkpoint, ModelShape, resolve_model
 
@@ -105,6 +106,19 @@ def _save_choices(home: Path, choices: dict[str, str]) -> None:
     shown = " ".join(f"{k}={v}" for k, v in sorted(choices.items())) or "the defaults"
     log.info("compile.choices_saved", choices=shown, path=str(path),
              note="later doit runs keep them; model=default / buckets=default go back")  # fmt: skip
+
+
+def check_build_dir(build: Path) -> None:
+    """Refuse at once (one line, no traceback) a build directory doit cannot write:
+    it keeps its dependency database there, which doit would fail to open with a
+    traceback before any task runs."""
+    try:
+        build.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=build):
+            pass
+    except OSError as exc:
+        where = OSError(exc.errno, exc.strerror, str(build))
+        raise InvalidCommand(f"build directory: {os_error_message(where)}") from None
 
 
 def select_target(requested: str) -> str:

@@ -67,4 +67,4 @@ def os_error_message(exc: OSError) -> str:
     """`cannot use <file>: <reason>. <what to do>.` for an operating-system error."""
     where = exc.filename if exc.filename is not None else "a file"
     reason = exc.strerror or str(exc)
-    return f"cannot use {where}: {reason}. {_OS_ADVICE.get(exc.errno, 'check it')}."
+    return f"cannot use {where}: {reason}; {_OS_ADVICE.get(exc.errno, 'check it')}."
