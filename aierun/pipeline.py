@@ -264,8 +264,9 @@ class Session:
             "rms_gemv_rope", layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row
         )
         with self.profiler.cpu("decode_attention", layer):  # appends this K/V, then attends
-            self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
-            attn_out = to_bf16(self.kv.attend(layer, proj["q_roped"].host, pos + 1))
+            attn_out = decode_attention(
+                self.kv, layer, pos, proj["q_roped"].host, proj["k_roped"].host, proj["v"].host
+            )
         return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=proj["x"])["y"]
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
@@ -335,6 +336,15 @@ def pad_prompt(ids: list[int], bucket: int, pad_id: int) -> np.ndarray:
     padded = np.full(bucket, pad_id, np.int64)
     padded[: len(ids)] = ids
     return padded
+
+
+def decode_attention(
+    kv: KVCache, layer: int, pos: int, q: np.ndarray, k: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """Append position `pos`'s K/V [1, Hkv*Dh] to the cache, then attend its query
+    [1, H*Dh] to positions [0, pos]; the bf16 input of the O projection."""
+    kv.store(layer, pos, k, v)
+    return to_bf16(kv.attend(layer, q, pos + 1))
 
 
 def final_norm(last: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

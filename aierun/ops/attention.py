@@ -11,8 +11,10 @@ stay fp32; only the output is written as bf16.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from aierun.ops.numerics import exp_bf16
 
@@ -99,7 +101,13 @@ class KVCache:
         """One query row q [1, H*Dh] against positions [0, length) -> fp32 [1, H*Dh].
 
         The exact softmax in fp32 (numpy's exp): this runs on the host CPU, whose
-        arithmetic is fp32, not on the NPU."""
+        arithmetic is fp32, not on the NPU. On one BLAS thread: these GEMMs are small,
+        and handing half of one to a second thread costs more than it saves (on a busy
+        machine, a whole scheduler time slice while that thread waits for a core)."""
+        with _blas().limit(limits=1, user_api="blas"):
+            return self._attend(layer, q, length)
+
+    def _attend(self, layer: int, q: np.ndarray, length: int) -> np.ndarray:
         _, kv_heads, _, dim = self.k.shape
         group = q.shape[-1] // (kv_heads * dim)
         queries = q.reshape(kv_heads, group, dim).astype(np.float32)  # [Hkv, G, Dh]
@@ -111,3 +119,8 @@ class KVCache:
         out = scores @ self.v[layer, :, :length]  # [Hkv, G, Dh]
         out /= scores.sum(axis=-1, keepdims=True)
         return out.reshape(1, kv_heads * group * dim)
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
