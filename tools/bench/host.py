@@ -1,0 +1,159 @@
+"""The runtime's host ops against the seed's way (seed_way.py), side by side in this
+process, at one model shape and several contexts (prompt length = bucket = context).
+
+Ours are the functions the pipeline calls; the device's outputs they read are random
+arrays of the ABI's shapes and dtypes, and the first layer's input buffer is a touched
+fp32 array, as a device buffer made at prepare is. Each repetition times ours and then
+the seed's way, so both see the same machine; the medians are reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from aierun.abi import BF16
+from aierun.model import ModelShape
+from aierun.ops.attention import KVCache
+from aierun.ops.embedding import EmbeddingTable
+from aierun.pipeline import DECODE_HEADROOM, decode_attention, final_norm, pad_prompt
+from tools.bench import seed_way
+
+PAD_ID = 128001
+SEED_DECODE_TOKENS = 32  # the seed sizes its cache for the prompt plus the tokens to generate
+
+
+def elapsed_ms(op: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    op(*args)
+    return (time.perf_counter() - start) * 1e3
+
+
+def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(shape, BF16)
+    for start in range(0, shape[0], 8192):  # a block at a time: no fp32 copy of it all
+        block = out[start : start + 8192]
+        block[...] = rng.standard_normal(block.shape, dtype=np.float32)
+    return out
+
+
+class Inputs:
+    """What the device would hand the host at one context: random, fixed per context."""
+
+    def __init__(self, shape: ModelShape, context: int, rng: np.random.Generator):
+        kv, e = shape.kv_dim, shape.hidden
+        self.ids = rng.integers(0, shape.vocab, context).tolist()
+        self.k = [random_bf16(rng, (context, kv)) for _ in range(shape.n_layers)]
+        self.v = [random_bf16(rng, (context, kv)) for _ in range(shape.n_layers)]
+        self.hidden = rng.standard_normal((context, e), dtype=np.float32)  # ours: fp32 residual
+        self.hidden_bf16 = self.hidden.astype(BF16)  # the seed's: bf16 activations
+        self.q = random_bf16(rng, (1, shape.q_dim))
+        self.k_row, self.v_row = random_bf16(rng, (1, kv)), random_bf16(rng, (1, kv))
+
+
+def prefill_ours(shape, table, inputs, kv, x, norm) -> dict[str, float]:
+    n, times = len(inputs.ids), {}
+    padded = None
+
+    def pad():
+        nonlocal padded
+        padded = pad_prompt(inputs.ids, n, PAD_ID)
+
+    times["eos_pad"] = elapsed_ms(pad)
+    times["embed_lookup"] = elapsed_ms(lambda: table.lookup(padded, x))
+    extract = [
+        elapsed_ms(lambda layer=layer: kv.store(layer, 0, inputs.k[layer], inputs.v[layer]))
+        for layer in range(shape.n_layers)
+    ]
+    times["kv_cache_extract"] = statistics.median(extract)
+    last = inputs.hidden[n - 1 : n]
+    times["final_rms_norm"] = elapsed_ms(lambda: final_norm(last, norm, shape.rms_eps))
+    times["all"] = times["eos_pad"] + times["embed_lookup"] + sum(extract) + times["final_rms_norm"]
+    return times
+
+
+def prefill_seed(shape, table, inputs, norm) -> tuple[dict[str, float], tuple]:
+    n, times = len(inputs.ids), {}
+    caches = tuple(
+        seed_way.new_kv_cache(
+            shape.n_layers, shape.n_kv_heads, n + SEED_DECODE_TOKENS, shape.head_dim
+        )
+        for _ in range(2)
+    )
+    padded = None
+
+    def pad():
+        nonlocal padded
+        padded = seed_way.eos_pad(inputs.ids, n, PAD_ID)
+
+    times["eos_pad"] = elapsed_ms(pad)
+    times["embed_lookup"] = elapsed_ms(lambda: seed_way.embed_lookup(table, padded))
+    extract = [
+        elapsed_ms(
+            lambda layer=layer: seed_way.kv_cache_extract(
+                *caches, layer, inputs.k[layer], inputs.v[layer]
+            )
+        )
+        for layer in range(shape.n_layers)
+    ]
+    times["kv_cache_extract"] = statistics.median(extract)
+    times["final_rms_norm"] = elapsed_ms(
+        lambda: seed_way.final_rms_norm(inputs.hidden_bf16, n - 1, norm, shape.rms_eps)
+    )
+    times["all"] = times["eos_pad"] + times["embed_lookup"] + sum(extract) + times["final_rms_norm"]
+    return times, caches
+
+
+def decode_ours_seed(shape, kv, caches, inputs, context: int) -> list[tuple[float, float]]:
+    """decode_attention at position `context` of every layer: (ours, the seed's way) ms."""
+    q, k, v = inputs.q, inputs.k_row, inputs.v_row
+    pairs = []
+    for layer in range(shape.n_layers):
+        ours = elapsed_ms(decode_attention, kv, layer, context, q, k, v)
+        seed = elapsed_ms(
+            seed_way.decode_attention,
+            caches[0][layer], caches[1][layer], context, q[0], k[0], v[0], shape.n_heads,
+        )  # fmt: skip
+        pairs.append((ours, seed))
+    return pairs
+
+
+def measure_context(shape, table_bf16, ours_table, norm, context, reps, rng) -> list[dict]:
+    inputs = Inputs(shape, context, rng)
+    kv = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, context + DECODE_HEADROOM)
+    x = np.zeros((context, shape.hidden), np.float32)
+    samples: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(reps):
+        ours = prefill_ours(shape, ours_table, inputs, kv, x, norm)
+        seeds, caches = prefill_seed(shape, table_bf16, inputs, norm)
+        for op in ours:
+            samples.setdefault(op, []).append((ours[op], seeds[op]))
+        samples.setdefault("decode_attention", []).extend(
+            decode_ours_seed(shape, kv, caches, inputs, context)
+        )
+    rows = []
+    for op, pairs in samples.items():
+        ours_ms = statistics.median(p[0] for p in pairs)
+        seed_ms = statistics.median(p[1] for p in pairs)
+        rows.append(
+            {"op": op, "context": context, "ours_ms": ours_ms, "seed_ms": seed_ms,
+             "ratio": ours_ms / seed_ms}
+        )  # fmt: skip
+    return rows
+
+
+def measure(shape: ModelShape, contexts: tuple[int, ...], reps: int, seed: int = 0) -> list[dict]:
+    """Rows {op, context, ours_ms, seed_ms, ratio} for every op and context; an op
+    "all" is the prefill host ops together (without tokenize)."""
+    rng = np.random.default_rng(seed)
+    table_bf16 = random_bf16(rng, (shape.vocab, shape.hidden))
+    ours_table = EmbeddingTable(table_bf16)
+    norm = (1 + 0.05 * rng.standard_normal(shape.hidden)).astype(np.float32)
+    return [
+        row
+        for context in contexts
+        for row in measure_context(shape, table_bf16, ours_table, norm, context, reps, rng)
+    ]
