@@ -140,6 +140,15 @@ vector<T, N> transpose(const vector<T, N> &v, unsigned rows, unsigned cols) {
   return out;
 }
 
+// Lane i of the result is `a` where bit i of the mask is clear, v[i] where it is set.
+template <typename E, typename T, unsigned N>
+  requires std::convertible_to<E, T>
+vector<T, N> select(E a, const vector<T, N> &v, const mask<N> &m) {
+  vector<T, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = m.test(i) ? v[i] : T(a);
+  return out;
+}
+
 // -- lane-wise arithmetic: vectors (of the operands' type) or fp32 accumulators -------
 // add / sub / max of bf16 lanes compute in fp32 and round by the current mode.
 template <typename A, typename B>

@@ -105,4 +105,29 @@ class accum {
   std::array<float, N> lanes_;
 };
 
+// A lane mask of N bits, bit i for lane i (aie_api mask.hpp); the host model keeps up to
+// 32 lanes, built from one 32-bit word.
+template <unsigned N>
+class mask {
+  static_assert(N <= 32, "the host aie_api models masks of up to 32 lanes");
+
+ public:
+  static constexpr unsigned size() { return N; }
+
+  explicit mask(bool all = false) : bits_(all ? all_lanes : 0u) {}
+  static mask from_uint32(std::uint32_t word) {
+    mask m;
+    m.bits_ = word & all_lanes;
+    return m;
+  }
+  bool test(unsigned i) const {
+    assert(i < N);
+    return (bits_ >> i) & 1u;
+  }
+
+ private:
+  static constexpr std::uint32_t all_lanes = N == 32 ? ~0u : (1u << N) - 1;
+  std::uint32_t bits_;
+};
+
 }  // namespace aie
