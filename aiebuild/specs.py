@@ -78,11 +78,18 @@ def _array(columns: int, core_rows: int = 1) -> dict[str, int]:
     return {"columns": columns, "core_rows": core_rows}
 
 
-def matmul_params(op: str, m: int, k: int, n: int) -> dict[str, int]:
+# The matmul mode of the prefill GEMMs (rms_gemms_rope, o_ffn), -D AIEK_MMA of
+# kernels_src/gemm.cc: "bf16", a true bf16 x bf16 mmul (4x8x8), or "bfp16", bf16
+# operands converted to blocks of 8 sharing an exponent for the 8x8x8 bfp16 mmul
+# (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16). The GEMVs have no mmul.
+GEMM_MMA = "bf16"
+
+
+def matmul_params(op: str, m: int, k: int, n: int) -> dict[str, int | str]:
     """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
     core rows. A GEMV's: its 32-row output blocks over columns x core rows."""
     if op == "gemm":
-        return {"M": m, "K": k, "N": n, **_array(
+        return {"M": m, "K": k, "N": n, "mma": GEMM_MMA, **_array(
             _largest_divisor(n // TILE, COLUMNS), _largest_divisor(max(m // TILE, 1), CORE_ROWS)
         )}  # fmt: skip
     blocks = n // GEMV_ROWS
