@@ -293,7 +293,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens
-    with open_session(args) as session, logs.console_quiet():
+    with logs.console_quiet(), open_session(args) as session:
         messages: list[dict[str, str]] = []
         print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
         while (line := _read_message()) is not None:
@@ -317,8 +317,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def _read_message() -> str | None:
     """The next chat message from stdin (None at an empty line or end of input),
-    after the input marker on stderr."""
-    print(CHAT_MARKER, end="", file=sys.stderr, flush=True)
+    after the input marker on stderr when a person types it."""
+    if sys.stdin.isatty():
+        print(CHAT_MARKER, end="", file=sys.stderr, flush=True)
     try:
         line = sys.stdin.readline()
     except UnicodeDecodeError as exc:

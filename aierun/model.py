@@ -291,7 +291,7 @@ class Checkpoint:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """A whole conversation through the chat template, ready for the assistant."""
         if self.tokenizer.chat_template is None:
-            raise UserError(f"{self.name} has no chat template: use `run` for plain text")
+            raise UserError(f"{self.name} has no chat template: use `run` for plain text.")
         return list(
             self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
