@@ -10,14 +10,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from aierun.errors import UserError
 
+T = TypeVar("T")
 SHARED = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
@@ -112,3 +114,19 @@ def _handler(handler: logging.Handler, renderer) -> logging.Handler:
     )
     logging.getLogger().addHandler(handler)
     return handler
+
+
+# A prefill of this many positions takes long enough (tens of seconds on emu) to
+# deserve a progress bar even when stderr is not a terminal (a log being watched).
+LONG_PREFILL = 1024
+
+
+def progress(steps: Iterable[T], label: str, positions: int) -> Iterable[T]:
+    """`steps` with a progress bar on stderr when someone may be waiting: stderr is a
+    terminal or the work is long (`positions` at least LONG_PREFILL). Otherwise the
+    steps as they are, so that short runs and pipelines print nothing extra."""
+    if not (sys.stderr.isatty() or positions >= LONG_PREFILL):
+        return steps
+    from tqdm import tqdm
+
+    return tqdm(steps, desc=f"{label} ({positions} positions)", file=sys.stderr, leave=False)

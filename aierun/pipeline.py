@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from aierun import logs
 from aierun.abi import BF16, ElfSpec
 from aierun.artifacts import ArtifactError, ArtifactSet
 from aierun.buffers import BufferManager
@@ -210,7 +211,7 @@ class Session:
         if self.kv.capacity < max(capacity, n + 1):  # else the cache made at prepare is reused
             self.kv = self._kv_cache(max(capacity, n + 1))
         with prof.span("layers"):
-            for layer in range(self.shape.n_layers):
+            for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
                 with prof.span("layer", layer):
                     x = self._prefill_layer(layer, bucket, n, x)
                 if on_layer is not None:
