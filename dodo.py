@@ -22,6 +22,7 @@ os.environ["AIERUN_HOME"] = str(BUILD)
 
 from aiebuild import bundle, cache, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
+from aierun.errors import EXIT_BROKEN_PIPE  # noqa: E402
 
 DOIT_CONFIG = {
     # `run` is doit's own command name, so the generation task is `generate` and is
@@ -77,6 +78,8 @@ def _runtime_task(command: str) -> dict:
             code = cli.main(argv)  # it has printed what went wrong
         except SystemExit as exit_:  # a flag argparse refused (usage printed)
             code = exit_.code
+        if code == EXIT_BROKEN_PIPE:  # stdout's reader went away (`| head`): nothing to say
+            return None
         return TaskFailed(f"aierun {command} exited with {code}") if code else None
 
     return {
