@@ -160,8 +160,9 @@ def task_cache():
 
 def task_bench():
     """Host ops vs the seed's way and emu vs transformers at Llama-3.2-1B shapes
-    (`doit bench parts=host,layers,engines`); JSON under build/bench/."""
+    (`doit bench parts=host,engines threads=1`); JSON under build/bench/."""
     command = [sys.executable, "-m", "tools.bench", "--parts", get_var("parts", "all")]
+    command += ["--threads", get_var("threads", "1")]
     return {
         "actions": [CmdAction(command, cwd=ROOT, shell=False)],
         "uptodate": [False],
