@@ -54,11 +54,29 @@ static inline aie::vector<float, N> load_f32(const bfloat16 *p) {
 }
 
 // e^x per lane as 2^(x * log2 e): an fp32 product (M), then exp2, whose result is
-// bf16 on XDNA 2 (L) and rounds by the current mode (R); widened back to fp32.
+// bf16 on XDNA 2 (L) and rounds by the current mode (R).
+template <unsigned N>
+static inline aie::vector<bfloat16, N> exp_to_bf16(aie::vector<float, N> x) {
+  const float log2e = 1.4426950408889634f;
+  return aie::exp2<bfloat16>(aie::mul(x, log2e).template to_vector<float>());
+}
+// The same e^x widened back to fp32 (exact).
 template <unsigned N>
 static inline aie::vector<float, N> exp_bf16(aie::vector<float, N> x) {
-  const float log2e = 1.4426950408889634f;
-  return to_f32(aie::exp2<bfloat16>(aie::mul(x, log2e).template to_vector<float>()));
+  return to_f32(exp_to_bf16(x));
+}
+
+// A ROWS x COLS block of a row-major matrix with `ld` columns starting at p, as one
+// row-major vector (an mmul operand or result), and back.
+template <unsigned ROWS, unsigned COLS, typename T>
+static inline aie::vector<T, ROWS * COLS> load_block(const T *p, int ld) {
+  aie::vector<T, ROWS * COLS> block;
+  for (unsigned r = 0; r < ROWS; ++r) block.insert(r, aie::load_v<COLS>(p + r * ld));
+  return block;
+}
+template <unsigned ROWS, unsigned COLS, typename T>
+static inline void store_block(T *p, int ld, aie::vector<T, ROWS * COLS> block) {
+  for (unsigned r = 0; r < ROWS; ++r) aie::store_v(p + r * ld, block.template extract<COLS>(r));
 }
 
 // Store an fp32 vector as bf16 (rounded to nearest even after the mode is set) or fp32.

@@ -13,18 +13,36 @@
 //                                            `blocks`: the next KV head)
 // The key and query block indices live in the state, so the design's core loops
 // stay loops rather than unrolled calls with constant indices.
-// Relies on (L): the exp is bf16-precise (so is every softmax weight and rescale
-// factor) and the reciprocal is aie_api's scalar inv; (M) for the fp32 rescaling
-// products; (R) for the bf16 exps and output.
+//
+// A step works on strips of MR query rows: S = Q K^T and O += P V are bf16 mmul blocks
+// with fp32 accumulation (B), the online softmax between them is fp32 per row.
+// Relies on (B); (L): the exp is bf16-precise, so every softmax weight P is a bf16
+// value already and P enters the P V mmul exactly, as does every rescale factor; the
+// reciprocal is aie_api's scalar inv; (M) for the fp32 scaling and rescaling products;
+// (R) for the bf16 exps and output.
 #include "aie_kernel_common.h"
 #include <cmath>
 
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_DH, _, AIEK_BQ, x, AIEK_BK)
 static constexpr int LANES = 16;
-static_assert(AIEK_DH % LANES == 0 && AIEK_BK % LANES == 0, "blocks must be whole vectors");
-// The diagonal block test (c <= r) compares a key row with a query row of the same
-// block index: it needs square blocks.
+static constexpr int MR = 4, MS = 8, MT = 8;  // the AIE2P bf16 mmul shape (as gemm.cc)
+using MMUL = aie::mmul<MR, MS, MT, bfloat16, bfloat16, accauto>;
+// A 4 x 8 block of scores, weights or outputs: MR query rows, MT keys or head dims.
+using Block = aie::vector<float, MR * MT>;
+using Weights = aie::vector<bfloat16, MR * MT>;
+static constexpr int KEY_GROUPS = AIEK_BK / MT;
+static_assert(AIEK_BQ % MR == 0 && AIEK_BK % MT == 0 && AIEK_DH % MS == 0 &&
+                  AIEK_DH % LANES == 0 && AIEK_BQ * AIEK_DH % LANES == 0,
+              "blocks must hold whole mmul blocks and vectors");
+// The diagonal block test compares a key row with a query row of the same block
+// index: it needs square blocks.
 static_assert(AIEK_BQ == AIEK_BK, "the causal mask assumes square blocks");
+// A block of weights (MT keys) is the next mmul's A operand (MS keys).
+static_assert(MS == MT, "the P V mmul takes the Q K^T blocks' keys as its depth");
+// A strip's scores and weights live in registers or spill to the core's stack, 1 KiB
+// unless the design sets another (reference/aie2p-facts.md): they may take 3/4 of it.
+static_assert(KEY_GROUPS * (sizeof(Block) + sizeof(Weights)) <= 768,
+              "a strip's scores and weights must leave room for the calls in a 1 KiB stack");
 
 struct State {
   float acc[AIEK_BQ * AIEK_DH];
@@ -38,15 +56,92 @@ struct State {
 static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 4) * sizeof(float),
               "State must match the design's state buffer");
 
-static inline float exp_scalar(float v) {  // e^v, bf16-precise, fact (L)
-  return exp_bf16<LANES>(aie::broadcast<float, LANES>(v))[0];
-}
-
 extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
   for (int i = 0; i < AIEK_BQ * AIEK_DH; i += LANES)
     aie::store_v(s->acc + i, aie::zeros<float, LANES>());
   for (int r = 0; r < AIEK_BQ; ++r) s->max[r] = -INFINITY, s->sum[r] = 0.0f;
   s->key_block = 0;
+}
+
+// A block whose row r holds values[r] in all its lanes.
+static inline Block per_row(const float *values) {
+  Block block;
+  for (int r = 0; r < MR; ++r) block.insert(r, aie::broadcast<float, MT>(values[r]));
+  return block;
+}
+
+// The lanes (r, c) of the block at query row `row` and key `key` of a diagonal block
+// whose key is visible to its query: key + c <= row + r.
+static inline aie::mask<MR * MT> causal_mask(int row, int key) {
+  unsigned bits = 0;
+  for (int r = 0; r < MR; ++r) {
+    const int visible = row + r - key + 1;  // keys of the block's row r, clamped below
+    const unsigned lanes = visible <= 0 ? 0u : visible >= MT ? 0xFFu : (1u << visible) - 1;
+    bits |= lanes << (r * MT);
+  }
+  return aie::mask<MR * MT>::from_uint32(bits);
+}
+
+// The MS x MT operand K^T of MT keys at head dims [d, d + MS): their rows, transposed.
+static inline aie::vector<bfloat16, MS * MT> keys_transposed(const bfloat16 *keys, int d) {
+  return aie::transpose(load_block<MT, MS>(keys + d, AIEK_DH), MT, MS);
+}
+
+// The scaled scores Q K^T of the strip's MR query rows q against the MT keys.
+static inline Block strip_scores(const bfloat16 *q, const bfloat16 *keys, float scale) {
+  MMUL dot;
+  dot.mul(load_block<MR, MS>(q, AIEK_DH), keys_transposed(keys, 0));
+  for (int d = MS; d < AIEK_DH; d += MS)
+    dot.mac(load_block<MR, MS>(q + d, AIEK_DH), keys_transposed(keys, d));
+  return aie::mul(dot.to_vector<float>(), scale).to_vector<float>();
+}
+
+// Fold `groups` key groups of the block into the strip of MR query rows at `row`: its
+// running max and sum and its rows of acc. `first`: the strip has seen no keys yet.
+static void fold_strip(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, State *s,
+                       int row, int groups, bool diagonal, bool first) {
+  const float scale = aie::invsqrt(float(AIEK_DH));
+  Block scores[KEY_GROUPS];
+  Block block_max = aie::broadcast<float, MR * MT>(-INFINITY);
+  for (int g = 0; g < groups; ++g) {
+    scores[g] = strip_scores(q, k + g * MT * AIEK_DH, scale);
+    if (diagonal) scores[g] = aie::select(-INFINITY, scores[g], causal_mask(row, g * MT));
+    block_max = aie::max(block_max, scores[g]);
+  }
+  float new_max[MR];  // init's -inf before the first block
+  for (int r = 0; r < MR; ++r) {
+    const float seen = aie::reduce_max(block_max.extract<MT>(r));
+    new_max[r] = seen > s->max[row + r] ? seen : s->max[row + r];
+  }
+  const Block row_max = per_row(new_max);
+  // exp(old max - new max) per row; 0 when nothing was seen (acc and sum are 0 then).
+  const Block rescale =
+      first ? aie::zeros<float, MR * MT>() : exp_bf16(aie::sub(per_row(s->max + row), row_max));
+
+  // P = exp(S - max) as bf16 (its exact value, fact L); masked keys weigh 0 (their
+  // -inf scores are not left to exp2).
+  Weights weights[KEY_GROUPS];
+  aie::accum<accfloat, MR * MT> sums = aie::zeros<accfloat, MR * MT>();
+  for (int g = 0; g < groups; ++g) {
+    weights[g] = exp_to_bf16(aie::sub(scores[g], row_max));
+    if (diagonal) weights[g] = aie::select(bfloat16(0.0f), weights[g], causal_mask(row, g * MT));
+    sums = aie::add(sums, weights[g]);
+  }
+  const Block row_sums = sums.to_vector<float>();
+  for (int r = 0; r < MR; ++r) {
+    s->sum[row + r] = s->sum[row + r] * rescale[r * MT] +
+                      aie::reduce_add(row_sums.extract<MT>(r));
+    s->max[row + r] = new_max[r];
+  }
+
+  // O = O * rescale + P V, per MT head dims: V's rows are the B operand as they are.
+  for (int d = 0; d < AIEK_DH; d += MT) {
+    float *out = s->acc + row * AIEK_DH + d;
+    MMUL acc(aie::mul(load_block<MR, MT>(out, AIEK_DH), rescale));
+    for (int g = 0; g < groups; ++g)
+      acc.mac(weights[g], load_block<MS, MT>(v + g * MT * AIEK_DH + d, AIEK_DH));
+    store_block<MR, MT>(out, AIEK_DH, acc.to_vector<float>());
+  }
 }
 
 extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *kv,
@@ -56,35 +151,14 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
   set_round_to_nearest_even();              // the exps round to bf16, fact (R)
   const bool diagonal = key_block == s->query_block;
-  const float scale = aie::invsqrt(float(AIEK_DH));
-  alignas(32) float p[AIEK_BK];
-  for (int r = 0; r < AIEK_BQ; ++r) {
-    // Keys past the diagonal are masked: never scored, never exponentiated.
-    const int visible = diagonal ? r + 1 : AIEK_BK;
-    float block_max = -INFINITY;
-    for (int c = 0; c < visible; ++c) {
-      aie::accum<accfloat, LANES> dot = aie::zeros<accfloat, LANES>();
-      for (int d = 0; d < AIEK_DH; d += LANES)
-        dot = aie::mac(dot, aie::load_v<LANES>(q + r * AIEK_DH + d),
-                       aie::load_v<LANES>(k + c * AIEK_DH + d));
-      p[c] = aie::reduce_add(dot.to_vector<float>()) * scale;
-      block_max = p[c] > block_max ? p[c] : block_max;
-    }
-    const float new_max = block_max > s->max[r] ? block_max : s->max[r];
-    // The first visible block has no history: rescale 0 instead of exp(-inf).
-    const float rescale = s->max[r] == -INFINITY ? 0.0f : exp_scalar(s->max[r] - new_max);
-    float row_sum = 0.0f;
-    for (int c = 0; c < visible; ++c) row_sum += (p[c] = exp_scalar(p[c] - new_max));
-    s->sum[r] = s->sum[r] * rescale + row_sum;
-    s->max[r] = new_max;
-    for (int d = 0; d < AIEK_DH; d += LANES) {
-      aie::accum<accfloat, LANES> out;
-      out.from_vector(
-          aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), rescale).to_vector<float>());
-      for (int c = 0; c < visible; ++c)
-        out = aie::mac(out, load_f32<LANES>(v + c * AIEK_DH + d), p[c]);
-      aie::store_v(s->acc + r * AIEK_DH + d, out.to_vector<float>());
-    }
+  // Queries and keys start together (prefill): every row sees key 0 first, so key
+  // block 0 is where every row's history starts, and the only such block.
+  const bool first = key_block == 0;
+  for (int row = 0; row < AIEK_BQ; row += MR) {
+    // On the diagonal a strip sees keys up to its last row: later key groups are
+    // wholly masked and skipped.
+    const int groups = diagonal ? (row + MR - 1) / MT + 1 : KEY_GROUPS;
+    fold_strip(q + row * AIEK_DH, k, v, s, row, groups, diagonal, first);
   }
 }
 

@@ -306,8 +306,12 @@ def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
     when the maximum grows, where the emulation exps against the row's final maximum.
     Each weight is off by a few half-ulps of bf16 (2^-8), in independent directions;
     the weighted mean of v moves by far less than the worst case, (blocks + 1) *
-    2^-7 * max|v|: measured <= 2^-8 * max|v| here, bounded at 2^-7 * max|v|. A query
-    that sees one key more or less moves by about max|v| / keys, far above that."""
+    2^-7 * max|v|: measured <= 2^-7.9 * max|v| here, bounded at 2^-7 * max|v|. A
+    query that sees one key more or less moves by about max|v| / keys, far above that.
+    The kernel's P V takes P as bf16: no error of its own, each weight being the bf16
+    exp's value already. Its scores sum Q K^T in mmul order, not numpy's: they differ
+    in the last fp32 bits, which moves an exp's bf16 rounding now and then, well
+    inside the same bound."""
     heads, kv_heads, seq, dim = 4, 2, 128, FA["DH"]
     q, k = bf16_randn(seq, heads * dim, scale=3.0), bf16_randn(seq, kv_heads * dim, scale=3.0)
     v = bf16_randn(seq, kv_heads * dim)
@@ -323,10 +327,16 @@ def test_flash_attn_within_bound(build, cores):
     check_flash_attn(build(kernel_object("flash_attn.cc", FA)), cores)
 
 
-def test_leaking_causal_mask_is_caught(build, tmp_path):
-    source = mutant(
-        tmp_path, "flash_attn.cc", "diagonal ? r + 1 : AIEK_BK", "diagonal ? AIEK_BK : AIEK_BK"
-    )
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("row + r - key + 1", "MT"),  # the diagonal block's partly visible key groups leak
+        ("aie::transpose(load_block<MT, MS>(keys + d, AIEK_DH), MT, MS)",
+         "load_block<MT, MS>(keys + d, AIEK_DH)"),  # K as the mmul's B operand, untransposed
+    ],
+)  # fmt: skip
+def test_mutated_flash_attn_is_caught(build, tmp_path, old, new):
+    source = mutant(tmp_path, "flash_attn.cc", old, new)
     with pytest.raises(AssertionError):
         check_flash_attn(build(KernelObject(source, kernel_object("flash_attn.cc", FA).defines)))
 
