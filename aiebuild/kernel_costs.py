@@ -100,16 +100,39 @@ def _flash_init(d: Defines) -> float:
     return fp32_ops(d["BQ"] * d["DH"])
 
 
+# Shape of the kernel's bf16 mmul (4 query rows x 8 keys or head dims) and the cycles
+# of the 8x8 transpose of K that each Q K^T block takes as its K^T operand (one
+# 64-element shuffle, ⚠ 1 cycle).
+FLASH_MMUL_ROWS, FLASH_MMUL_DEPTH, FLASH_MMUL_COLS = 4, 8, 8
+TRANSPOSE_8X8_CYCLES = 1.0
+# fp32 operations per score of the online softmax: the 1/sqrt(DH) scale, the running
+# max, the subtraction of the row's max, exp's product by log2 e and the row sum.
+FLASH_FP32_OPS_PER_SCORE = 5
+
+
 def _flash_step(d: Defines) -> float:
-    """A visible key block: per query row and key, a DH-long dot product with its
-    reduce and two exp2 (score, then probability); per row one rescale and the P@V
-    accumulation of BK keys over DH. The design streams every key block for every
-    query block and the kernel returns at once above the causal diagonal, so over a
-    launch about half the calls do the work: the cost is that average."""
+    """A visible key block, in strips of 4 query rows: S = Q K^T and O += P V as bf16
+    4x8x8 mmul blocks (BF16_4X8X8_CYCLES each; each Q K^T block with its K transpose);
+    per score the softmax's fp32 operations and a bf16 exp2 lane; per strip one
+    32-lane exp of the rows' rescale factors; per row a reduce_max and a reduce_add
+    (8 lanes, counted as 16) and the rescale of its acc row and sum. The design
+    streams every key block for every query block and the kernel returns at once
+    above the causal diagonal, so over a launch about half the calls do the work: the
+    cost is that average (the diagonal block's skipped key groups are not counted)."""
     bq, bk, dh = d["BQ"], d["BK"], d["DH"]
-    scores = bq * bk * (fp32_ops(2 * dh) + REDUCE_CYCLES + 2 * TRANSCENDENTAL_CYCLES)
-    values = bq * (fp32_ops(dh) + fp32_ops(2 * bk * dh) + TRANSCENDENTAL_CYCLES)
-    return CAUSAL_VISIBLE_FRACTION * (scores + values)
+    rows, depth, cols = FLASH_MMUL_ROWS, FLASH_MMUL_DEPTH, FLASH_MMUL_COLS
+    score_blocks = (bq // rows) * (dh // depth) * (bk // cols)
+    value_blocks = (bq // rows) * (bk // depth) * (dh // cols)
+    matmuls = (score_blocks + value_blocks) * BF16_4X8X8_CYCLES
+    transposes = score_blocks * TRANSPOSE_8X8_CYCLES
+    exp_vectors = bq * bk / LANES + (bq // rows) * rows * cols / LANES
+    softmax = (
+        fp32_ops(FLASH_FP32_OPS_PER_SCORE * bq * bk)
+        + exp_vectors * TRANSCENDENTAL_CYCLES
+        + 2 * bq * REDUCE_CYCLES
+    )
+    rescale = fp32_ops(bq * (dh + 2))
+    return CAUSAL_VISIBLE_FRACTION * (matmuls + transposes + softmax + rescale)
 
 
 def _flash_finish(d: Defines) -> float:

@@ -51,24 +51,29 @@ def emu_manifest(build: Path, model: Path) -> Path:
     return compile_all(BuildConfig(home, str(model), (PROMPT_TOKENS,), "emu"))
 
 
-def run_engine(engine: str, model: Path, decode: int, manifest: Path) -> dict:
+def run_engine(engine: str, model: Path, decode: int, manifest: Path, threads: int) -> dict:
+    """One engine in a process of its own, with `threads` BLAS / OpenMP threads (both
+    engines get the same: on a shared machine a second thread that waits for a core
+    costs a scheduler slice on every small GEMM, in numpy's BLAS and in torch alike)."""
+    env = os.environ | {v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     command = [
         sys.executable, "-m", "tools.bench.engine", engine, str(model),
         "--prompt-tokens", str(PROMPT_TOKENS), "--decode-tokens", str(decode),
         "--manifest", str(manifest),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{engine} on {model.name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_engines(build: Path) -> dict:
+def bench_engines(build: Path, threads: int) -> dict:
     results = {}
     for label, model in models(build).items():
         manifest = emu_manifest(build, model)
         results[label] = {
-            engine: run_engine(engine, model, DECODE_TOKENS[label], manifest) for engine in ENGINES
+            engine: run_engine(engine, model, DECODE_TOKENS[label], manifest, threads)
+            for engine in ENGINES
         }
         emu = results[label]["emu"]
         layers = emu["prefill_layer_ms"]
@@ -128,6 +133,7 @@ def checks(result: dict) -> list[tuple[str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="all", help="comma list of: host, engines (or all)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per engine")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     parts = {"host", "engines"} if args.parts == "all" else set(args.parts.split(","))
@@ -136,12 +142,13 @@ def main() -> None:
     build = args.out.parent
     os.environ.setdefault("AIERUN_HOME", str(build))
     result: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count()}
+    result["engine_threads"] = args.threads
     if "host" in parts:
         shape = ModelShape.from_config(LLAMA_3_2_1B)
         result["host"] = host.measure(shape, CONTEXTS, HOST_REPS)
         print_host(result["host"])
     if "engines" in parts:
-        result["engines"] = bench_engines(build)
+        result["engines"] = bench_engines(build, args.threads)
         print_engines(result["engines"])
     result["checks"] = [
         {"what": what, "measured": value, "limit": limit, "met": value <= limit}
