@@ -8,7 +8,8 @@ open while a design runs (`designs.common.iron()` would then hand out the model'
 own API, whose programs do not print). So the few calls that create objects outside
 a traced body (an ObjectFifo, a Buffer, a memory-tile link, the Program, which
 traces the bodies) each run inside a recording of their own; the printer finds
-everything from the program's workers and runtime."""
+everything from the program's workers and runtime. Limit: the fifos a link makes are
+the model's own, so linking one of those again (a split of a forward) is not supported."""
 
 from aiebuild import iron_model
 from aiebuild.iron_model import Kernel, Runtime, TaskGroup, Worker
