@@ -315,8 +315,7 @@ def _import_pyxrt() -> Any:
         raise UserError(
             f"no NPU found here: looked for XRT's Python bindings (pyxrt), which are not "
             f"importable ({exc}), and for NPU device nodes (/dev/accel/accel*: "
-            f"{', '.join(accel) or 'none'}). Use --device emu to run on the numpy emulation; "
-            f"on a Ryzen AI machine: {_install_hint()}"
+            f"{', '.join(accel) or 'none'}). {_install_hint()}"
         ) from None
     if not (hasattr(xrt, "elf") and hasattr(xrt, "ext")):
         raise UserError(
