@@ -87,19 +87,15 @@ GEMM_MMA = "bf16"
 
 def matmul_params(op: str, m: int, k: int, n: int) -> dict[str, int | str]:
     """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
-    core rows. A GEMV's: its 32-row output blocks over columns x core rows."""
+    core rows. A GEMV's: one weight stream per shim input channel but the one that
+    broadcasts x, each feeding one core (designs/gemv.py), as many as there are
+    32-row output blocks."""
     if op == "gemm":
         return {"M": m, "K": k, "N": n, "mma": GEMM_MMA, **_array(
             _largest_divisor(n // TILE, COLUMNS), _largest_divisor(max(m // TILE, 1), CORE_ROWS)
         )}  # fmt: skip
-    blocks = n // GEMV_ROWS
-    columns = _largest_divisor(blocks, COLUMNS)
-    return {
-        "M": m,
-        "K": k,
-        "N": n,
-        **_array(columns, _largest_divisor(blocks // columns, CORE_ROWS)),
-    }
+    streams = min(2 * COLUMNS - 1, n // GEMV_ROWS)
+    return {"M": m, "K": k, "N": n, **_array(streams // 2 + 1, 2)}
 
 
 def row_params(rows: int) -> dict[str, int]:
@@ -114,12 +110,12 @@ def eltwise_params(rows: int, cols: int) -> dict[str, int]:
 
 
 def attention_params(shape: ModelShape, s: int) -> dict[str, int]:
-    """Query heads of one KV group over core rows, (query block, head) items over
-    columns, one column kept for the memory tile that joins K and V: core rows divide
-    the group, whole groups per round, whole rounds per KV head."""
+    """Query heads of one KV group over core rows, successive query blocks over
+    columns (designs/flash_attn.py): core rows divide the group, whole groups per
+    round, whole rounds per KV head."""
     group, blocks = shape.n_heads // shape.n_kv_heads, s // ATTN_BLOCK
     core_rows = _largest_divisor(group, CORE_ROWS)
-    fits = [c for c in range(1, COLUMNS) if (c * core_rows) % group == 0
+    fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
             and blocks % (c * core_rows // group) == 0]  # fmt: skip
     return _array(max(fits), core_rows)
 
@@ -233,14 +229,15 @@ def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
-    """Rows of one LM-head partition: the vocabulary padded so that every core of the
-    array gets whole GEMV blocks."""
+    """Rows of one LM-head partition: the vocabulary padded to whole tiles."""
     per_partition = -(-shape.vocab // partitions)
-    unit = GEMV_ROWS * COLUMNS * CORE_ROWS
-    return -(-per_partition // unit) * unit
+    return -(-per_partition // TILE) * TILE
 
 
 def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
+    """One GEMV over the partitioned rows (w_lm is [P, rows, E], contiguous): one
+    launch spreads them over every column's shim channels, with no reconfiguration
+    between partitions."""
     rows, e = lm_head_rows(shape, partitions), shape.hidden
     source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
     args = (
@@ -248,12 +245,9 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
         _arg("w_lm", (partitions, rows, e), W, source, layout="partitioned_rows"),
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
-    launches = tuple(
-        Launch("gemv", matmul_params("gemv", 1, e, rows), ("x", f"w_lm[{p}]"), (f"logits[{p}]",),
-               f"partition {p}")
-        for p in range(partitions)
-    )  # fmt: skip
-    return ElfSpec("lm_head_gemv", "lm_head", 0, args, launches, {"vocab": shape.vocab})
+    params = matmul_params("gemv", 1, e, partitions * rows)
+    launch = Launch("gemv", params, ("x", "w_lm"), ("logits",), "LM head")
+    return ElfSpec("lm_head_gemv", "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
 def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:

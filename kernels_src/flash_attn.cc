@@ -2,12 +2,15 @@
 // (aierun/ops/attention.py, aiebuild/designs/flash_attn.py).
 // -D AIEK_DH=<head dim>  -D AIEK_BQ=<query rows per block>  -D AIEK_BK=<key rows per block>
 // Entry points (suffix <DH>_<BQ>x<BK>), state = State below (the design's fp32 state
-// buffer of the same size; its initial value sets the core's first query block and
-// its step, see aiebuild/designs/flash_attn.py initial_state):
+// buffer of the same size; its initial value sets the core's first query block, its
+// step and its head in the queries object, see aiebuild/designs/flash_attn.py
+// initial_state):
 //   flash_attn_init_*(state)                 start a query block
 //   flash_attn_step_*(q, kv, state)          fold in the next key block, kv = [K; V]
-//                                            (BK rows each); blocks above the causal
-//                                            diagonal are skipped
+//                                            (BK rows each), q = the query blocks of
+//                                            the column's heads, BQ rows each (this
+//                                            core's is q[state.query_head]); blocks
+//                                            above the causal diagonal are skipped
 //   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); the core's next
 //                                            query block (back to its first after
 //                                            `blocks`: the next KV head)
@@ -52,8 +55,9 @@ struct State {
   int query_block;  // index of the current query block within its head
   int query_first;  // this core's first query block of a head
   int query_step;   // query blocks between this core's successive ones
+  int query_head;   // this core's block in the queries object it shares
 };
-static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 4) * sizeof(float),
+static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 5) * sizeof(float),
               "State must match the design's state buffer");
 
 extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
@@ -147,6 +151,7 @@ static void fold_strip(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, 
 extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *kv,
                                                         State *s) {
   const bfloat16 *k = kv, *v = kv + AIEK_BK * AIEK_DH;
+  q += s->query_head * AIEK_BQ * AIEK_DH;
   const int key_block = s->key_block++;
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
   set_round_to_nearest_even();              // the exps round to bf16, fact (R)

@@ -9,18 +9,20 @@ then needs the same K/V stream, which is what lets one stream serve them all.
 
 The runtime sequence has one phase per KV head; the launch's `core_rows` divide the
 head's group of query heads and its `columns` take successive query blocks:
-- K and V of the KV head enter at the shim of the column after the cores, whose
-  memory tile joins each K block with its V block into one [K; V] object broadcast
-  to every core (a core has 2 input DMA channels: [K; V] and its queries);
+- K and V of the KV head enter at the second input channels of shims 0 and 1; the
+  memory tile of column 0 joins each K block with its V block into one [K; V] object
+  broadcast to every core (a core has 2 input DMA channels: [K; V] and its queries);
 - column c's shim streams, per round, the query blocks of its cores (core_rows
-  consecutive heads of one query block), which its memory tile splits per core, and
+  consecutive heads of one query block) as one object broadcast to them all (each
+  core reads its head's block in it: depth 1, it stays for the whole key walk), and
   drains the output blocks its memory tile joins back from its cores.
 Core (c, r) starts at query block (c * core_rows) // group and steps by
-columns * core_rows / group blocks per round; the kernel keeps these in its state
-(initial values of the core's state buffer), so the core's loops stay loops.
+columns * core_rows / group blocks per round; the kernel keeps these and its head
+in the object in its state (initial values of the core's state buffer), so the
+core's loops stay loops.
 
-Core memory at BLOCK = 32, head_dim 64: q 2 x 4 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB,
-state 8.3 KiB = 40.3 KiB of 64."""
+Core memory at BLOCK = 32, head_dim 64, 4 core rows: queries 16 KiB, [K; V]
+2 x 8 KiB, o 2 x 4 KiB, state 8.3 KiB = 48.3 KiB of 64."""
 
 from __future__ import annotations
 
@@ -53,11 +55,12 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     )
 
 
-def initial_state(dim: int, first: int, step: int) -> np.ndarray:
+def initial_state(dim: int, first: int, step: int, head: int) -> np.ndarray:
     """flash_attn.cc's State: [acc | max | sum | key block, query block, first query
-    block, query block step], the four counters int32 in fp32 words."""
-    state = np.zeros(BLOCK * dim + 2 * BLOCK + 4, np.float32)
-    state[-3:].view(np.int32)[:] = (first, first, step)
+    block, query block step, head in the queries object], the counters int32 in fp32
+    words."""
+    state = np.zeros(BLOCK * dim + 2 * BLOCK + 5, np.float32)
+    state[-4:].view(np.int32)[:] = (first, first, step, head)
     return state
 
 
@@ -70,25 +73,19 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     group, blocks = heads // kv_heads, tiles(p["S"], BLOCK, "S (the prefill bucket)")
     step = columns * rows // group  # query blocks per round
     rounds = tiles(blocks, step, "query blocks (per round of the array)")
-    kv_column = columns  # the column whose memory tile joins K and V
     block_ty = tensor((BLOCK, dim), BF16)
     suffix, obj = f"{dim}_{BLOCK}x{BLOCK}", kernel(launch, args).name
-    state_ty = tensor(initial_state(dim, 0, 1).shape, np.dtype(np.float32))
+    state_ty = tensor(initial_state(dim, 0, 1, 0).shape, np.dtype(np.float32))
+    queries_ty = tensor((rows, BLOCK, dim), BF16)
     start = lib.Kernel(f"flash_attn_init_{suffix}", obj, [state_ty])
     fold = lib.Kernel(f"flash_attn_step_{suffix}", obj,
-                      [block_ty, tensor((2 * BLOCK * dim,), BF16), state_ty])  # fmt: skip
+                      [queries_ty, tensor((2 * BLOCK * dim,), BF16), state_ty])  # fmt: skip
     finish = lib.Kernel(f"flash_attn_finish_{suffix}", obj, [state_ty, block_ty, np.int32])
 
     kv = lib.ObjectFifo(tensor((2 * BLOCK * dim,), BF16), name="kv")
-    k_in, v_in = kv.prod().join([0, BLOCK * dim], tile=mem_tile(lib, kv_column),
+    k_in, v_in = kv.prod().join([0, BLOCK * dim], tile=mem_tile(lib, 0),
                                 obj_types=[block_ty] * 2, names=["k_in", "v_in"])  # fmt: skip
-    q_in = [lib.ObjectFifo(tensor((rows, BLOCK, dim), BF16), name=f"q_in{c}")
-            for c in range(columns)]  # fmt: skip
-    q_core = [
-        q_in[c].cons().split([r * BLOCK * dim for r in range(rows)], tile=mem_tile(lib, c),
-                             obj_types=[block_ty] * rows, names=[f"q{c}_{r}" for r in range(rows)])
-        for c in range(columns)
-    ]  # fmt: skip
+    q_in = [lib.ObjectFifo(queries_ty, depth=1, name=f"q{c}") for c in range(columns)]
     o_out = [lib.ObjectFifo(tensor((rows, BLOCK, dim), BF16), name=f"o{c}")
              for c in range(columns)]  # fmt: skip
     o_core = [
@@ -111,9 +108,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
             out.release(1)
 
     workers = [
-        lib.Worker(core, [q_core[c][r].cons(), kv.cons(), o_core[c][r].prod(),
+        lib.Worker(core, [q_in[c].cons(), kv.cons(), o_core[c][r].prod(),
                           state_buffer(lib, f"state_{c}_{r}",
-                                       initial_state(dim, c * rows // group, step)),
+                                       initial_state(dim, c * rows // group, step, r)),
                           start, fold, finish], tile=core_tile(lib, c, r))
         for c in range(columns) for r in range(rows)
     ]  # fmt: skip
@@ -132,12 +129,11 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
 
     phases = range(kv_heads)
     q, k, v, o = (a.shape for a in args)
-    shim = shim_tile(lib, kv_column)
     streams = [
         *(Stream(0, q_in[c].prod(tile=shim_tile(lib, c)), [query_tap(q, c, h) for h in phases])
           for c in range(columns)),
-        Stream(1, k_in.prod(tile=shim), [kv_tap(k, h) for h in phases]),
-        Stream(2, v_in.prod(tile=shim), [kv_tap(v, h) for h in phases]),
+        Stream(1, k_in.prod(tile=shim_tile(lib, 0)), [kv_tap(k, h) for h in phases]),
+        Stream(2, v_in.prod(tile=shim_tile(lib, 1)), [kv_tap(v, h) for h in phases]),
         *(Stream(3, o_out[c].cons(tile=shim_tile(lib, c)), [query_tap(o, c, h) for h in phases],
                  drain=True) for c in range(columns)),
     ]  # fmt: skip

@@ -1,19 +1,18 @@
 """GEMV y[N] = w[N,K] @ x[K] over the array (aierun/ops/matmul.py with M = 1,
 kernels_src/gemv.cc).
 
-Decode streams every weight once per token: the launch spreads w's rows over every
-column's shim. Column c owns the rows [c * N / columns, (c + 1) * N / columns); its
-shim streams them as (core_rows * TN) x TK blocks, which its memory tile splits into
-one TN x TK tile per core of the column (core r takes every core_rows-th TN-row block
-of the column). x stays resident in every core: one shim stream broadcast to all.
-Each core accumulates a TN-row block's K / TK partial dot products in fp32 (in a
-state buffer that also counts the k tiles, so the core's k loop stays a loop) and
-writes the block as bf16 or, for the LM head logits, fp32 (the output argument's
-dtype); the column's memory tile joins its cores' blocks into contiguous rows of y.
-
-An LM-head partition binds a slice (`w_lm[3]`, `logits[3]`): the runtime sequence
-takes the whole host argument and the access patterns start at the slice.
-Core memory at K = 8192: x 16 KiB, w 2 x 4 KiB, y and state < 1 KiB."""
+Decode streams every weight once per token, so the launch is bound by the shim
+channels that carry w: it uses both input channels of every column's shim for
+weights, except one that broadcasts x (resident in every core) — 2 * columns - 1
+weight streams, each feeding one core straight from its shim (the first two cores
+of a column, no memory tile: a core's vector MACs consume weights several times faster
+than one shim channel delivers them). Stream s owns a consecutive run of TN-row
+blocks of w (the runs differ by at most one block) and drains its rows of y from
+the same core. Each core accumulates a block's K / TK partial dot products in fp32
+(in a state buffer that also counts the k tiles, so the core's k loop stays a loop)
+and writes it as bf16 or, for the LM head logits, fp32 (the output argument's dtype).
+A run longer than the 64 iterations a shim pattern allows is moved in several
+phases. Core memory at K = 8192: x 16 KiB, w 2 x 4 KiB, y and state < 1 KiB."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from aiebuild.designs.common import (
     core_tile,
     iron,
     kernel_object,
-    mem_tile,
+    once,
     scratch_buffer,
     shim_tile,
     slice_offset,
@@ -43,6 +42,8 @@ from aiebuild.specs import GEMV_ROWS as TN
 from aiebuild.specs import TILE as TK
 from aierun.abi import BF16, ArgSpec, Launch
 
+MAX_ITERATIONS = 64  # the shim's iteration dimension (aiebuild/rules.py)
+
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     return kernel_object("gemv.cc", {"K": launch.params["K"], "TN": TN, "TK": TK})
@@ -53,60 +54,79 @@ def symbol(launch: Launch, out_dtype: str) -> str:
     return f"gemv_bf16_{launch.params['K']}x{TN}x{TK}_{out_dtype}"
 
 
+def stream_cores(columns: int, blocks: int) -> list[tuple[int, int]]:
+    """(column, core row) of each weight stream: core row 0 of column 0 (its shim's
+    other channel carries x), then both core rows of the next columns."""
+    cores = [(0, 0)] + [(c, r) for c in range(1, columns) for r in (0, 1)]
+    return cores[: min(len(cores), blocks)]
+
+
+def runs(blocks: int, streams: int) -> list[range]:
+    """Consecutive runs of blocks, one per stream, differing by at most one."""
+    base, extra = divmod(blocks, streams)
+    starts = [s * base + min(s, extra) for s in range(streams + 1)]
+    return [range(starts[s], starts[s + 1]) for s in range(streams)]
+
+
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
     _, w, y = args
     k, n = launch.params["K"], launch.params["N"]
-    columns, rows = array(launch)
-    k_tiles = tiles(k, TK, "K")
-    per_core = tiles(n, columns * rows * TN, "N (per core of the array)")
-    per_column = n // columns
+    columns, _ = array(launch)
+    k_tiles, blocks = tiles(k, TK, "K"), tiles(n, TN, "N")
+    cores = stream_cores(columns, blocks)
+    stream_runs = runs(blocks, len(cores))
     x_ty, w_ty = tensor((k,), BF16), tensor((TN, TK), BF16)
     y_ty, state_ty = tensor((TN,), y.np_dtype), tensor((TN + 1,), np.dtype(np.float32))
     gemv = lib.Kernel(symbol(launch, y.dtype), kernel(launch, args).name,
                       [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
-
     x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
-    w_in = [lib.ObjectFifo(tensor((rows * TN, TK), BF16), name=f"w_in{c}") for c in range(columns)]
-    w_core = [
-        w_in[c].cons().split([r * TN * TK for r in range(rows)], tile=mem_tile(lib, c),
-                             obj_types=[w_ty] * rows, names=[f"w{c}_{r}" for r in range(rows)])
-        for c in range(columns)
-    ]  # fmt: skip
-    y_out = [lib.ObjectFifo(tensor((rows * TN,), y.np_dtype), name=f"y{c}")
-             for c in range(columns)]  # fmt: skip
-    y_core = [
-        y_out[c].prod().join([r * TN for r in range(rows)], tile=mem_tile(lib, c),
-                             obj_types=[y_ty] * rows, names=[f"y{c}_{r}" for r in range(rows)])
-        for c in range(columns)
-    ]  # fmt: skip
+    w_in = [lib.ObjectFifo(w_ty, name=f"w{s}") for s in range(len(cores))]
+    y_out = [lib.ObjectFifo(y_ty, name=f"y{s}") for s in range(len(cores))]
 
-    def core(xs, ws, ys, counters, fn):
-        vector = xs.acquire(1)
-        for _ in range_(per_core):
-            out = ys.acquire(1)
-            for _ in range_(k_tiles):  # the kernel counts the k tiles in `counters`
-                block = ws.acquire(1)
-                fn(vector, block, out, counters)
-                ws.release(1)
-            ys.release(1)
-        xs.release(1)
+    def body(count: int):
+        def core(xs, ws, ys, counters, fn):
+            vector = xs.acquire(1)
+            for _ in range_(count):
+                out = ys.acquire(1)
+                for _ in range_(k_tiles):  # the kernel counts the k tiles in `counters`
+                    block = ws.acquire(1)
+                    fn(vector, block, out, counters)
+                    ws.release(1)
+                ys.release(1)
+            xs.release(1)
+
+        return core
 
     workers = [
-        lib.Worker(core, [x_in.cons(), w_core[c][r].cons(), y_core[c][r].prod(),
-                          scratch_buffer(lib, f"state_{c}_{r}", (TN + 1,), np.dtype(np.float32)),
-                          gemv], tile=core_tile(lib, c, r))
-        for c in range(columns) for r in range(rows)
+        lib.Worker(body(len(stream_runs[s])), [
+            x_in.cons(), w_in[s].cons(), y_out[s].prod(),
+            scratch_buffer(lib, f"state{s}", (TN + 1,), np.dtype(np.float32)), gemv,
+        ], tile=core_tile(lib, c, r))
+        for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
     w_at, y_at = slice_offset(launch, args, 1), slice_offset(launch, args, 2)
+    pieces = [[run[i : i + MAX_ITERATIONS] for i in range(0, len(run), MAX_ITERATIONS)]
+              for run in stream_runs]  # fmt: skip
+    phases = max(len(p) for p in pieces)
+
+    def per_phase(s: int, pattern) -> list[Any | None]:
+        moves = [pattern(piece) for piece in pieces[s]]
+        return moves + [None] * (phases - len(moves))
+
+    def w_tap(piece: range) -> Any:
+        return tap(w.shape, w_at + piece.start * TN * k, [len(piece), k_tiles, TN, TK],
+                   [TN * k, TK, k, 1])  # fmt: skip
+
+    def y_tap(piece: range) -> Any:
+        return contiguous(y.shape, y_at + piece.start * TN, len(piece) * TN)
+
     streams = [
-        Stream(0, x_in.prod(tile=shim_tile(lib, 0)), [whole(args[0])]),
-        *(Stream(1, w_in[c].prod(tile=shim_tile(lib, c)), [
-            tap(w.shape, w_at + c * per_column * k, [per_core, k_tiles, rows * TN, TK],
-                [rows * TN * k, TK, k, 1])]) for c in range(columns)),
-        *(Stream(2, y_out[c].cons(tile=shim_tile(lib, c)),
-                 [contiguous(y.shape, y_at + c * per_column, per_column)], drain=True)
-          for c in range(columns)),
+        Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases)),
+        *(Stream(1, w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
+          for s, (c, _) in enumerate(cores)),
+        *(Stream(2, y_out[s].cons(tile=shim_tile(lib, c)), per_phase(s, y_tap), drain=True)
+          for s, (c, _) in enumerate(cores)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)

@@ -8,4 +8,5 @@ import numpy as np
 
 
 def gemm(params: dict, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray]:
-    return (x @ weight.T,)
+    # A partitioned weight ([P, rows, K], the LM head) is its rows one after another.
+    return (x @ weight.reshape(-1, weight.shape[-1]).T,)

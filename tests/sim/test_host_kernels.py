@@ -285,7 +285,7 @@ def run_flash_attn(kernel: HostKernel, q, k, v, heads: int, kv_heads: int, cores
         return a[index * block : (index + 1) * block, head * dim : (head + 1) * dim]
 
     for core in range(cores):
-        state = flash_attn_design.initial_state(dim, core, cores)
+        state = flash_attn_design.initial_state(dim, core, cores, 0)  # one head per object
         for head in range(heads):
             kv_head = head // group
             for qb in range(core, blocks, cores):
