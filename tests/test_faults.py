@@ -138,6 +138,7 @@ def refused(result, code: int, pattern: str) -> str:
     messages = [line for line in err.splitlines() if re.match(r"aierun \w+:|ERROR:", line)]
     assert len(messages) == 1, err
     assert re.search(pattern, messages[0]), messages[0]
+    print(f"exit {code}: {messages[0]}")  # `pytest -rP` lists the table of cases
     return messages[0]
 
 
