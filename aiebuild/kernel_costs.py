@@ -33,10 +33,11 @@ BF16_4X8X8_CYCLES = 8.0
 # 2048^3 (8508 GFLOP/s, Xilinx/mlir-air kernel_registry GEMM_bf16_in_fp32_out.md) by
 # (15.7 ms of core time over 1024 calls of 64x32x128 per core: 6.52 cycles a block).
 BFP16_8X8X8_CYCLES = 6.52
-# A 4x8x8 mmul under BFP16 emulation is one 8x8x8 bfp16 mac with A grown to 8 rows
-# (mmul_bf16_bf16<4, 8, 8> in the same header): half its MACs are wasted, it costs a
-# whole 8x8x8 block.
-BFP16_4X8X8_CYCLES = BFP16_8X8X8_CYCLES
+# The mmul shape gemm.cc uses in each mode (-D AIEK_MMA) and the cycles of one block:
+# a true bf16 4x8x8 (256 MACs), or under BFP16 emulation the 8x8x8 (512 MACs) that is
+# one `mac_8x8_8x8T` (a 4x8x8 there would grow A to 8 rows and waste half of it).
+MMUL_SHAPES = {"bf16": (4, 8, 8), "bfp16": (8, 8, 8)}
+MMUL_BLOCK_CYCLES = {"bf16": BF16_4X8X8_CYCLES, "bfp16": BFP16_8X8X8_CYCLES}
 # fp32 vector arithmetic has no native multiplier (kernels_src/aie_kernel_common.h
 # fact M); AIE-ML's documented rate is 42 fp32 ops per cycle per tile (AMD AM020,
 # "FP32 float operations/tile", emulation mode); AIE2P assumed the same (⚠).
@@ -54,12 +55,6 @@ def fp32_ops(count: float) -> float:
     return count / FP32_OPS_PER_CYCLE
 
 
-def mmul_cycles(m: int, k: int, n: int, mode: str) -> float:
-    """An m x k x n product in 4x8x8 mmul blocks (our kernels' shape), bf16 or bfp16."""
-    blocks = (m // 4) * (k // 8) * (n // 8)
-    return blocks * (BFP16_4X8X8_CYCLES if mode == "bfp16" else BF16_4X8X8_CYCLES)
-
-
 def mma_mode(d: Defines) -> str:
     """The kernel's matmul mode: -D AIEK_MMA=bfp16 selects BFP16 emulation."""
     return "bfp16" if str(d.get("MMA", "bf16")) == "bfp16" else "bf16"
@@ -71,12 +66,12 @@ def _gemm_zero(d: Defines) -> float:
 
 
 def _gemm_mac(d: Defines) -> float:
-    """The mmul blocks, plus per 4x8 output block: an 8x8 transpose of w per k step
-    (block_wt) and the fp32 read-add-write of the block into acc."""
-    tm, tk, tn = d["TM"], d["TK"], d["TN"]
-    out_blocks = (tm // 4) * (tn // 8)
-    transposes = out_blocks * (tk // 8)  # one 64-element shuffle each (⚠ 1 cycle)
-    return mmul_cycles(tm, tk, tn, mma_mode(d)) + transposes + fp32_ops(out_blocks * 32)
+    """The mmul blocks of the kernel's mode, each with its 8x8 transpose of w
+    (block_wt), plus the fp32 read-add-write of every output into acc once per call."""
+    tm, tk, tn, mode = d["TM"], d["TK"], d["TN"], mma_mode(d)
+    rows, depth, cols = MMUL_SHAPES[mode]
+    blocks = (tm // rows) * (tk // depth) * (tn // cols)
+    return blocks * (MMUL_BLOCK_CYCLES[mode] + TRANSPOSE_8X8_CYCLES) + fp32_ops(tm * tn)
 
 
 def _gemm_store(d: Defines) -> float:

@@ -61,7 +61,8 @@ def x_columns(columns: int, rows: int) -> list[int]:
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN})
+    mma = launch.params.get("mma", "bf16")  # -D AIEK_MMA: the mmul mode (specs.GEMM_MMA)
+    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN, "MMA": mma})
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:

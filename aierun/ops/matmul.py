@@ -1,12 +1,18 @@
 """GEMM / GEMV (kernels_src/gemm.cc, gemv.cc): y[M,N] = x[M,K] @ w[N,K]^T.
 
 Weights keep the Hugging Face [out, in] layout; products of bf16 operands are
-accumulated in fp32 and the tile result is rounded once to bf16.
+accumulated in fp32 and the tile result is rounded once to bf16. A GEMM whose launch
+says `"mma": "bfp16"` (aiebuild/specs.py GEMM_MMA) multiplies the operands as its
+BFP16-emulated mmul sees them: blocks of 8 along k sharing an exponent.
 """
 
 import numpy as np
 
+from aierun.ops.numerics import to_bfp16
+
 
 def gemm(params: dict, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray]:
+    if params.get("mma") == "bfp16":
+        x, weight = to_bfp16(x), to_bfp16(weight)
     # A partitioned weight ([P, rows, K], the LM head) is its rows one after another.
     return (x @ weight.reshape(-1, weight.shape[-1]).T,)

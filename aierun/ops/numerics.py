@@ -24,3 +24,36 @@ def exp_bf16(values: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # beyond fp32's range is inf, as on the device
         exact = np.exp2(scaled.astype(np.float64)).astype(np.float32)
     return to_bf16(exact).astype(np.float32)
+
+
+BFP16_BLOCK = 8  # values sharing one exponent (bfp16ebs8)
+# A bfp16 value is m * 2^(E - BFP16_SHIFT): E the block's largest biased fp32 exponent
+# field, m an int8, so the largest magnitude keeps its leading bit and 6 fraction bits.
+BFP16_SHIFT = 133
+_FP32_TINY = np.finfo(np.float32).tiny
+
+
+def to_bfp16(values: np.ndarray) -> np.ndarray:
+    """The bf16 operands of a BFP16-emulated matmul as the mmul sees them, in fp32:
+    every run of 8 along the last axis (the k of a GEMM's rows of x and of w) becomes
+    one bfp16ebs8 block, each value rounded to nearest even (the mode gemm.cc sets) at
+    the block's scale. The model of kernels_src/host/aie_api/detail/bfp16.hpp, with its
+    assumptions: a value rounding up to m = 128 saturates to 127, subnormals count as
+    zero, a block holding an infinity or NaN becomes NaN."""
+    x = np.asarray(values, dtype=np.float32)
+    blocks = x.reshape(*x.shape[:-1], -1, BFP16_BLOCK)
+    blocks = np.where(np.abs(blocks) < _FP32_TINY, np.float32(0), blocks)
+    shared = ((blocks.view(np.uint32) >> 23) & 0xFF).max(axis=-1, keepdims=True).astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite blocks: NaN below
+        # The mantissas in fp64, scaled by powers of two made from their bits (exact);
+        # + 0 makes a -0 the +0 of an int8.
+        mantissa = np.rint(blocks * _power_of_two(BFP16_SHIFT - shared))
+        mantissa = np.clip(mantissa, -128, 127, out=mantissa) + 0
+        quantized = (mantissa * _power_of_two(shared - BFP16_SHIFT)).astype(np.float32)
+    finite = np.isfinite(blocks).all(axis=-1, keepdims=True)
+    return np.where(finite, quantized, np.float32(np.nan)).reshape(x.shape)
+
+
+def _power_of_two(exponent: np.ndarray) -> np.ndarray:
+    """2^exponent as fp64, from its exponent field (normal range only)."""
+    return ((exponent + 1023) << 52).view(np.float64)

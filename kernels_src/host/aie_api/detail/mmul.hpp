@@ -1,26 +1,44 @@
 // aie::mmul of the host model: bfloat16 x bfloat16 -> fp32 blocks.
 #pragma once
 
+#include "bfp16.hpp"
 #include "vector.hpp"
 
 namespace aie {
 
 namespace detail {
-// The bfloat16 x bfloat16 shapes aie_api offers on XDNA 2 (detail/mmul.hpp table):
-// 4x8x4, 4x8x8, 8x8x4 and 8x1x8; 8x8x8 only through bfp16 emulation
-// (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16), which changes the numerics and which the
-// host model does not model.
+// aie_api's switch (read with #if, as aie_api does: undefined means off).
+#if AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
+inline constexpr bool emulate_bf16_mmul_with_bfp16 = true;
+#else
+inline constexpr bool emulate_bf16_mmul_with_bfp16 = false;
+#endif
+
+// The bfloat16 x bfloat16 shapes aie_api documents on XDNA 2 (detail/mmul.hpp table:
+// 8x8x4, 4x8x8, 4x8x4, 8x1x8, and 8x8x8 with note e, "available through
+// block-floating-point emulation ... Enabled by defining
+// AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16").
 template <unsigned M, unsigned K, unsigned N>
-inline constexpr bool is_xdna2_bf16_mmul = (M == 4 && K == 8 && N == 4) ||
-                                           (M == 4 && K == 8 && N == 8) ||
-                                           (M == 8 && K == 8 && N == 4) ||
-                                           (M == 8 && K == 1 && N == 8);
+inline constexpr bool is_xdna2_bf16_mmul =
+    (M == 4 && K == 8 && N == 4) || (M == 4 && K == 8 && N == 8) ||
+    (M == 8 && K == 8 && N == 4) || (M == 8 && K == 1 && N == 8) ||
+    (M == 8 && K == 8 && N == 8 && emulate_bf16_mmul_with_bfp16);
+
+// The shapes the switch turns into bfp16 blocks (aie_api aie2p/mmul_bf16_bf16.hpp: 4x8x8
+// grows A to 8 rows, 8x8x8); the others stay bf16.
+template <unsigned M, unsigned K, unsigned N>
+inline constexpr bool uses_bfp16 =
+    emulate_bf16_mmul_with_bfp16 && K == 8 && N == 8 && (M == 4 || M == 8);
 }  // namespace detail
 
-// C[M x N] (+)= A[M x K] B[K x N], all row-major in their vectors. Each output lane
-// accumulates its K products in k order in fp32: the XDNA 2 bf16 shapes are emulated
-// with one lane-wise multiply-accumulate per k (aie_api aie2p/emulated_mmul_intrinsics.hpp,
-// as reference/aie2p-facts.md reads it). bf16 x bf16 products are exact in fp32.
+// C[M x N] (+)= A[M x K] B[K x N], all row-major in their vectors.
+// bf16: each output lane accumulates its K products in k order in fp32: the XDNA 2 bf16
+// shapes are emulated with one lane-wise multiply-accumulate per k (aie_api
+// aie2p/emulated_mmul_intrinsics.hpp, as reference/aie2p-facts.md reads it). bf16 x bf16
+// products are exact in fp32.
+// bfp16 (detail::uses_bfp16): every row of A and column of B becomes one bfp16 block,
+// converted by the current rounding mode; each output lane adds the exact product of
+// its two blocks to the accumulator in fp32 (bfp16.hpp).
 template <unsigned M, unsigned K, unsigned N, typename TypeA, typename TypeB,
           typename AccumTag = accauto>
 class mmul {
@@ -28,9 +46,12 @@ class mmul {
                 "the host aie_api models bfloat16 x bfloat16 mmul only");
   static_assert(std::is_same_v<AccumTag, accauto> || std::is_same_v<AccumTag, accfloat>,
                 "bfloat16 mmul accumulates in accfloat");
+  static_assert(!(M == 8 && K == 8 && N == 8) || detail::emulate_bf16_mmul_with_bfp16,
+                "bfloat16 8x8x8 mmul exists on XDNA 2 (AIE2P) only through bfp16 emulation: "
+                "define AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16 before including aie_api");
   static_assert(detail::is_xdna2_bf16_mmul<M, K, N>,
                 "this mmul shape does not exist for bfloat16 on XDNA 2 (AIE2P): use 4x8x4, "
-                "4x8x8, 8x8x4 or 8x1x8");
+                "4x8x8, 8x8x4, 8x1x8 (or 8x8x8 with bfp16 emulation)");
 
  public:
   static constexpr unsigned size_A = M * K, size_B = K * N, size_C = M * N;
@@ -53,6 +74,14 @@ class mmul {
 
  private:
   void multiply(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b, bool accumulate) {
+    if constexpr (detail::uses_bfp16<M, K, N>)
+      multiply_bfp16(a, b, accumulate);
+    else
+      multiply_bf16(a, b, accumulate);
+  }
+
+  void multiply_bf16(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b,
+                     bool accumulate) {
     for (unsigned m = 0; m < M; ++m)
       for (unsigned n = 0; n < N; ++n) {
         float &c = c_.host_lane(m * N + n);
@@ -60,6 +89,27 @@ class mmul {
           const float product = float(a[m * K + k]) * float(b[k * N + n]);
           c = (accumulate || k > 0) ? c + product : product;
         }
+      }
+  }
+
+  void multiply_bfp16(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b,
+                      bool accumulate) {
+    std::array<float, size_A> a_values;
+    std::array<float, size_B> b_values;
+    for (unsigned i = 0; i < size_A; ++i) a_values[i] = float(a[i]);
+    for (unsigned i = 0; i < size_B; ++i) b_values[i] = float(b[i]);
+    const rounding_mode mode = get_rounding();
+    std::array<detail::bfp16_block, M> rows;
+    std::array<detail::bfp16_block, N> columns;
+    for (unsigned m = 0; m < M; ++m)
+      rows[m] = detail::bfp16_block::from_floats(&a_values[m * K], 1, mode);
+    for (unsigned n = 0; n < N; ++n)
+      columns[n] = detail::bfp16_block::from_floats(&b_values[n], N, mode);
+    for (unsigned m = 0; m < M; ++m)
+      for (unsigned n = 0; n < N; ++n) {
+        const float product = float(dot(rows[m], columns[n]));  // exact (bfp16.hpp)
+        float &c = c_.host_lane(m * N + n);
+        c = accumulate ? c + product : product;
       }
   }
 

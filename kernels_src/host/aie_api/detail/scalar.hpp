@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cmath>
+#include <compare>
 #include <cstdint>
 #include <type_traits>
 
@@ -37,10 +38,10 @@ namespace detail {
 // floor when the library loads, as a core starts.
 extern rounding_mode tile_rounding __attribute__((visibility("hidden")));
 
-// Whether rounding the magnitude of an fp32 value with `rest` != 0 in its low 16 bits
-// goes up (away from zero) in `mode`.
-constexpr bool rounds_magnitude_up(rounding_mode mode, bool negative, std::uint32_t rest,
-                                   bool kept_is_odd) {
+// Whether rounding an inexact magnitude goes up (away from zero) in `mode`, given how
+// the discarded part compares with half a unit of the kept part.
+constexpr bool rounds_magnitude_up(rounding_mode mode, bool negative,
+                                   std::partial_ordering rest_vs_half, bool kept_is_odd) {
   switch (mode) {
     case rounding_mode::floor: return negative;
     case rounding_mode::ceil: return !negative;
@@ -48,7 +49,7 @@ constexpr bool rounds_magnitude_up(rounding_mode mode, bool negative, std::uint3
     case rounding_mode::symmetric_ceil: return true;
     default: break;
   }
-  if (rest != 0x8000) return rest > 0x8000;  // not a tie: the nearest
+  if (rest_vs_half != 0) return rest_vs_half > 0;  // not a tie: the nearest
   switch (mode) {
     case rounding_mode::positive_inf: return !negative;
     case rounding_mode::negative_inf: return negative;
@@ -67,8 +68,18 @@ inline std::uint16_t round_to_bf16(float value, rounding_mode mode) {
   const std::uint32_t kept = bits >> 16, rest = bits & 0xFFFF;
   if (std::isnan(value)) return static_cast<std::uint16_t>(kept | 0x0040);  // stays a NaN
   if (rest == 0) return static_cast<std::uint16_t>(kept);
-  const bool up = rounds_magnitude_up(mode, bits >> 31, rest, kept & 1);
+  const bool up = rounds_magnitude_up(mode, bits >> 31, rest <=> 0x8000u, kept & 1);
   return static_cast<std::uint16_t>(kept + up);
+}
+
+// A finite `value` rounded to an integer by `mode` (a magnitude rounded to zero keeps
+// its sign: -0.0).
+inline double round_to_integer(double value, rounding_mode mode) {
+  const double magnitude = std::fabs(value), kept = std::floor(magnitude);
+  const double rest = magnitude - kept;  // exact: the fraction bits of the magnitude
+  if (rest == 0) return value;
+  const bool odd = std::fmod(kept, 2.0) == 1.0;
+  return std::copysign(kept + rounds_magnitude_up(mode, value < 0, rest <=> 0.5, odd), value);
 }
 }  // namespace detail
 

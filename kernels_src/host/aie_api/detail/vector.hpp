@@ -21,14 +21,14 @@ inline T poison() {
 }
 }  // namespace detail
 
-// AIE2P vectors are 128 to 1024 bits (aie_api aie_doc.hpp); the host model covers
-// float and bfloat16 lanes, the types our kernels compute in.
+// AIE2P vectors are 128 to 1024 bits natively, and "larger vectors are also supported by
+// transparently maintaining the required number of native vectors" (aie_api aie_doc.hpp);
+// the host model covers float and bfloat16 lanes, the types our kernels compute in.
 template <typename T, unsigned N>
 class vector {
   static_assert(detail::is_element<T>, "the host aie_api models float and bfloat16 vectors");
-  static_assert(N * sizeof(T) * 8 >= 128 && N * sizeof(T) * 8 <= 1024 &&
-                    (N & (N - 1)) == 0,
-                "AIE2P vectors are 128, 256, 512 or 1024 bits");
+  static_assert(N * sizeof(T) * 8 >= 128 && (N & (N - 1)) == 0,
+                "AIE2P vectors are 128, 256, 512 or 1024 bits, or several of the largest");
 
  public:
   using value_type = T;
