@@ -38,6 +38,9 @@ BFP16_8X8X8_CYCLES = 6.52
 # one `mac_8x8_8x8T` (a 4x8x8 there would grow A to 8 rows and waste half of it).
 MMUL_SHAPES = {"bf16": (4, 8, 8), "bfp16": (8, 8, 8)}
 MMUL_BLOCK_CYCLES = {"bf16": BF16_4X8X8_CYCLES, "bfp16": BFP16_8X8X8_CYCLES}
+# An 8x8 bf16 transpose for an mmul's B operand (gemm.cc's w^T, flash_attn.cc's K^T):
+# one 64-element shuffle (⚠ 1 cycle).
+TRANSPOSE_8X8_CYCLES = 1.0
 # fp32 vector arithmetic has no native multiplier (kernels_src/aie_kernel_common.h
 # fact M); AIE-ML's documented rate is 42 fp32 ops per cycle per tile (AMD AM020,
 # "FP32 float operations/tile", emulation mode); AIE2P assumed the same (⚠).
@@ -95,11 +98,6 @@ def _flash_init(d: Defines) -> float:
     return fp32_ops(d["BQ"] * d["DH"])
 
 
-# Shape of the kernel's bf16 mmul (4 query rows x 8 keys or head dims) and the cycles
-# of the 8x8 transpose of K that each Q K^T block takes as its K^T operand (one
-# 64-element shuffle, ⚠ 1 cycle).
-FLASH_MMUL_ROWS, FLASH_MMUL_DEPTH, FLASH_MMUL_COLS = 4, 8, 8
-TRANSPOSE_8X8_CYCLES = 1.0
 # fp32 operations per score of the online softmax: the 1/sqrt(DH) scale, the running
 # max, the subtraction of the row's max, exp's product by log2 e and the row sum.
 FLASH_FP32_OPS_PER_SCORE = 5
@@ -115,7 +113,7 @@ def _flash_step(d: Defines) -> float:
     above the causal diagonal, so over a launch about half the calls do the work: the
     cost is that average (the diagonal block's skipped key groups are not counted)."""
     bq, bk, dh = d["BQ"], d["BK"], d["DH"]
-    rows, depth, cols = FLASH_MMUL_ROWS, FLASH_MMUL_DEPTH, FLASH_MMUL_COLS
+    rows, depth, cols = MMUL_SHAPES["bf16"]  # 4 query rows x 8 keys or head dims
     score_blocks = (bq // rows) * (dh // depth) * (bk // cols)
     value_blocks = (bq // rows) * (bk // depth) * (dh // cols)
     matmuls = (score_blocks + value_blocks) * BF16_4X8X8_CYCLES
