@@ -86,15 +86,3 @@ def npu2_model_sources(spec: ElfSpec) -> dict[str, str]:
 
 def entry_key(target: Target, spec: ElfSpec, fingerprint: dict[str, Any]) -> str:
     return content_key(target.name, spec.to_json(), target.sources(spec), fingerprint)
-
-
-def get_target(name: str, home: Path | None = None) -> Target:
-    """The target called `name`; npu2 keeps its object cache and work directories
-    in `home` (default: the runtime home)."""
-    if name == "emu":
-        return EmuTarget()
-    if name == "npu2":
-        from aiebuild.npu2 import Npu2Target  # imports the designs: only when asked
-
-        return Npu2Target(home)
-    raise ValueError(f"unknown target {name!r}: choose emu or npu2")

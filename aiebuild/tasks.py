@@ -26,7 +26,7 @@ from aiebuild.designs.common import KernelObject
 from aiebuild.npu2 import Npu2Target
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
-from aiebuild.targets import Target, entry_key, get_target
+from aiebuild.targets import EmuTarget, Target, entry_key
 from aierun import ARTIFACT_SCHEMA, default_model
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
@@ -134,6 +134,16 @@ def select_target(requested: str) -> str:
     # One short line; `doit compile target=npu2` explains in full what is missing.
     log.info("compile.target", target="emu", reason=found.reason.split(":")[0].split(".")[0])
     return "emu"
+
+
+def get_target(name: str, home: Path | None = None) -> Target:
+    """The target called `name`; npu2 keeps its object cache and work directories
+    in `home` (default: the runtime home)."""
+    if name == "emu":
+        return EmuTarget()
+    if name == "npu2":
+        return Npu2Target(home)
+    raise ValueError(f"unknown target {name!r}: choose emu or npu2")
 
 
 @dataclass(frozen=True)

@@ -375,7 +375,7 @@ def _refuse(archive: Path, reason: str, advice: str = REPACK) -> ArtifactError:
 def cmd_unpack(args: argparse.Namespace) -> int:
     """Check and unpack a bundle for the device; print the directory to pass as --artifacts."""
     from aierun import paths
-    from aierun.cli import device_targets
+    from aierun.devices import device_targets
 
     targets = device_targets(args.device)
     print(open_bundle(Path(args.bundle).expanduser(), paths.home() / "bundles", targets))

@@ -187,7 +187,7 @@ def open_session(args: argparse.Namespace, profiler=None):
     the news, not "no artifacts for npu2"), then the artifacts are found, so a
     missing build fails at once rather than after the model is made ready."""
     from aierun.artifacts import ArtifactSet, find_manifest
-    from aierun.devices.base import open_device
+    from aierun.devices import open_device
     from aierun.model import Checkpoint, resolve_model
     from aierun.pipeline import Session
 
@@ -203,13 +203,6 @@ def open_session(args: argparse.Namespace, profiler=None):
         device.close()
         raise
     return session
-
-
-def device_targets(device: str) -> tuple[str, ...]:
-    """The artifact targets a device runs, without opening it."""
-    from aierun.devices.base import device_class
-
-    return device_class(device).targets
 
 
 def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
@@ -345,7 +338,7 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "chat": cmd_chat,
-    "profile": _lazy("aierun.report", "cmd_profile"),
+    "profile": _lazy("aierun.profile", "cmd_profile"),
     "verify": _lazy("aierun.verify", "cmd_verify"),
     "diagnosis": _lazy("aierun.verify", "cmd_diagnosis"),
     "unpack": _lazy("aierun.bundle", "cmd_unpack"),

@@ -1,42 +1,22 @@
-"""`aierun profile`: one production run, then the seed's per-step report.
-
-The run is `Session.generate`, the code path of `run`; what its always-on
-profiler recorded (grouped by `aierun.attribution`) becomes the report sections
-in the seed's order (as text tables here, as HTML in `aierun.html_report`), the
-JSON of DESIGN.md section 8 and a Chrome/Perfetto trace. Without --json /
---trace / --html the three files go to `<runtime home>/profiles/`, which is
-build/profiles/ under doit: both front doors behave the same.
+"""The seed's per-step report of one profiled run: what the always-on profiler
+recorded (grouped by `aierun.attribution`) as the report sections in the seed's
+order (text tables here, HTML in `aierun.html_report`), the JSON of DESIGN.md
+section 8 and a Chrome/Perfetto trace. `aierun.profile` runs and writes it.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
-import sys
-import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import structlog
-
-from aierun import cli, paths
-from aierun.artifacts import ArtifactSet
-from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, RunInfo, Step
-from aierun.errors import UserError
-from aierun.files import write_atomic
+from aierun import paths
+from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, Step
 from aierun.profiler import Profiler
-from aierun.roofline import NPU2_RATES, Rates, device_rates, remeasure
-
-if TYPE_CHECKING:
-    from aierun.pipeline import Sampling, Session
-
-log = structlog.get_logger("aierun.report")
+from aierun.roofline import NPU2_RATES, Rates
 
 PROFILE_SCHEMA = 1
 OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
@@ -557,94 +537,11 @@ def trace_events(profiler: Profiler) -> dict[str, Any]:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-# -- files and the command -------------------------------------------------------------
-def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
-    """Where the JSON, trace and HTML go: only the ones asked for with --json /
-    --trace / --html, else all three as `<runtime home>/profiles/profile-<stamp>.*`
-    (build/profiles/ under doit)."""
-    asked = {kind: getattr(args, kind) for kind in OUTPUT_SUFFIXES if getattr(args, kind)}
-    if asked:
-        return {kind: Path(path).expanduser() for kind, path in asked.items()}
-    default = paths.home() / "profiles" / f"profile-{stamp}"
-    return {kind: default.with_name(default.name + suffix)
-            for kind, suffix in OUTPUT_SUFFIXES.items()}  # fmt: skip
-
-
 def rates_cache() -> Path:
     """Where the emulator's measured peak rates are kept (one file per runtime home)."""
     return paths.home() / "roofline" / "rates.json"
 
 
-def run_profile(
-    session: Session,
-    prompt: str | Sequence[int],
-    n_tokens: int,
-    sampling: Sampling,
-    seq_len: int | None,
-) -> tuple[Report, list[int]]:
-    """Generate with the production code path (`Session.generate`, as `run` does)
-    and build the report from what the session's profiler recorded."""
-    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    tokens = list(session.generate(prompt, n_tokens, sampling, seq_len))
-    profiler = session.profiler
-    prompt_tokens, bucket = session.last_prompt
-    specs = {i: session.spec(i) for i in {k.elf for k in profiler.kernels}}
-    info = RunInfo(
-        session.device.name, session.checkpoint.name, prompt_tokens, bucket,
-        len(tokens), session.shape.n_layers, load_avg,
-    )  # fmt: skip
-    report = Report.build(profiler, info, specs, device_rates(info.device, rates_cache()))
-    if info.device == "emu" and beats_floor(report):  # rates measured while busy: again
-        report = Report.build(profiler, info, specs, remeasure(rates_cache()))
-    report.npu2_model_ms = {i: modeled_npu2_ms(session.artifacts, i) for i in specs}
-    return report, tokens
-
-
-def modeled_npu2_ms(artifacts: ArtifactSet, instance: str) -> float | None:
-    """One call of the ELF on npu2 as the build modeled it (artifact.json `npu2_model`);
-    None for artifacts built before the model or an ELF the npu2 designs cannot build."""
-    model = artifacts.load(instance).meta.get("npu2_model") or {}
-    return model.get("ms")
-
-
 def beats_floor(report: Report) -> bool:
     """Some kernel ran faster than the rates allow: the rates are too low."""
     return any(e.stats.avg_ms < e.floor_ms(report.rates) for e in report.elfs)
-
-
-def write_outputs(report: Report, targets: dict[str, Path]) -> None:
-    from aierun.html_report import render_html  # it builds on this module's tables
-
-    render = {
-        "json": lambda: json.dumps(to_json(report), indent=2),
-        "trace": lambda: json.dumps(trace_events(report.profiler)),
-        "html": lambda: render_html(report),
-    }
-    for kind, path in targets.items():
-        try:
-            write_atomic(path, render[kind]())
-        except OSError as exc:
-            raise UserError(
-                f"could not write the profile {kind} to {path}: {exc.strerror or exc}. "
-                f"Pass --{kind} with a writable path."
-            ) from exc
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    from aierun.pipeline import Sampling
-
-    profiler = Profiler()
-    sampling = Sampling(args.temperature, args.top_p, args.seed)
-    with cli.open_session(args, profiler) as session:
-        profiler.device = session.device.name
-        report, tokens = run_profile(session, args.prompt, args.n_tokens, sampling, args.seq_len)
-        text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
-    print(f"generated: {text}", file=sys.stderr)
-    sys.stdout.write(render_text(report))
-    sys.stdout.flush()  # the report stands even if a file below cannot be written
-    targets = output_paths(args, time.strftime("%Y%m%d-%H%M%S"))
-    write_outputs(report, targets)
-    for kind, path in targets.items():
-        print(f"profile {kind}: {path}")
-    log.info("profile.written", **{kind: str(path) for kind, path in targets.items()})
-    return 0

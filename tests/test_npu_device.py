@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
-from aierun.devices.base import open_device
+from aierun.devices import open_device
 from aierun.devices.npu import (
     CONTEXT_LIMIT_ENV,
     NpuDevice,

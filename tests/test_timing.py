@@ -153,7 +153,7 @@ def test_emu_artifact_records_the_modeled_npu2_time(tmp_path):
 @pytest.fixture(scope="module")
 def profiled(session):
     from aierun.pipeline import Sampling
-    from aierun.report import run_profile
+    from aierun.profile import run_profile
 
     report, _ = run_profile(session, "The capital of France is", 3, Sampling(), None)
     return report

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from aierun.abi import ArgSpec, ElfSpec
-from aierun.errors import UserError
 
 
 class Buffer(ABC):
@@ -89,19 +88,3 @@ class Device(ABC):
 
     def close(self) -> None:  # noqa: B027  (a device without resources needs no teardown)
         """Release device resources (buffers, contexts) in the order the driver needs."""
-
-
-def device_class(name: str) -> type[Device]:
-    if name == "emu":
-        from aierun.devices.emu import EmuDevice
-
-        return EmuDevice
-    if name in ("npu", "npu2"):
-        from aierun.devices.npu import NpuDevice
-
-        return NpuDevice
-    raise UserError(f"unknown device {name!r}: choose emu (numpy emulation) or npu (XRT)")
-
-
-def open_device(name: str) -> Device:
-    return device_class(name)()

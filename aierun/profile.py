@@ -1,0 +1,123 @@
+"""`aierun profile`: one production run, then the seed's per-step report.
+
+The run is `Session.generate`, the code path of `run`; the report
+(`aierun.report`) goes to stdout as text, and its JSON, trace and HTML
+(`aierun.html_report`) to files. Without --json / --trace / --html the three files
+go to `<runtime home>/profiles/`, which is build/profiles/ under doit: both front
+doors behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from aierun import cli, paths
+from aierun.artifacts import ArtifactSet
+from aierun.attribution import Report, RunInfo
+from aierun.errors import UserError
+from aierun.files import write_atomic
+from aierun.html_report import render_html
+from aierun.profiler import Profiler
+from aierun.report import (
+    OUTPUT_SUFFIXES,
+    beats_floor,
+    rates_cache,
+    render_text,
+    to_json,
+    trace_events,
+)
+from aierun.roofline import device_rates, remeasure
+
+if TYPE_CHECKING:
+    from aierun.pipeline import Sampling, Session
+
+log = structlog.get_logger("aierun.profile")
+
+
+def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
+    """Where the JSON, trace and HTML go: only the ones asked for with --json /
+    --trace / --html, else all three as `<runtime home>/profiles/profile-<stamp>.*`
+    (build/profiles/ under doit)."""
+    asked = {kind: getattr(args, kind) for kind in OUTPUT_SUFFIXES if getattr(args, kind)}
+    if asked:
+        return {kind: Path(path).expanduser() for kind, path in asked.items()}
+    default = paths.home() / "profiles" / f"profile-{stamp}"
+    return {kind: default.with_name(default.name + suffix)
+            for kind, suffix in OUTPUT_SUFFIXES.items()}  # fmt: skip
+
+
+def run_profile(
+    session: Session,
+    prompt: str | Sequence[int],
+    n_tokens: int,
+    sampling: Sampling,
+    seq_len: int | None,
+) -> tuple[Report, list[int]]:
+    """Generate with the production code path (`Session.generate`, as `run` does)
+    and build the report from what the session's profiler recorded."""
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    tokens = list(session.generate(prompt, n_tokens, sampling, seq_len))
+    profiler = session.profiler
+    prompt_tokens, bucket = session.last_prompt
+    specs = {i: session.spec(i) for i in {k.elf for k in profiler.kernels}}
+    info = RunInfo(
+        session.device.name, session.checkpoint.name, prompt_tokens, bucket,
+        len(tokens), session.shape.n_layers, load_avg,
+    )  # fmt: skip
+    report = Report.build(profiler, info, specs, device_rates(info.device, rates_cache()))
+    if info.device == "emu" and beats_floor(report):  # rates measured while busy: again
+        report = Report.build(profiler, info, specs, remeasure(rates_cache()))
+    report.npu2_model_ms = {i: modeled_npu2_ms(session.artifacts, i) for i in specs}
+    return report, tokens
+
+
+def modeled_npu2_ms(artifacts: ArtifactSet, instance: str) -> float | None:
+    """One call of the ELF on npu2 as the build modeled it (artifact.json `npu2_model`);
+    None for artifacts built before the model or an ELF the npu2 designs cannot build."""
+    model = artifacts.load(instance).meta.get("npu2_model") or {}
+    return model.get("ms")
+
+
+def write_outputs(report: Report, targets: dict[str, Path]) -> None:
+    render = {
+        "json": lambda: json.dumps(to_json(report), indent=2),
+        "trace": lambda: json.dumps(trace_events(report.profiler)),
+        "html": lambda: render_html(report),
+    }
+    for kind, path in targets.items():
+        try:
+            write_atomic(path, render[kind]())
+        except OSError as exc:
+            raise UserError(
+                f"could not write the profile {kind} to {path}: {exc.strerror or exc}. "
+                f"Pass --{kind} with a writable path."
+            ) from exc
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from aierun.pipeline import Sampling
+
+    profiler = Profiler()
+    sampling = Sampling(args.temperature, args.top_p, args.seed)
+    with cli.open_session(args, profiler) as session:
+        profiler.device = session.device.name
+        report, tokens = run_profile(session, args.prompt, args.n_tokens, sampling, args.seq_len)
+        text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
+    print(f"generated: {text}", file=sys.stderr)
+    sys.stdout.write(render_text(report))
+    sys.stdout.flush()  # the report stands even if a file below cannot be written
+    targets = output_paths(args, time.strftime("%Y%m%d-%H%M%S"))
+    write_outputs(report, targets)
+    for kind, path in targets.items():
+        print(f"profile {kind}: {path}")
+    log.info("profile.written", **{kind: str(path) for kind, path in targets.items()})
+    return 0
