@@ -51,3 +51,44 @@ for name in {modules!r}:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (`from a import b` counts the
+    submodule a.b when there is one), lazy imports inside functions included."""
+    root = PACKAGE.parent
+    paths = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for package in ("aierun", "aiebuild")
+        for p in (root / package).rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in paths else node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[module] = {t for t in targets if t in paths and t != module}
+    return graph
+
+
+def test_no_import_cycles():
+    """A lower module never reaches up: no module imports, even lazily, a module that
+    leads back to it."""
+    graph = module_graph()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+        return seen
+
+    cycles = sorted(m for m in graph if m in reaches(m))
+    assert cycles == []
