@@ -643,3 +643,32 @@ def test_build_choices_are_remembered_and_models_kept_side_by_side(tmp_path, tin
     # The other model still runs from the same build, without compiling again.
     home = tmp_path / "home"
     assert works(aierun(home, *run_args(other, build))).endswith("\n")
+
+
+def test_rates_measured_under_load_are_measured_again_and_the_best_kept(tmp_path, monkeypatch):
+    from aierun import roofline
+
+    cache = tmp_path / "rates.json"
+    busy = roofline.Rates("emu", 1e9, 2e9, "measured while busy")
+    monkeypatch.setattr(roofline, "measure_host_rates", lambda: busy)
+    monkeypatch.setattr(roofline, "_load_per_cpu", lambda: 3.0)
+    assert roofline.device_rates("emu", cache) == busy
+    # The machine is idle now: the cached rates are suspect and measured again; a
+    # slower measurement than before (noise) never lowers what was seen.
+    idle = roofline.Rates("emu", 4e9, 1e9, "measured while idle")
+    monkeypatch.setattr(roofline, "measure_host_rates", lambda: idle)
+    monkeypatch.setattr(roofline, "_load_per_cpu", lambda: 0.1)
+    best = roofline.device_rates("emu", cache)
+    assert (best.flops_per_s, best.bytes_per_s) == (4e9, 2e9)
+    # Measured at the lowest load seen, they are kept from now on.
+    monkeypatch.setattr(roofline, "measure_host_rates", lambda: pytest.fail("measured again"))
+    assert roofline.device_rates("emu", cache) == best
+
+
+def test_a_long_prefill_shows_progress_and_a_short_one_does_not(capsys):
+    from aierun import logs
+
+    short = range(3)
+    assert logs.progress(short, "prefill layers", 64) is short  # pipelines stay quiet
+    assert list(logs.progress(range(3), "prefill layers", logs.LONG_PREFILL)) == [0, 1, 2]
+    assert f"prefill layers ({logs.LONG_PREFILL} positions)" in capsys.readouterr().err
