@@ -84,8 +84,8 @@ def bench_engines(build: Path, threads: int) -> dict:
 
 def print_host(rows: list[dict]) -> None:
     shape = ModelShape.from_config(LLAMA_3_2_1B)
-    print(f"\nHost ops at Llama-3.2-1B shapes ({shape.n_layers} layers), median ms, "
-          "ours vs the seed's way")  # fmt: skip
+    print(f"\nHost ops at Llama-3.2-1B shapes ({shape.n_layers} layers), ours vs the seed's way: "
+          "median ms of the thread's CPU time")  # fmt: skip
     print("| op | context | ours | seed's way | ours / seed |\n|---|---|---|---|---|")
     order = (*HOST_OPS, "all")
     for row in sorted(rows, key=lambda r: (order.index(r["op"]), r["context"])):

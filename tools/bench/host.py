@@ -5,7 +5,8 @@ the same padded length for both, so that the ops are compared like for like).
 Ours are the functions the pipeline calls; the device's outputs they read are random
 arrays of the ABI's shapes and dtypes, and the first layer's input buffer is a touched
 fp32 array, as a device buffer made at prepare is. Each repetition times ours and then
-the seed's way, so both see the same machine; the medians are reported.
+the seed's way, so both see the same machine; the medians of the thread's CPU time
+are reported.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ SEED_DECODE_TOKENS = 32  # the seed sizes its cache for the prompt plus the toke
 
 
 def elapsed_ms(op: Callable[..., object], *args: object) -> float:
-    start = time.perf_counter()
+    """The CPU time this thread spends in `op` (user and system, page faults included).
+    Every op here, ours and the seed's, runs on this one thread, so on an idle machine
+    this is its wall time; on a shared one it leaves out the slices another process
+    took from it, which a wall clock would charge to whichever op was running."""
+    start = time.thread_time_ns()
     op(*args)
-    return (time.perf_counter() - start) * 1e3
+    return (time.thread_time_ns() - start) / 1e6
 
 
 def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
