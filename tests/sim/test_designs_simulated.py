@@ -11,11 +11,20 @@ import pytest
 
 from aiebuild import designs
 from aiebuild.sim import dataflow
-from aiebuild.sim.run import Capture, HostKernels, compare, elf_objects, simulate_elf
+from aiebuild.sim.run import (
+    TOLERANCES,
+    Capture,
+    HostKernels,
+    capture_calls,
+    compare,
+    elf_objects,
+    simulate_elf,
+)
 from aiebuild.specs import model_specs
 from aierun.abi import ElfSpec, Role, parse_binding
+from aierun.artifacts import ArtifactSet
 from aierun.devices.emu import EmuDevice
-from aierun.model import ModelShape
+from aierun.model import Checkpoint, ModelShape
 
 SHAPE = ModelShape(
     n_layers=1, hidden=128, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, vocab=1000,
@@ -149,3 +158,18 @@ def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
     inputs = random_inputs(spec)
     assert not far_from_emu(spec, inputs)
     assert far_from_emu(spec, inputs, HostKernels([wrong]))
+
+
+def test_an_all_zero_output_is_a_failed_comparison_not_a_pass():
+    """A call captured on zeros (e.g. prepare's warm-up) would match anything that
+    writes zeros: the comparison refuses it instead of passing it."""
+    zeros, values = np.zeros(64, np.float32), np.linspace(-1, 1, 64, dtype=np.float32)
+    assert TOLERANCES["default"].problem(compare(zeros, zeros)) is not None
+    assert TOLERANCES["default"].problem(compare(values, values)) is None
+
+
+def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_manifest):
+    captured = capture_calls(Checkpoint(model_dir), emu_manifest)
+    assert set(captured) == set(ArtifactSet.open(emu_manifest).instances)
+    for capture in captured.values():
+        assert all(np.abs(v).max() > 0 for v in capture.outputs.values()), capture.spec.instance
