@@ -29,7 +29,7 @@ from aiebuild.specs import ATTN_BLOCK
 from aierun.abi import BF16
 from aierun.errors import UserError
 from aierun.ops import OPS
-from aierun.ops.numerics import to_bf16
+from aierun.ops.numerics import to_bf16, to_bfp16
 
 RNG = np.random.default_rng(7)
 
@@ -83,7 +83,10 @@ def mutant(tmp_path: Path, source: str, old: str, new: str) -> Path:
 # -- the objects under test (the designs' tile sizes, small rows) ------------------------
 CHUNK = 64
 ADD_TYPES = [(False, False, False), (True, False, True)]  # bf16 + bf16, residual fp32 + bf16
-GEMM = {"TM": 32, "TK": 64, "TN": 64}  # designs/gemm.py
+GEMM = {"TM": 32, "TK": 64, "TN": 64, "MMA": "bf16"}  # designs/gemm.py
+GEMM_BFP16 = {**GEMM, "MMA": "bfp16"}
+# One bfp16 block per output: the kernel's only fp32 rounding is in the store.
+GEMM_ONE_BLOCK = {"TM": 8, "TK": 8, "TN": 8, "MMA": "bfp16"}
 GEMV = {"K": 256, "TN": 32, "TK": 64}  # designs/gemv.py: TN, TK
 FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # designs/flash_attn.py
 RMSNORM = {"E": 128, "EPS": 1e-5}
@@ -102,7 +105,7 @@ OBJECTS = [
     *(eltwise(*types) for types in ADD_TYPES),
     *(rope(wide) for wide in (False, True)),
     *(kernel_object("rmsnorm.cc", {**RMSNORM, "X_F32": wide}) for wide in (False, True)),
-    kernel_object("gemm.cc", GEMM),
+    *(kernel_object("gemm.cc", flags) for flags in (GEMM, GEMM_BFP16, GEMM_ONE_BLOCK)),
     kernel_object("gemv.cc", GEMV),
     kernel_object("flash_attn.cc", FA),
 ]
@@ -190,34 +193,109 @@ def test_rmsnorm_within_one_ulp(build, x_f32):
 
 
 # -- gemm, gemv --------------------------------------------------------------------------
-def test_gemm_within_one_ulp(build):
-    """Per output, the kernel sums bf16 products (exact in fp32) in k order inside each
-    mmul block, then adds the block into the tile accumulator; numpy's BLAS sums in its
-    own order. The fp32 results differ in the last bits: at most 1 bf16 ulp, as long as
-    no output cancels to far below its terms (random data: |y| ~ sqrt(K) |terms|)."""
-    tm, tk, tn = GEMM["TM"], GEMM["TK"], GEMM["TN"]
-    rows, depth, cols = tm, 2 * tk, 2 * tn
+def run_gemm(kernel: HostKernel, flags: dict, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w^T as the design calls the kernel: per (row tile, column tile), zero, one
+    mac per k tile, store."""
+    tm, tk, tn = flags["TM"], flags["TK"], flags["TN"]
     name = f"{tm}x{tk}x{tn}"
-    kernel = build(kernel_object("gemm.cc", GEMM))
-    x, w = bf16_randn(rows, depth), bf16_randn(cols, depth)
-    y = np.zeros((rows, cols), BF16)
-    for n in range(0, cols, tn):
-        acc = np.empty(tm * tn, np.float32)  # the kernel zeroes it
-        kernel.call(f"gemm_zero_f32_{name}", acc)
-        for k in range(0, depth, tk):
-            x_tile, w_tile = x[:, k : k + tk].copy(), w[n : n + tn, k : k + tk].copy()
-            kernel.call(f"gemm_mac_bf16_{name}", x_tile, w_tile, acc)
-        tile = np.zeros((tm, tn), BF16)
-        kernel.call(f"gemm_store_bf16_{name}", acc, tile)
-        y[:, n : n + tn] = tile
-    (expected,) = OPS["gemm"]({}, f32(x), f32(w))
+    y = np.zeros((x.shape[0], w.shape[0]), BF16)
+    for m in range(0, x.shape[0], tm):
+        for n in range(0, w.shape[0], tn):
+            acc = np.empty(tm * tn, np.float32)  # the kernel zeroes it
+            kernel.call(f"gemm_zero_f32_{name}", acc)
+            for k in range(0, x.shape[1], tk):
+                x_tile, w_tile = x[m : m + tm, k : k + tk].copy(), w[n : n + tn, k : k + tk].copy()
+                kernel.call(f"gemm_mac_bf16_{name}", x_tile, w_tile, acc)
+            tile = np.zeros((tm, tn), BF16)
+            kernel.call(f"gemm_store_bf16_{name}", acc, tile)
+            y[m : m + tm, n : n + tn] = tile
+    return y
+
+
+@pytest.mark.parametrize("flags", [GEMM, GEMM_BFP16], ids=["bf16", "bfp16"])
+def test_gemm_within_one_ulp(build, flags):
+    """Per output, the kernel sums exact products (bf16 x bf16 in k order; bfp16 block
+    dot products, block by block) inside each mmul block, then adds the block into the
+    tile accumulator; numpy's BLAS sums the same products in its own order. The fp32
+    results differ in the last bits: at most 1 bf16 ulp, as long as no output cancels
+    to far below its terms (random data: |y| ~ sqrt(K) |terms|)."""
+    tm, tk, tn = flags["TM"], flags["TK"], flags["TN"]
+    x, w = bf16_randn(tm, 2 * tk), bf16_randn(2 * tn, 2 * tk)
+    y = run_gemm(build(kernel_object("gemm.cc", flags)), flags, x, w)
+    (expected,) = OPS["gemm"]({"mma": flags["MMA"]}, f32(x), f32(w))
     assert ulps(y, to_bf16(expected)).max() <= 1
+
+
+def bfp16_edge_rows(rows: int, depth: int) -> np.ndarray:
+    """bf16 rows whose 8-value blocks span many exponents, with the conversion's edge
+    cases: ties at the block's scale (1/128 and 3/128 beside 1.0: half of its 2^-6
+    step), a largest value that rounds up to m = 128 (1.9921875: saturates), -127.5
+    steps (a tie to the even -128), an all-zero block, one of fp32 subnormals only (they
+    count as zero), and negative zeros."""
+    x = bf16_randn(rows, depth) * to_bf16(2.0 ** RNG.integers(-12, 12, (rows, depth)))
+    edges = np.array(
+        [[1.0, 2**-7, 3 * 2**-7, -(2**-7), 0.75, -0.5, 5 * 2**-7, 1.0],
+         [1.9921875, 1.0, -1.0, 0.0, -0.0, 2**-6, 2**-8, 3 * 2**-8],
+         [-1.9921875, 0.5, 0.25, 1.0, -1.0, 0.0, 0.0, 1.5],
+         [0.0] * 8,
+         [1e-39, -1e-39, 2e-39, 0.0, 0.0, 0.0, 0.0, 3e-39],
+         [-0.0, 0.0, -0.0, 0.0, 2.0, -2.0, 2**-20, -(2**-20)]], np.float32,
+    )  # fmt: skip
+    x[: len(edges), :8] = to_bf16(edges)
+    return x
+
+
+@pytest.mark.parametrize("operand", ["x", "w"])
+def test_bfp16_conversion_is_bit_exact(build, operand):
+    """With the other operand an identity, the GEMM reads out one operand as the mmul
+    sees it: every output is one converted value (at most 8 significant bits, exact in
+    bf16) times 1, so the kernel and the emulation's to_bfp16 agree bit for bit. w goes
+    through the kernel's transpose and aie_api's column blocks, x through row blocks."""
+    flags = GEMM_BFP16
+    size = 2 * flags["TK"]  # a multiple of TM and TN too
+    values, identity = bfp16_edge_rows(2 * flags["TN"], size), np.eye(size, dtype=BF16)
+    x, w = (values, identity) if operand == "x" else (identity, values)
+    y = run_gemm(build(kernel_object("gemm.cc", flags)), flags, x, w)
+    (expected,) = OPS["gemm"]({"mma": "bfp16"}, f32(x), f32(w))
+    assert_bit_exact(y, to_bf16(expected))
+    read_out = y if operand == "x" else np.ascontiguousarray(y.T)
+    assert_bit_exact(read_out, to_bf16(to_bfp16(f32(values))))
+
+
+def test_bfp16_one_block_gemm_is_bit_exact(build):
+    """With K = 8 each output is one exact block dot product, rounded once to bf16 by
+    the store: the emulation (to_bfp16 operands, BLAS in any order: the 8 products sit
+    on one grid and their sum fits fp32) matches bit for bit."""
+    flags = GEMM_ONE_BLOCK
+    x, w = bfp16_edge_rows(16, 8), bfp16_edge_rows(24, 8)[::-1].copy()
+    y = run_gemm(build(kernel_object("gemm.cc", flags)), flags, x, w)
+    (expected,) = OPS["gemm"]({"mma": "bfp16"}, f32(x), f32(w))
+    assert_bit_exact(y, to_bf16(expected))
+
+
+def test_bfp16_conversion_without_the_rounding_mode_is_caught(build, tmp_path):
+    """Without set_round_to_nearest_even in the mac, the conversion keeps AIE2P's
+    default, floor (mlir-aie mm.cc sets conv_even for this reason): every mantissa
+    truncated toward minus infinity, biased low."""
+    source = mutant(
+        tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n  for (int i = 0; i < AIEK_TM; i",
+        "  for (int i = 0; i < AIEK_TM; i",
+    )  # fmt: skip
+    kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM_BFP16).defines))
+    kernel.reset_tile()
+    size = 2 * GEMM_BFP16["TK"]
+    x = bfp16_edge_rows(2 * GEMM_BFP16["TM"], size)
+    y = run_gemm(kernel, GEMM_BFP16, x, np.eye(size, dtype=BF16))
+    assert (f32(y) <= f32(to_bf16(to_bfp16(f32(x))))).all()
+    with pytest.raises(AssertionError):
+        assert_bit_exact(y, to_bf16(to_bfp16(f32(x))))
 
 
 def test_forgotten_rounding_mode_floors_and_is_caught(build, tmp_path):
     """Without set_round_to_nearest_even the core keeps AIE2P's default mode, floor:
     the stored tile is the accumulators rounded toward minus infinity."""
-    source = mutant(tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n", "")
+    store = "  for (int i = 0; i < AIEK_TM * AIEK_TN; i += 16) store_as"
+    source = mutant(tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n" + store, store)
     kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM).defines))
     kernel.reset_tile()  # a core that starts
     acc = RNG.standard_normal(GEMM["TM"] * GEMM["TN"]).astype(np.float32)
@@ -347,12 +425,14 @@ def test_mutated_flash_attn_is_caught(build, tmp_path, old, new):
     [
         ("aie::store_v(y, aie::exp2<float>(aie::load_v<16>(x)));", "exp2"),
         ("aie::mmul<4, 8, 16, bfloat16, bfloat16, accauto> m; (void)m;", "mmul shape"),
+        ("aie::mmul<8, 8, 8, bfloat16, bfloat16, accauto> m; (void)m;", "bfp16 emulation"),
         ("aie::store_v(y, aie::load_v<2>(x));", "vectors are 128, 256, 512 or 1024 bits")
     ],
 )  # fmt: skip
 def test_aie2p_constraints_are_compile_errors(tmp_path, body, error):
     """What aie_api refuses on AIE2P, the host model refuses too (exp2 with a float
-    result, a bf16 mmul shape XDNA 2 lacks; a 64-bit vector)."""
+    result, a bf16 mmul shape XDNA 2 lacks, the 8x8x8 one without bfp16 emulation; a
+    64-bit vector)."""
     source = tmp_path / "bad.cc"
     source.write_text(
         f'#include <aie_api/aie.hpp>\nextern "C" void f(const float *x, float *y) {{ {body} }}\n'
