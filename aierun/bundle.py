@@ -115,7 +115,8 @@ def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
         with tarfile.open(archive, "r:*") as tar:
             yield tar
     except _READ_ERRORS as exc:
-        raise _refuse(archive, f"it is damaged or not a tar archive ({exc})") from None
+        reason = " ".join(str(exc).split())  # tarfile's reasons span lines
+        raise _refuse(archive, f"it is damaged or not a tar archive ({reason})") from None
 
 
 def _scan(

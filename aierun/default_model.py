@@ -70,7 +70,10 @@ def materialize(target: Path) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             if source is not None:
-                _link_files(source, staging)
+                try:
+                    _link_files(source, staging)
+                except OSError as exc:  # a full disk is the new home's, not the source's
+                    raise OSError(exc.errno, exc.strerror, str(target.parent)) from None
             else:
                 _convert(gguf_path(), staging)
                 write_json_atomic(staging / MARKER, _marker())
