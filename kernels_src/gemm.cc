@@ -6,7 +6,7 @@
 //          to bfp16 (8 values sharing an exponent, 8-bit mantissas, rounded by the
 //          rounding mode register) and issues one 8x8x8 bfp16 mac (512 MACs). Emulated:
 //          aierun.ops.numerics.to_bfp16, for round-to-nearest-even, set below.
-// Entry points (suffix <TM>x<TK>x<TN>):
+// Entry points (suffix <TM>x<TK>x<TN>_<MMA>: both modes link side by side in one ELF):
 //   gemm_zero_f32_*(acc[TM*TN])                     acc = 0
 //   gemm_mac_bf16_*(x[TM][TK], w[TN][TK], acc)      acc += x @ w^T   (bf16 operands -> fp32)
 //   gemm_store_bf16_*(acc, y[TM][TN])                y = bf16(acc)
@@ -27,7 +27,7 @@ static constexpr int MR = 4;  // the AIE2P bf16 mmul shape 4x8x8
 
 #include "aie_kernel_common.h"
 
-#define AIEK_SUFFIX AIEK_CAT5(AIEK_TM, x, AIEK_TK, x, AIEK_TN)
+#define AIEK_SUFFIX AIEK_CAT5(AIEK_TM, x, AIEK_TK, x, AIEK_CAT3(AIEK_TN, _, AIEK_MMA))
 static constexpr int MS = 8, MT = 8;
 using MMUL = aie::mmul<MR, MS, MT, bfloat16, bfloat16, accauto>;
 static_assert(AIEK_TM % MR == 0 && AIEK_TK % MS == 0 && AIEK_TN % MT == 0,

@@ -60,9 +60,13 @@ def x_columns(columns: int, rows: int) -> list[int]:
     return [r * columns // rows for r in range(rows)]
 
 
+def mma(launch: Launch) -> str:
+    """-D AIEK_MMA: the launch's mmul mode (specs.GEMM_MMA)."""
+    return launch.params.get("mma", "bf16")
+
+
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    mma = launch.params.get("mma", "bf16")  # -D AIEK_MMA: the mmul mode (specs.GEMM_MMA)
-    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN, "MMA": mma})
+    return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN, "MMA": mma(launch)})
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
@@ -76,7 +80,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     k_tiles = tiles(k, TK, "K")
     x_ty, w_ty, y_ty = tensor((tm, TK), BF16), tensor((TN, TK), BF16), tensor((tm, TN), BF16)
     acc_ty = tensor((tm * TN,), np.dtype(np.float32))
-    obj, suffix = kernel(launch, args).name, f"{tm}x{TK}x{TN}"
+    obj, suffix = kernel(launch, args).name, f"{tm}x{TK}x{TN}_{mma(launch)}"
     zero = lib.Kernel(f"gemm_zero_f32_{suffix}", obj, [acc_ty])
     mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [x_ty, w_ty, acc_ty])
     store = lib.Kernel(f"gemm_store_bf16_{suffix}", obj, [acc_ty, y_ty])

@@ -197,7 +197,7 @@ def run_gemm(kernel: HostKernel, flags: dict, x: np.ndarray, w: np.ndarray) -> n
     """x @ w^T as the design calls the kernel: per (row tile, column tile), zero, one
     mac per k tile, store."""
     tm, tk, tn = flags["TM"], flags["TK"], flags["TN"]
-    name = f"{tm}x{tk}x{tn}"
+    name = f"{tm}x{tk}x{tn}_{flags['MMA']}"
     y = np.zeros((x.shape[0], w.shape[0]), BF16)
     for m in range(0, x.shape[0], tm):
         for n in range(0, w.shape[0], tn):
@@ -300,7 +300,7 @@ def test_forgotten_rounding_mode_floors_and_is_caught(build, tmp_path):
     kernel.reset_tile()  # a core that starts
     acc = RNG.standard_normal(GEMM["TM"] * GEMM["TN"]).astype(np.float32)
     tile = np.zeros_like(acc, BF16)
-    kernel.call("gemm_store_bf16_32x64x64", acc, tile)
+    kernel.call("gemm_store_bf16_32x64x64_bf16", acc, tile)
     bits = acc.view(np.uint32)
     inexact_negative = ((bits & 0xFFFF) != 0) & ((bits >> 31) == 1)
     toward_minus_inf = ((bits >> 16) + inexact_negative).astype(np.uint16)
