@@ -257,16 +257,13 @@ def _value(text: str) -> int | float | str:
 
 def elf_time(spec: Any) -> ElfTime:
     """One call of the ELF `spec` (aierun.abi.ElfSpec): every launch recorded through
-    its design. The launch's `mma` parameter (aiebuild/specs.py) reaches the kernel as
-    -D AIEK_MMA; until a design passes it on, the cost follows the spec's choice."""
+    its design, costed with its kernel object's -D parameters (the matmul mode
+    included: designs/gemm.py passes the launch's `mma` as -D AIEK_MMA)."""
     from aiebuild import designs
 
     launches = []
     for launch in spec.launches:
         program = designs.record(spec, launch)
         defines = object_defines([designs.kernel_object(spec, launch)])
-        if "mma" in launch.params:
-            for values in defines.values():
-                values.setdefault("MMA", launch.params["mma"])
         launches.append(launch_time(program, defines, launch.label or launch.op))
     return ElfTime(spec.instance, launches)

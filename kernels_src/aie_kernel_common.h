@@ -19,9 +19,10 @@
 //     inverse square root are aie_api's scalar float inv / invsqrt (per lane for a
 //     vector), whose precision aie_api does not document. Not emulated: aierun/ops and
 //     the host model (kernels_src/host) take IEEE division and 1/sqrt.
-// (B) bf16 matmuls are real bf16 x bf16 -> fp32 (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
-//     is never defined: bfp16 blocks would change the numerics). Emulated: bf16
-//     operands, fp32 accumulation.
+// (B) bf16 matmuls are real bf16 x bf16 -> fp32, except where a GEMM launch asks for
+//     bfp16 (gemm.cc -D AIEK_MMA=bfp16 defines AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16:
+//     operands in blocks of 8 sharing an exponent; aiebuild/specs.py GEMM_MMA says which
+//     and why). Emulated both ways: aierun.ops.numerics.to_bfp16, fp32 accumulation.
 #pragma once
 
 #include <aie_api/aie.hpp>

@@ -7,8 +7,10 @@ result to bf16 when writing a bf16 buffer, exactly where the NPU writes to DDR. 
 launch that reads a host-filled buffer the host never wrote fails loudly (on the
 NPU it would silently compute on whatever the memory held).
 
-Not emulated (yet): the kernels' table-based exp and reciprocal and the vector
-units' summation order; numpy's exp, division and BLAS order stand in for them.
+Emulated as the kernels compute: the bf16-precise exp (aierun.ops.numerics.exp_bf16)
+and the bfp16 operand blocks of the GEMMs that use them (to_bfp16). Not emulated:
+the precision of aie_api's scalar inv / invsqrt and the vector units' summation
+order; numpy's division and BLAS order stand in for them.
 """
 
 from __future__ import annotations
