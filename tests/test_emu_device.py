@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
 from aierun.buffers import BindingError, BufferManager
+from aierun.devices import emu
 from aierun.devices.emu import EmuDevice
 from aierun.errors import DeviceError
+from aierun.ops import matmul, numerics
+from aierun.ops.numerics import to_bf16, to_bfp16
 
 
 def tiny_gemm_elf() -> ElfSpec:
@@ -73,3 +78,39 @@ def test_outputs_alternate_between_two_buffers():
     x = np.ones((2, 4), BF16)
     first, second, third = (manager.bind(spec, 0, {"x": x})[0]["y"] for _ in range(3))
     assert first is not second and first is third
+
+
+def test_a_bfp16_gemm_converts_its_weights_once_and_computes_as_the_kernel(monkeypatch):
+    args = (
+        ArgSpec("x", (2, 16), "bf16", Role.INPUT),
+        ArgSpec("w", (3, 16), "bf16", Role.WEIGHT, "layers.{layer}.w"),
+        ArgSpec("y", (2, 3), "bf16", Role.OUTPUT),
+    )
+    launch = Launch("gemm", {"M": 2, "K": 16, "N": 3, "mma": "bfp16"}, ("x", "w"), ("y",))
+    spec, device = ElfSpec("tiny", "prefill", 2, args, (launch,)), EmuDevice()
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 16)).astype(BF16)
+    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager.preload(spec, range(1))
+    conversions = []
+    monkeypatch.setattr(numerics, "to_bfp16", counting(numerics.to_bfp16, conversions))
+    monkeypatch.setattr(emu, "to_bfp16", numerics.to_bfp16)
+    monkeypatch.setattr(matmul, "to_bfp16", numerics.to_bfp16)
+    elf = device.load(spec, {})
+    for _ in range(3):
+        x = rng.standard_normal((2, 16)).astype(BF16)
+        buffers, _ = manager.bind(spec, 0, {"x": x})
+        device.run(elf, spec, buffers)
+        expected = to_bf16(to_bfp16(x.astype(np.float32)) @ to_bfp16(w.astype(np.float32)).T)
+        np.testing.assert_array_equal(buffers["y"].read(), expected)
+    # the weight once, x on every call (each call's x is new), nothing converted twice
+    converted = Counter(shape for shape, passed in conversions if not passed)
+    assert converted == {(3, 16): 1, (2, 16): 3}
+
+
+def counting(convert, calls: list):
+    def wrapper(values):
+        calls.append((np.shape(values), isinstance(values, numerics.Bfp16Operand)))
+        return convert(values)
+
+    return wrapper

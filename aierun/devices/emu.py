@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from aierun.abi import HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
+from aierun.abi import BF16, HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
 from aierun.errors import DeviceError
 from aierun.ops import OPS
-from aierun.ops.numerics import to_bf16
+from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
 
 class EmuBuffer(Buffer):
@@ -43,6 +43,9 @@ class EmuBuffer(Buffer):
         if not self._static:  # static data is touched by its write, at prepare
             self._f32.fill(0)
         self._host: np.ndarray | None = None
+        # Static data a bfp16 GEMM reads, as its mmul sees it: converted once (every
+        # bfp16 value is a bf16 value, so it is kept in bf16) instead of on every call.
+        self._bfp16: np.ndarray | None = None
         if spec.dtype == "f32":
             self._host = self._f32
         elif not self._static:
@@ -60,6 +63,7 @@ class EmuBuffer(Buffer):
 
     def sync_to_device(self) -> None:
         self._version += 1  # the host changed the bytes: the fp32 image is stale
+        self._bfp16 = None
         if self._static:  # convert at prepare, not inside the first call; drop the staging
             self.as_f32()
             self._host = None
@@ -75,6 +79,15 @@ class EmuBuffer(Buffer):
             np.copyto(self._f32, self._host, casting="unsafe")
         self._f32_version = self._version
         return self._f32
+
+    def as_bfp16(self) -> np.ndarray:
+        """The contents as a BFP16-emulated matmul's operand (numerics.to_bfp16):
+        converted once for static data, on every call for the rest."""
+        if not self._static:
+            return to_bfp16(self.as_f32())
+        if self._bfp16 is None:
+            self._bfp16 = to_bfp16(self.as_f32()).astype(BF16)
+        return self._bfp16.astype(np.float32).view(Bfp16Operand)
 
     def store(self, index: int | None, values: np.ndarray) -> None:
         target = self._host if index is None else self._host[index]
@@ -102,8 +115,10 @@ class EmuDevice(Device):
     def run(self, elf: EmuElf, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
         produced: set[str] = set()
         for number, launch in enumerate(elf.launches):
+            bfp16 = launch.params.get("mma") == "bfp16"
             operands = [
-                self._operand(spec, buffers, operand, produced, number) for operand in launch.inputs
+                self._operand(spec, buffers, operand, produced, number, bfp16)
+                for operand in launch.inputs
             ]
             results = OPS[launch.op](launch.params, *operands)
             for (name, index), values in zip(launch.outputs, results, strict=True):
@@ -117,6 +132,7 @@ class EmuDevice(Device):
         operand: Operand,
         produced: set[str],
         number: int,
+        bfp16: bool,
     ) -> np.ndarray:
         buffer = buffers[operand.name]
         written = buffer.written if operand.host_filled else operand.name in produced
@@ -126,7 +142,7 @@ class EmuDevice(Device):
                 f"{operand.name!r} ({spec.arg(operand.name).role}, buffer {buffer.label}) "
                 "which nothing has written: the NPU would compute on stale memory here."
             )
-        values = buffer.as_f32()  # type: ignore[attr-defined]
+        values = buffer.as_bfp16() if bfp16 else buffer.as_f32()  # type: ignore[attr-defined]
         return values if operand.index is None else values[operand.index]
 
 

@@ -15,4 +15,4 @@ def gemm(params: dict, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray]:
     if params.get("mma") == "bfp16":
         x, weight = to_bfp16(x), to_bfp16(weight)
     # A partitioned weight ([P, rows, K], the LM head) is its rows one after another.
-    return (x @ weight.reshape(-1, weight.shape[-1]).T,)
+    return (np.asarray(x @ weight.reshape(-1, weight.shape[-1]).T),)

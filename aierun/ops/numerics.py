@@ -33,6 +33,11 @@ BFP16_SHIFT = 133
 _FP32_TINY = np.finfo(np.float32).tiny
 
 
+class Bfp16Operand(np.ndarray):
+    """An array that already holds bfp16 values (what `to_bfp16` returns):
+    `to_bfp16` passes it through, so the emulator can convert a weight once."""
+
+
 def to_bfp16(values: np.ndarray) -> np.ndarray:
     """The bf16 operands of a BFP16-emulated matmul as the mmul sees them, in fp32:
     every run of 8 along the last axis (the k of a GEMM's rows of x and of w) becomes
@@ -40,6 +45,8 @@ def to_bfp16(values: np.ndarray) -> np.ndarray:
     the block's scale. The model of kernels_src/host/aie_api/detail/bfp16.hpp, with its
     assumptions: a value rounding up to m = 128 saturates to 127, subnormals count as
     zero, a block holding an infinity or NaN becomes NaN."""
+    if isinstance(values, Bfp16Operand):
+        return values
     x = np.asarray(values, dtype=np.float32)
     blocks = x.reshape(*x.shape[:-1], -1, BFP16_BLOCK)
     blocks = np.where(np.abs(blocks) < _FP32_TINY, np.float32(0), blocks)
@@ -51,7 +58,7 @@ def to_bfp16(values: np.ndarray) -> np.ndarray:
         mantissa = np.clip(mantissa, -128, 127, out=mantissa) + 0
         quantized = (mantissa * _power_of_two(shared - BFP16_SHIFT)).astype(np.float32)
     finite = np.isfinite(blocks).all(axis=-1, keepdims=True)
-    return np.where(finite, quantized, np.float32(np.nan)).reshape(x.shape)
+    return np.where(finite, quantized, np.float32(np.nan)).reshape(x.shape).view(Bfp16Operand)
 
 
 def _power_of_two(exponent: np.ndarray) -> np.ndarray:
