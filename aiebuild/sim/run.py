@@ -63,6 +63,7 @@ class CapturingEmu(EmuDevice):
     `capturing` is set (prepare's warm-up calls run on zeros)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.captured: dict[str, Capture] = {}
         self.capturing = False
 

@@ -28,8 +28,9 @@ from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
 
 class EmuBuffer(Buffer):
-    def __init__(self, spec: ArgSpec, label: str):
+    def __init__(self, spec: ArgSpec, label: str, bfp16_operand: bool = False):
         super().__init__(spec, label)
+        self._bfp16_operand = bfp16_operand  # a bfp16 GEMM reads it: convert when written
         self._version = 0
         self._f32_version = -1
         # Allocated and touched now (at prepare), not inside the first timed call.
@@ -66,6 +67,8 @@ class EmuBuffer(Buffer):
         self._bfp16 = None
         if self._static:  # convert at prepare, not inside the first call; drop the staging
             self.as_f32()
+            if self._bfp16_operand:
+                self.as_bfp16()
             self._host = None
 
     def sync_from_device(self) -> None:
@@ -103,13 +106,20 @@ class EmuDevice(Device):
     name = "emu"
     targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
 
+    def __init__(self) -> None:
+        self._bfp16_weights: set[str] = set()  # sources of static data bfp16 GEMMs read
+
     def alloc(self, spec: ArgSpec, label: str) -> EmuBuffer:
-        return EmuBuffer(spec, label)
+        return EmuBuffer(spec, label, spec.source in self._bfp16_weights)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
         unknown = {launch.op for launch in spec.launches} - set(OPS)
         if unknown:
             raise DeviceError(f"{spec.instance}: the emulator has no op {sorted(unknown)}")
+        for launch in spec.launches:
+            if launch.params.get("mma") == "bfp16":
+                static = (spec.arg(parse_binding(b)[0]) for b in launch.inputs)
+                self._bfp16_weights |= {a.source for a in static if a.source}
         return EmuElf.of(spec)
 
     def run(self, elf: EmuElf, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
