@@ -187,6 +187,25 @@ def array(launch: Launch) -> tuple[int, int]:
     return launch.params["columns"], launch.params["core_rows"]
 
 
+def joined_columns(
+    lib: Any, name: str, columns: int, rows: int, part: tuple[int, ...], dtype: np.dtype
+) -> tuple[list[Any], list[list[Any]]]:
+    """Per column, one fifo `<name><c>` for its shim to drain, joined in the column's
+    memory tile from one `part`-shaped object per core row (`<name><c>_<r>`, in row
+    order). Returns the columns' fifos and, per column, its cores' part fifos."""
+    size = math.prod(part)
+    outs = [
+        lib.ObjectFifo(tensor((rows * size,), dtype), name=f"{name}{c}") for c in range(columns)
+    ]
+    parts = [
+        outs[c].prod().join([r * size for r in range(rows)], tile=mem_tile(lib, c),
+                            obj_types=[tensor(part, dtype)] * rows,
+                            names=[f"{name}{c}_{r}" for r in range(rows)])
+        for c in range(columns)
+    ]  # fmt: skip
+    return outs, parts
+
+
 def state_buffer(lib: Any, name: str, values: np.ndarray) -> Any:
     """A core-local buffer with initial values (e.g. a kernel's loop counters)."""
     return lib.Buffer(tensor(values.shape, values.dtype), initial_value=values, name=name)

@@ -36,6 +36,7 @@ from aiebuild.designs.common import (
     array,
     core_tile,
     iron,
+    joined_columns,
     kernel_object,
     mem_tile,
     shim_tile,
@@ -86,13 +87,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     k_in, v_in = kv.prod().join([0, BLOCK * dim], tile=mem_tile(lib, 0),
                                 obj_types=[block_ty] * 2, names=["k_in", "v_in"])  # fmt: skip
     q_in = [lib.ObjectFifo(queries_ty, depth=1, name=f"q{c}") for c in range(columns)]
-    o_out = [lib.ObjectFifo(tensor((rows, BLOCK, dim), BF16), name=f"o{c}")
-             for c in range(columns)]  # fmt: skip
-    o_core = [
-        o_out[c].prod().join([r * BLOCK * dim for r in range(rows)], tile=mem_tile(lib, c),
-                             obj_types=[block_ty] * rows, names=[f"o{c}_{r}" for r in range(rows)])
-        for c in range(columns)
-    ]  # fmt: skip
+    o_out, o_core = joined_columns(lib, "o", columns, rows, (BLOCK, dim), BF16)
 
     def core(qs, kvs, out, state, start_fn, fold_fn, finish_fn):
         for _ in range_(kv_heads * rounds):  # (KV head, round) pairs, in order

@@ -32,6 +32,7 @@ from aiebuild.designs.common import (
     array,
     core_tile,
     iron,
+    joined_columns,
     kernel_object,
     mem_tile,
     scratch_buffer,
@@ -91,12 +92,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
              for r in range(rows)]  # fmt: skip
     w_in = [lib.ObjectFifo(w_ty, name=f"w_in{c}") for c in range(columns)]
     w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), name=f"w{c}") for c in range(columns)]
-    y_out = [lib.ObjectFifo(tensor((rows * tm, TN), BF16), name=f"y{c}") for c in range(columns)]
-    y_core = [
-        y_out[c].prod().join([r * tm * TN for r in range(rows)], tile=mem_tile(lib, c),
-                             obj_types=[y_ty] * rows, names=[f"y{c}_{r}" for r in range(rows)])
-        for c in range(columns)
-    ]  # fmt: skip
+    y_out, y_core = joined_columns(lib, "y", columns, rows, (tm, TN), BF16)
 
     def core(xs, ws, ys, acc, zero_fn, mac_fn, store_fn):
         for _ in range_(m_rounds * n_rounds):
