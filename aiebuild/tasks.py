@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,17 @@ class BuildConfig:
     model: str | None  # None: the embedded default model
     buckets: tuple[int, ...]
     target: str  # "auto", "emu" or "npu2"
+    # The choices behind it (saved ones overridden by this run's variables), which a
+    # compile remembers for later runs (`remember_task`).
+    choices: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
         """The `doit ... model= buckets= target=` variables over the choices saved in
         build/config.json by an earlier doit (so a later plain `doit` keeps them;
-        `model=default` etc. go back to the default). A bad value stops doit with a
-        one-line error (InvalidCommand), not a traceback."""
+        `model=default` etc. go back to the default). A compile remembers them
+        (`remember_task`); other tasks (check, simulate) use them for this run only.
+        A bad value stops doit with a one-line error (InvalidCommand), not a traceback."""
         saved = saved_choices(home)
         given = {name: get_var(name, None) for name in CHOICES}
         given = {name: value for name, value in given.items() if value is not None}
@@ -63,9 +67,7 @@ class BuildConfig:
             raise InvalidCommand(message) from None
         if "model" in given and Path(given["model"]).expanduser().is_dir():
             choices["model"] = str(Path(given["model"]).expanduser().resolve())
-        if choices != saved:
-            _save_choices(home, choices)
-        return cls(home, choices.get("model"), parsed, choices.get("target", "auto"))
+        return cls(home, choices.get("model"), parsed, choices.get("target", "auto"), choices)
 
     def model_dir(self) -> Path:
         """The checkpoint: a directory or a model id from the local Hugging Face cache,
@@ -94,6 +96,18 @@ def saved_choices(home: Path) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {k: str(v) for k, v in data.items() if k in CHOICES}
+
+
+def remember_task(config: BuildConfig) -> dict[str, Any]:
+    """The compile's choices saved in build/config.json, so a later plain `doit` builds
+    and runs the same model and buckets."""
+    return {
+        "name": "choices",
+        "actions": [(_save_choices, (config.home, config.choices))],
+        "uptodate": [lambda: saved_choices(config.home) == config.choices],
+        "doc": f"remember the build choices in {config.home / CHOICES_FILE}",
+        "verbosity": 2,
+    }
 
 
 def _save_choices(home: Path, choices: dict[str, str]) -> None:
@@ -224,10 +238,11 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
         }
     data = manifest_data(config, target.name, shape, builds)
     path = manifest_path(config.home, target.name)
+    yield remember_task(config)
     yield {
         "name": "manifest",
         "actions": [(write_manifest, (path, data))],
-        "task_dep": [f"compile:{b.spec.instance}" for b in builds],
+        "task_dep": ["compile:choices", *(f"compile:{b.spec.instance}" for b in builds)],
         "targets": [str(path)],
         "uptodate": [lambda: _read_json(path) == data],
         "doc": "target manifest: ELF name -> content key for this model shape",

@@ -43,7 +43,7 @@ def model_copy(tmp_path, model_dir) -> Path:
 def test_second_compile_rebuilds_nothing(tmp_path, model_copy):
     build = tmp_path / "build"
     ran = doit_compile(build, f"model={model_copy}", "buckets=64")
-    assert len(ran) == 7  # 3 prefill + 3 decode ELFs + the manifest
+    assert len(ran) == 8  # 3 prefill + 3 decode ELFs, the manifest, the remembered choices
     assert doit_compile(build, f"model={model_copy}", "buckets=64") == set()
 
 
@@ -64,5 +64,5 @@ def test_new_bucket_builds_only_its_elfs(tmp_path, model_copy):
     doit_compile(build, f"model={model_copy}", "buckets=64")
     assert doit_compile(build, f"model={model_copy}", "buckets=64,128") == {
         "compile:rms_gemms_rope.s128", "compile:flash_attn.s128", "compile:o_ffn.s128",
-        "compile:manifest",
+        "compile:manifest", "compile:choices",
     }  # fmt: skip

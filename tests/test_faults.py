@@ -640,6 +640,9 @@ def test_build_choices_are_remembered_and_models_kept_side_by_side(tmp_path, tin
     }  # fmt: skip
     works(doit(build, "compile"))  # a plain doit keeps the choices
     assert json.loads(emu_manifest(build).read_text())["buckets"] == [64]
+    # Only a compile remembers: checking other buckets is for that run alone.
+    works(doit(build, "check", "buckets=256"))
+    assert json.loads((build / "config.json").read_text())["buckets"] == "64"
     # The other model still runs from the same build, without compiling again.
     home = tmp_path / "home"
     assert works(aierun(home, *run_args(other, build))).endswith("\n")

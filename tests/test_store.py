@@ -181,6 +181,7 @@ def test_parallel_doit_compile_then_nothing_to_do(tmp_path, model_dir):
 
     first = doit_compile()
     artifacts = ArtifactSet.open(tmp_path / "targets" / "emu" / "manifest.json")
-    assert sorted(first) == sorted(f"compile:{i}" for i in [*artifacts.instances, "manifest"])
+    expected = [*artifacts.instances, "manifest", "choices"]
+    assert sorted(first) == sorted(f"compile:{i}" for i in expected)
     assert all(Store(tmp_path, "emu").is_valid(k) for k in artifacts.manifest["elfs"].values())
     assert doit_compile() == []
