@@ -434,25 +434,24 @@ def to_json(report: Report) -> dict[str, Any]:
 
 
 def npu2_model_json(report: Report) -> dict[str, Any]:
-    """The modeled npu2 kernel time of this run: per ELF one call, and summed over the
-    run's calls, per prefill and per decode token (None where an ELF has no model)."""
-    names = _elf_keys(report)
-    per_elf = {names[id(e)]: report.npu2_model_ms.get(e.spec.instance) for e in report.elfs}
+    """The modeled npu2 kernel time of this run (each ELF's modeled call times the
+    calls the run made of it): per ELF summed over the prefill, or per decode token;
+    ttft_ms and tpot_ms are their sums. None where an ELF has no model. (The kernels'
+    `npu2_model_ms` is one call.)"""
+    names, steps = _elf_keys(report), report.decode.steps
+
+    def run_ms(e: Any) -> float | None:
+        model = report.npu2_model_ms.get(e.spec.instance)
+        per = steps if e.phase == "decode" else 1
+        return None if model is None or not per else e.stats.count * model / per
+
+    per_elf = {names[id(e)]: run_ms(e) for e in report.elfs}
 
     def total(phase: str) -> float | None:
-        calls = [(e.stats.count, report.npu2_model_ms.get(e.spec.instance))
-                 for e in report.elfs_of(phase)]  # fmt: skip
-        if not calls or any(model is None for _, model in calls):
-            return None
-        return sum(count * model for count, model in calls)
+        parts = [per_elf[names[id(e)]] for e in report.elfs_of(phase)]
+        return None if not parts or None in parts else sum(parts)
 
-    decode = total("decode")
-    steps = report.decode.steps
-    return {
-        "ttft_ms": total("prefill"),
-        "tpot_ms": decode / steps if decode is not None and steps else None,
-        "per_elf": per_elf,
-    }
+    return {"ttft_ms": total("prefill"), "tpot_ms": total("decode"), "per_elf": per_elf}
 
 
 def _elf_keys(report: Report) -> dict[int, str]:
