@@ -335,26 +335,35 @@ def _array_rules(program: Program, placement: Placement) -> Iterator[Violation]:
 def _core_rules(program: Program, placement: Placement) -> Iterator[Violation]:
     for tile in _tiles_of(placement, CORE):
         yield from _channel_rule(placement, tile)
-        bds, parts = _core_bds(placement, tile)
-        if bds > BDS[CORE]:
-            yield Violation(
-                "buffer descriptors", tile, bds, BDS[CORE], parts,
-                "each DMA fifo end takes depth x repeat BDs: lower depths or repeat counts, "
-                "or move fifos to another core.",
-            )  # fmt: skip
-        locks, parts = _core_locks(placement, tile)
-        if locks > LOCKS[CORE]:
-            yield Violation(
-                "locks", tile, locks, LOCKS[CORE], parts,
-                "each fifo end takes two locks: fewer fifos on this core.",
-            )  # fmt: skip
-        memory, parts = _core_memory(program, placement, tile)
-        if memory > CORE_DATA_MEMORY:
-            yield Violation(
-                "data memory (bytes)", tile, memory, CORE_DATA_MEMORY, parts,
-                "use smaller fifo objects, lower depths or smaller buffers, or split the work "
-                "over more cores.",
-            )  # fmt: skip
+        yield from _above(
+            "buffer descriptors",
+            tile,
+            *_core_bds(placement, tile),
+            BDS[CORE],
+            "each DMA fifo end takes depth x repeat BDs: lower depths or repeat counts, "
+            "or move fifos to another core.",
+        )
+        yield from _above(
+            "locks",
+            tile,
+            *_core_locks(placement, tile),
+            LOCKS[CORE],
+            "each fifo end takes two locks: fewer fifos on this core.",
+        )
+        yield from _above(
+            "data memory (bytes)", tile, *_core_memory(program, placement, tile),
+            CORE_DATA_MEMORY, "use smaller fifo objects, lower depths or smaller buffers, or "
+            "split the work over more cores.",
+        )  # fmt: skip
+
+
+def _above(
+    rule: str, tile: TileId, value: int, detail: str, limit: int, fix: str
+) -> Iterator[Violation]:
+    """The violation of a rule whose `value` (made up as `detail` says) may not exceed
+    `limit`, if it does."""
+    if value > limit:
+        yield Violation(rule, tile, value, limit, detail, fix)
 
 
 def _channel_rule(placement: Placement, tile: TileId) -> Iterator[Violation]:
@@ -444,33 +453,34 @@ def _mem_tile_rules(program: Program, placement: Placement) -> Iterator[Violatio
         yield from _channel_rule(placement, tile)
         yield from _mem_tile_bd_rules(placement, tile)
         links = [link for link, t in placement.links.items() if t == tile]
-        locks, parts = _summed([(str(link), 2 * len(link.inputs + link.outputs)) for link in links])
-        if locks > LOCKS[MEM]:
-            yield Violation(
-                "locks", tile, locks, LOCKS[MEM], parts,
-                "each linked fifo takes two locks: spread the links over more memory tiles.",
-            )  # fmt: skip
-        memory, parts = _summed([(str(link), _link_bytes(link)) for link in links])
-        if memory > MEM_TILE_MEMORY:
-            yield Violation(
-                "data memory (bytes)", tile, memory, MEM_TILE_MEMORY, parts,
-                "lower the linked fifos' depths or objects, or spread the links over more "
-                "memory tiles.",
-            )  # fmt: skip
+        locks = _summed([(str(link), 2 * len(link.inputs + link.outputs)) for link in links])
+        yield from _above(
+            "locks",
+            tile,
+            *locks,
+            LOCKS[MEM],
+            "each linked fifo takes two locks: spread the links over more memory tiles.",
+        )
+        memory = _summed([(str(link), _link_bytes(link)) for link in links])
+        yield from _above(
+            "data memory (bytes)",
+            tile,
+            *memory,
+            MEM_TILE_MEMORY,
+            "lower the linked fifos' depths or objects, or spread the links over more "
+            "memory tiles.",
+        )
 
 
 def _mem_tile_bd_rules(placement: Placement, tile: TileId) -> Iterator[Violation]:
     ends = [e for e in placement.at(tile) if e.uses_dma]
     for parity, name in ((0, "even"), (1, "odd")):
         items = [(f"{e} ch{e.channel}", _endpoint_bds(e)) for e in ends if e.channel % 2 == parity]
-        bds, parts = _summed(items)
-        if bds > MEM_TILE_BDS_PER_PARITY:
-            yield Violation(
-                f"buffer descriptors of the {name} channels", tile, bds,
-                MEM_TILE_BDS_PER_PARITY, parts,
-                "lower the linked fifos' depths or repeat counts, or spread the links over "
-                "more memory tiles.",
-            )  # fmt: skip
+        yield from _above(
+            f"buffer descriptors of the {name} channels", tile, *_summed(items),
+            MEM_TILE_BDS_PER_PARITY, "lower the linked fifos' depths or repeat counts, or "
+            "spread the links over more memory tiles.",
+        )  # fmt: skip
 
 
 def _link_bytes(link: Link) -> int:
