@@ -302,25 +302,19 @@ def _array_rules(program: Program, placement: Placement) -> Iterator[Violation]:
                 "row", tile, tile.row, NPU2.rows - 1, "rows count from 0",
                 "NPU2 has rows 0 (shim), 1 (memory tiles) and 2-5 (cores).",
             )  # fmt: skip
-    for worker, tile in placement.workers.items():
-        if tile.kind is not CORE:
-            yield Violation(
-                "Worker tile kind", tile, tile.row, 2, f"{worker} is pinned to row {tile.row}",
-                "a Worker runs on a core: rows 2-5.",
-            )  # fmt: skip
-    for link, tile in placement.links.items():
-        if tile.kind is not MEM:
-            yield Violation(
-                "link tile kind", tile, tile.row, 1, f"{link} is pinned to row {tile.row}",
-                "split, join and forward run on a memory tile (row 1): \"ObjectFifoLinkOp join "
-                'and distribute are unavailable on compute or shim tiles".',
-            )  # fmt: skip
-    for handle, tile in placement.shims.items():
-        if tile.kind is not SHIM:
-            yield Violation(
-                "runtime endpoint tile kind", tile, tile.row, 0, f"{handle} is pinned there",
-                "fill() and drain() run on a shim tile (row 0).",
-            )  # fmt: skip
+    pinned = (  # what is pinned where, the row it belongs to, and why
+        (placement.workers, "Worker", CORE, 2, "a Worker runs on a core: rows 2-5."),
+        (placement.links, "link", MEM, 1,
+         "split, join and forward run on a memory tile (row 1): \"ObjectFifoLinkOp join and "
+         'distribute are unavailable on compute or shim tiles".'),
+        (placement.shims, "runtime endpoint", SHIM, 0,
+         "fill() and drain() run on a shim tile (row 0)."),
+    )  # fmt: skip
+    for items, what, kind, row, fix in pinned:
+        for item, tile in items.items():
+            if tile.kind is not kind:
+                detail = f"{item} is pinned to row {tile.row}"
+                yield Violation(f"{what} tile kind", tile, tile.row, row, detail, fix)
     for tile, count in Counter(placement.workers.values()).items():
         if count > 1:
             yield Violation(

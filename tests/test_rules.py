@@ -205,6 +205,11 @@ def test_a_ninth_column_is_refused():
     assert message.startswith("core (8, 2)") and "8 columns" in message
 
 
+def test_a_worker_pinned_to_a_memory_tile_is_refused():
+    message = refused(streaming(1, 1, tile=iron_model.Tile(0, 1)), "Worker tile kind", 1, 2)
+    assert "pinned to row 1" in message and "rows 2-5" in message
+
+
 def test_a_33rd_worker_lands_past_the_array_and_is_refused():
     with iron_model.recording() as lib:
         fifos = [lib.ObjectFifo(tensor(64), name=f"f{index:02}") for index in range(33)]
