@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from aiebuild import iron_model, placement, rules, tasks
+from aiebuild.designs import common
 from aiebuild.placement import TileId
 from aiebuild.specs import model_specs
 from aierun.abi import BF16
@@ -17,7 +18,8 @@ I32 = np.dtype(np.int32)
 
 
 def tensor(shape, dtype=I32):
-    return np.ndarray[tuple(shape) if isinstance(shape, tuple) else (shape,), np.dtype[dtype.type]]
+    """An int32 tensor type unless said otherwise: the rules look at bytes, not values."""
+    return common.tensor(shape, dtype)
 
 
 def streaming(
