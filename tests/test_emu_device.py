@@ -114,3 +114,28 @@ def counting(convert, calls: list):
         return convert(values)
 
     return wrapper
+
+
+def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
+    args = (
+        ArgSpec("x", (2, 16), "bf16", Role.INPUT),
+        ArgSpec("w", (3, 16), "bf16", Role.WEIGHT, "layers.{layer}.w"),
+        ArgSpec("g", (2, 3), "bf16", Role.OUTPUT),
+        ArgSpec("u", (2, 3), "bf16", Role.OUTPUT),
+    )
+    params = {"M": 2, "K": 16, "N": 3, "mma": "bfp16"}
+    launches = (
+        Launch("gemm", params, ("x", "w"), ("g",)),
+        Launch("gemm", params, ("x", "w"), ("u",)),
+    )
+    spec, device = ElfSpec("gate_up", "prefill", 2, args, launches), EmuDevice()
+    elf = device.load(spec, {})  # loaded before the weights are written, as prepare does
+    w = np.random.default_rng(4).standard_normal((3, 16)).astype(BF16)
+    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager.preload(spec, range(1))
+    conversions = []
+    monkeypatch.setattr(emu, "to_bfp16", counting(numerics.to_bfp16, conversions))
+    buffers, _ = manager.bind(spec, 0, {"x": np.ones((2, 16), BF16)})
+    device.run(elf, spec, buffers)
+    assert conversions == [((2, 16), False)]  # x once; w was converted when written
+    np.testing.assert_array_equal(buffers["g"].read(), buffers["u"].read())

@@ -47,6 +47,7 @@ class EmuBuffer(Buffer):
         # Static data a bfp16 GEMM reads, as its mmul sees it: converted once (every
         # bfp16 value is a bf16 value, so it is kept in bf16) instead of on every call.
         self._bfp16: np.ndarray | None = None
+        self._bfp16_version = -1
         if spec.dtype == "f32":
             self._host = self._f32
         elif not self._static:
@@ -84,13 +85,16 @@ class EmuBuffer(Buffer):
         return self._f32
 
     def as_bfp16(self) -> np.ndarray:
-        """The contents as a BFP16-emulated matmul's operand (numerics.to_bfp16):
-        converted once for static data, on every call for the rest."""
-        if not self._static:
-            return to_bfp16(self.as_f32())
-        if self._bfp16 is None:
-            self._bfp16 = to_bfp16(self.as_f32()).astype(BF16)
-        return self._bfp16.astype(np.float32).view(Bfp16Operand)
+        """The contents as a BFP16-emulated matmul's operand (numerics.to_bfp16),
+        converted once per version of the bytes: static data once, an activation once
+        however many GEMMs read it (gate and up share theirs)."""
+        if self._bfp16 is None or self._bfp16_version != self._version:
+            values = to_bfp16(self.as_f32())
+            self._bfp16 = values.astype(BF16) if self._static else values
+            self._bfp16_version = self._version
+        if self._static:
+            return self._bfp16.astype(np.float32).view(Bfp16Operand)
+        return self._bfp16
 
     def store(self, index: int | None, values: np.ndarray) -> None:
         target = self._host if index is None else self._host[index]
