@@ -132,7 +132,7 @@ def _flash_finish(d: Defines) -> float:
     return d["BQ"] * (TRANSCENDENTAL_CYCLES + fp32_ops(2 * d["DH"]))
 
 
-# -- kernels_src/rmsnorm.cc, rope.cc, eltwise.cc ---------------------------------------
+# -- kernels_src/rmsnorm.cc, rope.cc, eltwise.cc, kv_store.cc --------------------------
 def _rmsnorm(d: Defines) -> float:
     e = d["E"]
     return fp32_ops(2 * e) + REDUCE_CYCLES + TRANSCENDENTAL_CYCLES + fp32_ops(2 * e)
@@ -144,6 +144,10 @@ def _rope(d: Defines) -> float:
 
 def _add(d: Defines) -> float:
     return fp32_ops(d["CHUNK"])
+
+
+def _widen(d: Defines) -> float:
+    return fp32_ops(d["CHUNK"])  # one conversion per element, as the add's one sum
 
 
 def _silu_mul(d: Defines) -> float:
@@ -191,6 +195,7 @@ COSTS: dict[str, dict[str, CostFn]] = {
     "rmsnorm": {"rmsnorm_": _rmsnorm},
     "rope": {"rope_": _rope},
     "eltwise": {"add_": _add, "silu_mul_": _silu_mul},
+    "kv_store": {"widen_": _widen},
     "upstream_mm": {"matmul_bfp16_": _upstream_mm_bfp16},
     "upstream_mv": {"matvec_bf16_": _upstream_mv},
     "upstream_attn": {"attn_block_bfp16_": _upstream_attn_block},

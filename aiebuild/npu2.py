@@ -195,7 +195,7 @@ class Npu2Target:
 
     # -- objects ------------------------------------------------------------------
     def kernel_objects(self, spec: ElfSpec) -> list[KernelObject]:
-        return sorted({designs.kernel_object(spec, launch) for launch in spec.launches}, key=str)
+        return designs.kernel_objects(spec)
 
     def object_key(self, obj: KernelObject) -> str:
         headers = sorted(obj.source.parent.glob("*.h"))

@@ -27,7 +27,9 @@ GEMV_ROWS = 32  # output rows per GEMV core step (designs/gemv.py TN)
 ATTN_BLOCK = 32  # query and key rows per flash-attention block (designs/flash_attn.py)
 ELTWISE_LANES = 16  # elements per vector step of the elementwise kernels
 
-W, C, IN, MID, OUT = Role.WEIGHT, Role.CONST, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT
+W, C, IN, MID, OUT, CACHE = (
+    Role.WEIGHT, Role.CONST, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT, Role.CACHE
+)  # fmt: skip
 # Precision choices (measured against transformers in fp32 over a prompt set: the
 # mean 1 - cosine of the logits drops about 3x versus bf16 everywhere):
 # - the residual stream (x, h, y) stays fp32 in DDR: the residual adds read and
@@ -172,11 +174,22 @@ def _projection_args(shape: ModelShape, rows: int, rope_role: Role) -> list[ArgS
     ]
 
 
+def kv_store_params(shape: ModelShape, rows: int) -> dict[str, int]:
+    """Rows over columns, one core per column widening its block of K and of V."""
+    return {"kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim, **row_params(rows)}
+
+
 def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
+    """The prefill's projections, and its K/V written again as the KV cache decode
+    reads (`kv_store`: fp32 per KV head; k_roped and v stay bf16 rows for flash_attn)."""
+    cache = (shape.n_kv_heads, bucket, shape.head_dim)
+    store = Launch("kv_store", kv_store_params(shape, bucket), ("k_roped", "v"),
+                   ("k_cache", "v_cache"), "KV cache")  # fmt: skip
     return ElfSpec(
         "rms_gemms_rope", "prefill", bucket,
-        tuple(_projection_args(shape, bucket, C)),
-        tuple(_rms_projections_rope(shape, bucket, "gemm")),
+        (*_projection_args(shape, bucket, C), _arg("k_cache", cache, CACHE, dtype=F32),
+         _arg("v_cache", cache, CACHE, dtype=F32)),
+        (*_rms_projections_rope(shape, bucket, "gemm"), store),
     )  # fmt: skip
 
 

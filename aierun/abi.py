@@ -28,9 +28,13 @@ class Role(StrEnum):
     INTERMEDIATE = "intermediate"  # device-only, between launches of one ELF
     SCRATCH = "scratch"  # device-only working memory
     OUTPUT = "output"  # read back as a zero-copy view after every call
+    # An output kept per layer: the KV cache the prefill writes for decode to read.
+    # One buffer per (ELF, layer), valid until that ELF's next call for that layer.
+    CACHE = "cache"
 
 
 HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
+HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ PREFILL_FLOW = Flow(
         Step("kernel", "rms_gemms_rope"),
         Step("kernel", "flash_attn"),
         Step("kernel", "o_ffn"),
-        Step("cpu", "kv_cache_extract", branch_of="rms_gemms_rope"),  # k, v -> host KV cache
+        Step("cpu", "kv_cache_extract", branch_of="rms_gemms_rope"),  # the K/V cache kv_store wrote
     ),
     (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv"), Step("cpu", "sample")),
 )

@@ -12,6 +12,8 @@
 - output: two pooled buffers per ELF instance used in turn, so that one layer's
   output can feed the next layer's call of the same ELF. An output is valid until
   the second-next call of its ELF.
+- cache: one buffer per ELF instance and layer (the KV cache a prefill ELF writes
+  for decode to read), valid until that ELF's next call for that layer.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class BufferManager:
         self._consts: dict[tuple[str, str], Buffer] = {}
         self._pooled: dict[tuple[str, str], Buffer] = {}
         self._outputs: dict[tuple[str, str], list[Buffer]] = {}
+        self._caches: dict[tuple[str, str, int | None], Buffer] = {}
         self._calls: dict[str, int] = {}
         self._input_specs: dict[str, dict[str, ArgSpec]] = {}
         self._fixed_sets: dict[tuple[str, int | None, int], dict[str, Buffer]] = {}
@@ -60,6 +63,9 @@ class BufferManager:
             self._pool(spec, arg)
         for arg in spec.args_with(Role.OUTPUT):
             self._output(spec, arg, 0)
+        for arg in spec.args_with(Role.CACHE):
+            for layer in layers:
+                self.cache_buffer(spec, arg.name, layer)
 
     def _weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
@@ -131,6 +137,8 @@ class BufferManager:
                     fixed[arg.name] = self._consts[(spec.instance, arg.name)]
                 elif arg.role is Role.OUTPUT:
                     fixed[arg.name] = self._output(spec, arg, slot)
+                elif arg.role is Role.CACHE:
+                    fixed[arg.name] = self.cache_buffer(spec, arg.name, layer)
                 elif arg.role is not Role.INPUT:
                     fixed[arg.name] = self._pool(spec, arg)
             self._fixed_sets[key] = fixed
@@ -176,9 +184,19 @@ class BufferManager:
             ]
         return self._outputs[key][slot]
 
+    def cache_buffer(self, spec: ElfSpec, name: str, layer: int | None) -> Buffer:
+        """The buffer of cache argument `name` for `layer`, as the ELF's last call for
+        that layer left it."""
+        key = (spec.instance, name, layer)
+        if key not in self._caches:
+            label = f"{spec.instance}:{name}@{layer}"
+            self._caches[key] = self.device.alloc(spec.arg(name), label)
+        return self._caches[key]
+
     def all_buffers(self) -> list[Buffer]:
         pools = [b for slots in self._outputs.values() for b in slots]
-        return [*self._weights.values(), *self._consts.values(), *self._pooled.values(), *pools]
+        return [*self._weights.values(), *self._consts.values(), *self._pooled.values(), *pools,
+                *self._caches.values()]  # fmt: skip
 
 
 def _check(spec: ElfSpec, arg: ArgSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -84,7 +84,7 @@ class Session:
         self._embed: EmbeddingTable | None = None  # read into memory at prepare
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
         self._pad_id = _pad_token(checkpoint.config)
-        self.kv = self._kv_cache(0)
+        self.kv = KVCache(self.shape.n_layers, self.shape.n_kv_heads, self.shape.head_dim, 0)
         self.position = 0
         self.prepared = False
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
@@ -110,7 +110,9 @@ class Session:
             for spec, _ in self._elfs.values():
                 self.buffers.preload(spec, layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
-            self.kv = self._kv_cache(self.artifacts.buckets[-1] + DECODE_HEADROOM)
+            self.kv.grow(
+                min(self.artifacts.buckets[-1] + DECODE_HEADROOM, self.shape.max_positions)
+            )
             for spec, _ in reversed(self._elfs.values()):  # last, prefill ELFs last of all
                 self._warm_up(spec)
         self.prepared = True
@@ -133,11 +135,6 @@ class Session:
         buffers, _ = self.buffers.bind(spec, layer, zeros)
         self.device.stage(handle, spec, buffers)
         self.device.run(handle, spec, buffers)
-
-    def _kv_cache(self, capacity: int) -> KVCache:
-        shape = self.shape
-        capacity = min(capacity, shape.max_positions)
-        return KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, capacity)
 
     def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         if source == "rope":
@@ -223,8 +220,7 @@ class Session:
             padded = pad_prompt(ids, bucket, self._pad_id)
         with prof.cpu("embed_lookup"):
             x = self._embedded(f"rms_gemms_rope.s{bucket}", padded)
-        if self.kv.capacity < max(capacity, n + 1):  # else the cache made at prepare is reused
-            self.kv = self._kv_cache(max(capacity, n + 1))
+        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))
         with prof.span("layers"):
             for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
                 with prof.span("layer", layer):
@@ -243,9 +239,9 @@ class Session:
 
     def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
         s = f".s{bucket}"
-        proj = self.call("rms_gemms_rope" + s, layer, read=("k_roped", "v"), x=x)
-        with self.profiler.cpu("kv_cache_extract", layer):
-            self.kv.store(layer, 0, proj["k_roped"].host[:n], proj["v"].host[:n])
+        proj = self.call("rms_gemms_rope" + s, layer, read=("k_cache", "v_cache"), x=x)
+        with self.profiler.cpu("kv_cache_extract", layer):  # written in the cache's layout:
+            self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)  # kept
         attn = self.call(
             "flash_attn" + s, layer,
             q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
@@ -264,7 +260,7 @@ class Session:
         if pos >= self.shape.max_positions:
             raise UserError(f"the context is full ({self.shape.max_positions} positions)")
         if pos >= self.kv.capacity:
-            self.kv = self.kv.grown(min(max(2 * self.kv.capacity, 64), self.shape.max_positions))
+            self.kv.grow(min(max(2 * self.kv.capacity, 64), self.shape.max_positions))
         with prof.cpu("embed_lookup"):
             x = self._embedded("rms_gemv_rope", np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after

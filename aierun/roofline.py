@@ -42,6 +42,7 @@ ELEMENTWISE_FLOPS = {
     "rope": 3,  # x1*cos - x2*sin: two products and a sum per element
     "add": 1,
     "silu_mul": 5,  # exp, add, reciprocal, two products
+    "kv_store": 1,  # widened to fp32 (and moved to the cache's layout by the DMAs)
 }
 SOFTMAX_FLOPS_PER_SCORE = 5  # scale, subtract the max, exp, accumulate, normalize
 RATES_SCHEMA = 1

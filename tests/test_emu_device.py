@@ -80,6 +80,32 @@ def test_outputs_alternate_between_two_buffers():
     assert first is not second and first is third
 
 
+def test_a_cache_keeps_one_buffer_per_layer_across_calls():
+    """The KV cache a prefill ELF writes: each layer's stays until that layer's next
+    call, however many calls of the ELF come between (outputs alternate over two)."""
+    spec = ElfSpec(
+        "store", "prefill", 4,
+        (ArgSpec("k", (4, 8), "bf16", Role.INPUT), ArgSpec("v", (4, 8), "bf16", Role.INPUT),
+         ArgSpec("k_cache", (2, 4, 4), "f32", Role.CACHE),
+         ArgSpec("v_cache", (2, 4, 4), "f32", Role.CACHE)),
+        (Launch("kv_store", {"kv_heads": 2}, ("k", "v"), ("k_cache", "v_cache")),),
+    )  # fmt: skip
+    device, manager = EmuDevice(), BufferManager(EmuDevice(), weights)
+    manager.preload(spec, range(3))
+    rows = [
+        np.arange(32, dtype=np.float32).reshape(4, 8).astype(BF16) + layer for layer in range(3)
+    ]
+    for layer in range(3):
+        buffers, _ = manager.bind(spec, layer, {"k": rows[layer], "v": -rows[layer]})
+        device.run(device.load(spec, {}), spec, buffers)
+    for layer in range(3):
+        cache = manager.cache_buffer(spec, "k_cache", layer)
+        assert cache is manager.bind(spec, layer, {"k": rows[0], "v": rows[0]})[0]["k_cache"]
+        expected = rows[layer].astype(np.float32).reshape(4, 2, 4).transpose(1, 0, 2)
+        np.testing.assert_array_equal(cache.read(), expected)
+    assert len({id(manager.cache_buffer(spec, "v_cache", layer)) for layer in range(3)}) == 3
+
+
 def test_a_bfp16_gemm_converts_its_weights_once_and_computes_as_the_kernel(monkeypatch):
     args = (
         ArgSpec("x", (2, 16), "bf16", Role.INPUT),

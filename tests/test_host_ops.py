@@ -1,14 +1,19 @@
-"""The host's CPU ops: the per-KV-head KV cache and decode attention, the in-memory
-embedding lookup, and the emulator's static buffers kept only as fp32."""
+"""The host's CPU ops: the per-KV-head KV cache (the prompt's part kept in the
+device's buffers) and decode attention, the in-memory embedding lookup, and the
+emulator's static buffers kept only as fp32."""
 
 from __future__ import annotations
 
+import resource
+
 import numpy as np
+import pytest
 
 from aierun.abi import BF16, ArgSpec, Role
 from aierun.devices.emu import EmuDevice
 from aierun.ops.attention import KVCache, attend
 from aierun.ops.embedding import BLOCK_ROWS, EmbeddingTable
+from aierun.ops.kv_cache import per_head
 from aierun.pipeline import decode_attention, pad_prompt
 
 LAYERS, KV_HEADS, HEADS, DIM = 2, 2, 6, 8  # groups of 3 query heads
@@ -18,28 +23,53 @@ def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32).astype(BF16)
 
 
-def test_kv_cache_keeps_each_kv_head_contiguous_and_fp32():
+def test_the_prompt_stays_in_the_device_buffers_and_decode_positions_are_appended():
     rng = np.random.default_rng(0)
-    cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=16)
-    k, v = random_bf16(rng, (5, KV_HEADS * DIM)), random_bf16(rng, (5, KV_HEADS * DIM))
-    cache.store(1, 3, k, v)
-    assert cache.k.dtype == np.float32 and cache.k.shape == (LAYERS, KV_HEADS, 16, DIM)
+    k, v = random_bf16(rng, (7, KV_HEADS * DIM)), random_bf16(rng, (7, KV_HEADS * DIM))
+    # What the kv_store launch leaves in the device's cache buffers: fp32 per KV head.
+    device_k, device_v = (per_head(rows[:5], KV_HEADS).astype(np.float32) for rows in (k, v))
+    cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=1)
+    cache.keep_prompt(1, device_k, device_v, 5)
+    cache.store(1, 5, k[5:], v[5:])
+    assert cache.capacity >= 7
+    (prompt_k, prompt_v), (appended_k, appended_v) = cache.parts(1, 7)
+    assert np.shares_memory(prompt_k, device_k) and np.shares_memory(prompt_v, device_v)
+    assert appended_k.dtype == np.float32 and appended_k.shape == (KV_HEADS, 2, DIM)
     for head in range(KV_HEADS):
         columns = slice(head * DIM, (head + 1) * DIM)
-        np.testing.assert_array_equal(cache.k[1, head, 3:8], k[:, columns].astype(np.float32))
-        np.testing.assert_array_equal(cache.v[1, head, 3:8], v[:, columns].astype(np.float32))
-        assert cache.k[1, head, 3:8].flags.c_contiguous
-    assert not cache.k[0].any() and not cache.k[1, :, :3].any() and not cache.k[1, :, 8:].any()
+        keys = np.concatenate([prompt_k[head], appended_k[head]])
+        values = np.concatenate([prompt_v[head], appended_v[head]])
+        np.testing.assert_array_equal(keys, k[:, columns].astype(np.float32))
+        np.testing.assert_array_equal(values, v[:, columns].astype(np.float32))
+        assert appended_k[head].flags.c_contiguous
+    with pytest.raises(ValueError, match="inside the prompt"):
+        cache.store(1, 4, k[4:5], v[4:5])
 
 
-def test_a_grown_cache_keeps_what_was_stored():
+def test_a_grown_cache_keeps_what_was_appended():
     rng = np.random.default_rng(1)
     cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=4)
-    cache.store(0, 0, random_bf16(rng, (4, KV_HEADS * DIM)), random_bf16(rng, (4, KV_HEADS * DIM)))
-    grown = cache.grown(9)
-    assert grown.capacity == 9
-    np.testing.assert_array_equal(grown.k[:, :, :4], cache.k)
-    np.testing.assert_array_equal(grown.v[:, :, :4], cache.v)
+    rows = random_bf16(rng, (4, KV_HEADS * DIM)), random_bf16(rng, (4, KV_HEADS * DIM))
+    cache.store(0, 0, *rows)
+    before = cache.appended.copy()
+    cache.grow(9)
+    assert cache.capacity == 9
+    np.testing.assert_array_equal(cache.appended[..., :4, :], before)
+
+
+def test_storing_decode_positions_faults_no_pages_in():
+    """Each position lands on a new page of every head's matrix: were the cache's
+    pages mapped lazily (np.zeros), every decode step would take a page fault per
+    KV head and layer (measured: 10x the attention itself on the default model)."""
+    rng = np.random.default_rng(5)
+    heads, dim, positions = 8, 64, 64
+    cache = KVCache(LAYERS, heads, dim, capacity=positions)
+    rows = random_bf16(rng, (1, heads * dim))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for position in range(positions):
+        cache.store(position % LAYERS, position, rows, rows)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < positions, faults  # lazily mapped: >= 2 * heads per position
 
 
 def test_decode_attention_appends_then_matches_attention_over_all_positions():
@@ -51,7 +81,8 @@ def test_decode_attention_appends_then_matches_attention_over_all_positions():
     )
     q = random_bf16(rng, (1, HEADS * DIM))
     cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=32)
-    cache.store(1, 0, k[:prompt], v[:prompt])
+    device = (per_head(rows[:prompt], KV_HEADS).astype(np.float32) for rows in (k, v))
+    cache.keep_prompt(1, *device, prompt)
     out = decode_attention(cache, 1, prompt, q, k[prompt:], v[prompt:])
     expected = attend(
         q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),

@@ -240,8 +240,8 @@ def test_too_big_or_untileable_launches_are_refused_at_plan_time(standins, model
 
 def test_kernel_parameters_are_prefixed_macros(standins, checkpoint):
     for spec in model_specs(checkpoint.shape, BUCKETS):
-        for launch in spec.launches:
-            for flag in designs.kernel_object(spec, launch).flags():
+        for obj in designs.kernel_objects(spec):
+            for flag in obj.flags():
                 assert re.fullmatch(r"-DAIEK_[A-Z0-9_]+=\S+", flag), flag
 
 

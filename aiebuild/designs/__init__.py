@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aiebuild import iron_model
-from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, rmsnorm, rope
+from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, kv_store, rmsnorm, rope
 from aiebuild.designs.common import KernelObject
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
 
@@ -58,6 +58,7 @@ DESIGNS: dict[str, OpDesign] = {
     "flash_attn": _op(flash_attn),
     "add": _op(eltwise, eltwise.design_add),
     "silu_mul": _op(eltwise, eltwise.design_silu_mul),
+    "kv_store": _op(kv_store),
 }
 
 
@@ -71,6 +72,11 @@ def kernel_object(spec: ElfSpec, launch: Launch) -> KernelObject:
     """The kernel instance a launch links: its -D parameters follow the launch's
     parameters and its arguments' dtypes (e.g. the fp32 residual stream)."""
     return op_design(launch.op).kernel(launch, launch_args(spec, launch))
+
+
+def kernel_objects(spec: ElfSpec) -> list[KernelObject]:
+    """Every kernel object the ELF's launches link, each once, in a stable order."""
+    return sorted({kernel_object(spec, launch) for launch in spec.launches}, key=str)
 
 
 def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
@@ -97,6 +103,6 @@ def design_sources(spec: ElfSpec) -> dict[str, Path]:
     files = {Path(__file__), Path(common.__file__), Path(iron_model.__file__)}
     files |= {op_design(launch.op).module for launch in spec.launches}
     labelled = {f"aiebuild/{f.relative_to(PACKAGE).as_posix()}": f for f in files}
-    kernels = {kernel_object(spec, launch).source for launch in spec.launches}
+    kernels = {obj.source for obj in kernel_objects(spec)}
     kernels |= set(common.KERNELS_SRC.glob("*.h"))
     return labelled | {f"kernels_src/{f.name}": f for f in kernels}

@@ -34,7 +34,7 @@ from aiebuild import iron_model as im
 from aiebuild.designs.common import KernelObject
 from aiebuild.sim import dataflow, host_kernels
 from aiebuild.tasks import BuildConfig, compile_all
-from aierun.abi import HOST_WRITTEN, ElfSpec, Role, parse_binding
+from aierun.abi import HOST_READ, HOST_WRITTEN, ElfSpec, parse_binding
 from aierun.artifacts import ArtifactSet
 from aierun.devices.base import Buffer
 from aierun.devices.emu import EmuDevice, EmuElf
@@ -73,7 +73,7 @@ class CapturingEmu(EmuDevice):
             inputs = {a.name: buffers[a.name].host.copy() for a in spec.args_with(*HOST_WRITTEN)}
         super().run(elf, spec, buffers)
         if first:
-            outputs = {a.name: buffers[a.name].host.copy() for a in spec.args_with(Role.OUTPUT)}
+            outputs = {a.name: buffers[a.name].host.copy() for a in spec.args_with(*HOST_READ)}
             self.captured[spec.instance] = Capture(spec, inputs, outputs)
 
 
@@ -138,11 +138,6 @@ class HostKernels:
         self.owner[name] = core
 
 
-def elf_objects(spec: ElfSpec) -> list[KernelObject]:
-    return sorted({designs.kernel_object(spec, launch) for launch in spec.launches},
-                  key=lambda obj: obj.name)  # fmt: skip
-
-
 # --- one ELF through the model ----------------------------------------------------------
 
 
@@ -169,7 +164,7 @@ def simulate_elf(
         seconds = time.perf_counter() - started
         launches.append({"launch": name, "seconds": round(seconds, 3), **asdict(stats)})
         on_launch()
-    outputs = {a.name: arrays[a.name] for a in spec.args_with(Role.OUTPUT)}
+    outputs = {a.name: arrays[a.name] for a in spec.args_with(*HOST_READ)}
     return outputs, launches
 
 
@@ -297,7 +292,7 @@ def _selected(spec: ElfSpec, elf_filter: str) -> bool:
 def _run_one(capture: Capture, home: Path, advance: Callable[[], None]) -> ElfResult:
     spec = capture.spec
     started = time.perf_counter()
-    kernels = HostKernels(elf_objects(spec), home)
+    kernels = HostKernels(designs.kernel_objects(spec), home)
     try:
         outputs, launches = simulate_elf(capture, kernels, advance)
     except dataflow.DataflowError as exc:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from aiebuild import designs
+from aiebuild.designs import kv_store
+from aiebuild.designs.common import contiguous
 from aiebuild.sim import dataflow
 from aiebuild.sim.run import (
     TOLERANCES,
@@ -17,7 +19,6 @@ from aiebuild.sim.run import (
     HostKernels,
     capture_calls,
     compare,
-    elf_objects,
     simulate_elf,
 )
 from aiebuild.specs import model_specs
@@ -83,20 +84,20 @@ def written(spec: ElfSpec, name: str, values: np.ndarray) -> np.ndarray:
 
 
 def simulated(spec: ElfSpec, inputs, kernels: HostKernels | None = None):
-    kernels = kernels or HostKernels(elf_objects(spec))
+    kernels = kernels or HostKernels(designs.kernel_objects(spec))
     outputs, _ = simulate_elf(Capture(spec, inputs, {}), kernels)
     return outputs
 
 
 # How far each op's kernel may be from emu, and why (measured on these inputs):
-# - rmsnorm, rope, add, silu_mul: the same fp32 operations per element in the same
+# - rmsnorm, rope, add, silu_mul, kv_store: the same fp32 operations per element in the same
 #   order (emu models the kernels' lane-order sums and bf16 exp), so bit-exact;
 # - gemm, gemv: the fp32 dot products are summed in the mmul / vector lanes' order,
 #   not BLAS's; the rounded bf16 result can then land one bf16 step away;
 # - flash_attn: the online softmax rescales its running sums block by block (emu
 #   normalizes once), so values near zero differ in many bf16 steps: bounded
 #   relative to the output's scale, and by the cosine.
-MAX_ULP = {"rmsnorm": 0, "rope": 0, "add": 0, "silu_mul": 0, "gemm": 1, "gemv": 1}
+MAX_ULP = {"rmsnorm": 0, "rope": 0, "add": 0, "silu_mul": 0, "kv_store": 0, "gemm": 1, "gemv": 1}
 FLASH_RELATIVE, FLASH_COSINE = 2**-6, 0.99999
 
 
@@ -145,10 +146,25 @@ def test_an_access_pattern_one_tile_off_is_caught(monkeypatch):
     assert far_from_emu(spec, inputs)
 
 
+def test_kv_store_writing_rows_instead_of_heads_is_caught(monkeypatch):
+    """The cache's drain pattern forgets the per-head layout and writes rows as they
+    come (the rows layout flash_attn reads, not the one decode attention reads)."""
+    spec = SPECS["kv_store-rms_gemms_rope-KV_cache"]
+    inputs = random_inputs(spec)
+    assert not far_from_emu(spec, inputs)
+
+    def as_rows(cache, first_row, objects, rows):
+        heads, _, dim = cache.shape
+        return contiguous(cache.shape, first_row * heads * dim, objects * rows * heads * dim)
+
+    monkeypatch.setattr(kv_store, "_scatter", as_rows)
+    assert far_from_emu(spec, inputs)
+
+
 def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
     """gemv.cc's inner loop stops one vector short of the tile."""
     spec = SPECS["gemv-rms_gemv_rope-gemm_Q"]
-    (obj,) = elf_objects(spec)
+    (obj,) = designs.kernel_objects(spec)
     source = obj.source.read_text()
     loop = "k < AIEK_TK; k += LANES"
     assert loop in source, "the gemv kernel changed: update the mutation"

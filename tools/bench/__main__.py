@@ -147,6 +147,11 @@ def main() -> None:
         shape = ModelShape.from_config(LLAMA_3_2_1B)
         result["host"] = host.measure(shape, CONTEXTS, HOST_REPS)
         print_host(result["host"])
+        moved = {c: host.kv_store_modeled_ms(shape, c) for c in CONTEXTS}
+        result["kv_store_npu2_model_ms"] = moved
+        print("\nMoved to the device (kv_store launch, with its reconfiguration), npu2 time "
+              "model, per prefill layer: " + ", ".join(f"{ms:.3f} ms at {c}"
+                                                       for c, ms in moved.items()))  # fmt: skip
     if "engines" in parts:
         result["engines"] = bench_engines(build, args.threads)
         print_engines(result["engines"])
