@@ -94,7 +94,8 @@ def _array(columns: int, core_rows: int = 1) -> dict[str, int]:
 # (tests/test_spine.py). K and V feed the KV cache every later token reads, Q only its
 # own position's scores: with bfp16 everywhere but K and V, verify gives 99.2 % / 1.43 /
 # 0.9921 and every token of the spine test matches, and the time model gives
-# rms_gemms_rope 6.50 ms (under the seed's 7.3) and o_ffn 35.4 ms.
+# rms_gemms_rope 6.50 ms (6.76 with its later kv_store launch; the seed's 7.3) and o_ffn
+# 35.4 ms.
 GEMM_MMA = {
     "gemm Q": "bfp16", "gemm K": "bf16", "gemm V": "bf16",
     "gemm O": "bfp16", "gemm gate": "bfp16", "gemm up": "bfp16", "gemm down": "bfp16",

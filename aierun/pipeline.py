@@ -53,8 +53,8 @@ class Sampling:
             )
 
 
-# Positions the KV cache made at prepare holds beyond the largest prefill bucket,
-# so that a prompt of that bucket can decode this many tokens before the cache grows.
+# Positions the KV cache made at prepare holds after any prompt (whose own positions
+# stay in the prefill ELF's cache buffers): decoding this many tokens never grows it.
 DECODE_HEADROOM = 256
 
 
@@ -110,9 +110,7 @@ class Session:
             for spec, _ in self._elfs.values():
                 self.buffers.preload(spec, layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
-            self.kv.grow(
-                min(self.artifacts.buckets[-1] + DECODE_HEADROOM, self.shape.max_positions)
-            )
+            self.kv.grow(min(DECODE_HEADROOM, self.shape.max_positions))
             for spec, _ in reversed(self._elfs.values()):  # last, prefill ELFs last of all
                 self._warm_up(spec)
         self.prepared = True
@@ -220,13 +218,13 @@ class Session:
             padded = pad_prompt(ids, bucket, self._pad_id)
         with prof.cpu("embed_lookup"):
             x = self._embedded(f"rms_gemms_rope.s{bucket}", padded)
-        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))
         with prof.span("layers"):
             for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
                 with prof.span("layer", layer):
                     x = self._prefill_layer(layer, bucket, n, x)
                 if on_layer is not None:
                     on_layer(layer, x.read_rows(0, n).copy())
+        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))  # holds the prompt
         self.position = n
         return self._logits(x, row=n - 1)
 

@@ -1,4 +1,4 @@
-// The prefill's K and V widened to fp32 for the KV cache (aierun/ops/kv_cache.py):
+// The prefill's K and V widened to fp32 for the KV cache (aierun/ops/kv_store.py):
 //   widen_<CHUNK>(in, out):  out = in, bf16 -> fp32 (exact: bf16 is fp32's upper half)
 // -D AIEK_CHUNK=<elements per call>
 // The design's output access pattern moves each row's heads to their place in the

@@ -1,4 +1,4 @@
-"""The prefill's K and V written again as the KV cache decode reads (aierun/ops/kv_cache.py,
+"""The prefill's K and V written again as the KV cache decode reads (aierun/ops/kv_store.py,
 kernels_src/kv_store.cc): rows [S, Hkv*Dh] of bf16 in, [Hkv, S, Dh] of fp32 out.
 
 The rows are split into one consecutive block per column. Each column's core takes

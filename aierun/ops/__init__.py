@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aierun.ops import attention, eltwise, kv_cache, matmul, norm, rope
+from aierun.ops import attention, eltwise, kv_store, matmul, norm, rope
 
 # op name -> emulation(params, *inputs as float32) -> outputs as float32 (pre-rounding)
 OpFn = Callable[..., tuple[np.ndarray, ...]]
@@ -25,5 +25,5 @@ OPS: dict[str, OpFn] = {
     "flash_attn": attention.flash_attn,
     "add": eltwise.add,
     "silu_mul": eltwise.silu_mul,
-    "kv_store": kv_cache.kv_store,
+    "kv_store": kv_store.kv_store,
 }

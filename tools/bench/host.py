@@ -24,7 +24,7 @@ from aierun.abi import BF16
 from aierun.model import ModelShape
 from aierun.ops.attention import KVCache
 from aierun.ops.embedding import EmbeddingTable
-from aierun.ops.kv_cache import per_head
+from aierun.ops.kv_store import per_head
 from aierun.pipeline import DECODE_HEADROOM, decode_attention, final_norm, pad_prompt
 from tools.bench import seed_way
 
@@ -143,7 +143,7 @@ def decode_ours_seed(shape, kv, caches, inputs, context: int) -> list[tuple[floa
 
 def measure_context(shape, table_bf16, ours_table, norm, context, reps, rng) -> list[dict]:
     inputs = Inputs(shape, context, rng)
-    kv = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, context + DECODE_HEADROOM)
+    kv = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, DECODE_HEADROOM)
     x = np.zeros((context, shape.hidden), np.float32)
     samples: dict[str, list[tuple[float, float]]] = {}
     for _ in range(reps):
