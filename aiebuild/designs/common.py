@@ -20,6 +20,9 @@ KERNELS_SRC = Path(__file__).resolve().parents[2] / "kernels_src"
 # Every -D parameter gets this prefix: an unprefixed `-DE=576` or `-DK=2048` would
 # rewrite identifiers named E or K inside aie_api and libstdc++ headers.
 MACRO_PREFIX = "AIEK_"
+# Repeats of a shim access pattern's outermost dimension (aiebuild/rules.py
+# ITERATION_SIZE_MAX): a longer transfer is moved in phases.
+SHIM_ITERATIONS = 64
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from aiebuild.designs.common import (
+    SHIM_ITERATIONS,
     KernelObject,
     Stream,
     array,
@@ -41,8 +42,6 @@ from aiebuild.designs.common import (
 from aiebuild.specs import GEMV_ROWS as TN
 from aiebuild.specs import TILE as TK
 from aierun.abi import BF16, ArgSpec, Launch
-
-MAX_ITERATIONS = 64  # the shim's iteration dimension (aiebuild/rules.py)
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -107,7 +106,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
     w_at, y_at = slice_offset(launch, args, 1), slice_offset(launch, args, 2)
-    pieces = [[run[i : i + MAX_ITERATIONS] for i in range(0, len(run), MAX_ITERATIONS)]
+    pieces = [[run[i : i + SHIM_ITERATIONS] for i in range(0, len(run), SHIM_ITERATIONS)]
               for run in stream_runs]  # fmt: skip
     phases = max(len(p) for p in pieces)
 

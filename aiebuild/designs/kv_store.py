@@ -6,8 +6,8 @@ its block of K and of V from its shim (the shim's two input channels, the core's
 two), widens each object to fp32 and sends it back (the two output channels). The
 shim's output pattern scatters each row's heads to their stretches of the cache:
 per object of `rows` rows, sizes [rows, Hkv, Dh] with strides [Dh, S*Dh, 1]. A block
-of more than ITERATIONS objects moves in phases, so that each pattern's iteration
-size stays within the shim's 64.
+of more than SHIM_ITERATIONS (64) objects moves in phases: a pattern repeats at most that
+often.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from aiebuild.designs.common import (
+    SHIM_ITERATIONS,
     KernelObject,
     Stream,
     array,
@@ -31,7 +32,6 @@ from aiebuild.designs.common import (
 from aierun.abi import ArgSpec, Launch
 
 MAX_CHUNK = 2048  # elements per object: 4 KiB in, 8 KiB out; x2 fifos x depth 2
-ITERATIONS = 64  # objects per pattern: the shim's iteration size limit
 
 
 def object_rows(launch: Launch, width: int) -> int:
@@ -78,7 +78,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     rows = size // width
     block = launch.params["rows"] // columns
     objects = block // rows
-    phases = math.ceil(objects / ITERATIONS)
+    phases = math.ceil(objects / SHIM_ITERATIONS)
     types = [tensor((size,), args[0].np_dtype), tensor((size,), args[2].np_dtype)]
     widen = lib.Kernel(f"widen_{size}", kernel(launch, args).name, types)
     streams, workers = [], []
@@ -89,8 +89,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
             out = lib.ObjectFifo(tensor((size,), args[2 + i].np_dtype), name=f"{name}_cache{c}")
             fills, drains = [], []
             for phase in range(phases):
-                count = min(ITERATIONS, objects - phase * ITERATIONS)
-                first = c * block + phase * ITERATIONS * rows
+                count = min(SHIM_ITERATIONS, objects - phase * SHIM_ITERATIONS)
+                first = c * block + phase * SHIM_ITERATIONS * rows
                 fills.append(contiguous(args[i].shape, first * width, count * size))
                 drains.append(_scatter(args[2 + i], first, count, rows))
             streams.append(Stream(i, into.prod(tile=shim_tile(lib, c)), fills))

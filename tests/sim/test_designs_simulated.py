@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from aiebuild import designs
+from aiebuild import designs, rules
 from aiebuild.designs import kv_store
 from aiebuild.designs.common import contiguous
 from aiebuild.sim import dataflow
@@ -22,7 +22,7 @@ from aiebuild.sim.run import (
     simulate_elf,
 )
 from aiebuild.specs import model_specs
-from aierun.abi import ElfSpec, Role, parse_binding
+from aierun.abi import ArgSpec, ElfSpec, Launch, Role, parse_binding
 from aierun.artifacts import ArtifactSet
 from aierun.devices.emu import EmuDevice
 from aierun.model import Checkpoint, ModelShape
@@ -159,6 +159,21 @@ def test_kv_store_writing_rows_instead_of_heads_is_caught(monkeypatch):
 
     monkeypatch.setattr(kv_store, "_scatter", as_rows)
     assert far_from_emu(spec, inputs)
+
+
+def test_kv_store_moves_a_long_block_in_phases_within_the_shims_limits():
+    """One column with 128 objects to move: two phases of 64 pattern iterations."""
+    params = {"kv_heads": 2, "head_dim": 64, "rows": 2048, "columns": 1, "core_rows": 1}
+    launch = Launch("kv_store", params, ("k", "v"), ("k_cache", "v_cache"))
+    rows = [ArgSpec(n, (2048, 128), "bf16", Role.INPUT) for n in ("k", "v")]
+    caches = [ArgSpec(n, (2, 2048, 64), "f32", Role.OUTPUT) for n in ("k_cache", "v_cache")]
+    args = (*rows, *caches)
+    spec = ElfSpec("kv_store_long", "prefill", 2048, args, (launch,))
+    program = designs.record(spec, launch)
+    drains = [t.tap.sizes[0] for t in program.runtime.transfers() if not t.is_fill]
+    assert drains == [64] * 4  # K and V, two phases each
+    assert rules.check_launch(spec, launch).report.violations == []
+    assert not far_from_emu(spec, random_inputs(spec))
 
 
 def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
