@@ -224,7 +224,8 @@ class Session:
                     x = self._prefill_layer(layer, bucket, n, x)
                 if on_layer is not None:
                     on_layer(layer, x.read_rows(0, n).copy())
-        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))  # holds the prompt
+        # Room for the positions the caller will reach (`capacity`: prompt and decode).
+        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))
         self.position = n
         return self._logits(x, row=n - 1)
 
@@ -238,8 +239,9 @@ class Session:
     def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
         s = f".s{bucket}"
         proj = self.call("rms_gemms_rope" + s, layer, read=("k_cache", "v_cache"), x=x)
-        with self.profiler.cpu("kv_cache_extract", layer):  # written in the cache's layout:
-            self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)  # kept
+        # Its kv_store launch wrote K/V as the cache decode reads: the host keeps views.
+        with self.profiler.cpu("kv_cache_extract", layer):
+            self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)
         attn = self.call(
             "flash_attn" + s, layer,
             q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
