@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from aierun import ARTIFACT_SCHEMA
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
 from aierun.files import sha256_file
@@ -108,6 +108,11 @@ class ArtifactSet:
             raise ArtifactError(
                 f"{manifest_file} uses artifact schema {schema}; this runtime reads up to "
                 f"{ARTIFACT_SCHEMA}. Upgrade aierun or rebuild the artifacts."
+            )
+        if schema < ARTIFACT_SCHEMA:
+            raise ArtifactError(
+                f"{manifest_file} uses artifact schema {schema} ({OLDER_SCHEMA}); this runtime "
+                f"reads {ARTIFACT_SCHEMA}: {advice}."
             )
         try:
             return cls(

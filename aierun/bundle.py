@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from packaging.version import InvalidVersion, Version
 
-from aierun import ARTIFACT_SCHEMA, __version__
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, __version__
 from aierun.artifacts import ENTRY_META, KEY_PATTERN, MANIFEST, ArtifactError
 from aierun.files import sha256_file
 
@@ -308,7 +308,7 @@ def _install(staging: Path, final: Path) -> None:
 def _check_compatible(
     meta: dict[str, Any], manifest: dict[str, Any], archive: Path, targets: tuple[str, ...] | None
 ) -> None:
-    """Refuse a bundle of a newer schema, for a newer runtime or for another target."""
+    """Refuse a bundle of another schema, for a newer runtime or for another target."""
     try:
         schema, target = int(meta["schema"]), str(meta["target"])
         needed = Version(str(meta["min_runtime_version"]))
@@ -319,6 +319,13 @@ def _check_compatible(
             archive,
             f"it uses bundle schema {schema}, this runtime reads up to {ARTIFACT_SCHEMA}",
             "upgrade aierun (pip install -U aie-llm) or pack the bundle with this version",
+        )
+    if schema < ARTIFACT_SCHEMA:
+        raise _refuse(
+            archive,
+            f"it uses bundle schema {schema} ({OLDER_SCHEMA}), this runtime reads "
+            f"{ARTIFACT_SCHEMA}",
+            "pack it again with this version (doit pack) on the machine that builds",
         )
     if needed > Version(__version__):
         raise _refuse(

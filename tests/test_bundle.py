@@ -198,6 +198,10 @@ REFUSALS = {
         edit_meta(schema=ARTIFACT_SCHEMA + 1),
         rf"bundle schema {ARTIFACT_SCHEMA + 1}, this runtime reads up to {ARTIFACT_SCHEMA}",
     ),
+    "older schema": (
+        edit_meta(schema=ARTIFACT_SCHEMA - 1),
+        rf"bundle schema {ARTIFACT_SCHEMA - 1} \(built before the prefill ELFs wrote the KV cache",
+    ),
     "newer runtime": (edit_meta(min_runtime_version="99.0"), r"needs aierun >= 99\.0"),
 }
 

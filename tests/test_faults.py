@@ -29,7 +29,7 @@ from conftest import compile_emu
 from safetensors.numpy import save_file
 
 from aiebuild.bundle import pack
-from aierun import cli, default_model, paths
+from aierun import ARTIFACT_SCHEMA, cli, default_model, paths
 from aierun.bundle import BUNDLE_META, SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,6 +274,17 @@ def test_torn_manifest_is_named_with_what_to_do(build_copy, tiny, home):
     refused(aierun(home, *run_args(tiny, build_copy)), 2,
             r"manifest .*manifest\.json is not valid JSON .*run `doit compile` again")  # fmt: skip
     compile_emu(build_copy, tiny, BUCKETS)  # what the message says to do
+    the_next_run_works(tiny, build_copy, home)
+
+
+def test_artifacts_of_an_older_schema_are_refused_with_what_to_do(build_copy, tiny, home):
+    """Schema 1's prefill ELFs leave the KV cache to the host: this runtime cannot run
+    them, and says to rebuild rather than fail inside the first prefill."""
+    data = json.loads(emu_manifest(build_copy).read_text())
+    emu_manifest(build_copy).write_text(json.dumps({**data, "schema": ARTIFACT_SCHEMA - 1}))
+    why = r"schema 1 \(built before the prefill ELFs wrote the KV cache\).*`doit compile`"
+    refused(aierun(home, *run_args(tiny, build_copy)), 2, why)
+    compile_emu(build_copy, tiny, BUCKETS)
     the_next_run_works(tiny, build_copy, home)
 
 
