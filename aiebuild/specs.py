@@ -72,7 +72,8 @@ def check_tileable(shape: ModelShape) -> None:
         )
 
 
-def _largest_divisor(n: int, limit: int) -> int:
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of `n` that is at most `limit` (at least 1)."""
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
@@ -109,7 +110,7 @@ def matmul_params(op: str, m: int, k: int, n: int, mma: str = "bf16") -> dict[st
     (designs/gemv.py), as many as there are 32-row output blocks."""
     if op == "gemm":
         return {"M": m, "K": k, "N": n, "mma": mma, **_array(
-            _largest_divisor(n // TILE, COLUMNS), _largest_divisor(max(m // TILE, 1), CORE_ROWS)
+            largest_divisor(n // TILE, COLUMNS), largest_divisor(max(m // TILE, 1), CORE_ROWS)
         )}  # fmt: skip
     streams = min(2 * COLUMNS - 1, n // GEMV_ROWS)
     return {"M": m, "K": k, "N": n, **_array(streams // 2 + 1, 2)}
@@ -123,13 +124,13 @@ def _matmul(op: str, label: str, m: int, k: int, n: int, inputs: tuple[str, str]
 
 def row_params(rows: int) -> dict[str, int]:
     """Row-wise ops (rmsnorm, rope): whole rows per column, one core per column."""
-    return {"rows": rows, **_array(_largest_divisor(rows, COLUMNS))}
+    return {"rows": rows, **_array(largest_divisor(rows, COLUMNS))}
 
 
 def eltwise_params(rows: int, cols: int) -> dict[str, int]:
     """Elementwise ops: equal runs of whole vectors per column."""
     vectors = rows * cols // ELTWISE_LANES
-    return {"rows": rows, "cols": cols, **_array(_largest_divisor(vectors, COLUMNS))}
+    return {"rows": rows, "cols": cols, **_array(largest_divisor(vectors, COLUMNS))}
 
 
 def attention_params(shape: ModelShape, s: int) -> dict[str, int]:
@@ -137,7 +138,7 @@ def attention_params(shape: ModelShape, s: int) -> dict[str, int]:
     columns (designs/flash_attn.py): core rows divide the group, whole groups per
     round, whole rounds per KV head."""
     group, blocks = shape.n_heads // shape.n_kv_heads, s // ATTN_BLOCK
-    core_rows = _largest_divisor(group, CORE_ROWS)
+    core_rows = largest_divisor(group, CORE_ROWS)
     fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
             and blocks % (c * core_rows // group) == 0]  # fmt: skip
     return _array(max(fits), core_rows)

@@ -29,6 +29,7 @@ from aiebuild.designs.common import (
     tap,
     tensor,
 )
+from aiebuild.specs import largest_divisor
 from aierun.abi import ArgSpec, Launch
 
 MAX_CHUNK = 2048  # elements per object: 4 KiB in, 8 KiB out; x2 fifos x depth 2
@@ -37,8 +38,7 @@ MAX_CHUNK = 2048  # elements per object: 4 KiB in, 8 KiB out; x2 fifos x depth 2
 def object_rows(launch: Launch, width: int) -> int:
     """Rows per object: the largest divisor of a column's block that fits a chunk."""
     block = launch.params["rows"] // array(launch)[0]
-    fits = max(1, MAX_CHUNK // width)
-    return max(d for d in range(1, min(block, fits) + 1) if block % d == 0)
+    return largest_divisor(block, max(1, MAX_CHUNK // width))
 
 
 def chunk(launch: Launch) -> int:
