@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 BUILD = Path(os.environ.get("AIE_BUILD_DIR") or ROOT / "build")  # tests build elsewhere
 os.environ["AIERUN_HOME"] = str(BUILD)
 
-from aiebuild import bundle, cache, tasks  # noqa: E402  (after AIERUN_HOME is set)
+from aiebuild import bundle, cache_command, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
 from aierun.errors import EXIT_BROKEN_PIPE  # noqa: E402
 
@@ -152,7 +152,7 @@ def task_unpack():
 def task_cache():
     """List the artifact store per target; `doit cache gc=1` first removes unused entries."""
     return {
-        "actions": [tasks.failing_cleanly(cache.command, BUILD, get_var("gc", "0"))],
+        "actions": [tasks.failing_cleanly(cache_command.command, BUILD, get_var("gc", "0"))],
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -20,11 +20,11 @@ LM_HEAD_PARTITIONS = 8
 # Every GEMM/GEMV dimension is tiled in blocks of this many elements on the cores.
 TILE = 64
 # The NPU2 array a launch may spread over: 8 columns of 4 compute cores
-# (aiebuild/iron_model.NPU2). Each launch records the part it uses as the params
+# (aiebuild/array/iron_record.NPU2). Each launch records the part it uses as the params
 # `columns` x `core_rows`; its design places one worker per core of that part.
 COLUMNS, CORE_ROWS = 8, 4
-GEMV_ROWS = 32  # output rows per GEMV core step (designs/gemv.py TN)
-ATTN_BLOCK = 32  # query and key rows per flash-attention block (designs/flash_attn.py)
+GEMV_ROWS = 32  # output rows per GEMV core step (aiebuild/ops/gemv.py TN)
+ATTN_BLOCK = 32  # query and key rows per flash-attention block (aiebuild/ops/flash_attn.py)
 ELTWISE_LANES = 16  # elements per vector step of the elementwise kernels
 
 W, C, IN, MID, OUT, CACHE = (
@@ -107,7 +107,7 @@ def matmul_params(op: str, m: int, k: int, n: int, mma: str = "bf16") -> dict[st
     """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
     core rows, and its matmul mode `mma` (GEMM_MMA). A GEMV's: one weight stream per
     shim input channel but the one that broadcasts x, each feeding one core
-    (designs/gemv.py), as many as there are 32-row output blocks."""
+    (aiebuild/ops/gemv.py), as many as there are 32-row output blocks."""
     if op == "gemm":
         return {"M": m, "K": k, "N": n, "mma": mma, **_array(
             largest_divisor(n // TILE, COLUMNS), largest_divisor(max(m // TILE, 1), CORE_ROWS)
@@ -135,7 +135,7 @@ def eltwise_params(rows: int, cols: int) -> dict[str, int]:
 
 def attention_params(shape: ModelShape, s: int) -> dict[str, int]:
     """Query heads of one KV group over core rows, successive query blocks over
-    columns (designs/flash_attn.py): core rows divide the group, whole groups per
+    columns (aiebuild/ops/flash_attn.py): core rows divide the group, whole groups per
     round, whole rounds per KV head."""
     group, blocks = shape.n_heads // shape.n_kv_heads, s // ATTN_BLOCK
     core_rows = largest_divisor(group, CORE_ROWS)

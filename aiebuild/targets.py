@@ -2,7 +2,7 @@
 
 - `emu`: the launch plan (the ELF spec as JSON) is the whole artifact.
 - `npu2`: the plan plus the full ELF built from IRON designs, Peano objects and
-  aiecc (aiebuild.npu2).
+  aiecc (aiebuild.npu2.target).
 
 A target names the source files and toolchain that determine an entry's bytes,
 which is what the content key covers.
@@ -63,10 +63,10 @@ def plan_meta(spec: ElfSpec, toolchain: dict[str, Any]) -> dict[str, Any]:
 
 
 def npu2_model(spec: ElfSpec) -> dict[str, Any]:
-    """One call of the ELF on npu2 as aiebuild/timing.py models it ({"ms", "fixed_ms",
+    """One call of the ELF on npu2 as aiebuild/array/timing.py models it ({"ms", "fixed_ms",
     "launches": [{"label", "ms", "bound"}]}); the plan has checked that the npu2
-    designs build it (aiebuild/rules.py)."""
-    from aiebuild import timing  # the designs load only when an ELF is built
+    designs build it (aiebuild/array/rules.py)."""
+    from aiebuild.array import timing  # the designs load only when an ELF is built
 
     return timing.elf_time(spec).summary()
 
@@ -74,12 +74,15 @@ def npu2_model(spec: ElfSpec) -> dict[str, Any]:
 def npu2_model_sources(spec: ElfSpec) -> dict[str, str]:
     """sha256 of the files the modeled time depends on: the designs and kernels, the
     time model and its kernel costs."""
-    from aiebuild import designs
+    from aiebuild import ops
 
     root = Path(__file__).resolve().parents[1]
     files = {
-        **designs.design_sources(spec),
-        **{f"aiebuild/{n}": root / "aiebuild" / n for n in ("timing.py", "kernel_costs.py")},
+        **ops.design_sources(spec),
+        **{
+            f"aiebuild/array/{n}": root / "aiebuild" / "array" / n
+            for n in ("timing.py", "kernel_costs.py")
+        },
     }
     return {label: sha256_file(path) for label, path in files.items()}
 

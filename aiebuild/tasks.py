@@ -21,9 +21,10 @@ import structlog
 from doit.exceptions import InvalidCommand, InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
-from aiebuild import rules, toolchain
-from aiebuild.designs.common import KernelObject
-from aiebuild.npu2 import Npu2Target
+from aiebuild.array import rules
+from aiebuild.npu2 import toolchain
+from aiebuild.npu2.target import Npu2Target
+from aiebuild.ops.common import KernelObject
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
 from aiebuild.targets import EmuTarget, Target, entry_key
@@ -325,7 +326,7 @@ def compile_all(config: BuildConfig) -> Path:
 
 def check_designs(config: BuildConfig) -> None:
     """`doit check`: record, place and check every launch of every ELF of the model
-    against the NPU2 hardware rules (aiebuild/rules.py); print the per-ELF table and
+    against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
     shape = Checkpoint(config.model_dir()).shape
     checks = rules.check_specs(model_specs(shape, config.buckets))

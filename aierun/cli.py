@@ -189,7 +189,7 @@ def open_session(args: argparse.Namespace, profiler=None):
     from aierun.artifacts import ArtifactSet, find_manifest
     from aierun.devices import open_device
     from aierun.model import Checkpoint, resolve_model
-    from aierun.pipeline import Session
+    from aierun.session import Session
 
     device = open_device(args.device)
     try:
@@ -219,7 +219,7 @@ def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | No
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from aierun.pipeline import Sampling
+    from aierun.session import Sampling
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     with open_session(args) as session:
@@ -285,7 +285,7 @@ def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn chat: each turn prefills the whole conversation so far. Log lines
     go to the log file only, so they do not interleave with the conversation."""
-    from aierun.pipeline import Sampling
+    from aierun.session import Sampling
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens
@@ -338,9 +338,9 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "chat": cmd_chat,
-    "profile": _lazy("aierun.profile", "cmd_profile"),
-    "verify": _lazy("aierun.verify", "cmd_verify"),
-    "diagnosis": _lazy("aierun.verify", "cmd_diagnosis"),
+    "profile": _lazy("aierun.profiling.command", "cmd_profile"),
+    "verify": _lazy("aierun.verify.gate", "cmd_verify"),
+    "diagnosis": _lazy("aierun.verify.gate", "cmd_diagnosis"),
     "unpack": _lazy("aierun.bundle", "cmd_unpack"),
 }
 

@@ -30,7 +30,7 @@ using c_t = bfloat16;
 #endif
 
 #define AIEK_TYPES AIEK_CAT5(AIEK_A_TAG, _, AIEK_B_TAG, _, AIEK_C_TAG)
-// Elements per vector step; aiebuild/designs/eltwise.py LANES checks chunks against it.
+// Elements per vector step; aiebuild/ops/eltwise.py LANES checks chunks against it.
 static constexpr int LANES = 16;
 static_assert(AIEK_CHUNK % LANES == 0, "AIEK_CHUNK must be a multiple of 16");
 

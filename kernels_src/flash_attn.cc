@@ -1,9 +1,9 @@
 // Causal attention of one (head, query block) with an online softmax
-// (aierun/ops/attention.py, aiebuild/designs/flash_attn.py).
+// (aierun/ops/attention.py, aiebuild/ops/flash_attn.py).
 // -D AIEK_DH=<head dim>  -D AIEK_BQ=<query rows per block>  -D AIEK_BK=<key rows per block>
 // Entry points (suffix <DH>_<BQ>x<BK>), state = State below (the design's fp32 state
 // buffer of the same size; its initial value sets the core's first query block, its
-// step and its head in the queries object, see aiebuild/designs/flash_attn.py
+// step and its head in the queries object, see aiebuild/ops/flash_attn.py
 // initial_state):
 //   flash_attn_init_*(state)                 start a query block
 //   flash_attn_step_*(q, kv, state)          fold in the next key block, kv = [K; V]

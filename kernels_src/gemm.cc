@@ -1,4 +1,4 @@
-// GEMM tiles for y[M,N] = x[M,K] @ w[N,K]^T (aierun/ops/matmul.py, aiebuild/designs/gemm.py).
+// GEMM tiles for y[M,N] = x[M,K] @ w[N,K]^T (aierun/ops/matmul.py, aiebuild/ops/gemm.py).
 // -D AIEK_TM=<rows of x per tile>  -D AIEK_TK=<k per tile>  -D AIEK_TN=<rows of w per tile>
 // -D AIEK_MMA=bf16|bfp16: the matmul mode (aiebuild/specs.py GEMM_MMA)
 //   bf16:  true bf16 x bf16 -> fp32 mmul, 4x8x8 blocks (fact B).
@@ -22,7 +22,7 @@ static constexpr int MR = 8;  // one mac_8x8_8x8T: a 4-row block would waste hal
 #elif AIEK_MMA_CODE(AIEK_MMA) == AIEK_MMA_IS_bf16
 static constexpr int MR = 4;  // the AIE2P bf16 mmul shape 4x8x8
 #else
-#error "-D AIEK_MMA must be bf16 or bfp16 (aiebuild/designs/gemm.py passes the launch's mma)"
+#error "-D AIEK_MMA must be bf16 or bfp16 (aiebuild/ops/gemm.py passes the launch's mma)"
 #endif
 
 #include "aie_kernel_common.h"

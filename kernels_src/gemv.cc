@@ -1,4 +1,4 @@
-// GEMV tiles for y[N] = w[N,K] @ x[K] (aierun/ops/matmul.py with M = 1, designs/gemv.py).
+// GEMV tiles for y[N] = w[N,K] @ x[K] (aierun/ops/matmul.py with M = 1, aiebuild/ops/gemv.py).
 // -D AIEK_K=<length of x>  -D AIEK_TN=<rows of w per tile>  -D AIEK_TK=<columns per tile>
 // Entry points gemv_bf16_<K>x<TN>x<TK>_<bf16|f32>(x[K], w[TN][TK], y[TN], state): the
 // design calls one K / TK times per TN-row block; the state (zero-initialized by the

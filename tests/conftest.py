@@ -18,7 +18,7 @@ from aierun import default_model
 from aierun.artifacts import ArtifactSet
 from aierun.devices.emu import EmuDevice
 from aierun.model import Checkpoint
-from aierun.pipeline import Session
+from aierun.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_BUCKETS = (64, 128)

@@ -660,7 +660,7 @@ def test_build_choices_are_remembered_and_models_kept_side_by_side(tmp_path, tin
 
 
 def test_rates_measured_under_load_are_measured_again_and_the_best_kept(tmp_path, monkeypatch):
-    from aierun import roofline
+    from aierun.profiling import roofline
 
     cache = tmp_path / "rates.json"
     busy = roofline.Rates("emu", 1e9, 2e9, "measured while busy")

@@ -15,7 +15,7 @@ from aierun.artifacts import ArtifactSet  # noqa: E402
 from aierun.devices.emu import EmuDevice  # noqa: E402
 from aierun.errors import UserError  # noqa: E402
 from aierun.model import Checkpoint  # noqa: E402
-from aierun.pipeline import Session  # noqa: E402
+from aierun.session import Session  # noqa: E402
 
 LLAMA3_SCALING = {
     "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,

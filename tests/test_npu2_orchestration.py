@@ -21,9 +21,9 @@ import pytest
 from structlog.testing import capture_logs
 from test_stitching import fixture, iron14_problems
 
-from aiebuild import designs, toolchain
-from aiebuild.designs import common, gemv
-from aiebuild.npu2 import (
+from aiebuild import ops
+from aiebuild.npu2.stitching import RESET_PAD
+from aiebuild.npu2.target import (
     AIECC_FLAGS,
     LOCK,
     PEANO_FLAGS,
@@ -32,9 +32,10 @@ from aiebuild.npu2 import (
     Npu2Target,
     collect_objects,
     needs_reset_pad,
+    toolchain,
 )
+from aiebuild.ops import common, gemv
 from aiebuild.specs import model_specs
-from aiebuild.stitching import RESET_PAD
 from aiebuild.tasks import BuildConfig, compile_all, compile_tasks, plan, select_target
 from aierun.abi import BF16
 from aierun.artifacts import PLAN, ArtifactSet
@@ -240,7 +241,7 @@ def test_too_big_or_untileable_launches_are_refused_at_plan_time(standins, model
 
 def test_kernel_parameters_are_prefixed_macros(standins, checkpoint):
     for spec in model_specs(checkpoint.shape, BUCKETS):
-        for obj in designs.kernel_objects(spec):
+        for obj in ops.kernel_objects(spec):
             for flag in obj.flags():
                 assert re.fullmatch(r"-DAIEK_[A-Z0-9_]+=\S+", flag), flag
 
@@ -307,7 +308,7 @@ def test_second_build_is_all_cache_hits_and_one_kernel_edit_rebuilds_its_users(s
     rebuilt = Counter(c["tool"] for c in calls(standins["log"], first))
     _, _, _, builds = plan(cfg)
     assert 0 < len(users(builds, "gemm")) < len(builds)
-    gemm_objects = {designs.kernel_object(b.spec, launch) for b in builds
+    gemm_objects = {ops.kernel_object(b.spec, launch) for b in builds
                     for launch in b.spec.launches if launch.op == "gemm"}  # fmt: skip
     assert len(gemm_objects) == 2  # the bf16 and bfp16 instances (specs.GEMM_MMA)
     assert rebuilt == {"clang++": len(gemm_objects), "aiecc": len(users(builds, "gemm"))}
@@ -328,7 +329,7 @@ def test_a_design_parameter_rebuilds_only_its_users_and_the_common_header_everyt
         return replace(obj, defines=(*obj.defines, ("AIEK_UNROLL", "2")))
 
     monkeypatch.setattr(gemv, "kernel", retuned)
-    monkeypatch.setitem(designs.DESIGNS, "gemv", replace(designs.DESIGNS["gemv"], kernel=retuned))
+    monkeypatch.setitem(ops.DESIGNS, "gemv", replace(ops.DESIGNS["gemv"], kernel=retuned))
     compile_all(cfg)
     relinked = {elf_name(c) for c in calls(standins["log"], start, "aiecc")}
     assert relinked == {f"{b.spec.instance}.elf" for b in users(builds, "gemv")}
@@ -344,9 +345,9 @@ def test_a_design_parameter_rebuilds_only_its_users_and_the_common_header_everyt
 def test_the_content_key_covers_the_abi_rule_and_flags_not_npu2_py_bytes(standins, model_dir):
     _, _, _, builds = plan(config(standins["tmp"], model_dir))
     sources = Npu2Target().sources(builds[0].spec)
-    assert "aierun/abi.py" in sources and "aiebuild/npu2.py" not in sources
+    assert "aierun/abi.py" in sources and "aiebuild/npu2/target.py" not in sources
     assert "aierun/devices/npu.py:kernel_arg_order,sequence_name" in sources
-    assert "aiebuild/npu2.py:flags" in sources
+    assert "aiebuild/npu2/target.py:flags" in sources
 
 
 def test_a_failing_kernel_compile_names_the_kernel_and_publishes_nothing(
@@ -451,7 +452,7 @@ def test_doit_compile_for_npu2_in_parallel_rebuilds_only_what_changed(standins, 
     assert elfs == 6  # three prefill ELFs for one bucket, three decode ELFs
 
     start = len(calls(standins["log"]))
-    design = checkout / "aiebuild" / "designs" / "gemv.py"
+    design = checkout / "aiebuild" / "ops" / "gemv.py"
     design.write_text(design.read_text() + "\n# an edited design\n")
     done = doit(checkout, env, "-n", "2", *args)
     assert done.returncode == 0, done.stderr
@@ -510,7 +511,7 @@ def test_every_design_prints_iron_1_4_forms_with_loops(standins, checkpoint, mod
     shape = checkpoint.shape if model == "SmolLM2-135M" else LLAMA_1B
     for spec in model_specs(shape, buckets):
         for launch in spec.launches:
-            text = designs.mlir(spec, launch)
+            text = ops.mlir(spec, launch)
             assert iron14_problems(text) == [], f"{spec.instance} {launch.op}"
             cores = text.split(" = aie.core(")[1:]
             assert cores and max(core.count("func.call") for core in cores) <= 4, launch.op

@@ -345,7 +345,7 @@ def _real_npu_missing() -> str | None:
 def test_real_npu_prefill_agrees_with_the_emulation_and_generates_text(checkpoint):
     from aierun.artifacts import ArtifactSet
     from aierun.devices.emu import EmuDevice
-    from aierun.pipeline import Session
+    from aierun.session import Session
 
     artifacts = ArtifactSet.open(NPU_MANIFEST)
     if artifacts.shape != checkpoint.shape:

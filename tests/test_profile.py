@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from aierun import cli, roofline
-from aierun.html_report import render_html
-from aierun.pipeline import Sampling
-from aierun.profile import run_profile
-from aierun.profiler import Profiler
-from aierun.report import dataflow_section, render_text, to_json, trace_events
+from aierun import cli
+from aierun.profiling import roofline
+from aierun.profiling.command import run_profile
+from aierun.profiling.html import render_html
+from aierun.profiling.recorder import Profiler
+from aierun.profiling.text import dataflow_section, render_text, to_json, trace_events
+from aierun.session import Sampling
 
 PROMPT = "What is the capital of France?"
 N_TOKENS = 4

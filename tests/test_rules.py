@@ -1,4 +1,4 @@
-"""The hardware-rules check (aiebuild/rules.py) on programs recorded through the IRON model:
+"""The hardware-rules check (aiebuild/array/rules.py) on programs recorded through the IRON model:
 one design per rule, built to break it, refused with a message naming the rule and the
 limit; a legal design of the same shape passes, so each refusal is the rule's doing."""
 
@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiebuild import iron_model, placement, rules, tasks
-from aiebuild.designs import common
-from aiebuild.placement import TileId
+from aiebuild import tasks
+from aiebuild.array import iron_record, placement, rules
+from aiebuild.array.placement import TileId
+from aiebuild.ops import common
 from aiebuild.specs import model_specs
 from aierun.abi import BF16
 from aierun.model import Checkpoint
@@ -35,10 +36,10 @@ def streaming(
     sequence=None,
     dims_to_stream=None,
     host=None,
-) -> iron_model.Program:
+) -> iron_record.Program:
     """One Worker consuming `inputs` fifos and producing `outputs` fifos of `obj`
     elements; the runtime fills / drains each whole host buffer (or runs `sequence`)."""
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         ins = [
             lib.ObjectFifo(tensor(obj, dtype), depth=depth, name=f"in{i}") for i in range(inputs)
         ]
@@ -75,11 +76,11 @@ def streaming(
         return lib.Program(lib.NPU2(), runtime, [worker])
 
 
-def violations(program: iron_model.Program) -> list[str]:
+def violations(program: iron_record.Program) -> list[str]:
     return [v.describe() for v in rules.check(program).violations]
 
 
-def refused(program: iron_model.Program, rule: str, value: int, limit: int) -> str:
+def refused(program: iron_record.Program, rule: str, value: int, limit: int) -> str:
     """The one message of `rule`, which must state the value and the limit."""
     found = [m for m in violations(program) if rule in m]
     assert found, f"no {rule!r} violation in {violations(program)}"
@@ -101,7 +102,7 @@ def test_a_legal_design_passes_and_reports_its_usage():
 
 
 def test_shim_ends_sit_in_their_cores_column_and_spill_to_the_nearest_free_shim():
-    placed = placement.place(streaming(3, 1, tile=iron_model.Tile(3, 4)))
+    placed = placement.place(streaming(3, 1, tile=iron_record.Tile(3, 4)))
     shims = {handle.name: tile for handle, tile in placed.shims.items()}
     # in0, in1 take shim (3, 0)'s two MM2S channels; in2 goes to the nearest shim with one
     # free, the lower column first; out0 takes an S2MM channel of (3, 0)
@@ -121,9 +122,9 @@ def test_three_input_fifos_into_one_core_are_refused():
 def test_an_iteration_size_of_65_is_refused_and_64_passes():
     def sequence(outer):
         def run(src, dst, fill, drain):
-            tap = iron_model.TensorAccessPattern((outer * 256,), 0, [outer, 1, 1, 256],
+            tap = iron_record.TensorAccessPattern((outer * 256,), 0, [outer, 1, 1, 256],
                                                  [256, 0, 0, 1])  # fmt: skip
-            group = iron_model.TaskGroup()
+            group = iron_record.TaskGroup()
             fill.fill(src, tap, group=group)
             drain.drain(dst, wait=True, group=group)
             group.finish()
@@ -131,7 +132,7 @@ def test_an_iteration_size_of_65_is_refused_and_64_passes():
         return run
 
     def design(outer):
-        with iron_model.recording() as lib:
+        with iron_record.recording() as lib:
             fifo_in = lib.ObjectFifo(tensor(256), name="in0")
             fifo_out = lib.ObjectFifo(tensor(256), name="out0")
 
@@ -150,8 +151,8 @@ def test_an_iteration_size_of_65_is_refused_and_64_passes():
 
 def test_a_two_byte_aligned_offset_is_refused():
     def sequence(src, dst, fill, drain):
-        group = iron_model.TaskGroup()
-        fill.fill(src, iron_model.TensorAccessPattern((258,), 1, [1, 1, 1, 256], [0, 0, 0, 1]),
+        group = iron_record.TaskGroup()
+        fill.fill(src, iron_record.TensorAccessPattern((258,), 1, [1, 1, 1, 256], [0, 0, 0, 1]),
                   group=group)  # fmt: skip
         drain.drain(dst, wait=True, group=group)
         group.finish()
@@ -175,9 +176,9 @@ def test_a_larger_stack_counts_against_core_memory():
 
 def test_17_live_shim_buffer_descriptors_are_refused():
     def sequence(src, dst, fill, drain):
-        group = iron_model.TaskGroup()
+        group = iron_record.TaskGroup()
         for part in range(16):  # 16 fills and a drain live until the finish
-            tap = iron_model.TensorAccessPattern((16 * 256,), part * 256, [1, 1, 1, 256],
+            tap = iron_record.TensorAccessPattern((16 * 256,), part * 256, [1, 1, 1, 256],
                                                  [0, 0, 0, 1])  # fmt: skip
             fill.fill(src, tap, group=group)
         drain.drain(dst, wait=True, group=group)
@@ -192,7 +193,7 @@ def test_17_live_shim_buffer_descriptors_are_refused():
 def test_finished_groups_free_their_shim_buffer_descriptors():
     def sequence(src, dst, fill, drain):
         for _ in range(17):  # one phase per group: two tasks live at a time
-            group = iron_model.TaskGroup()
+            group = iron_record.TaskGroup()
             fill.fill(src, group=group)
             drain.drain(dst, wait=True, group=group)
             group.finish()
@@ -203,17 +204,17 @@ def test_finished_groups_free_their_shim_buffer_descriptors():
 
 
 def test_a_ninth_column_is_refused():
-    message = refused(streaming(1, 1, tile=iron_model.Tile(8, 2)), "column", 8, 7)
+    message = refused(streaming(1, 1, tile=iron_record.Tile(8, 2)), "column", 8, 7)
     assert message.startswith("core (8, 2)") and "8 columns" in message
 
 
 def test_a_worker_pinned_to_a_memory_tile_is_refused():
-    message = refused(streaming(1, 1, tile=iron_model.Tile(0, 1)), "Worker tile kind", 1, 2)
+    message = refused(streaming(1, 1, tile=iron_record.Tile(0, 1)), "Worker tile kind", 1, 2)
     assert "pinned to row 1" in message and "rows 2-5" in message
 
 
 def test_a_33rd_worker_lands_past_the_array_and_is_refused():
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         fifos = [lib.ObjectFifo(tensor(64), name=f"f{index:02}") for index in range(33)]
         workers = [lib.Worker(lambda h: h.acquire(1), [f.cons()]) for f in fifos]
         runtime = lib.Runtime(lambda *ends: None, [f.prod() for f in fifos])
@@ -226,15 +227,15 @@ def test_a_33rd_worker_lands_past_the_array_and_is_refused():
 def test_more_locks_than_a_core_has_are_refused():
     """Nine shared-memory fifos from (0, 2) to its northern neighbour: no DMA channel,
     two locks each on the producer's tile."""
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         fifos = [lib.ObjectFifo(tensor(64), name=f"s{i}") for i in range(9)]
 
         def touch(*handles):
             for handle in handles:
                 handle.acquire(1)
 
-        producer = lib.Worker(touch, [f.prod() for f in fifos], tile=iron_model.Tile(0, 2))
-        consumer = lib.Worker(touch, [f.cons() for f in fifos], tile=iron_model.Tile(0, 3))
+        producer = lib.Worker(touch, [f.prod() for f in fifos], tile=iron_record.Tile(0, 2))
+        consumer = lib.Worker(touch, [f.cons() for f in fifos], tile=iron_record.Tile(0, 3))
         program = lib.Program(lib.NPU2(), lib.Runtime(lambda: None, []), [producer, consumer])
     placed = placement.place(program)
     assert all(placed.shares_memory(f) for f in program.fifos)
@@ -249,7 +250,7 @@ def test_more_buffer_descriptors_than_a_core_has_are_refused():
 
 
 def test_a_split_wider_than_the_memory_tile_is_refused():
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         source = lib.ObjectFifo(tensor(7 * 64), name="wide")
         parts = source.cons().split([64 * i for i in range(7)], obj_types=[tensor(64)] * 7)
         workers = [lib.Worker(lambda h: h.acquire(1), [p.cons()]) for p in parts]
@@ -273,9 +274,9 @@ def test_core_dims_to_stream_keep_to_three_dims_and_eight_bit_wraps():
 
 
 def test_flash_attention_with_q_k_v_into_one_core_is_refused():
-    """flash_attn as it was (aiebuild/designs/flash_attn.py before issue 10): q, k and v
+    """flash_attn as it was (aiebuild/ops/flash_attn.py before issue 10): q, k and v
     blocks into one core, the output out of it."""
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         block = tensor((32, 64), BF16)
         q, k, v, o = (lib.ObjectFifo(block, name=n) for n in ("q_in", "k_in", "v_in", "o_out"))
         state = lib.Buffer(tensor(32 * 64 + 66, np.dtype(np.float32)), name="state")
@@ -311,14 +312,14 @@ def test_the_lm_head_weight_pattern_of_the_default_model_is_refused():
     w tiles [N / 32, K / 64, 32, 64], an iteration size of 192."""
 
     def sequence(x, w, y, x_fill, w_fill, y_drain):
-        group = iron_model.TaskGroup()
+        group = iron_record.TaskGroup()
         x_fill.fill(x, group=group)
-        w_fill.fill(w, iron_model.TensorAccessPattern((6144, 576), 0, [192, 9, 32, 64],
+        w_fill.fill(w, iron_record.TensorAccessPattern((6144, 576), 0, [192, 9, 32, 64],
                     [32 * 576, 64, 576, 1]), group=group)  # fmt: skip
         y_drain.drain(y, wait=True, group=group)
         group.finish()
 
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         x_in = lib.ObjectFifo(tensor(576, BF16), depth=1, name="x_in")
         w_in = lib.ObjectFifo(tensor((32, 64), BF16), name="w_in")
         y_out = lib.ObjectFifo(tensor(32, np.dtype(np.float32)), name="y_out")
@@ -345,8 +346,8 @@ def test_a_refusal_names_the_elf_and_the_launch(rule, monkeypatch):
     from aierun.abi import ElfSpec, Launch
 
     spec = ElfSpec("flash_attn", "prefill", 64, (), (Launch("flash_attn", {}, (), (), "GQA"),))
-    bad = streaming(3, 1, tile=iron_model.Tile(8, 2))
-    monkeypatch.setattr(rules.designs, "record", lambda spec, launch: bad)
+    bad = streaming(3, 1, tile=iron_record.Tile(8, 2))
+    monkeypatch.setattr(rules.ops, "record", lambda spec, launch: bad)
     with pytest.raises(rules.RulesError) as refusal:
         rules.require_legal([spec])
     lines = str(refusal.value).splitlines()

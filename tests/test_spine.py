@@ -52,7 +52,7 @@ def test_greedy_answer_to_the_france_prompt_names_paris(session, checkpoint):
 
 
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(session):
-    from aierun.pipeline import Sampling
+    from aierun.session import Sampling
 
     hot = Sampling(temperature=1.5, top_p=0.95, seed=7)
     first = list(session.generate("Tell me a story.", 8, hot, stop_ids=set()))

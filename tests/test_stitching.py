@@ -10,7 +10,7 @@ from string import Template
 
 import pytest
 
-from aiebuild.stitching import RESET_PAD, ChildModule, StitchError, stitch
+from aiebuild.npu2.stitching import RESET_PAD, ChildModule, StitchError, stitch
 from aierun.abi import ArgSpec, Role
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mlir"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aiebuild import cache
+from aiebuild import cache_command
 from aiebuild.specs import model_specs
 from aiebuild.store import LOCK, Store
 from aiebuild.targets import EmuTarget
@@ -120,11 +120,11 @@ def test_gc_removes_unreferenced_entries_and_debris_only(tmp_path, model_dir):
     (tmp_path / "targets" / "npu2" / "manifest.json").write_text(
         json.dumps({"store": "../../cache/npu2", "target": "npu2", "elfs": {"x": kept}})
     )
-    listed = {(e.target, e.key): e.referenced for e in cache.entries(tmp_path)}
+    listed = {(e.target, e.key): e.referenced for e in cache_command.entries(tmp_path)}
     assert [k for (t, k), used in listed.items() if not used] == sorted(orphans) + [dropped]
 
-    assert cache.collect_garbage(tmp_path) == {"emu": [], "npu2": []}  # all too recent
-    removed = cache.collect_garbage(tmp_path, grace_s=0)
+    assert cache_command.collect_garbage(tmp_path) == {"emu": [], "npu2": []}  # all too recent
+    removed = cache_command.collect_garbage(tmp_path, grace_s=0)
 
     assert set(removed["emu"]) == orphans | {p.name for p in debris}
     assert removed["npu2"] == [dropped]
@@ -136,7 +136,7 @@ def test_gc_removes_unreferenced_entries_and_debris_only(tmp_path, model_dir):
 
 def test_cache_command_refuses_an_unclear_gc_value(tmp_path):
     with pytest.raises(UserError, match="gc=1"):
-        cache.command(tmp_path, "yes")
+        cache_command.command(tmp_path, "yes")
 
 
 def _publish_rounds(root: str, rounds: int) -> None:

@@ -1,5 +1,5 @@
-"""The npu2 time model (aiebuild/timing.py) on hand-made programs, and against the
-published measurements it was calibrated on (aiebuild/calibration.py)."""
+"""The npu2 time model (aiebuild/array/timing.py) on hand-made programs, and against the
+published measurements it was calibrated on (tools/calibrate.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import statistics
 import numpy as np
 import pytest
 
-from aiebuild import calibration, iron_model, kernel_costs, timing
-from aiebuild.designs.common import tensor
+from aiebuild.array import iron_record, kernel_costs, timing
+from aiebuild.ops.common import tensor
 from aierun.abi import BF16
+from tools import calibrate
 
 OBJ = "eltwise.o"  # the add entry point: CHUNK / FP32_OPS_PER_CYCLE cycles a call
 
 
-def _stream_program(calls: int, chunk: int, column: int = 0) -> iron_model.Program:
+def _stream_program(calls: int, chunk: int, column: int = 0) -> iron_record.Program:
     """One core adding `calls` chunks of two streams from its column's shim."""
     ty = tensor((chunk,), BF16)
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         add = lib.Kernel(f"add_bf16_bf16_bf16_{chunk}", OBJ, [ty, ty, ty])
         a, b, c = (lib.ObjectFifo(ty) for _ in range(3))
 
@@ -103,8 +104,8 @@ FIT_ERROR, CHECK_ERROR, LONG_ATTENTION_ERROR = 0.03, 0.35, 0.60
 
 
 @pytest.fixture(scope="module")
-def calibration_errors() -> list[tuple[calibration.Point, float]]:
-    return [(p, p.reference().seconds / p.measured_s - 1) for p in calibration.points()]
+def calibration_errors() -> list[tuple[calibrate.Point, float]]:
+    return [(p, p.reference().seconds / p.measured_s - 1) for p in calibrate.points()]
 
 
 def test_calibration_points_within_stated_error(calibration_errors):
@@ -152,8 +153,8 @@ def test_emu_artifact_records_the_modeled_npu2_time(tmp_path):
 
 @pytest.fixture(scope="module")
 def profiled(session):
-    from aierun.pipeline import Sampling
-    from aierun.profile import run_profile
+    from aierun.profiling.command import run_profile
+    from aierun.session import Sampling
 
     report, _ = run_profile(session, "The capital of France is", 3, Sampling(), None)
     return report
@@ -162,7 +163,7 @@ def profiled(session):
 def test_profile_json_carries_the_modeled_npu2_time_per_elf_and_phase(profiled):
     import json
 
-    from aierun.report import to_json
+    from aierun.profiling.text import to_json
 
     data = json.loads(json.dumps(to_json(profiled)))
     model, kernels = data["npu2_model"], data["kernels"]
@@ -179,7 +180,7 @@ def test_profile_json_carries_the_modeled_npu2_time_per_elf_and_phase(profiled):
 
 
 def test_report_shows_the_modeled_time_beside_the_floor(profiled):
-    from aierun.report import render_text
+    from aierun.profiling.text import render_text
 
     text = render_text(profiled)
     assert "npu2 model ms" in text and "npu2 floor ms" in text

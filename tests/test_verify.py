@@ -11,9 +11,9 @@ import pytest
 
 from aierun import cli
 from aierun.errors import UserError
-from aierun.pipeline import Session
-from aierun.reference import Reference
-from aierun.verify import diagnose, load_prompts, verify
+from aierun.session import Session
+from aierun.verify.gate import diagnose, load_prompts, verify
+from aierun.verify.reference import Reference
 
 torch = pytest.importorskip("torch")
 

@@ -1,5 +1,5 @@
 """The executable model of the IRON subset our designs use: runs one recorded launch
-(`aiebuild.designs.record(spec, launch)`, an `iron_model.Program`) on host buffers.
+(`aiebuild.ops.record(spec, launch)`, an `iron_record.Program`) on host buffers.
 
 Everything the program recorded executes, under a cooperative scheduler of
 generators (one per worker, per memory-tile link part, per shim DMA channel, and
@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild import iron_model as im
+from aiebuild.array import iron_record as im
 
 # (kernel, the worker calling it) -> the callable; the worker lets a lookup keep per-core
 # state such as the rounding mode register.

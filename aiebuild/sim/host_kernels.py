@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from aiebuild.designs.common import KERNELS_SRC, KernelObject
+from aiebuild.ops.common import KERNELS_SRC, KernelObject
 from aiebuild.store import Store
 from aierun import paths
 from aierun.abi import canonical_json

@@ -29,9 +29,9 @@ import numpy as np
 from doit.exceptions import TaskFailed
 from tqdm import tqdm
 
-from aiebuild import designs
-from aiebuild import iron_model as im
-from aiebuild.designs.common import KernelObject
+from aiebuild import ops
+from aiebuild.array import iron_record as im
+from aiebuild.ops.common import KernelObject
 from aiebuild.sim import dataflow, host_kernels
 from aiebuild.tasks import BuildConfig, compile_all
 from aierun.abi import HOST_READ, HOST_WRITTEN, ElfSpec, parse_binding
@@ -41,7 +41,7 @@ from aierun.devices.emu import EmuDevice, EmuElf
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
 from aierun.model import Checkpoint
-from aierun.pipeline import Session
+from aierun.session import Session
 
 PROMPT = "The quick brown fox jumps over the lazy dog. "  # repeated to fill a bucket
 
@@ -156,7 +156,7 @@ def simulate_elf(
     launches = []
     for number, launch in enumerate(spec.launches):
         name = f"{spec.instance} launch {number} ({launch.label or launch.op})"
-        program = designs.record(spec, launch)
+        program = ops.record(spec, launch)
         hosts = [arrays[parse_binding(b)[0]] for b in (*launch.inputs, *launch.outputs)]
         kernels.start()
         started = time.perf_counter()
@@ -292,7 +292,7 @@ def _selected(spec: ElfSpec, elf_filter: str) -> bool:
 def _run_one(capture: Capture, home: Path, advance: Callable[[], None]) -> ElfResult:
     spec = capture.spec
     started = time.perf_counter()
-    kernels = HostKernels(designs.kernel_objects(spec), home)
+    kernels = HostKernels(ops.kernel_objects(spec), home)
     try:
         outputs, launches = simulate_elf(capture, kernels, advance)
     except dataflow.DataflowError as exc:

@@ -1,8 +1,8 @@
 """The real NPU2 device (Strix / Krackan) through XRT's Python bindings, full-ELF flow.
 
 One artifact is one full ELF whose wrapper device `@main` runs every launch of the
-ELF from one host call (aiebuild.stitching). The runtime's side of that contract
-is stated here, in two functions that aiebuild.npu2 imports to build and record
+ELF from one host call (aiebuild.npu2.stitching). The runtime's side of that contract
+is stated here, in two functions that aiebuild.npu2.target imports to build and record
 the artifact's `kernel` and `arg_order`, so both sides follow one rule:
 
 - `sequence_name(spec)`: the name of @main's runtime sequence; the host calls

@@ -1,7 +1,7 @@
 """The op vocabulary of launches, emulated with numpy for the `emu` device.
 
 Each module emulates one NPU kernel (its C++ source sits in kernels_src/ under the
-same name, its IRON design in aiebuild/designs/). The emulation follows the
+same name, its IRON design in aiebuild/ops/). The emulation follows the
 device's dataflow: operands arrive as bf16 from DDR, arithmetic accumulates in
 fp32, and the result is rounded to bf16 where the kernel writes it back to DDR.
 Our kernels set the rounding mode to round-to-nearest-even before converting

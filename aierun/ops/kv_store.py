@@ -1,5 +1,5 @@
 """The prefill's K/V as the KV cache decode attention reads (the launch `kv_store`:
-kernels_src/kv_store.cc, aiebuild/designs/kv_store.py).
+kernels_src/kv_store.cc, aiebuild/ops/kv_store.py).
 
 The cache keeps each KV head's positions together, [Hkv, S, Dh], so that decode
 attention reads one head's keys and values as contiguous matrices, and in fp32, the

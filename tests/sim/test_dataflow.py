@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiebuild import iron_model as im
-from aiebuild.designs.common import tensor
+from aiebuild.array import iron_record as im
+from aiebuild.ops.common import tensor
 from aiebuild.sim.dataflow import DataflowError, Launch
 
 F32 = np.dtype(np.float32)

@@ -9,9 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from aiebuild import designs, rules
-from aiebuild.designs import kv_store
-from aiebuild.designs.common import contiguous
+from aiebuild import ops
+from aiebuild.array import rules
+from aiebuild.ops import kv_store
+from aiebuild.ops.common import contiguous
 from aiebuild.sim import dataflow
 from aiebuild.sim.run import (
     TOLERANCES,
@@ -84,7 +85,7 @@ def written(spec: ElfSpec, name: str, values: np.ndarray) -> np.ndarray:
 
 
 def simulated(spec: ElfSpec, inputs, kernels: HostKernels | None = None):
-    kernels = kernels or HostKernels(designs.kernel_objects(spec))
+    kernels = kernels or HostKernels(ops.kernel_objects(spec))
     outputs, _ = simulate_elf(Capture(spec, inputs, {}), kernels)
     return outputs
 
@@ -130,7 +131,7 @@ def far_from_emu(spec: ElfSpec, inputs, kernels: HostKernels | None = None) -> b
 def test_an_access_pattern_one_tile_off_is_caught(monkeypatch):
     """The first fill of the gemm launch starts one fifo object (one tile) later."""
     spec = SPECS["gemm-rms_gemms_rope-gemm_Q"]
-    record = designs.record
+    record = ops.record
 
     def shifted(spec, launch):
         program = record(spec, launch)
@@ -142,7 +143,7 @@ def test_an_access_pattern_one_tile_off_is_caught(monkeypatch):
 
     inputs = random_inputs(spec)
     assert not far_from_emu(spec, inputs)
-    monkeypatch.setattr(designs, "record", shifted)
+    monkeypatch.setattr(ops, "record", shifted)
     assert far_from_emu(spec, inputs)
 
 
@@ -169,7 +170,7 @@ def test_kv_store_moves_a_long_block_in_phases_within_the_shims_limits():
     caches = [ArgSpec(n, (2, 2048, 64), "f32", Role.OUTPUT) for n in ("k_cache", "v_cache")]
     args = (*rows, *caches)
     spec = ElfSpec("kv_store_long", "prefill", 2048, args, (launch,))
-    program = designs.record(spec, launch)
+    program = ops.record(spec, launch)
     drains = [t.tap.sizes[0] for t in program.runtime.transfers() if not t.is_fill]
     assert drains == [64] * 4  # K and V, two phases each
     assert rules.check_launch(spec, launch).report.violations == []
@@ -179,7 +180,7 @@ def test_kv_store_moves_a_long_block_in_phases_within_the_shims_limits():
 def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
     """gemv.cc's inner loop stops one vector short of the tile."""
     spec = SPECS["gemv-rms_gemv_rope-gemm_Q"]
-    (obj,) = designs.kernel_objects(spec)
+    (obj,) = ops.kernel_objects(spec)
     source = obj.source.read_text()
     loop = "k < AIEK_TK; k += LANES"
     assert loop in source, "the gemv kernel changed: update the mutation"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiebuild.designs import flash_attn as flash_attn_design
-from aiebuild.designs.common import KERNELS_SRC, KernelObject, kernel_object
+from aiebuild.ops import flash_attn as flash_attn_design
+from aiebuild.ops.common import KERNELS_SRC, KernelObject, kernel_object
 from aiebuild.sim import host_kernels
 from aiebuild.sim.host_kernels import (
     HostCompileError,
@@ -83,12 +83,12 @@ def mutant(tmp_path: Path, source: str, old: str, new: str) -> Path:
 # -- the objects under test (the designs' tile sizes, small rows) ------------------------
 CHUNK = 64
 ADD_TYPES = [(False, False, False), (True, False, True)]  # bf16 + bf16, residual fp32 + bf16
-GEMM = {"TM": 32, "TK": 64, "TN": 64, "MMA": "bf16"}  # designs/gemm.py
+GEMM = {"TM": 32, "TK": 64, "TN": 64, "MMA": "bf16"}  # aiebuild/ops/gemm.py
 GEMM_BFP16 = {**GEMM, "MMA": "bfp16"}
 # One bfp16 block per output: the kernel's only fp32 rounding is in the store.
 GEMM_ONE_BLOCK = {"TM": 8, "TK": 8, "TN": 8, "MMA": "bfp16"}
-GEMV = {"K": 256, "TN": 32, "TK": 64}  # designs/gemv.py: TN, TK
-FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # designs/flash_attn.py
+GEMV = {"K": 256, "TN": 32, "TK": 64}  # aiebuild/ops/gemv.py: TN, TK
+FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # aiebuild/ops/flash_attn.py
 RMSNORM = {"E": 128, "EPS": 1e-5}
 
 

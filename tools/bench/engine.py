@@ -39,7 +39,7 @@ def peak_rss_mb() -> float:
 def run_emu(checkpoint: Checkpoint, manifest: Path, ids: list[int], decode: int) -> dict:
     from aierun.artifacts import ArtifactSet
     from aierun.devices.emu import EmuDevice
-    from aierun.pipeline import Session
+    from aierun.session import Session
 
     session = Session(checkpoint, ArtifactSet.open(manifest), EmuDevice())
     start = clock()

@@ -21,11 +21,11 @@ from collections.abc import Callable
 import numpy as np
 
 from aierun.abi import BF16
+from aierun.host.embedding import EmbeddingTable
 from aierun.model import ModelShape
 from aierun.ops.attention import KVCache
-from aierun.ops.embedding import EmbeddingTable
 from aierun.ops.kv_store import per_head
-from aierun.pipeline import DECODE_HEADROOM, decode_attention, final_norm, pad_prompt
+from aierun.session import DECODE_HEADROOM, decode_attention, final_norm, pad_prompt
 from tools.bench import seed_way
 
 PAD_ID = 128001
@@ -191,8 +191,9 @@ def measure(shape: ModelShape, contexts: tuple[int, ...], reps: int, seed: int =
 
 def kv_store_modeled_ms(shape: ModelShape, context: int) -> float:
     """What the kv_store launch adds to a prefill layer on npu2, per the time model
-    (aiebuild/timing.py): its busiest resource, and the reconfiguration before it."""
-    from aiebuild import specs, timing
+    (aiebuild/array/timing.py): its busiest resource, and the reconfiguration before it."""
+    from aiebuild import specs
+    from aiebuild.array import timing
 
     elf = timing.elf_time(specs.rms_gemms_rope(shape, context))
     (store,) = [t for t in elf.launches if t.label == "KV cache"]

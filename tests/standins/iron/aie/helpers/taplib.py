@@ -1,5 +1,5 @@
 """Stand-in `aie.helpers.taplib` (tests only): the recorded model's access pattern."""
 
-from aiebuild.iron_model import TensorAccessPattern
+from aiebuild.array.iron_record import TensorAccessPattern
 
 __all__ = ["TensorAccessPattern"]

@@ -1,4 +1,4 @@
-"""The stand-in's printer (tests only): a recorded program (aiebuild.iron_model) as
+"""The stand-in's printer (tests only): a recorded program (aiebuild.array.iron_record) as
 the MLIR text IRON 1.4 prints for it (mlir-aie v1.4.0, db06374). What it follows:
 
 - program.py `resolve_program`: `aie.device(npu2)` without the default name `@main`;
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiebuild import iron_model as m
+from aiebuild.array import iron_record as m
 
 _ELEMENT = {"bfloat16": "bf16", "float32": "f32", "int32": "i32", "int8": "i8", "uint8": "ui8"}
 _TILE_KIND = {m.Worker: ("CoreTile", "core"), m.Link: ("MemTile", "mem")}

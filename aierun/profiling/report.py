@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from statistics import mean
 
 from aierun.abi import ElfSpec
-from aierun.profiler import CpuOp, KernelCall, Profiler, Span
-from aierun.roofline import Cost, Rates, elf_cost
+from aierun.profiling.recorder import CpuOp, KernelCall, Profiler, Span
+from aierun.profiling.roofline import Cost, Rates, elf_cost
 
 
 # -- the dataflow the report walks (DESIGN.md section 4) -------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild.designs.common import (
+from aiebuild.ops.common import (
     SHIM_ITERATIONS,
     KernelObject,
     Stream,

@@ -1,7 +1,7 @@
 """The seed's per-step report of one profiled run: what the always-on profiler
-recorded (grouped by `aierun.attribution`) as the report sections in the seed's
-order (text tables here, HTML in `aierun.html_report`), the JSON of DESIGN.md
-section 8 and a Chrome/Perfetto trace. `aierun.profile` runs and writes it.
+recorded (grouped by `aierun.profiling.report`) as the report sections in the seed's
+order (text tables here, HTML in `aierun.profiling.html`), the JSON of DESIGN.md
+section 8 and a Chrome/Perfetto trace. `aierun.profiling.command` runs and writes it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from statistics import mean
 from typing import Any
 
 from aierun import paths
-from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, Step
-from aierun.profiler import Profiler
-from aierun.roofline import NPU2_RATES, Rates
+from aierun.profiling.recorder import Profiler
+from aierun.profiling.report import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, Step
+from aierun.profiling.roofline import NPU2_RATES, Rates
 
 PROFILE_SCHEMA = 1
 OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
@@ -222,7 +222,7 @@ def kernel_section(report: Report) -> Section:
     tables.append(roofline_table(report))
     notes = [
         "npu2 model ms: one call on a Strix NPU as the build's time model "
-        "(aiebuild/timing.py) predicts it, recorded in the ELF's artifact."
+        "(aiebuild/array/timing.py) predicts it, recorded in the ELF's artifact."
     ]
     if beats_floor(report):
         notes.append(

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import structlog
 
-from aiebuild import npu2
+from aiebuild.npu2.target import collect_objects
 from aiebuild.store import GC_GRACE_S, Store
 from aierun.artifacts import ENTRY_META, MANIFEST
 from aierun.errors import UserError
 
-log = structlog.get_logger("aiebuild.cache")
+log = structlog.get_logger("aiebuild.cache_command")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def collect_garbage(home: Path, grace_s: float = GC_GRACE_S) -> dict[str, list[s
         if target == "npu2":  # the kernel objects the kept npu2 ELFs do not link
             kept = store.keys()  # what survived the collection above
             entries = [store.entry(key) for key in kept]
-            if objects := npu2.collect_objects(home, entries, grace_s):
+            if objects := collect_objects(home, entries, grace_s):
                 removed["npu2 objects"] = objects
     return removed
 

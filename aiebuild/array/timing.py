@@ -1,9 +1,9 @@
 """The npu2 time model: how long one launch, and one call of an ELF, takes on a Strix
-NPU, computed from the recorded IRON program of each launch (aiebuild/iron_model.py),
+NPU, computed from the recorded IRON program of each launch (aiebuild/array/iron_record.py),
 with no data.
 
 Per launch, every resource is busy for a time:
-- each core: the cycles of its kernel calls (aiebuild/kernel_costs.py, per entry point
+- each core: the cycles of its kernel calls (aiebuild/array/kernel_costs.py, per entry point
   from the object's -D parameters, plus CALL_OVERHEAD_CYCLES a call) at CLOCK_HZ;
 - each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
   over the channel's rate;
@@ -14,13 +14,13 @@ so a launch takes as long as its busiest resource, which is what bounds it. An E
 call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
 a reconfiguration (RECONFIGURE_S) before every further launch.
 
-Tiles, columns and DMA channels are where aiebuild/placement.py puts them (mlir-aie's
+Tiles, columns and DMA channels are where aiebuild/array/placement.py puts them (mlir-aie's
 placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
 no DMA.
 
 Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
-solved from the published measurements that aiebuild/calibration.py then checks the
-model against, `python -m aiebuild.calibration`).
+solved from the published measurements that tools/calibrate.py then checks the
+model against, `python -m tools.calibrate`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiebuild import iron_model, kernel_costs
-from aiebuild.iron_model import Call, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
-from aiebuild.kernel_costs import Defines
-from aiebuild.placement import DMA_CHANNELS, Placement, TileId, TileKind, place
+from aiebuild.array import iron_record, kernel_costs
+from aiebuild.array.iron_record import Call, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
+from aiebuild.array.kernel_costs import Defines
+from aiebuild.array.placement import DMA_CHANNELS, Placement, TileId, TileKind, place
 
 # -- rates ------------------------------------------------------------------------------
 # AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
@@ -137,7 +137,7 @@ def _ends(fifo: ObjectFifo) -> list[ObjectFifoHandle]:
 def _released(worker: Worker) -> Counter:
     """Objects each of the worker's handles releases over the launch."""
     counts: Counter = Counter()
-    for node, repeat in iron_model.walk(worker.body):
+    for node, repeat in iron_record.walk(worker.body):
         if isinstance(node, Release):
             counts[id(node.handle)] += node.count * repeat
     return counts
@@ -159,7 +159,7 @@ class _Traffic:
 
     def handle_bytes(self, handle: ObjectFifoHandle) -> int:
         """Bytes that pass through this end of its fifo."""
-        if isinstance(handle.endpoint, iron_model.Runtime):
+        if isinstance(handle.endpoint, iron_record.Runtime):
             return self.transferred[id(handle)]
         return self.fifo_bytes(handle.fifo)
 
@@ -173,7 +173,7 @@ class _Traffic:
             if isinstance(handle.endpoint, Worker):
                 return self.released[id(handle)] * fifo.nbytes
         for handle in _ends(fifo):
-            if isinstance(handle.endpoint, iron_model.Runtime):
+            if isinstance(handle.endpoint, iron_record.Runtime):
                 return self.transferred[id(handle)]
         link = fifo.producer.endpoint
         if link.kind == "join":
@@ -203,7 +203,7 @@ def _tile_name(tile: TileId) -> str:
 
 def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
     cycles = 0.0
-    for node, repeat in iron_model.walk(worker.body):
+    for node, repeat in iron_record.walk(worker.body):
         if isinstance(node, Call):
             kernel = node.kernel
             cost = kernel_costs.call_cycles(
@@ -215,7 +215,7 @@ def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
 
 def launch_time(program: Program, defines: dict[str, Defines], label: str = "") -> LaunchTime:
     """The busy time of every resource of one launch, placed as mlir-aie would place it
-    (aiebuild/placement.py). `defines` gives each linked object's -D parameters
+    (aiebuild/array/placement.py). `defines` gives each linked object's -D parameters
     (without the AIEK_ prefix), by object file name."""
     placement, traffic = place(program), _Traffic(program)
     busy: dict[str, float] = {}
@@ -236,9 +236,9 @@ def launch_time(program: Program, defines: dict[str, Defines], label: str = "") 
 
 # -- one ELF --------------------------------------------------------------------------------
 def object_defines(objects: Iterable[Any]) -> dict[str, Defines]:
-    """{object file name: -D parameters} of kernel objects (designs.common.KernelObject),
+    """{object file name: -D parameters} of kernel objects (ops.common.KernelObject),
     the AIEK_ prefix removed and numbers parsed."""
-    from aiebuild.designs.common import MACRO_PREFIX
+    from aiebuild.ops.common import MACRO_PREFIX
 
     return {
         obj.name: {key.removeprefix(MACRO_PREFIX): _value(v) for key, v in obj.defines}
@@ -258,12 +258,12 @@ def _value(text: str) -> int | float | str:
 def elf_time(spec: Any) -> ElfTime:
     """One call of the ELF `spec` (aierun.abi.ElfSpec): every launch recorded through
     its design, costed with its kernel object's -D parameters (the matmul mode
-    included: designs/gemm.py passes the launch's `mma` as -D AIEK_MMA)."""
-    from aiebuild import designs
+    included: aiebuild/ops/gemm.py passes the launch's `mma` as -D AIEK_MMA)."""
+    from aiebuild import ops
 
     launches = []
     for launch in spec.launches:
-        program = designs.record(spec, launch)
-        defines = object_defines([designs.kernel_object(spec, launch)])
+        program = ops.record(spec, launch)
+        defines = object_defines([ops.kernel_object(spec, launch)])
         launches.append(launch_time(program, defines, launch.label or launch.op))
     return ElfTime(spec.instance, launches)

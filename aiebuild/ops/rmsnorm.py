@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiebuild.designs.common import (
+from aiebuild.ops.common import (
     KernelObject,
     array,
     core_tile,

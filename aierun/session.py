@@ -22,14 +22,14 @@ from aierun.artifacts import ArtifactError, ArtifactSet
 from aierun.buffers import BufferManager
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
+from aierun.host.embedding import EmbeddingTable
 from aierun.model import Checkpoint, rope_table
 from aierun.ops.attention import KVCache
-from aierun.ops.embedding import EmbeddingTable
 from aierun.ops.norm import rmsnorm
 from aierun.ops.numerics import to_bf16
-from aierun.profiler import KernelCall, Profiler, clock
+from aierun.profiling.recorder import KernelCall, Profiler, clock
 
-log = structlog.get_logger("aierun.pipeline")
+log = structlog.get_logger("aierun.session")
 
 # Called after every prefill layer with (layer, residual stream [T, E], fp32).
 LayerHook = Callable[[int, np.ndarray], None]

@@ -1,14 +1,14 @@
 """The npu2 target: IRON designs + Peano objects + the stitcher + aiecc -> one full ELF.
 
 Per ELF (DESIGN.md section 3):
-0. at plan time, the hardware rules check (aiebuild/rules.py, for every target)
+0. at plan time, the hardware rules check (aiebuild/array/rules.py, for every target)
    refuses a launch its design cannot tile or the NPU cannot hold, before anything compiles;
 1. every launch's kernel object comes from the object cache, content-keyed by the
    kernel source (and the local headers), the compile flags with its -D
    parameters and the toolchain fingerprint, so an object shared by several ELFs
    is compiled once;
 2. every launch's IRON design gives its MLIR; the stitcher joins them into one
-   module with a wrapper `@main` (aiebuild.stitching);
+   module with a wrapper `@main` (aiebuild.npu2.stitching);
 3. in a fresh work directory holding the stitched .mlir and every object beside
    it (a relative `link_with` resolves against the .mlir's directory), aiecc
    builds `<instance>.elf`; the directory is removed on success and kept (and
@@ -39,9 +39,10 @@ import structlog
 from filelock import FileLock
 from packaging.version import Version
 
-from aiebuild import designs, toolchain
-from aiebuild.designs.common import KernelObject
-from aiebuild.stitching import ChildModule, Stitched, stitch
+from aiebuild import ops
+from aiebuild.npu2 import toolchain
+from aiebuild.npu2.stitching import ChildModule, Stitched, stitch
+from aiebuild.ops.common import KernelObject
 from aiebuild.store import Store
 from aiebuild.targets import plan_bytes, plan_meta
 from aierun import abi, paths
@@ -51,7 +52,7 @@ from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
 from aierun.files import sha256_file, sha256_text, write_json_atomic
 
-log = structlog.get_logger("aiebuild.npu2")
+log = structlog.get_logger("aiebuild.npu2.target")
 
 ROOT = Path(__file__).resolve().parents[1]
 PEANO_FLAGS = (
@@ -152,15 +153,15 @@ class Npu2Target:
         rules the stitched @main follows, and the flags the compilers run with (not
         npu2.py's bytes: a log line edited here must not rebuild every ELF)."""
         files = {
-            **designs.design_sources(spec),
-            "aiebuild/stitching.py": ROOT / "aiebuild" / "stitching.py",
+            **ops.design_sources(spec),
+            "aiebuild/npu2/stitching.py": ROOT / "aiebuild" / "stitching.py",
             "aierun/abi.py": Path(abi.__file__),  # bindings, dtypes, the spec itself
         }
         hashes = {label: sha256_file(path) for label, path in files.items()}
         rules = "".join(inspect.getsource(f) for f in (kernel_arg_order, sequence_name))
         hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = sha256_text(rules)
         flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": self.pads_odd_configures}
-        hashes["aiebuild/npu2.py:flags"] = sha256_text(canonical_json(flags))
+        hashes["aiebuild/npu2/target.py:flags"] = sha256_text(canonical_json(flags))
         # The -D parameters the designs derive (from their constants and the specs').
         objects = [[o.source.name, *o.flags()] for o in self.kernel_objects(spec)]
         hashes["kernel objects"] = sha256_text(canonical_json(objects))
@@ -195,7 +196,7 @@ class Npu2Target:
 
     # -- objects ------------------------------------------------------------------
     def kernel_objects(self, spec: ElfSpec) -> list[KernelObject]:
-        return designs.kernel_objects(spec)
+        return ops.kernel_objects(spec)
 
     def object_key(self, obj: KernelObject) -> str:
         headers = sorted(obj.source.parent.glob("*.h"))
@@ -247,7 +248,7 @@ class Npu2Target:
         children = []
         for number, launch in enumerate(spec.launches):
             device = f"l{number}_{launch.op}"
-            text = designs.mlir(spec, launch)
+            text = ops.mlir(spec, launch)
             (work / f"{device}.mlir").write_text(text)  # kept for inspection on failure
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
         # The runtime's rule for the kernel name and argument order (aierun.devices.npu).

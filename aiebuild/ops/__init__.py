@@ -2,7 +2,7 @@
 
 Per op the structure is the same everywhere in the project:
 `aierun/ops/<module>.py` (the numpy emulation), `kernels_src/<kernel>.cc` (the AIE2P
-C++ kernel), `aiebuild/designs/<module>.py` (the IRON 1.4 design that places the
+C++ kernel), `aiebuild/ops/<module>.py` (the IRON 1.4 design that places the
 kernel and moves the data) and their tests.
 
 A design is `design(launch, arg_specs) -> Program`: the IRON program of one launch
@@ -12,7 +12,7 @@ arguments, even for a slice binding such as `w_lm[3]`, whose offset the design
 applies in its DMA access pattern, `common.slice_offset`). It links the kernel
 object named by `kernel_object(spec, launch).name`, and spreads over the
 `columns` x `core_rows` cores its spec records. Run inside
-`iron_model.recording()` (`record`) it builds the record that the hardware rules
+`iron_record.recording()` (`record`) it builds the record that the hardware rules
 check, the simulator and the time model read; run against the real `aie.iron`
 (`mlir`) it gives the MLIR aiecc compiles. mlir-aie is imported only then, so
 this registry (and the build orchestration) loads without it.
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiebuild import iron_model
-from aiebuild.designs import common, eltwise, flash_attn, gemm, gemv, kv_store, rmsnorm, rope
-from aiebuild.designs.common import KernelObject
+from aiebuild.array import iron_record
+from aiebuild.ops import common, eltwise, flash_attn, gemm, gemv, kv_store, rmsnorm, rope
+from aiebuild.ops.common import KernelObject
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
 
 PACKAGE = Path(__file__).resolve().parents[1]  # aiebuild/
@@ -64,7 +64,7 @@ DESIGNS: dict[str, OpDesign] = {
 
 def op_design(op: str) -> OpDesign:
     if op not in DESIGNS:
-        raise KeyError(f"no IRON design for op {op!r}: add one to aiebuild/designs")
+        raise KeyError(f"no IRON design for op {op!r}: add one to aiebuild/ops")
     return DESIGNS[op]
 
 
@@ -85,9 +85,9 @@ def launch_args(spec: ElfSpec, launch: Launch) -> list[ArgSpec]:
     return [spec.arg(parse_binding(b)[0]) for b in (*launch.inputs, *launch.outputs)]
 
 
-def record(spec: ElfSpec, launch: Launch) -> iron_model.Program:
+def record(spec: ElfSpec, launch: Launch) -> iron_record.Program:
     """The launch's program as the recorded model of IRON captures it."""
-    with iron_model.recording():
+    with iron_record.recording():
         return op_design(launch.op).design(launch, launch_args(spec, launch))
 
 
@@ -100,7 +100,7 @@ def mlir(spec: ElfSpec, launch: Launch) -> str:
 def design_sources(spec: ElfSpec) -> dict[str, Path]:
     """Every file whose bytes decide this ELF's MLIR and objects, by a label that does
     not depend on where the checkout lives."""
-    files = {Path(__file__), Path(common.__file__), Path(iron_model.__file__)}
+    files = {Path(__file__), Path(common.__file__), Path(iron_record.__file__)}
     files |= {op_design(launch.op).module for launch in spec.launches}
     labelled = {f"aiebuild/{f.relative_to(PACKAGE).as_posix()}": f for f in files}
     kernels = {obj.source for obj in kernel_objects(spec)}

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from html import escape
 
-from aierun.attribution import DECODE_FLOW, PREFILL_FLOW, Flow, Report, Step
-from aierun.report import NO_TIMER, Section, Table, headline, is_number, ms, sections, step_tag
+from aierun.profiling.report import DECODE_FLOW, PREFILL_FLOW, Flow, Report, Step
+from aierun.profiling.text import (
+    NO_TIMER,
+    Section,
+    Table,
+    headline,
+    is_number,
+    ms,
+    sections,
+    step_tag,
+)
 
 BOX_W, BOX_H, GAP = 220, 66, 44  # box size and the space the arrows take
 COLORS = {"CPU": "#dbeafe", "EMU": "#fde68a", "NPU": "#fde68a", NO_TIMER: "#e5e7eb"}

@@ -1,6 +1,6 @@
 """The hardware-rules check: what the NPU2 (AIE2P) array and mlir-aie 1.4 accept, checked on
-the program each design actually builds (recorded through `aiebuild.iron_model`, placed
-by `aiebuild.placement`), before anything compiles.
+the program each design actually builds (recorded through `aiebuild.array.iron_record`, placed
+by `aiebuild.array.placement`), before anything compiles.
 
 `check(program) -> Report` checks one recorded program; `check_launch(spec, launch)` records,
 places and checks one launch of an ELF; `require_legal(specs)` checks every launch of
@@ -12,7 +12,7 @@ what to change. `doit check` prints `table(...)` of the per-launch `Usage`; ever
 Each limit is one constant below with its upstream source: mlir-aie v1.4.0 = db06374
 (**MA**), aie-rt e2aca22 (**RT**, mlir-aie's submodule pin); the facts with their quotes
 are in shared/reference/aie2p-facts.md. The array geometry and the DMA channel counts
-the placer needs live in `aiebuild.placement` (`DMA_CHANNELS`) and `iron_model.NPU2`.
+the placer needs live in `aiebuild.array.placement` (`DMA_CHANNELS`) and `iron_record.NPU2`.
 
 What is counted where:
 - A core: the buffers of each fifo end on it (depth x object size, each buffer aligned
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiebuild import designs
-from aiebuild.iron_model import (
+from aiebuild import ops
+from aiebuild.array.iron_record import (
     NPU2,
     Finish,
     Link,
@@ -51,7 +51,15 @@ from aiebuild.iron_model import (
     TensorAccessPattern,
     Transfer,
 )
-from aiebuild.placement import DMA_CHANNELS, Direction, Endpoint, Placement, TileId, TileKind, place
+from aiebuild.array.placement import (
+    DMA_CHANNELS,
+    Direction,
+    Endpoint,
+    Placement,
+    TileId,
+    TileKind,
+    place,
+)
 from aierun.abi import ElfSpec, Launch
 from aierun.errors import UserError
 
@@ -210,7 +218,7 @@ def check(program: Program, placement: Placement | None = None) -> Report:
 def check_launch(spec: ElfSpec, launch: Launch) -> LaunchCheck:
     """Record, place and check one launch of an ELF."""
     try:
-        program = designs.record(spec, launch)
+        program = ops.record(spec, launch)
     except UserError as exc:  # the design cannot tile these shapes
         return LaunchCheck(spec, launch, None, str(exc))
     return LaunchCheck(spec, launch, check(program))
@@ -233,7 +241,7 @@ def refuse_violations(checks: Iterable[LaunchCheck]) -> None:
     if messages:
         count = f"{len(messages)} violation{'s' if len(messages) > 1 else ''}"
         raise RulesError(
-            f"the npu2 designs break the hardware rules ({count}; see aiebuild/rules.py for "
+            f"the npu2 designs break the hardware rules ({count}; see aiebuild/array/rules.py for "
             "the limits and their sources):\n" + "\n".join(f"- {m}" for m in messages)
         )
 

@@ -1,13 +1,13 @@
 """The recorded model of an IRON program: the subset of mlir-aie 1.4's `aie.iron` API
 that our designs use, recording what a design builds instead of emitting MLIR.
 
-Every design reaches IRON through one seam, `designs.common.iron()`. Inside
+Every design reaches IRON through one seam, `ops.common.iron()`. Inside
 `recording()` that seam hands out this module's `API`, so running a design yields a
 `Program`: its ObjectFifos and their memory-tile links (split, join, forward), its
 buffers, its workers with their traced core bodies (loops, acquires, releases, kernel
 calls) and its runtime sequence (fills and drains with their access patterns, task
-groups). The hardware rules check (`aiebuild/rules.py`), the dataflow simulator
-(`aiebuild/sim/`) and the npu2 time model (`aiebuild/timing.py`) all read this one
+groups). The hardware rules check (`aiebuild/array/rules.py`), the dataflow simulator
+(`aiebuild/sim/`) and the npu2 time model (`aiebuild/array/timing.py`) all read this one
 record; the MLIR aiecc compiles comes from the same design run against the real
 `aie.iron`. There is no second description of a design that could drift.
 
@@ -628,7 +628,7 @@ API = SimpleNamespace(
 
 @contextlib.contextmanager
 def recording() -> Iterator[SimpleNamespace]:
-    """Designs run inside this build records (`designs.common.iron()` returns `API`)."""
+    """Designs run inside this build records (`ops.common.iron()` returns `API`)."""
     token = _active.set(_Recording())
     try:
         yield API

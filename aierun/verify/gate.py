@@ -3,7 +3,7 @@
 Both drive the production Session (the same prepare / prefill / decode calls that
 `run` makes, on whichever device); there is no second forward pass written for
 checking. The reference is transformers running the same checkpoint on the CPU
-(aierun.reference), teacher-forced on the exact token sequence we produced.
+(aierun.verify.reference), teacher-forced on the exact token sequence we produced.
 
 The gate is top-k, not top-1: our pipeline rounds to bf16 where the NPU does, the
 reference (bf16 by default, as deployed) rounds elsewhere, so a near-tie between
@@ -23,10 +23,10 @@ import structlog
 
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
-from aierun.pipeline import Session
-from aierun.reference import Reference
+from aierun.session import Session
+from aierun.verify.reference import Reference
 
-log = structlog.get_logger("aierun.verify")
+log = structlog.get_logger("aierun.verify.gate")
 
 DEFAULT_PROMPTS = resources.files("aierun") / "data" / "prompts.txt"
 

@@ -3,13 +3,13 @@
 Each published point is modeled twice:
 - `reference`: a program shaped like the upstream design that was measured (its core
   grid, memory-tile broadcasts and joins, shim columns), recorded with the IRON model
-  and timed by aiebuild/timing.py with the upstream kernel's cost (kernel_costs.py,
+  and timed by aiebuild/array/timing.py with the upstream kernel's cost (kernel_costs.py,
   `upstream_*`). This checks the model's rates; points marked "fit" are the ones the
   rates were solved from (timing.py says which), the others test them.
-- `ours`: the same shape built with our design (aiebuild/designs) through a one-launch
+- `ours`: the same shape built with our design (aiebuild/ops) through a one-launch
   ELF spec, as the project would run it.
 
-`python -m aiebuild.calibration` prints the table (docs/benchmarks.md keeps a copy)
+`python -m tools.calibrate` prints the table (docs/benchmarks.md keeps a copy)
 and, with `--llama`, the modeled Llama-3.2-1B ELFs at seq_len 2048 beside the seed's
 measured times.
 """
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild import iron_model, timing
-from aiebuild.designs.common import tensor
-from aiebuild.kernel_costs import Defines
+from aiebuild.array import iron_record, timing
+from aiebuild.array.kernel_costs import Defines
+from aiebuild.ops.common import tensor
 from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
 
 F32 = np.dtype(np.float32)
@@ -47,7 +47,7 @@ class Point:
 
 
 def _timed(name: str, build: Callable[[Any], Any], defines: dict[str, Defines]) -> timing.ElfTime:
-    with iron_model.recording() as lib:
+    with iron_record.recording() as lib:
         program = build(lib)
     return timing.ElfTime(name, [timing.launch_time(program, defines, name)])
 
@@ -398,11 +398,11 @@ def llama_rows(
     seq_len: int = 2048, mma: str | None = None
 ) -> tuple[list[tuple[str, ...]], dict[str, float]]:
     """Per ELF of Llama-3.2-1B at `seq_len`: modeled, the seed's measured, the floor
-    (aierun/roofline.py) and what bounds the slowest launch; and the per-phase sums.
+    (aierun/profiling/roofline.py) and what bounds the slowest launch; and the per-phase sums.
     `mma` overrides the GEMMs' matmul mode (bf16 or bfp16) to compare the two."""
     from aiebuild.specs import model_specs
     from aierun.model import ModelShape
-    from aierun.roofline import NPU2_RATES, elf_cost
+    from aierun.profiling.roofline import NPU2_RATES, elf_cost
     from tools.random_llama import LLAMA_3_2_1B
 
     shape = ModelShape.from_config(LLAMA_3_2_1B)

@@ -34,7 +34,7 @@ import structlog
 from aierun.abi import ElfSpec, Launch, parse_binding
 from aierun.files import write_json_atomic
 
-log = structlog.get_logger("aierun.roofline")
+log = structlog.get_logger("aierun.profiling.roofline")
 
 # FLOPs per output element of the elementwise launches.
 ELEMENTWISE_FLOPS = {

@@ -21,7 +21,7 @@ Decisions recorded here:
   argument index of an ELF argument is therefore its position in `ElfSpec.args`.
 - A launch bound to a slice of an argument (`"w_lm[3]"`, aierun.abi.parse_binding)
   takes the *whole* host argument: its design applies the slice's offset in its
-  DMA access pattern (aiebuild.designs.common.slice_offset). Passing a strided,
+  DMA access pattern (aiebuild.ops.common.slice_offset). Passing a strided,
   offset memref to a sequence that declares an identity layout would not verify,
   so the stitcher refuses a slice bound to anything but the whole argument.
 - A launch declaring another shape for the same bytes (`x[1, E]` as `memref<E>`)
@@ -40,7 +40,7 @@ Decisions recorded here:
   an odd count ends on the PDI the next dispatch starts with, and the firmware skips
   that repeated load). `pad_odd_configures=True` adds what #3622 adds: one more reset,
   as a configure of an empty device `@RESET_PAD`, which writes no configuration
-  (aiebuild.npu2.needs_reset_pad says which versions need it).
+  (aiebuild.npu2.target.needs_reset_pad says which versions need it).
 
 This is text-level work on purpose: it runs (and is tested) without mlir-aie.
 """
@@ -334,7 +334,7 @@ def _check_slice(
         raise StitchError(
             f"{child.device}: argument {position} binds the slice {host.name}[{slot}] as "
             f"{child_type}; its runtime sequence must take the whole {memref_type(host)} "
-            "and start its access pattern at the slice (designs.common.slice_offset)"
+            "and start its access pattern at the slice (ops.common.slice_offset)"
         )
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from aierun.errors import UserError
 
-log = structlog.get_logger("aierun.reference")
+log = structlog.get_logger("aierun.verify.reference")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from aiebuild.designs.common import (
+from aiebuild.ops.common import (
     SHIM_ITERATIONS,
     KernelObject,
     Stream,

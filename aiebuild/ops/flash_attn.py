@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild.designs.common import (
+from aiebuild.ops.common import (
     KernelObject,
     Stream,
     array,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild import iron_model
+from aiebuild.array import iron_record
 from aierun.abi import ArgSpec, Launch, parse_binding
 from aierun.errors import UserError
 
@@ -20,7 +20,7 @@ KERNELS_SRC = Path(__file__).resolve().parents[2] / "kernels_src"
 # Every -D parameter gets this prefix: an unprefixed `-DE=576` or `-DK=2048` would
 # rewrite identifiers named E or K inside aie_api and libstdc++ headers.
 MACRO_PREFIX = "AIEK_"
-# Repeats of a shim access pattern's outermost dimension (aiebuild/rules.py
+# Repeats of a shim access pattern's outermost dimension (aiebuild/array/rules.py
 # ITERATION_SIZE_MAX): a longer transfer is moved in phases.
 SHIM_ITERATIONS = 64
 
@@ -67,11 +67,11 @@ def slice_offset(launch: Launch, args: list[ArgSpec], position: int) -> int:
 
 
 def iron() -> SimpleNamespace:
-    """The IRON API a design builds with: inside `iron_model.recording()` the recorded
+    """The IRON API a design builds with: inside `iron_record.recording()` the recorded
     model (for the rules check, the simulator and the time model), else the real
     `aie.iron` of mlir-aie >= 1.4, imported only when a design runs for MLIR."""
-    if iron_model.active():
-        return iron_model.API
+    if iron_record.active():
+        return iron_record.API
     try:
         import aie.iron
         from aie.helpers.taplib import TensorAccessPattern

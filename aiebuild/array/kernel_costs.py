@@ -1,5 +1,5 @@
 """Cycles of one call of each kernel entry point on an AIE2P core, for the npu2 time
-model (aiebuild/timing.py).
+model (aiebuild/array/timing.py).
 
 One section per kernel source, one cost function per entry-point symbol prefix, each a
 function of the object's -D parameters (`AIEK_` prefix removed, e.g. {"TM": 32, ...}):
@@ -9,7 +9,7 @@ loops from the vector operations it is written with (kernels_src/*.cc) at the ra
 below; the per-call overhead (call, lock acquire/release) is timing.CALL_OVERHEAD_CYCLES.
 
 The `upstream_*` sections model the upstream kernels whose published measurements
-calibrate the rates (aiebuild/calibration.py); our designs do not link them.
+calibrate the rates (tools/calibrate.py); our designs do not link them.
 
 Rates (aie2p-facts.md section 6; "⚠" = derived, not stated at the source):
 """
@@ -155,7 +155,7 @@ def _silu_mul(d: Defines) -> float:
     return fp32_ops(5 * chunk) + 2 * TRANSCENDENTAL_CYCLES * chunk / LANES
 
 
-# -- upstream kernels of the calibration points (aiebuild/calibration.py) ----------------
+# -- upstream kernels of the calibration points (tools/calibrate.py) ----------------
 def _upstream_mm_bfp16(d: Defines) -> float:
     """mlir-aie aie_kernels/aie2p/mm.cc under BFP16 emulation: 8x8x8 blocks."""
     return math.prod((d["M"] // 8, d["K"] // 8, d["N"] // 8)) * BFP16_8X8X8_CYCLES
@@ -206,7 +206,7 @@ def call_cycles(source: str, symbol: str, defines: Defines) -> float:
     """Cycles of one call of `symbol` from the kernel `source` (its file stem)."""
     entries = COSTS.get(source)
     if entries is None:
-        raise KeyError(f"no kernel costs for {source!r}: add them to aiebuild/kernel_costs.py")
+        raise KeyError(f"no kernel costs for {source!r}: add them to its op module")
     for prefix in sorted(entries, key=len, reverse=True):
         if symbol.startswith(prefix):
             return float(entries[prefix](defines))

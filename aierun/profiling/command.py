@@ -1,8 +1,8 @@
 """`aierun profile`: one production run, then the seed's per-step report.
 
 The run is `Session.generate`, the code path of `run`; the report
-(`aierun.report`) goes to stdout as text, and its JSON, trace and HTML
-(`aierun.html_report`) to files. Without --json / --trace / --html the three files
+(`aierun.profiling.text`) goes to stdout as text, and its JSON, trace and HTML
+(`aierun.profiling.html`) to files. Without --json / --trace / --html the three files
 go to `<runtime home>/profiles/`, which is build/profiles/ under doit: both front
 doors behave the same.
 """
@@ -22,12 +22,13 @@ import structlog
 
 from aierun import cli, paths
 from aierun.artifacts import ArtifactSet
-from aierun.attribution import Report, RunInfo
 from aierun.errors import UserError
 from aierun.files import write_atomic
-from aierun.html_report import render_html
-from aierun.profiler import Profiler
-from aierun.report import (
+from aierun.profiling.html import render_html
+from aierun.profiling.recorder import Profiler
+from aierun.profiling.report import Report, RunInfo
+from aierun.profiling.roofline import device_rates, remeasure
+from aierun.profiling.text import (
     OUTPUT_SUFFIXES,
     beats_floor,
     rates_cache,
@@ -35,12 +36,11 @@ from aierun.report import (
     to_json,
     trace_events,
 )
-from aierun.roofline import device_rates, remeasure
 
 if TYPE_CHECKING:
-    from aierun.pipeline import Sampling, Session
+    from aierun.session import Sampling, Session
 
-log = structlog.get_logger("aierun.profile")
+log = structlog.get_logger("aierun.profiling.command")
 
 
 def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
@@ -104,7 +104,7 @@ def write_outputs(report: Report, targets: dict[str, Path]) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from aierun.pipeline import Sampling
+    from aierun.session import Sampling
 
     profiler = Profiler()
     sampling = Sampling(args.temperature, args.top_p, args.seed)

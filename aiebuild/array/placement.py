@@ -3,7 +3,7 @@
 `place(program) -> Placement` gives every Worker a core tile, every memory-tile Link a
 memory tile and every runtime-driven fifo end (a `fill` / `drain` handle) a shim tile,
 and gives each fifo end that needs a DMA its channel on its tile. The rules check
-(`aiebuild/rules.py`), the dataflow simulator and the npu2 time model all read this one
+(`aiebuild/array/rules.py`), the dataflow simulator and the npu2 time model all read this one
 placement.
 
 What is modelled (mlir-aie v1.4.0 = db06374):
@@ -47,7 +47,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from aiebuild.iron_model import NPU2, Link, ObjectFifo, ObjectFifoHandle, Program, Runtime, Worker
+from aiebuild.array.iron_record import (
+    NPU2,
+    Link,
+    ObjectFifo,
+    ObjectFifoHandle,
+    Program,
+    Runtime,
+    Worker,
+)
 
 SHIM_ROW = 0  # AIETargetModel.h (db06374): `if (row == 0) return AIETileType::ShimNOCTile;`
 MEM_ROW = 1  # NPU2: one row of memory tiles above the shims, cores in rows 2-5
