@@ -3,7 +3,10 @@
 An ELF is one device call that runs several launches back to back. Every argument
 has a name, a shape, a dtype and exactly one role; the runtime derives all buffer
 behaviour from the role (DESIGN.md section 5). `aiebuild` produces these specs,
-`aierun` consumes them; the JSON form below is what travels in artifacts.
+`aierun` consumes them; the JSON form below is what travels in artifacts. The npu2
+entry point's name and argument order are stated here too (`ElfSpec.kernel_name`,
+`ElfSpec.kernel_arg_order`): the build stitches the ELF by them, the NPU device calls
+it by them, and the npu2 content key covers this module.
 """
 
 from __future__ import annotations
@@ -113,6 +116,25 @@ class ElfSpec:
 
     def args_with(self, *roles: Role) -> list[ArgSpec]:
         return [a for a in self.args if a.role in roles]
+
+    # -- the full ELF's entry point, as the npu2 build stitches it and XRT calls it --
+    @property
+    def sequence_name(self) -> str:
+        """The runtime sequence of the ELF's wrapper device @main: the ELF's name (each
+        prefill bucket is its own ELF file, so the name need not carry the bucket).
+        The host calls kernel `main:<sequence_name>`."""
+        return self.name
+
+    @property
+    def kernel_name(self) -> str:
+        return f"main:{self.sequence_name}"
+
+    @property
+    def kernel_arg_order(self) -> tuple[ArgSpec, ...]:
+        """The arguments of the kernel in XRT index order: *every* ELF argument in ABI
+        order, intermediates and scratch included (they live in DDR as device-only
+        buffers the host never syncs). An argument's XRT index is its position here."""
+        return self.args
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,9 +21,7 @@ from aierun.devices import open_device
 from aierun.devices.npu import (
     CONTEXT_LIMIT_ENV,
     NpuDevice,
-    kernel_arg_order,
     parse_xrt_version,
-    sequence_name,
 )
 from aierun.errors import DeviceError, UserError
 
@@ -103,7 +101,7 @@ def test_load_parses_the_elf_and_creates_the_context_lazily_on_the_first_run(xrt
     buffers = bind(device, spec)
     xrt.calls.clear()
     device.run(elf, spec, buffers)
-    kernel = f"main:{sequence_name(spec)}"
+    kernel = spec.kernel_name
     expected_args = [("set_arg", i, bo_of(buffers[a.name])) for i, a in enumerate(spec.args)]
     assert xrt.calls == [
         ("hw_context", str(files["toy.elf"])),
@@ -119,7 +117,7 @@ def test_load_parses_the_elf_and_creates_the_context_lazily_on_the_first_run(xrt
 
 def test_kernel_arguments_follow_the_abi_order_with_device_only_args_in_place():
     spec = toy_spec()
-    assert [a.name for a in kernel_arg_order(spec)] == ["x", "w", "mid", "acc", "y"]
+    assert [a.name for a in spec.kernel_arg_order] == ["x", "w", "mid", "acc", "y"]
 
 
 def test_a_repeated_call_reuses_its_run_and_a_new_binding_gets_its_own(xrt, tmp_path):
@@ -163,7 +161,7 @@ def test_outputs_reach_the_host_only_through_a_sync_from_the_device(xrt, tmp_pat
     elf = loaded(device, tmp_path, spec)
     buffers = bind(device, spec)
     produced = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
-    y_index = [a.name for a in kernel_arg_order(spec)].index("y")
+    y_index = [a.name for a in spec.kernel_arg_order].index("y")
 
     def kernel(args: dict) -> None:  # the NPU writes y into device memory
         args[y_index].memory[:] = produced.tobytes()
@@ -388,6 +386,6 @@ def test_staging_leaves_only_start_and_wait_to_the_run(xrt, tmp_path):
     assert [call[0] for call in xrt.calls].count("set_arg") == len(spec.args)
     xrt.calls.clear()
     device.run(elf, spec, buffers)
-    kernel = f"main:{sequence_name(spec)}"
+    kernel = spec.kernel_name
     assert xrt.calls == [("start", kernel), ("wait2", kernel)]
     device.close()

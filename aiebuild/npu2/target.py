@@ -24,7 +24,6 @@ another process published first is taken as is.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import subprocess
@@ -48,13 +47,12 @@ from aiebuild.targets import plan_bytes, plan_meta
 from aierun import abi, paths
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import ENTRY_META, PLAN
-from aierun.devices.npu import kernel_arg_order, sequence_name
 from aierun.errors import UserError
 from aierun.files import sha256_file, sha256_text, write_json_atomic
 
 log = structlog.get_logger("aiebuild.npu2.target")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PEANO_FLAGS = (
     "-O2",
     "-std=c++20",
@@ -150,16 +148,15 @@ class Npu2Target:
 
     def sources(self, spec: ElfSpec) -> dict[str, str]:
         """The designs and kernels (and their -D parameters), the stitcher, the ABI
-        rules the stitched @main follows, and the flags the compilers run with (not
-        npu2.py's bytes: a log line edited here must not rebuild every ELF)."""
+        (whose kernel name and argument order the stitched @main follows), and the
+        flags the compilers run with (not this module's bytes: a log line edited here
+        must not rebuild every ELF)."""
         files = {
             **ops.design_sources(spec),
-            "aiebuild/npu2/stitching.py": ROOT / "aiebuild" / "stitching.py",
-            "aierun/abi.py": Path(abi.__file__),  # bindings, dtypes, the spec itself
+            "aiebuild/npu2/stitching.py": ROOT / "aiebuild" / "npu2" / "stitching.py",
+            "aierun/abi.py": Path(abi.__file__),  # the spec, bindings, kernel name, arg order
         }
         hashes = {label: sha256_file(path) for label, path in files.items()}
-        rules = "".join(inspect.getsource(f) for f in (kernel_arg_order, sequence_name))
-        hashes["aierun/devices/npu.py:kernel_arg_order,sequence_name"] = sha256_text(rules)
         flags = {"peano": PEANO_FLAGS, "aiecc": AIECC_FLAGS, "pad": self.pads_odd_configures}
         hashes["aiebuild/npu2/target.py:flags"] = sha256_text(canonical_json(flags))
         # The -D parameters the designs derive (from their constants and the specs').
@@ -186,7 +183,7 @@ class Npu2Target:
             **plan_meta(spec, self.fingerprint()),
             "kernel": f"main:{stitched.sequence}",
             "elf": elf,
-            "arg_order": [arg.name for arg in kernel_arg_order(spec)],
+            "arg_order": [arg.name for arg in spec.kernel_arg_order],
             "objects": linked,
         }
         files = {PLAN: plan_bytes(spec), elf: work / elf, STITCHED: work / STITCHED}
@@ -251,9 +248,9 @@ class Npu2Target:
             text = ops.mlir(spec, launch)
             (work / f"{device}.mlir").write_text(text)  # kept for inspection on failure
             children.append(ChildModule(device, text, (*launch.inputs, *launch.outputs)))
-        # The runtime's rule for the kernel name and argument order (aierun.devices.npu).
+        # The ABI's kernel name and argument order (aierun/abi.py).
         stitched = stitch(
-            children, kernel_arg_order(spec), sequence_name(spec), self.pads_odd_configures
+            children, spec.kernel_arg_order, spec.sequence_name, self.pads_odd_configures
         )
         if stitched.removed_load_pdis:
             log.debug(

@@ -1,16 +1,10 @@
 """The real NPU2 device (Strix / Krackan) through XRT's Python bindings, full-ELF flow.
 
 One artifact is one full ELF whose wrapper device `@main` runs every launch of the
-ELF from one host call (aiebuild.npu2.stitching). The runtime's side of that contract
-is stated here, in two functions that aiebuild.npu2.target imports to build and record
-the artifact's `kernel` and `arg_order`, so both sides follow one rule:
-
-- `sequence_name(spec)`: the name of @main's runtime sequence; the host calls
-  kernel `main:<sequence>`.
-- `kernel_arg_order(spec)`: @main takes *every* ELF argument in ABI order
-  (`ElfSpec.args`), intermediates and scratch included: they live in DDR as
-  device-only buffers the host never syncs. The XRT argument index of an ELF
-  argument is its position in that order, starting at 0.
+ELF from one host call (aiebuild.npu2.stitching). Its kernel name and argument order
+are the ABI's (`ElfSpec.kernel_name`, `ElfSpec.kernel_arg_order` in aierun/abi.py),
+which the build follows when it stitches the ELF and records the artifact's `kernel`
+and `arg_order`.
 
 XRT objects and their lifetimes:
 
@@ -67,18 +61,6 @@ INSTALL_HINT = (
     "(`source /opt/xilinx/xrt/setup.sh`), see docs/hardware-bring-up.md, or run on the "
     "numpy emulation with --device emu."
 )
-
-
-def sequence_name(spec: ElfSpec) -> str:
-    """The runtime sequence of the ELF's wrapper device @main: the ELF's name (each
-    prefill bucket is its own ELF file, so the name need not carry the bucket)."""
-    return spec.name
-
-
-def kernel_arg_order(spec: ElfSpec) -> tuple[ArgSpec, ...]:
-    """The arguments of kernel `main:<sequence>` in XRT index order: every ELF
-    argument in ABI order, device-only intermediates and scratch included."""
-    return spec.args
 
 
 def _install_hint() -> str:
@@ -182,8 +164,8 @@ class NpuDevice(Device):
         loaded = LoadedElf(
             spec.instance,
             path,
-            f"main:{sequence_name(spec)}",
-            tuple(arg.name for arg in kernel_arg_order(spec)),
+            spec.kernel_name,
+            tuple(arg.name for arg in spec.kernel_arg_order),
             self._xrt.elf(str(path)),
         )
         self._loaded.append(loaded)
