@@ -21,6 +21,7 @@ import structlog
 from doit.exceptions import InvalidCommand, InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
+from aiebuild import placed
 from aiebuild.array import rules
 from aiebuild.npu2 import toolchain
 from aiebuild.npu2.target import Npu2Target
@@ -173,7 +174,7 @@ def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]
     shape = Checkpoint(config.model_dir()).shape
     specs = model_specs(shape, config.buckets)
     # Every target: an emu build also proves the npu2 designs legal, before any compile.
-    rules.require_legal(specs)
+    placed.require_legal(specs)
     fingerprint = target.fingerprint()
     builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in specs]
     return target, Store(config.home, target.name), shape, builds
@@ -188,6 +189,9 @@ def manifest_data(config: BuildConfig, target: str, shape: ModelShape, builds: l
         "buckets": sorted(config.buckets),
         "store": f"../../cache/{target}",
         "elfs": {b.spec.instance: b.key for b in builds},
+        # One call of each ELF on npu2 as the time model gives it (aiebuild/placed.py),
+        # for the runtime's profile report; beside the artifacts, not in them.
+        "npu2_model": placed.npu2_model(b.spec for b in builds),
     }
 
 
@@ -329,7 +333,7 @@ def check_designs(config: BuildConfig) -> None:
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
     shape = Checkpoint(config.model_dir()).shape
-    checks = rules.check_specs(model_specs(shape, config.buckets))
+    checks = placed.check_specs(model_specs(shape, config.buckets))
     print(rules.table(checks))
     rules.refuse_violations(checks)
 

@@ -81,13 +81,17 @@ def parse_binding(binding: str) -> tuple[str, int | None]:
 @dataclass(frozen=True)
 class Launch:
     """One launch inside an ELF: an op of the vocabulary in `aierun.ops`, its
-    compile-time parameters, and which ELF arguments it reads and writes."""
+    compile-time parameters, which ELF arguments it reads and writes, and its work as
+    the build counted it (`flops`; `ddr_bytes`, what it reads from and writes to DDR),
+    which the runtime's roofline reads."""
 
     op: str
     params: dict[str, Any]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     label: str = ""
+    flops: int = 0
+    ddr_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,14 @@ class ArtifactSet:
     def instances(self) -> list[str]:
         return list(self.manifest["elfs"])
 
+    def npu2_model_ms(self, instance: str) -> float | None:
+        """One call of the ELF on npu2 as the build modeled it (the manifest's
+        `npu2_model`, beside the artifacts); None where the manifest has none for it."""
+        model = self.manifest.get("npu2_model")
+        entry = model.get(instance) if isinstance(model, dict) else None
+        ms = entry.get("ms") if isinstance(entry, dict) else None
+        return float(ms) if isinstance(ms, int | float) else None
+
     def load(self, instance: str) -> Artifact:
         key = self.manifest["elfs"].get(instance)
         if key is None:

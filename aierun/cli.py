@@ -27,7 +27,7 @@ log = structlog.get_logger("aierun.cli")
 # runtime, which uses it for configs and tokenizers only.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-DEFAULT_PROMPT = "What is the capital of France?"
+DEFAULT_PROMPT = "What is the capital of Japan?"
 # Chat answers get room to finish; a run's default stays short (a quick check).
 CHAT_N_TOKENS = 512
 CHAT_MARKER = "> "

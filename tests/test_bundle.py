@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from aiebuild.bundle import pack
 from aiebuild.tasks import BuildConfig, compile_all
-from aierun import ARTIFACT_SCHEMA, __version__, cli
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, __version__, cli
 from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.bundle import BUNDLE_META, SUMS, open_bundle, parse_sums
 from aierun.errors import UserError
@@ -200,7 +201,7 @@ REFUSALS = {
     ),
     "older schema": (
         edit_meta(schema=ARTIFACT_SCHEMA - 1),
-        rf"bundle schema {ARTIFACT_SCHEMA - 1} \(built before the prefill ELFs wrote the KV cache",
+        rf"bundle schema {ARTIFACT_SCHEMA - 1} \({re.escape(OLDER_SCHEMA)}\)",
     ),
     "newer runtime": (edit_meta(min_runtime_version="99.0"), r"needs aierun >= 99\.0"),
 }

@@ -29,7 +29,7 @@ from conftest import compile_emu
 from safetensors.numpy import save_file
 
 from aiebuild.bundle import pack
-from aierun import ARTIFACT_SCHEMA, cli, default_model, paths
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, cli, default_model, paths
 from aierun.bundle import BUNDLE_META, SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,11 +278,12 @@ def test_torn_manifest_is_named_with_what_to_do(build_copy, tiny, home):
 
 
 def test_artifacts_of_an_older_schema_are_refused_with_what_to_do(build_copy, tiny, home):
-    """Schema 1's prefill ELFs leave the KV cache to the host: this runtime cannot run
-    them, and says to rebuild rather than fail inside the first prefill."""
+    """An older schema's plans lack what this runtime reads (each launch's work; before
+    that, the KV cache the prefill ELFs write): it says to rebuild rather than fail
+    inside the first run."""
     data = json.loads(emu_manifest(build_copy).read_text())
     emu_manifest(build_copy).write_text(json.dumps({**data, "schema": ARTIFACT_SCHEMA - 1}))
-    why = r"schema 1 \(built before the prefill ELFs wrote the KV cache\).*`doit compile`"
+    why = rf"schema {ARTIFACT_SCHEMA - 1} \({re.escape(OLDER_SCHEMA)}\).*`doit compile`"
     refused(aierun(home, *run_args(tiny, build_copy)), 2, why)
     compile_emu(build_copy, tiny, BUCKETS)
     the_next_run_works(tiny, build_copy, home)

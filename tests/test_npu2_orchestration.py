@@ -326,10 +326,10 @@ def test_a_design_parameter_rebuilds_only_its_users_and_the_common_header_everyt
 
     def retuned(launch, args):
         obj = tuned(launch, args)
-        return replace(obj, defines=(*obj.defines, ("AIEK_UNROLL", "2")))
+        return replace(obj, params=(*obj.params, ("UNROLL", 2)))
 
     monkeypatch.setattr(gemv, "kernel", retuned)
-    monkeypatch.setitem(ops.DESIGNS, "gemv", replace(ops.DESIGNS["gemv"], kernel=retuned))
+    monkeypatch.setitem(ops.OPS, "gemv", replace(ops.OPS["gemv"], kernel=retuned))
     compile_all(cfg)
     relinked = {elf_name(c) for c in calls(standins["log"], start, "aiecc")}
     assert relinked == {f"{b.spec.instance}.elf" for b in users(builds, "gemv")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiebuild import tasks
+from aiebuild import placed, tasks
 from aiebuild.array import iron_record, placement, rules
 from aiebuild.array.placement import TileId
 from aiebuild.ops import common
@@ -347,9 +347,10 @@ def test_a_refusal_names_the_elf_and_the_launch(rule, monkeypatch):
 
     spec = ElfSpec("flash_attn", "prefill", 64, (), (Launch("flash_attn", {}, (), (), "GQA"),))
     bad = streaming(3, 1, tile=iron_record.Tile(8, 2))
-    monkeypatch.setattr(rules.ops, "record", lambda spec, launch: bad)
+    monkeypatch.setattr(placed.ops, "record", lambda spec, launch: bad)
+    monkeypatch.setattr(placed.ops, "kernel_object", lambda spec, launch: None)
     with pytest.raises(rules.RulesError) as refusal:
-        rules.require_legal([spec])
+        placed.require_legal([spec])
     lines = str(refusal.value).splitlines()
     assert "2 violations" in lines[0]
     (line,) = [line for line in lines if f"{rule} is" in line]

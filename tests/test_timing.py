@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import statistics
 
-import numpy as np
 import pytest
 
-from aiebuild.array import iron_record, kernel_costs, timing
+from aiebuild import placed
+from aiebuild.array import core_rates, iron_record, timing
+from aiebuild.ops import eltwise, gemm
 from aiebuild.ops.common import tensor
 from aierun.abi import BF16
 from tools import calibrate
 
 OBJ = "eltwise.o"  # the add entry point: CHUNK / FP32_OPS_PER_CYCLE cycles a call
+
+
+def add_cycles(chunk: int) -> timing.CallCycles:
+    """The add's cost of a call, as its op prices it, for an object of that CHUNK."""
+    return lambda obj, symbol: eltwise.ADD.call_cycles(symbol, {"CHUNK": chunk})
 
 
 def _stream_program(calls: int, chunk: int, column: int = 0) -> iron_record.Program:
@@ -43,13 +49,13 @@ def _stream_program(calls: int, chunk: int, column: int = 0) -> iron_record.Prog
 
 
 def _seconds_per_call(chunk: int) -> float:
-    cost = chunk / kernel_costs.FP32_OPS_PER_CYCLE + timing.CALL_OVERHEAD_CYCLES
+    cost = chunk / core_rates.FP32_OPS_PER_CYCLE + timing.CALL_OVERHEAD_CYCLES
     return cost / timing.CLOCK_HZ
 
 
 def test_compute_bound_launch_takes_its_core_cycles():
     chunk, calls = 4096, 2000  # 8 KB a chunk: the core works longer than the DMA
-    launch = timing.launch_time(_stream_program(calls, chunk), {OBJ: {"CHUNK": 2**20}})
+    launch = timing.launch_time(_stream_program(calls, chunk), add_cycles(2**20))
     core = calls * _seconds_per_call(2**20)
     assert launch.bound == "core(0,2)"
     assert launch.seconds == pytest.approx(core)
@@ -61,7 +67,7 @@ def test_compute_bound_launch_takes_its_core_cycles():
 
 def test_dma_bound_launch_takes_its_bytes_over_the_slowest_path():
     chunk, calls = 1024, 4096
-    launch = timing.launch_time(_stream_program(calls, chunk, column=3), {OBJ: {"CHUNK": chunk}})
+    launch = timing.launch_time(_stream_program(calls, chunk, column=3), add_cycles(chunk))
     nbytes = 3 * calls * chunk * 2  # a, b in and c out, bf16
     column_s = nbytes / timing.COLUMN_DDR_BYTES_PER_S
     assert launch.bound == "ddr column 3"
@@ -85,16 +91,11 @@ def test_elf_adds_dispatch_and_reconfiguration_between_launches():
 
 def test_bfp16_mma_is_faster_than_bf16_for_gemm_tiles():
     tile = {"TM": 32, "TK": 64, "TN": 64}
-    bf16 = kernel_costs.call_cycles("gemm", "gemm_mac_bf16_32x64x64", tile)
-    bfp16 = kernel_costs.call_cycles("gemm", "gemm_mac_bf16_32x64x64", {**tile, "MMA": "bfp16"})
+    bf16 = gemm.OP.call_cycles("gemm_mac_bf16_32x64x64", tile)
+    bfp16 = gemm.OP.call_cycles("gemm_mac_bf16_32x64x64", {**tile, "MMA": "bfp16"})
     assert bfp16 < bf16
     with pytest.raises(KeyError, match="no cost for entry point"):
-        kernel_costs.call_cycles("gemm", "gemm_unknown", tile)
-
-
-def test_kernel_source_strips_the_parameter_tag():
-    assert timing.kernel_source("gemm_0123456789.o") == "gemm"
-    assert timing.kernel_source("upstream_mm.o") == "upstream_mm"
+        gemm.OP.call_cycles("gemm_unknown", tile)
 
 
 # Stated errors: the fitted points reproduce their measurement; every other published
@@ -125,30 +126,37 @@ def test_calibration_covers_the_published_kinds(calibration_errors):
         assert shape in names
 
 
-def test_every_rate_is_positive():
-    rates = [timing.CLOCK_HZ, timing.STREAM_BYTES_PER_S, timing.SHIM_CHANNEL_BYTES_PER_S,
-             timing.COLUMN_DDR_BYTES_PER_S, timing.ARRAY_DDR_BYTES_PER_S]  # fmt: skip
-    assert all(np.isfinite(r) and r > 0 for r in rates)
+def test_each_rate_prices_what_it_names(monkeypatch):
+    """Halving a rate doubles exactly the busy time of the resources it names."""
+    chunk, calls = 1024, 4096
+    program = _stream_program(calls, chunk, column=3)
+    before = timing.launch_time(program, add_cycles(chunk)).busy
+    monkeypatch.setattr(timing, "COLUMN_DDR_BYTES_PER_S", timing.COLUMN_DDR_BYTES_PER_S / 2)
+    monkeypatch.setattr(timing, "SHIM_CHANNEL_BYTES_PER_S", timing.SHIM_CHANNEL_BYTES_PER_S / 2)
+    after = timing.launch_time(program, add_cycles(chunk)).busy
+    for resource, seconds in before.items():
+        doubled = resource.startswith(("ddr column", "shim("))
+        assert after[resource] == pytest.approx(seconds * (2 if doubled else 1)), resource
 
 
-def test_emu_artifact_records_the_modeled_npu2_time(tmp_path):
+def test_the_manifest_carries_the_modeled_npu2_time_and_no_artifact_does(tmp_path, model_dir):
     import json
 
-    from aiebuild.specs import rms_gemv_rope
-    from aiebuild.store import Store
-    from aiebuild.targets import EmuTarget
-    from aierun.artifacts import ENTRY_META
-    from aierun.model import ModelShape
+    from aiebuild.tasks import BuildConfig, compile_all
+    from aierun.artifacts import ArtifactSet
 
-    shape = ModelShape(2, 128, 4, 2, 32, 256, 512, 1e-5, 10000.0, None, True, 2048)
-    spec = rms_gemv_rope(shape)
-    entry = EmuTarget().build(spec, "0" * 64, Store(tmp_path, "emu"))
-    recorded = json.loads((entry / ENTRY_META).read_text())["npu2_model"]
-    modeled = timing.elf_time(spec)
-    assert recorded["ms"] == pytest.approx(modeled.ms, abs=1e-4)
-    assert [launch["label"] for launch in recorded["launches"]] == [
-        launch.label or launch.op for launch in spec.launches
-    ]
+    config = BuildConfig(tmp_path, str(model_dir), (64,), "emu")
+    artifacts = ArtifactSet.open(compile_all(config))
+    for instance in artifacts.instances:
+        artifact = artifacts.load(instance)
+        assert "npu2_model" not in artifact.meta
+        modeled = placed.elf_time(artifact.spec)
+        assert artifacts.npu2_model_ms(instance) == pytest.approx(modeled.ms, abs=1e-4)
+        recorded = artifacts.manifest["npu2_model"][instance]
+        assert [launch["label"] for launch in recorded["launches"]] == [
+            launch.label or launch.op for launch in artifact.spec.launches
+        ]
+    assert json.loads(json.dumps(artifacts.manifest)) == artifacts.manifest
 
 
 @pytest.fixture(scope="module")

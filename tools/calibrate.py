@@ -3,8 +3,8 @@
 Each published point is modeled twice:
 - `reference`: a program shaped like the upstream design that was measured (its core
   grid, memory-tile broadcasts and joins, shim columns), recorded with the IRON model
-  and timed by aiebuild/array/timing.py with the upstream kernel's cost (kernel_costs.py,
-  `upstream_*`). This checks the model's rates; points marked "fit" are the ones the
+  and timed by aiebuild/array/timing.py with the upstream kernel's cost
+  (`UPSTREAM_COSTS` below). This checks the model's rates; points marked "fit" are the ones the
   rates were solved from (timing.py says which), the others test them.
 - `ours`: the same shape built with our design (aiebuild/ops) through a one-launch
   ELF spec, as the project would run it.
@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from aiebuild import placed
 from aiebuild.array import iron_record, timing
-from aiebuild.array.kernel_costs import Defines
+from aiebuild.array.core_rates import BFP16_8X8X8_CYCLES, REDUCE_CYCLES, CostFn, Params, fp32_ops
+from aiebuild.array.geometry import COLUMNS, CORE_ROWS
+from aiebuild.ops import eltwise, flash_attn, gemm, gemv
 from aiebuild.ops.common import tensor
 from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
 
 F32 = np.dtype(np.float32)
-COLUMNS, CORE_ROWS = 8, 4  # npu2: 8 columns of 4 compute tiles (rows 2-5)
 AIR = "Xilinx/mlir-air programming_examples/kernel_registry/details/"
 
 
@@ -46,10 +48,52 @@ class Point:
     fit: bool = False  # one of the points the rates were solved from
 
 
-def _timed(name: str, build: Callable[[Any], Any], defines: dict[str, Defines]) -> timing.ElfTime:
+# -- the upstream kernels of the points, as costs of their entry points -----------------
+def _upstream_mm_bfp16(d: Params) -> float:
+    """mlir-aie aie_kernels/aie2p/mm.cc under BFP16 emulation: 8x8x8 blocks."""
+    return math.prod((d["M"] // 8, d["K"] // 8, d["N"] // 8)) * BFP16_8X8X8_CYCLES
+
+
+def _upstream_mv(d: Params) -> float:
+    """mlir-air matrix_vector_multiplication mv.cc: fp32 vector MACs per row, as gemv.cc."""
+    return d["M"] * (fp32_ops(2 * d["K"]) + REDUCE_CYCLES)
+
+
+# The online softmax of attn_npu2.cc per score (max, exp2, sum, rescale, with its
+# running statistics in bf16), fit: the 2048 causal 32/8-head point (15.4-16.1 ms,
+# mlir-air FlashAttention_bf16.md) less its matmuls.
+UPSTREAM_SOFTMAX_CYCLES_PER_SCORE = 11.4
+
+
+def _upstream_attn_block(d: Params) -> float:
+    """mlir-air attn_npu2.cc, one (q tile, k chunk) step: Q@K^T and P@V as BFP16 8x8x8
+    blocks plus the online softmax over the tile's scores (bf16 vector exp2)."""
+    q, k, dk = d["Q"], d["K"], d["DK"]
+    mm = 2 * (q // 8) * (k // 8) * (dk // 8) * BFP16_8X8X8_CYCLES
+    return mm + q * k * UPSTREAM_SOFTMAX_CYCLES_PER_SCORE
+
+
+# Each recorded reference links one object named after its kernel; its entry points'
+# costs, from the object's parameters.
+UPSTREAM_COSTS: dict[str, dict[str, CostFn]] = {
+    "upstream_mm.o": {"matmul_bfp16_": _upstream_mm_bfp16},
+    "upstream_mv.o": {"matvec_bf16_": _upstream_mv},
+    "upstream_attn.o": {"attn_block_bfp16_": _upstream_attn_block},
+    "eltwise.o": dict(eltwise.ADD.costs),  # the add's cost is ours: DMA-bound either way
+}
+
+
+def _timed(name: str, build: Callable[[Any], Any], params: dict[str, Params]) -> timing.ElfTime:
+    """The reference program `build` records, each object priced by UPSTREAM_COSTS."""
     with iron_record.recording() as lib:
         program = build(lib)
-    return timing.ElfTime(name, [timing.launch_time(program, defines, name)])
+
+    def call_cycles(object_name: str, symbol: str) -> float:
+        costs = UPSTREAM_COSTS[object_name]
+        prefix = next(p for p in sorted(costs, key=len, reverse=True) if symbol.startswith(p))
+        return costs[prefix](params[object_name])
+
+    return timing.ElfTime(name, [timing.launch_time(program, call_cycles, name)])
 
 
 def _host(dims: tuple[int, ...], dtype: np.dtype) -> type:
@@ -119,8 +163,8 @@ def gemm_reference(m: int, k: int, n: int, tm: int = 64, tk: int = 32, tn: int =
         runtime = lib.Runtime(sequence, [*hosts, *a_handles, *b_handles, *c_handles])
         return lib.Program(lib.NPU2(), runtime, workers)
 
-    defines = {obj: {"M": tm, "K": tk, "N": tn}}
-    return lambda: _timed(f"gemm {m}x{k}x{n}", build, defines)
+    params = {obj: {"M": tm, "K": tk, "N": tn}}
+    return lambda: _timed(f"gemm {m}x{k}x{n}", build, params)
 
 
 # -- GEMV over 8 columns (mlir-air matrix_vector_multiplication/bf16, herd_m 8) -----------
@@ -168,15 +212,15 @@ def gemv_reference(m: int, k: int, tile_m: int = 8):
         hosts = [_host((m, k), BF16), _host((k,), BF16), _host((m,), BF16)]
         return lib.Program(lib.NPU2(), lib.Runtime(sequence, [*hosts, *ends]), workers)
 
-    defines = {obj: {"M": tile_m, "K": k}}
-    return lambda: _timed(f"gemv {m}x{k}", build, defines)
+    params = {obj: {"M": tile_m, "K": k}}
+    return lambda: _timed(f"gemv {m}x{k}", build, params)
 
 
 # -- eltwise add (mlir-air eltwise_add, herd_x columns, tile_n 2048) ------------------------
 def add_reference(total: int, columns: int, chunk: int = 2048):
     """One core per column; a and b stream in on its shim's two channels, c out."""
     ty = tensor((chunk,), BF16)
-    obj = "eltwise.o"  # the add's cost is ours: it is DMA-bound either way
+    obj = "eltwise.o"
 
     def build(lib):
         add = lib.Kernel(f"add_bf16_bf16_bf16_{chunk}", obj, [ty, ty, ty])
@@ -210,8 +254,8 @@ def add_reference(total: int, columns: int, chunk: int = 2048):
         flat = [h for trio in ends for h in trio]
         return lib.Program(lib.NPU2(), lib.Runtime(sequence, [*hosts, *flat]), workers)
 
-    defines = {obj: {"CHUNK": chunk}}
-    return lambda: _timed(f"add {total} on {columns} columns", build, defines)
+    params = {obj: {"CHUNK": chunk}}
+    return lambda: _timed(f"add {total} on {columns} columns", build, params)
 
 
 # -- flash attention (mlir-air flash_attention/kernel_fusion_based, 32 tiles) ----------------
@@ -268,56 +312,44 @@ def attention_reference(seq: int, heads: int, kv_heads: int, dk: int = 64, tile:
                  _host((seq, heads * dk), BF16)]  # fmt: skip
         return lib.Program(lib.NPU2(), lib.Runtime(sequence, [*hosts, *ends]), workers)
 
-    defines = {obj: {"Q": tile, "K": tile, "DK": dk}}
-    return lambda: _timed(f"attention {seq} {heads}/{kv_heads}", build, defines)
+    params = {obj: {"Q": tile, "K": tile, "DK": dk}}
+    return lambda: _timed(f"attention {seq} {heads}/{kv_heads}", build, params)
 
 
 # -- the same shapes through our designs ---------------------------------------------------
 def _one_launch(name: str, args: list[ArgSpec], launch: Launch) -> Callable[[], timing.ElfTime]:
     spec = ElfSpec(name, "prefill", 0, tuple(args), (launch,))
-    return lambda: timing.elf_time(spec)
+    return lambda: placed.elf_time(spec)
 
 
 def gemm_ours(m: int, k: int, n: int):
-    from aiebuild.specs import matmul_params
-
     args = [ArgSpec("x", (m, k), "bf16", Role.INPUT), ArgSpec("w", (n, k), "bf16", Role.WEIGHT),
             ArgSpec("y", (m, n), "bf16", Role.OUTPUT)]  # fmt: skip
-    params = {**matmul_params("gemm", m, k, n), "mma": "bfp16"}
+    params = gemm.params(m, k, n, "bfp16")
     return _one_launch(f"gemm {m}x{k}x{n}", args, Launch("gemm", params, ("x", "w"), ("y",)))
 
 
 def gemv_ours(m: int, k: int):
-    from aiebuild.specs import matmul_params
-
     args = [ArgSpec("x", (1, k), "bf16", Role.INPUT), ArgSpec("w", (m, k), "bf16", Role.WEIGHT),
             ArgSpec("y", (1, m), "bf16", Role.OUTPUT)]  # fmt: skip
-    launch = Launch("gemv", matmul_params("gemv", 1, k, m), ("x", "w"), ("y",), "gemv")
+    launch = Launch("gemv", gemv.params(1, k, m), ("x", "w"), ("y",), "gemv")
     return _one_launch(f"gemv {m}x{k}", args, launch)
 
 
 def add_ours(total: int):
-    from aiebuild.specs import eltwise_params
-
     rows = total // 2048
     args = [ArgSpec(n, (rows, 2048), "bf16", r)
             for n, r in (("a", Role.INPUT), ("b", Role.INPUT), ("c", Role.OUTPUT))]  # fmt: skip
-    launch = Launch("add", eltwise_params(rows, 2048), ("a", "b"), ("c",), "add")
+    launch = Launch("add", eltwise.params(rows, 2048), ("a", "b"), ("c",), "add")
     return _one_launch(f"add {total}", args, launch)
 
 
 def attention_ours(seq: int, heads: int, kv_heads: int, dk: int = 64):
-    from aiebuild.specs import attention_params
-    from aierun.model import ModelShape
-
-    shape = ModelShape(1, heads * dk, heads, kv_heads, dk, 4 * heads * dk, 256, 1e-5, 1e4,
-                       None, True, seq)  # fmt: skip
     q, kv = heads * dk, kv_heads * dk
     args = [ArgSpec("q", (seq, q), "bf16", Role.INPUT), ArgSpec("k", (seq, kv), "bf16", Role.INPUT),
             ArgSpec("v", (seq, kv), "bf16", Role.INPUT),
             ArgSpec("o", (seq, q), "bf16", Role.OUTPUT)]  # fmt: skip
-    params = {"S": seq, "heads": heads, "kv_heads": kv_heads, "head_dim": dk, "causal": True,
-              **attention_params(shape, seq)}  # fmt: skip
+    params = flash_attn.params(heads, kv_heads, dk, seq)
     return _one_launch("attention", args, Launch("flash_attn", params, ("q", "k", "v"), ("o",)))
 
 
@@ -409,7 +441,7 @@ def llama_rows(
     rows, modeled = [], {}
     for spec in model_specs(shape, [seq_len]):
         spec = with_mma(spec, mma)
-        elf = timing.elf_time(spec)
+        elf = placed.elf_time(spec)
         modeled[spec.name] = elf.ms
         slowest = max(elf.launches, key=lambda launch: launch.seconds)
         floor_ms = 1e3 * NPU2_RATES.floor_s(elf_cost(spec))

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from aiebuild.array import geometry
+
 
 def element_type(obj_type: Any) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an IRON tensor type `np.ndarray[(dims,), np.dtype[T]]`."""
@@ -67,8 +69,8 @@ class NPU2:
     """The AIE2P array of Strix / Krackan (aie2p-facts.md section 1)."""
 
     name = "npu2"
-    columns = 8
-    rows = 6  # row 0 shim, row 1 memory tiles, rows 2-5 compute tiles
+    columns = geometry.COLUMNS
+    rows = geometry.ROWS  # row 0 shims, row 1 memory tiles, then the compute cores
 
 
 # --- what a core body and a runtime sequence record ---------------------------------

@@ -47,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from aiebuild.array import geometry
 from aiebuild.array.iron_record import (
     NPU2,
     Link,
@@ -57,8 +58,9 @@ from aiebuild.array.iron_record import (
     Worker,
 )
 
-SHIM_ROW = 0  # AIETargetModel.h (db06374): `if (row == 0) return AIETileType::ShimNOCTile;`
-MEM_ROW = 1  # NPU2: one row of memory tiles above the shims, cores in rows 2-5
+# AIETargetModel.h (db06374): `if (row == 0) return AIETileType::ShimNOCTile;`; on
+# NPU2 one row of memory tiles above the shims, the cores above them.
+SHIM_ROW, MEM_ROW = geometry.SHIM_ROW, geometry.MEM_ROW
 
 
 class TileKind(enum.Enum):

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiebuild import ops
 from aiebuild.array.iron_record import (
     NPU2,
     Finish,
@@ -201,6 +200,8 @@ class RulesError(UserError):
 # --- entry points -----------------------------------------------------------------------
 
 
+# Each launch of an ELF is recorded, placed and checked by aiebuild/placed.py, which
+# gives its LaunchCheck; `check` is the rules of one recorded program.
 def check(program: Program, placement: Placement | None = None) -> Report:
     """Every rule over one recorded program, placed as mlir-aie 1.4 would place it."""
     placement = placement or place(program)
@@ -213,26 +214,6 @@ def check(program: Program, placement: Placement | None = None) -> Report:
     ]
     # one message for a rule a pattern breaks in every phase of the sequence
     return Report(placement, _usage(program, placement), list(dict.fromkeys(violations)))
-
-
-def check_launch(spec: ElfSpec, launch: Launch) -> LaunchCheck:
-    """Record, place and check one launch of an ELF."""
-    try:
-        program = ops.record(spec, launch)
-    except UserError as exc:  # the design cannot tile these shapes
-        return LaunchCheck(spec, launch, None, str(exc))
-    return LaunchCheck(spec, launch, check(program))
-
-
-def check_specs(specs: Iterable[ElfSpec]) -> list[LaunchCheck]:
-    return [check_launch(spec, launch) for spec in specs for launch in spec.launches]
-
-
-def require_legal(specs: Iterable[ElfSpec]) -> list[LaunchCheck]:
-    """The checks of every launch; a RulesError listing every violation if any."""
-    checks = check_specs(specs)
-    refuse_violations(checks)
-    return checks
 
 
 def refuse_violations(checks: Iterable[LaunchCheck]) -> None:

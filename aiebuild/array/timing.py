@@ -3,8 +3,9 @@ NPU, computed from the recorded IRON program of each launch (aiebuild/array/iron
 with no data.
 
 Per launch, every resource is busy for a time:
-- each core: the cycles of its kernel calls (aiebuild/array/kernel_costs.py, per entry point
-  from the object's -D parameters, plus CALL_OVERHEAD_CYCLES a call) at CLOCK_HZ;
+- each core: the cycles of its kernel calls (the op's cost of each entry point from the
+  object's -D parameters, aiebuild/ops/<op>.py, plus CALL_OVERHEAD_CYCLES a call) at
+  CLOCK_HZ;
 - each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
   over the channel's rate;
 - each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
@@ -20,21 +21,22 @@ no DMA.
 
 Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
 solved from the published measurements that tools/calibrate.py then checks the
-model against, `python -m tools.calibrate`).
+model against, `doit calibrate`). aiebuild/placed.py times whole ELFs with it.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiebuild.array import iron_record, kernel_costs
+from aiebuild.array import iron_record
 from aiebuild.array.iron_record import Call, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
-from aiebuild.array.kernel_costs import Defines
 from aiebuild.array.placement import DMA_CHANNELS, Placement, TileId, TileKind, place
+
+# Cycles of one call: (the linked object's file name, the entry point's symbol) -> cycles.
+CallCycles = Callable[[str, str], float]
 
 # -- rates ------------------------------------------------------------------------------
 # AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
@@ -122,14 +124,6 @@ class ElfTime:
 
 
 # -- one launch ---------------------------------------------------------------------------
-_OBJECT_TAG = re.compile(r"_[0-9a-f]{10}$")
-
-
-def kernel_source(object_name: str) -> str:
-    """The kernel a linked object was compiled from: `gemm_0123456789.o` -> `gemm`."""
-    return _OBJECT_TAG.sub("", object_name.removesuffix(".o"))
-
-
 def _ends(fifo: ObjectFifo) -> list[ObjectFifoHandle]:
     return [h for h in (fifo.producer, *fifo.consumers) if h is not None]
 
@@ -201,26 +195,28 @@ def _tile_name(tile: TileId) -> str:
     return f"{kind}({tile.col},{tile.row})"
 
 
-def _core_seconds(worker: Worker, defines: dict[str, Defines]) -> float:
+def _core_seconds(worker: Worker, call_cycles: CallCycles) -> float:
     cycles = 0.0
     for node, repeat in iron_record.walk(worker.body):
         if isinstance(node, Call):
-            kernel = node.kernel
-            cost = kernel_costs.call_cycles(
-                kernel_source(kernel.object), kernel.symbol, defines.get(kernel.object, {})
-            )
+            cost = call_cycles(node.kernel.object, node.kernel.symbol)
             cycles += repeat * (cost + CALL_OVERHEAD_CYCLES)
     return cycles / CLOCK_HZ
 
 
-def launch_time(program: Program, defines: dict[str, Defines], label: str = "") -> LaunchTime:
+def launch_time(
+    program: Program,
+    call_cycles: CallCycles,
+    label: str = "",
+    placement: Placement | None = None,
+) -> LaunchTime:
     """The busy time of every resource of one launch, placed as mlir-aie would place it
-    (aiebuild/array/placement.py). `defines` gives each linked object's -D parameters
-    (without the AIEK_ prefix), by object file name."""
-    placement, traffic = place(program), _Traffic(program)
+    (aiebuild/array/placement.py; `placement` when the caller has it already).
+    `call_cycles` prices one call of a kernel entry point."""
+    placement, traffic = placement or place(program), _Traffic(program)
     busy: dict[str, float] = {}
     for worker, tile in placement.workers.items():
-        busy[_tile_name(tile)] = _core_seconds(worker, defines)
+        busy[_tile_name(tile)] = _core_seconds(worker, call_cycles)
     for (tile, direction, channel), nbytes in _channel_bytes(placement, traffic).items():
         rate = SHIM_CHANNEL_BYTES_PER_S if tile.kind is TileKind.SHIM else STREAM_BYTES_PER_S
         busy[f"{_tile_name(tile)} {direction}{channel}"] = nbytes / rate
@@ -232,38 +228,3 @@ def launch_time(program: Program, defines: dict[str, Defines], label: str = "") 
         busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
     busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
     return LaunchTime(label, busy)
-
-
-# -- one ELF --------------------------------------------------------------------------------
-def object_defines(objects: Iterable[Any]) -> dict[str, Defines]:
-    """{object file name: -D parameters} of kernel objects (ops.common.KernelObject),
-    the AIEK_ prefix removed and numbers parsed."""
-    from aiebuild.ops.common import MACRO_PREFIX
-
-    return {
-        obj.name: {key.removeprefix(MACRO_PREFIX): _value(v) for key, v in obj.defines}
-        for obj in objects
-    }
-
-
-def _value(text: str) -> int | float | str:
-    for parse in (int, lambda t: float(t.removesuffix("f"))):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
-
-
-def elf_time(spec: Any) -> ElfTime:
-    """One call of the ELF `spec` (aierun.abi.ElfSpec): every launch recorded through
-    its design, costed with its kernel object's -D parameters (the matmul mode
-    included: aiebuild/ops/gemm.py passes the launch's `mma` as -D AIEK_MMA)."""
-    from aiebuild import ops
-
-    launches = []
-    for launch in spec.launches:
-        program = ops.record(spec, launch)
-        defines = object_defines([ops.kernel_object(spec, launch)])
-        launches.append(launch_time(program, defines, launch.label or launch.op))
-    return ElfTime(spec.instance, launches)

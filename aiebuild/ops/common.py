@@ -1,18 +1,22 @@
-"""What every IRON design shares: kernel objects, tensor types, the tiles of the
-array, the runtime sequence of shim streams, and the one seam to IRON (`iron()`)."""
+"""What every op shares: the `Op` record the registry keeps of each, kernel objects with
+typed -D parameters, tensor types, the tiles of the array, the runtime sequence of shim
+streams, and the one seam to IRON (`iron()`)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from aiebuild.array import iron_record
+from aiebuild.array import geometry, iron_record
+from aiebuild.array.core_rates import CostFn, Params
+from aiebuild.sim.compare import DEFAULT_TOLERANCE, Tolerance
 from aierun.abi import ArgSpec, Launch, parse_binding
 from aierun.errors import UserError
 
@@ -27,10 +31,20 @@ SHIM_ITERATIONS = 64
 
 @dataclass(frozen=True)
 class KernelObject:
-    """One compiled kernel instance: a source file and its -D parameters."""
+    """One compiled kernel instance: a source file and its -D parameters, kept typed
+    (the cost functions read them as numbers) and rendered as macros for the compiler."""
 
     source: Path
-    defines: tuple[tuple[str, str], ...]
+    params: tuple[tuple[str, int | float | bool | str], ...]  # sorted by name
+
+    @property
+    def defines(self) -> tuple[tuple[str, str], ...]:
+        """(macro, value) pairs, each named with MACRO_PREFIX (`TM` -> `AIEK_TM`)."""
+        return tuple((MACRO_PREFIX + key, _macro(value)) for key, value in self.params)
+
+    @property
+    def values(self) -> Params:
+        return dict(self.params)
 
     @property
     def name(self) -> str:
@@ -42,11 +56,10 @@ class KernelObject:
         return [f"-D{key}={value}" for key, value in self.defines]
 
 
-def kernel_object(kernel: str, defines: dict[str, Any]) -> KernelObject:
-    """`kernel` (a file in kernels_src/) compiled with `defines` as -D macros, each
-    named with MACRO_PREFIX (`{"TM": 32}` -> `-DAIEK_TM=32`)."""
-    macros = sorted((MACRO_PREFIX + key, _macro(value)) for key, value in defines.items())
-    return KernelObject(KERNELS_SRC / kernel, tuple(macros))
+def kernel_object(kernel: str, params: Mapping[str, Any]) -> KernelObject:
+    """`kernel` (a file in kernels_src/) compiled with `params` as -D macros
+    (`{"TM": 32}` -> `-DAIEK_TM=32`)."""
+    return KernelObject(KERNELS_SRC / kernel, tuple(sorted(params.items())))
 
 
 def _macro(value: Any) -> str:
@@ -55,6 +68,52 @@ def _macro(value: Any) -> str:
     if isinstance(value, float):
         return f"{value!r}f"  # a float literal: the kernels compute in fp32
     return str(value)
+
+
+Design = Callable[[Launch, list[ArgSpec]], Any]  # the IRON program of one launch
+KernelFn = Callable[[Launch, list[ArgSpec]], KernelObject]
+FlopsFn = Callable[[Launch, list[ArgSpec]], int]
+
+
+@dataclass(frozen=True)
+class Op:
+    """Everything the build knows of one op of the launch vocabulary, in its module
+    aiebuild/ops/<module>.py (its emulation is aierun/ops/<module>.py):
+
+    - `design(launch, args)`: the IRON program of one launch, over the launch's
+      arguments (inputs then outputs, whole ELF arguments);
+    - `kernel(launch, args)`: the kernel object it links, with typed -D parameters;
+    - `costs`: cycles of one call of each entry point of that kernel, by symbol
+      prefix, from the object's parameters (the npu2 time model);
+    - `flops(launch, args)`: the arithmetic of one launch (the roofline's FLOPs; its
+      DDR bytes are its operands' and results' sizes, the same for every op);
+    - `tolerance`: how far `doit simulate` lets the kernel's C++ differ from emu."""
+
+    name: str
+    design: Design
+    kernel: KernelFn
+    costs: Mapping[str, CostFn]
+    flops: FlopsFn
+    tolerance: Tolerance = field(default=DEFAULT_TOLERANCE)
+
+    @property
+    def module(self) -> Path:
+        """The op's source file (part of every content key of an ELF that uses it)."""
+        return Path(self.design.__code__.co_filename)
+
+    def call_cycles(self, symbol: str, params: Params) -> float:
+        """Cycles of one call of the entry point `symbol` (the longest matching prefix)."""
+        for prefix in sorted(self.costs, key=len, reverse=True):
+            if symbol.startswith(prefix):
+                return float(self.costs[prefix](params))
+        raise KeyError(f"op {self.name!r} has no cost for entry point {symbol!r}")
+
+
+def output_elements(launch: Launch, args: list[ArgSpec]) -> int:
+    """Elements of the launch's first output (an elementwise op's work)."""
+    output = args[len(launch.inputs)]
+    _, index = parse_binding(launch.outputs[0])
+    return math.prod(output.shape[1:] if index is not None else output.shape)
 
 
 def slice_offset(launch: Launch, args: list[ArgSpec], position: int) -> int:
@@ -173,16 +232,16 @@ def stream_program(args: list[ArgSpec], streams: list[Stream], workers: list[Any
 
 
 def core_tile(lib: Any, column: int, row: int) -> Any:
-    """Compute core `row` (0-3) of `column`: array rows 2-5."""
-    return lib.Tile(column, 2 + row)
+    """Compute core `row` (counted from 0) of `column`."""
+    return lib.Tile(column, geometry.FIRST_CORE_ROW + row)
 
 
 def mem_tile(lib: Any, column: int) -> Any:
-    return lib.Tile(column, 1)
+    return lib.Tile(column, geometry.MEM_ROW)
 
 
 def shim_tile(lib: Any, column: int) -> Any:
-    return lib.Tile(column, 0)
+    return lib.Tile(column, geometry.SHIM_ROW)
 
 
 def array(launch: Launch) -> tuple[int, int]:

@@ -8,21 +8,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from aiebuild.array.core_rates import TRANSCENDENTAL_CYCLES, Params, fp32_ops
+from aiebuild.array.geometry import COLUMNS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
+    Op,
     array,
     core_tile,
     iron,
     kernel_object,
+    output_elements,
     row_streams,
     stream_program,
     streaming_core,
     tensor,
 )
-from aiebuild.specs import ELTWISE_LANES as LANES
 from aierun.abi import ArgSpec, Launch
 from aierun.errors import UserError
 
+LANES = 16  # elements per vector step of the kernels
 MAX_CHUNK = 2048  # elements per ObjectFifo buffer (4 KiB of bf16, 8 KiB of fp32)
 
 
@@ -68,3 +72,32 @@ def design_add(launch: Launch, args: list[ArgSpec]) -> Any:
 
 def design_silu_mul(launch: Launch, args: list[ArgSpec]) -> Any:
     return _binary(launch, args, "silu_mul")
+
+
+def params(rows: int, cols: int) -> dict[str, int]:
+    """Equal runs of whole vectors per column."""
+    vectors = rows * cols // LANES
+    return {"rows": rows, "cols": cols, **cores(largest_divisor(vectors, COLUMNS))}
+
+
+def _add_cycles(d: Params) -> float:
+    return fp32_ops(d["CHUNK"])
+
+
+def _silu_mul_cycles(d: Params) -> float:
+    chunk = d["CHUNK"]
+    return fp32_ops(5 * chunk) + 2 * TRANSCENDENTAL_CYCLES * chunk / LANES
+
+
+def _flops_per_element(count: int):
+    def flops(launch: Launch, args: list[ArgSpec]) -> int:
+        return count * output_elements(launch, args)
+
+    return flops
+
+
+ADD = Op("add", design_add, kernel, {"add_": _add_cycles}, _flops_per_element(1))
+# exp, add, reciprocal, two products per element
+SILU_MUL = Op(
+    "silu_mul", design_silu_mul, kernel, {"silu_mul_": _silu_mul_cycles}, _flops_per_element(5)
+)

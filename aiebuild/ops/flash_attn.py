@@ -30,8 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from aiebuild.array.core_rates import (
+    BF16_4X8X8_CYCLES,
+    LANES,
+    MMUL_SHAPES,
+    REDUCE_CYCLES,
+    TRANSCENDENTAL_CYCLES,
+    TRANSPOSE_8X8_CYCLES,
+    Params,
+    fp32_ops,
+)
+from aiebuild.array.geometry import COLUMNS, CORE_ROWS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
+    Op,
     Stream,
     array,
     core_tile,
@@ -46,8 +58,9 @@ from aiebuild.ops.common import (
     tensor,
     tiles,
 )
-from aiebuild.specs import ATTN_BLOCK as BLOCK
 from aierun.abi import BF16, ArgSpec, Launch
+
+BLOCK = 32  # query and key rows per block
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -133,3 +146,76 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
                  drain=True) for c in range(columns)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(heads: int, kv_heads: int, head_dim: int, s: int) -> dict[str, int | bool]:
+    """Causal attention over `s` positions: the query heads of one KV group over core
+    rows, successive query blocks over columns (core rows divide the group, whole
+    groups per round, whole rounds per KV head)."""
+    group, blocks = heads // kv_heads, s // BLOCK
+    core_rows = largest_divisor(group, CORE_ROWS)
+    fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
+            and blocks % (c * core_rows // group) == 0]  # fmt: skip
+    return {"S": s, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "causal": True, **cores(max(fits), core_rows)}  # fmt: skip
+
+
+# -- cost per entry point (kernels_src/flash_attn.cc) -------------------------------------
+# Share of a causal walk's (query block, key block) steps at or below the diagonal:
+# (n + 1) / 2n for n blocks, about one half at the prefill lengths that matter.
+CAUSAL_VISIBLE_FRACTION = 0.5
+# fp32 operations per score of the online softmax: the 1/sqrt(DH) scale, the running
+# max, the subtraction of the row's max, exp's product by log2 e and the row sum.
+FP32_OPS_PER_SCORE = 5
+
+
+def _init_cycles(d: Params) -> float:
+    return fp32_ops(d["BQ"] * d["DH"])
+
+
+def _step_cycles(d: Params) -> float:
+    """A visible key block, in strips of 4 query rows: S = Q K^T and O += P V as bf16
+    4x8x8 mmul blocks (BF16_4X8X8_CYCLES each; each Q K^T block with its K transpose);
+    per score the softmax's fp32 operations and a bf16 exp2 lane; per strip one
+    32-lane exp of the rows' rescale factors; per row a reduce_max and a reduce_add
+    (8 lanes, counted as 16) and the rescale of its acc row and sum. The design
+    streams every key block for every query block and the kernel returns at once
+    above the causal diagonal, so over a launch about half the calls do the work: the
+    cost is that average (the diagonal block's skipped key groups are not counted)."""
+    bq, bk, dh = d["BQ"], d["BK"], d["DH"]
+    rows, depth, cols = MMUL_SHAPES["bf16"]  # 4 query rows x 8 keys or head dims
+    score_blocks = (bq // rows) * (dh // depth) * (bk // cols)
+    value_blocks = (bq // rows) * (bk // depth) * (dh // cols)
+    matmuls = (score_blocks + value_blocks) * BF16_4X8X8_CYCLES
+    transposes = score_blocks * TRANSPOSE_8X8_CYCLES
+    exp_vectors = bq * bk / LANES + (bq // rows) * rows * cols / LANES
+    softmax = (
+        fp32_ops(FP32_OPS_PER_SCORE * bq * bk)
+        + exp_vectors * TRANSCENDENTAL_CYCLES
+        + 2 * bq * REDUCE_CYCLES
+    )
+    rescale = fp32_ops(bq * (dh + 2))
+    return CAUSAL_VISIBLE_FRACTION * (matmuls + transposes + softmax + rescale)
+
+
+def _finish_cycles(d: Params) -> float:
+    return d["BQ"] * (TRANSCENDENTAL_CYCLES + fp32_ops(2 * d["DH"]))
+
+
+SOFTMAX_FLOPS_PER_SCORE = 5  # scale, subtract the max, exp, accumulate, normalize
+
+
+def flops(launch: Launch, args: list[ArgSpec]) -> int:
+    """Q K^T and P V over the visible query-key pairs (4 Dh per pair and head), plus
+    the softmax per score."""
+    p = launch.params
+    pairs = p["S"] * (p["S"] + 1) // 2 if p["causal"] else p["S"] * p["S"]
+    return p["heads"] * pairs * (4 * p["head_dim"] + SOFTMAX_FLOPS_PER_SCORE)
+
+
+OP = Op(
+    "flash_attn", design, kernel,
+    {"flash_attn_init_": _init_cycles, "flash_attn_step_": _step_cycles,
+     "flash_attn_finish_": _finish_cycles},
+    flops,
+)  # fmt: skip

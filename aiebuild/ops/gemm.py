@@ -26,8 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from aiebuild.array.core_rates import (
+    LANES,
+    MMUL_BLOCK_CYCLES,
+    MMUL_SHAPES,
+    TRANSPOSE_8X8_CYCLES,
+    Params,
+    fp32_ops,
+    mma_mode,
+)
+from aiebuild.array.geometry import COLUMNS, CORE_ROWS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
+    Op,
     Stream,
     array,
     core_tile,
@@ -42,10 +53,12 @@ from aiebuild.ops.common import (
     tensor,
     tiles,
 )
-from aiebuild.specs import COLUMNS
 from aierun.abi import BF16, ArgSpec, Launch
 
-TK, TN = 32, 64
+# Every GEMM and GEMV dimension is tiled in blocks of TILE elements on the cores
+# (specs.check_tileable refuses a model that does not divide).
+TILE = 64
+TK, TN = 32, TILE
 
 
 def tile_m(launch: Launch) -> int:
@@ -132,3 +145,43 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
           for c in range(columns)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(m: int, k: int, n: int, mma: str = "bf16") -> dict[str, int | str]:
+    """A GEMM's cores: output tile columns over array columns, 64-row blocks of x over
+    core rows, and its matmul mode `mma` (specs.GEMM_MMA)."""
+    spread = cores(
+        largest_divisor(n // TILE, COLUMNS), largest_divisor(max(m // TILE, 1), CORE_ROWS)
+    )
+    return {"M": m, "K": k, "N": n, "mma": mma, **spread}
+
+
+# -- cost per entry point (kernels_src/gemm.cc) ------------------------------------------
+def _zero_cycles(d: Params) -> float:
+    return d["TM"] * d["TN"] / LANES  # one 16-lane store per cycle
+
+
+def _mac_cycles(d: Params) -> float:
+    """The mmul blocks of the kernel's mode, each with its 8x8 transpose of w
+    (block_wt), plus the fp32 read-add-write of every output into acc once per call."""
+    tm, tk, tn, mode = d["TM"], d["TK"], d["TN"], mma_mode(d)
+    rows, depth, cols = MMUL_SHAPES[mode]
+    blocks = (tm // rows) * (tk // depth) * (tn // cols)
+    return blocks * (MMUL_BLOCK_CYCLES[mode] + TRANSPOSE_8X8_CYCLES) + fp32_ops(tm * tn)
+
+
+def _store_cycles(d: Params) -> float:
+    return fp32_ops(d["TM"] * d["TN"])  # one conversion per element
+
+
+def flops(launch: Launch, args: list[ArgSpec]) -> int:
+    p = launch.params
+    return 2 * p["M"] * p["N"] * p["K"]
+
+
+OP = Op(
+    "gemm", design, kernel,
+    {"gemm_zero_f32_": _zero_cycles, "gemm_mac_bf16_": _mac_cycles,
+     "gemm_store_bf16_": _store_cycles},
+    flops,
+)  # fmt: skip

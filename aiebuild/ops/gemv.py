@@ -20,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from aiebuild.array.core_rates import REDUCE_CYCLES, Params, fp32_ops
+from aiebuild.array.geometry import COLUMNS, cores
 from aiebuild.ops.common import (
     SHIM_ITERATIONS,
     KernelObject,
+    Op,
     Stream,
     array,
     contiguous,
@@ -39,9 +42,11 @@ from aiebuild.ops.common import (
     tiles,
     whole,
 )
-from aiebuild.specs import GEMV_ROWS as TN
-from aiebuild.specs import TILE as TK
+from aiebuild.ops.gemm import TILE as TK
+from aiebuild.ops.gemm import flops
 from aierun.abi import BF16, ArgSpec, Launch
+
+TN = 32  # output rows per core step
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -129,3 +134,19 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
           for s, (c, _) in enumerate(cores)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(m: int, k: int, n: int) -> dict[str, int]:
+    """A GEMV's cores: one weight stream per shim input channel but the one that
+    broadcasts x, each feeding one core, as many as there are TN-row output blocks."""
+    streams = min(2 * COLUMNS - 1, n // TN)
+    return {"M": m, "K": k, "N": n, **cores(streams // 2 + 1, 2)}
+
+
+def _cycles(d: Params) -> float:
+    """Per row of the tile: TK/16 fp32 MACs and one reduce_add (kernels_src/gemv.cc)."""
+    rows, cols = d["TN"], d["TK"]
+    return rows * (fp32_ops(2 * cols) + REDUCE_CYCLES)
+
+
+OP = Op("gemv", design, kernel, {"gemv_bf16_": _cycles}, flops)

@@ -15,21 +15,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from aiebuild.array.core_rates import Params, fp32_ops
+from aiebuild.array.geometry import largest_divisor
 from aiebuild.ops.common import (
     SHIM_ITERATIONS,
     KernelObject,
+    Op,
     Stream,
     array,
     contiguous,
     core_tile,
     iron,
     kernel_object,
+    output_elements,
     shim_tile,
     stream_program,
     tap,
     tensor,
 )
-from aiebuild.specs import largest_divisor
+from aiebuild.ops.rmsnorm import row_cores
 from aierun.abi import ArgSpec, Launch
 
 MAX_CHUNK = 2048  # elements per object: 4 KiB in, 8 KiB out; x2 fifos x depth 2
@@ -100,3 +104,19 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         workers.append(lib.Worker(_widening_core(objects), [*ins, *outs, widen],
                                   tile=core_tile(lib, c, 0)))  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(rows: int, kv_heads: int, head_dim: int) -> dict[str, int]:
+    """Rows over columns, one core per column widening its block of K and of V."""
+    return {"kv_heads": kv_heads, "head_dim": head_dim, "rows": rows, **row_cores(rows)}
+
+
+def _cycles(d: Params) -> float:
+    return fp32_ops(d["CHUNK"])  # one conversion per element, as the add's one sum
+
+
+def flops(launch: Launch, args: list[ArgSpec]) -> int:
+    return output_elements(launch, args)  # widened to fp32 (the DMAs move it in place)
+
+
+OP = Op("kv_store", design, kernel, {"widen_": _cycles}, flops)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiebuild.array.core_rates import REDUCE_CYCLES, TRANSCENDENTAL_CYCLES, Params, fp32_ops
+from aiebuild.array.geometry import COLUMNS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
+    Op,
     array,
     core_tile,
     iron,
     kernel_object,
+    output_elements,
     row_streams,
     stream_program,
     tensor,
@@ -57,3 +61,25 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [lib.Worker(core, [*handles[c], norm], tile=core_tile(lib, c, 0))
                for c in range(columns)]  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(rows: int, e: int, eps: float) -> dict[str, int | float]:
+    """Whole rows per column, one core per column."""
+    return {"rows": rows, "E": e, "eps": eps, **row_cores(rows)}
+
+
+def row_cores(rows: int) -> dict[str, int]:
+    """Row-wise ops (rmsnorm, rope, kv_store): whole rows per column, one core each."""
+    return cores(largest_divisor(rows, COLUMNS))
+
+
+def _cycles(d: Params) -> float:
+    e = d["E"]
+    return fp32_ops(2 * e) + REDUCE_CYCLES + TRANSCENDENTAL_CYCLES + fp32_ops(2 * e)
+
+
+def flops(launch: Launch, args: list[ArgSpec]) -> int:
+    return 4 * output_elements(launch, args)  # square, accumulate, times rsqrt, times w
+
+
+OP = Op("rmsnorm", design, kernel, {"rmsnorm_": _cycles}, flops)

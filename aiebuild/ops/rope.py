@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiebuild.array.core_rates import Params, fp32_ops
 from aiebuild.ops.common import (
     KernelObject,
+    Op,
     array,
     core_tile,
     iron,
     kernel_object,
+    output_elements,
     row_streams,
     stream_program,
     streaming_core,
     tensor,
 )
+from aiebuild.ops.rmsnorm import row_cores
 from aierun.abi import ArgSpec, Launch
 
 
@@ -43,3 +47,18 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [lib.Worker(body, [*handles[c], rotate], tile=core_tile(lib, c, 0))
                for c in range(columns)]  # fmt: skip
     return stream_program(args, streams, workers)
+
+
+def params(rows: int, heads: int, head_dim: int) -> dict[str, int]:
+    return {"rows": rows, "head_dim": head_dim, "heads": heads, **row_cores(rows)}
+
+
+def _cycles(d: Params) -> float:
+    return fp32_ops(6 * d["HEADS"] * d["DH"] // 2)  # 2 products + a MAC per output pair
+
+
+def flops(launch: Launch, args: list[ArgSpec]) -> int:
+    return 3 * output_elements(launch, args)  # x1*cos - x2*sin: two products and a sum
+
+
+OP = Op("rope", design, kernel, {"rope_": _cycles}, flops)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from aierun import cli, paths
-from aierun.artifacts import ArtifactSet
 from aierun.errors import UserError
 from aierun.files import write_atomic
 from aierun.profiling.html import render_html
@@ -76,15 +75,8 @@ def run_profile(
     report = Report.build(profiler, info, specs, device_rates(info.device, rates_cache()))
     if info.device == "emu" and beats_floor(report):  # rates measured while busy: again
         report = Report.build(profiler, info, specs, remeasure(rates_cache()))
-    report.npu2_model_ms = {i: modeled_npu2_ms(session.artifacts, i) for i in specs}
+    report.npu2_model_ms = {i: session.artifacts.npu2_model_ms(i) for i in specs}
     return report, tokens
-
-
-def modeled_npu2_ms(artifacts: ArtifactSet, instance: str) -> float | None:
-    """One call of the ELF on npu2 as the build modeled it (artifact.json `npu2_model`);
-    None for artifacts built before the model or an ELF the npu2 designs cannot build."""
-    model = artifacts.load(instance).meta.get("npu2_model") or {}
-    return model.get("ms")
 
 
 def write_outputs(report: Report, targets: dict[str, Path]) -> None:

@@ -1,16 +1,11 @@
 """How much work an ELF must do, and the fastest a device could possibly do it.
 
-From an ELF's ABI and launch parameters alone we count, per call:
-
-- FLOPs: a GEMM/GEMV is 2*M*N*K; causal attention multiplies Q by K and the
-  probabilities by V over the S*(S+1)/2 visible query-key pairs (4*Dh FLOPs per
-  pair and head) plus a softmax; elementwise launches (RMSNorm, RoPE, residual
-  add, SiLU*mul) cost a few FLOPs per output element (exp and reciprocal count
-  as one each).
-- bytes: every launch reads its operands from DDR and writes its results back
-  to DDR (a multi-launch ELF saves host round trips, not DDR traffic), so an ELF
-  moves the sum over its launches of operand and result bytes: the host-visible
-  arguments plus each intermediate written once and read by every consumer.
+The work of one call is what the build counted into the plan, per launch (each op's
+module in aiebuild/ops): its FLOPs (a GEMM/GEMV is 2*M*N*K, causal attention its
+visible query-key pairs, an elementwise launch a few per output element) and its DDR
+bytes (every launch reads its operands from DDR and writes its results back, so the
+sum of their sizes: a multi-launch ELF saves host round trips, not DDR traffic). This
+module has no per-op code.
 
 The time floor is max(FLOPs / peak FLOP rate, bytes / peak memory rate): no
 schedule can beat it, so `measured / floor` says how far a kernel is from its
@@ -31,20 +26,11 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from aierun.abi import ElfSpec, Launch, parse_binding
+from aierun.abi import ElfSpec, Launch
 from aierun.files import write_json_atomic
 
 log = structlog.get_logger("aierun.profiling.roofline")
 
-# FLOPs per output element of the elementwise launches.
-ELEMENTWISE_FLOPS = {
-    "rmsnorm": 4,  # square, accumulate, times rsqrt, times weight
-    "rope": 3,  # x1*cos - x2*sin: two products and a sum per element
-    "add": 1,
-    "silu_mul": 5,  # exp, add, reciprocal, two products
-    "kv_store": 1,  # widened to fp32 (and moved to the cache's layout by the DMAs)
-}
-SOFTMAX_FLOPS_PER_SCORE = 5  # scale, subtract the max, exp, accumulate, normalize
 RATES_SCHEMA = 1
 
 
@@ -88,41 +74,15 @@ NPU2_RATES = Rates(
 )
 
 
-def binding_bytes(spec: ElfSpec, binding: str) -> int:
-    """Bytes of one launch operand: a whole argument or one slice of its leading axis."""
-    name, index = parse_binding(binding)
-    arg = spec.arg(name)
-    return arg.nbytes if index is None else arg.nbytes // arg.shape[0]
-
-
-def _elements(spec: ElfSpec, binding: str) -> int:
-    name, index = parse_binding(binding)
-    shape = spec.arg(name).shape
-    return int(np.prod(shape[1:] if index is not None else shape))
-
-
-def launch_flops(spec: ElfSpec, launch: Launch) -> int:
-    p = launch.params
-    if launch.op in ("gemm", "gemv"):
-        return 2 * p["M"] * p["N"] * p["K"]
-    if launch.op == "flash_attn":
-        pairs = p["S"] * (p["S"] + 1) // 2 if p["causal"] else p["S"] * p["S"]
-        return p["heads"] * pairs * (4 * p["head_dim"] + SOFTMAX_FLOPS_PER_SCORE)
-    if launch.op in ELEMENTWISE_FLOPS:
-        return ELEMENTWISE_FLOPS[launch.op] * _elements(spec, launch.outputs[0])
-    raise KeyError(f"{spec.instance}: no FLOP count for op {launch.op!r}")
-
-
-def launch_cost(spec: ElfSpec, launch: Launch) -> Cost:
-    moved = sum(binding_bytes(spec, b) for b in (*launch.inputs, *launch.outputs))
-    return Cost(launch_flops(spec, launch), moved)
+def launch_cost(launch: Launch) -> Cost:
+    return Cost(launch.flops, launch.ddr_bytes)
 
 
 def elf_cost(spec: ElfSpec) -> Cost:
     """The work of one call of the ELF: all its launches, back to back."""
     total = Cost(0, 0)
     for launch in spec.launches:
-        total += launch_cost(spec, launch)
+        total += launch_cost(launch)
     return total
 
 

@@ -9,19 +9,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from aiebuild import ops
-from aiebuild.array import rules
+from aiebuild import ops, placed
 from aiebuild.ops import kv_store
 from aiebuild.ops.common import contiguous
 from aiebuild.sim import dataflow
-from aiebuild.sim.run import (
-    TOLERANCES,
-    Capture,
-    HostKernels,
-    capture_calls,
-    compare,
-    simulate_elf,
-)
+from aiebuild.sim.compare import DEFAULT_TOLERANCE, compare
+from aiebuild.sim.run import Capture, HostKernels, capture_calls, simulate_elf
 from aiebuild.specs import model_specs
 from aierun.abi import ArgSpec, ElfSpec, Launch, Role, parse_binding
 from aierun.artifacts import ArtifactSet
@@ -173,7 +166,8 @@ def test_kv_store_moves_a_long_block_in_phases_within_the_shims_limits():
     program = ops.record(spec, launch)
     drains = [t.tap.sizes[0] for t in program.runtime.transfers() if not t.is_fill]
     assert drains == [64] * 4  # K and V, two phases each
-    assert rules.check_launch(spec, launch).report.violations == []
+    (check,) = placed.check_specs([spec])
+    assert check.report.violations == []
     assert not far_from_emu(spec, random_inputs(spec))
 
 
@@ -196,8 +190,8 @@ def test_an_all_zero_output_is_a_failed_comparison_not_a_pass():
     """A call captured on zeros (e.g. prepare's warm-up) would match anything that
     writes zeros: the comparison refuses it instead of passing it."""
     zeros, values = np.zeros(64, np.float32), np.linspace(-1, 1, 64, dtype=np.float32)
-    assert TOLERANCES["default"].problem(compare(zeros, zeros)) is not None
-    assert TOLERANCES["default"].problem(compare(values, values)) is None
+    assert DEFAULT_TOLERANCE.problem(compare(zeros, zeros)) is not None
+    assert DEFAULT_TOLERANCE.problem(compare(values, values)) is None
 
 
 def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_manifest):

@@ -17,6 +17,7 @@ import pytest
 
 from aiebuild.ops import flash_attn as flash_attn_design
 from aiebuild.ops.common import KERNELS_SRC, KernelObject, kernel_object
+from aiebuild.ops.flash_attn import BLOCK as ATTN_BLOCK
 from aiebuild.sim import host_kernels
 from aiebuild.sim.host_kernels import (
     HostCompileError,
@@ -25,7 +26,6 @@ from aiebuild.sim.host_kernels import (
     host_kernel,
     load_kernels,
 )
-from aiebuild.specs import ATTN_BLOCK
 from aierun.abi import BF16
 from aierun.errors import UserError
 from aierun.ops import OPS
@@ -152,7 +152,7 @@ def test_wrong_loop_bound_is_caught(build, tmp_path):
     )  # fmt: skip
     types = ADD_TYPES[0]
     with pytest.raises(AssertionError):
-        check_add(build(KernelObject(source, eltwise(*types).defines)), *types)
+        check_add(build(KernelObject(source, eltwise(*types).params)), *types)
 
 
 # -- rope, rmsnorm -----------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_bfp16_conversion_without_the_rounding_mode_is_caught(build, tmp_path):
         tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n  for (int i = 0; i < AIEK_TM; i",
         "  for (int i = 0; i < AIEK_TM; i",
     )  # fmt: skip
-    kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM_BFP16).defines))
+    kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM_BFP16).params))
     kernel.reset_tile()
     size = 2 * GEMM_BFP16["TK"]
     x = bfp16_edge_rows(2 * GEMM_BFP16["TM"], size)
@@ -296,7 +296,7 @@ def test_forgotten_rounding_mode_floors_and_is_caught(build, tmp_path):
     the stored tile is the accumulators rounded toward minus infinity."""
     store = "  for (int i = 0; i < AIEK_TM * AIEK_TN; i += 16) store_as"
     source = mutant(tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n" + store, store)
-    kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM).defines))
+    kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM).params))
     kernel.reset_tile()  # a core that starts
     acc = RNG.standard_normal(GEMM["TM"] * GEMM["TN"]).astype(np.float32)
     tile = np.zeros_like(acc, BF16)
@@ -416,7 +416,7 @@ def test_flash_attn_within_bound(build, cores):
 def test_mutated_flash_attn_is_caught(build, tmp_path, old, new):
     source = mutant(tmp_path, "flash_attn.cc", old, new)
     with pytest.raises(AssertionError):
-        check_flash_attn(build(KernelObject(source, kernel_object("flash_attn.cc", FA).defines)))
+        check_flash_attn(build(KernelObject(source, kernel_object("flash_attn.cc", FA).params)))
 
 
 # -- AIE2P constraints, the builder ----------------------------------------------------
@@ -455,4 +455,4 @@ def test_library_key_follows_source_and_defines(tmp_path):
     assert key == host_kernels.library_key(eltwise(False, False, False), cxx)
     assert key != host_kernels.library_key(eltwise(True, False, True), cxx)
     edited = mutant(tmp_path, "eltwise.cc", "static constexpr int LANES", "constexpr int LANES")
-    assert key != host_kernels.library_key(KernelObject(edited, obj.defines), cxx)
+    assert key != host_kernels.library_key(KernelObject(edited, obj.params), cxx)
