@@ -14,13 +14,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from aierun import __version__, logs, paths
+from aierun.bundle import cmd_unpack
 from aierun.errors import Failure, UserError, describe
+from aierun.profiling.command import cmd_profile
+from aierun.session import Sampling, open_session
+from aierun.verify.diagnosis import cmd_diagnosis
+from aierun.verify.gate import cmd_verify
 
 log = structlog.get_logger("aierun.cli")
 # transformers' import-time advice ("PyTorch was not found...") is noise for the
@@ -181,46 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_session(args: argparse.Namespace, profiler=None):
-    """Device + artifacts + model -> a prepared Session (use it in a `with` block:
-    closing it releases the device). The device is opened first ("no NPU here" is
-    the news, not "no artifacts for npu2"), then the artifacts are found, so a
-    missing build fails at once rather than after the model is made ready."""
-    from aierun.artifacts import ArtifactSet, find_manifest
-    from aierun.devices import open_device
-    from aierun.model import Checkpoint, resolve_model
-    from aierun.session import Session
-
-    device = open_device(args.device)
-    try:
-        where = _artifacts_dir(args.artifacts, device.targets)
-        manifest = find_manifest(where, device.targets, paths.artifact_homes())
-        checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
-        artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
-        session = Session(checkpoint, artifacts, device, profiler)
-        session.prepare()
-    except BaseException:
-        device.close()
-        raise
-    return session
-
-
-def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
-    if artifacts is None:
-        return None
-    path = Path(artifacts).expanduser()
-    if path.is_file() and path.name != "manifest.json":
-        from aierun.bundle import open_bundle
-
-        return open_bundle(path, paths.home() / "bundles", targets)
-    if not path.exists():
-        raise UserError(f"--artifacts {artifacts}: no such file or directory")
-    return path
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from aierun.session import Sampling
-
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     with open_session(args) as session:
         _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
@@ -326,22 +291,13 @@ def _read_message() -> str | None:
     return line.strip() or None
 
 
-def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module), function)(args)
-
-    return command
-
-
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "chat": cmd_chat,
-    "profile": _lazy("aierun.profiling.command", "cmd_profile"),
-    "verify": _lazy("aierun.verify.gate", "cmd_verify"),
-    "diagnosis": _lazy("aierun.verify.gate", "cmd_diagnosis"),
-    "unpack": _lazy("aierun.bundle", "cmd_unpack"),
+    "profile": cmd_profile,
+    "verify": cmd_verify,
+    "diagnosis": cmd_diagnosis,
+    "unpack": cmd_unpack,
 }
 
 

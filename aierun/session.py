@@ -9,21 +9,25 @@ verification.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
-from aierun import logs
+from aierun import logs, paths
 from aierun.abi import BF16, ElfSpec, Role
-from aierun.artifacts import ArtifactError, ArtifactSet
+from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.buffers import BufferManager
+from aierun.bundle import open_bundle
+from aierun.devices import open_device
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
 from aierun.host.embedding import EmbeddingTable
-from aierun.model import Checkpoint, rope_table
+from aierun.model import Checkpoint, resolve_model, rope_table
 from aierun.ops.attention import KVCache
 from aierun.ops.norm import rmsnorm
 from aierun.ops.numerics import to_bf16
@@ -53,6 +57,15 @@ class Sampling:
             )
 
 
+class CallObserver(Protocol):
+    """Sees every ELF call's bound buffers just before and just after the device runs
+    it (`doit simulate` captures real calls this way)."""
+
+    def before_run(self, spec: ElfSpec, buffers: dict[str, Buffer]) -> None: ...
+
+    def after_run(self, spec: ElfSpec, buffers: dict[str, Buffer]) -> None: ...
+
+
 # Positions the KV cache made at prepare holds after any prompt (whose own positions
 # stay in the prefill ELF's cache buffers): decoding this many tokens never grows it.
 DECODE_HEADROOM = 256
@@ -65,6 +78,7 @@ class Session:
         artifacts: ArtifactSet,
         device: Device,
         profiler: Profiler | None = None,
+        observer: CallObserver | None = None,
     ):
         artifacts.check_model(checkpoint.shape, checkpoint.name)
         if artifacts.target not in device.targets:
@@ -78,6 +92,7 @@ class Session:
         self.artifacts = artifacts
         self.device = device
         self.profiler = profiler or Profiler(device=device.name)
+        self.observer = observer
         self.buffers = BufferManager(device, self._weight_source)
         self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
         self._rope = rope_table(self.shape, self.shape.max_positions)
@@ -159,8 +174,12 @@ class Session:
         buffers, nbytes = self.buffers.bind(spec, layer, inputs)
         self.device.stage(handle, spec, buffers)
         bound = clock()
+        if self.observer is not None:
+            self.observer.before_run(spec, buffers)
         self.device.run(handle, spec, buffers)
         ran = clock()
+        if self.observer is not None:
+            self.observer.after_run(spec, buffers)
         for name in read:
             buffers[name].sync_from_device()
         self.profiler.kernel(
@@ -391,3 +410,50 @@ def _pad_token(config: dict[str, Any]) -> int:
     eos = config.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos
     return eos if isinstance(eos, int) else 0
+
+
+def open_session(args: argparse.Namespace, profiler: Profiler | None = None) -> Session:
+    """What a command's flags (--device, --artifacts, --model) name -> a prepared
+    Session (use it in a `with` block:
+    closing it releases the device). The device is opened first ("no NPU here" is
+    the news, not "no artifacts for npu2"), then the artifacts are found, so a
+    missing build fails at once rather than after the model is made ready."""
+    device = open_device(args.device)
+    try:
+        where = _artifacts_dir(args.artifacts, device.targets)
+        manifest = find_manifest(where, device.targets, paths.artifact_homes())
+        checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
+        artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
+        session = Session(checkpoint, artifacts, device, profiler)
+        session.prepare()
+    except BaseException:
+        device.close()
+        raise
+    return session
+
+
+def session_on(
+    device_name: str,
+    checkpoint: Checkpoint,
+    artifacts: ArtifactSet,
+    observer: CallObserver | None = None,
+) -> Session:
+    """A Session on the device called `device_name`, opened here and closed with the
+    session (not prepared yet)."""
+    device = open_device(device_name)
+    try:
+        return Session(checkpoint, artifacts, device, observer=observer)
+    except BaseException:
+        device.close()
+        raise
+
+
+def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
+    if artifacts is None:
+        return None
+    path = Path(artifacts).expanduser()
+    if path.is_file() and path.name != "manifest.json":
+        return open_bundle(path, paths.home() / "bundles", targets)
+    if not path.exists():
+        raise UserError(f"--artifacts {artifacts}: no such file or directory")
+    return path

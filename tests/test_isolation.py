@@ -53,9 +53,23 @@ for name in {modules!r}:
     assert result.returncode == 0, result.stderr
 
 
+def _imported_by_name(node: ast.AST) -> str | None:
+    """The module a call such as `importlib.import_module("aierun.x")` or
+    `__import__("aierun.x")` loads, when it names it with a string literal."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    first = node.args[0]
+    if name in ("import_module", "__import__") and isinstance(first, ast.Constant):
+        return first.value if isinstance(first.value, str) else None
+    return None
+
+
 def module_graph() -> dict[str, set[str]]:
     """Project module -> the project modules it imports (`from a import b` counts the
-    submodule a.b when there is one), lazy imports inside functions included."""
+    submodule a.b when there is one), lazy imports inside functions and modules loaded
+    by name (`import_module("...")`) included."""
     root = PACKAGE.parent
     paths = {
         ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
@@ -72,8 +86,43 @@ def module_graph() -> dict[str, set[str]]:
                     targets.add(sub if sub in paths else node.module)
             elif isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
+            elif (by_name := _imported_by_name(node)) is not None:
+                targets.add(by_name)
         graph[module] = {t for t in targets if t in paths and t != module}
     return graph
+
+
+def test_the_graph_sees_modules_loaded_by_name(tmp_path):
+    source = "import importlib\nimportlib.import_module('aierun.cli')\n__import__('aierun.x')\n"
+    calls = [_imported_by_name(node) for node in ast.walk(ast.parse(source))]
+    assert [c for c in calls if c] == ["aierun.cli", "aierun.x"]
+
+
+def test_the_command_line_is_imported_by_no_other_runtime_module():
+    """aierun.cli dispatches to the command modules; none of them reaches back."""
+    graph = module_graph()
+    users = sorted(m for m, targets in graph.items() if "aierun.cli" in targets)
+    assert [m for m in users if m.startswith("aierun")] == []
+
+
+def test_the_build_never_imports_the_runtime_devices():
+    """What the build shares with the runtime is the ABI (aierun/abi.py), not a device."""
+    graph = module_graph()
+    offenders = sorted(
+        m for m, targets in graph.items()
+        if m.startswith("aiebuild") and any(t.startswith("aierun.devices") for t in targets)
+    )  # fmt: skip
+    assert offenders == []
+
+
+def test_no_dispatch_by_module_name():
+    names = {
+        by_name
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if (by_name := _imported_by_name(node)) is not None
+    }
+    assert not {n for n in names if n.split(".")[0] in ("aierun", "aiebuild")}
 
 
 def test_no_import_cycles():

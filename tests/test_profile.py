@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aierun import cli
-from aierun.profiling import roofline
+from aierun.profiling import command, roofline
 from aierun.profiling.command import run_profile
 from aierun.profiling.html import render_html
 from aierun.profiling.recorder import Profiler
@@ -250,7 +250,7 @@ def cli_on_test_session(session, monkeypatch):
         monkeypatch.setattr(session, "profiler", profiler)
         return session
 
-    monkeypatch.setattr(cli, "open_session", open_prepared)
+    monkeypatch.setattr(command, "open_session", open_prepared)
 
 
 def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(

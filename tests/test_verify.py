@@ -12,7 +12,9 @@ import pytest
 from aierun import cli
 from aierun.errors import UserError
 from aierun.session import Session
-from aierun.verify.gate import diagnose, load_prompts, verify
+from aierun.verify import diagnosis
+from aierun.verify.diagnosis import diagnose
+from aierun.verify.gate import load_prompts, verify
 from aierun.verify.reference import Reference
 
 torch = pytest.importorskip("torch")
@@ -107,7 +109,7 @@ def test_diagnosis_names_the_faulty_layer_and_exits_1(
     session, model_dir, tmp_path, monkeypatch, capsys
 ):
     inject_fault(session, monkeypatch, BAD_LAYER)
-    monkeypatch.setattr(cli, "open_session", lambda args: session)
+    monkeypatch.setattr(diagnosis, "open_session", lambda args: session)
     out = tmp_path / "diagnosis.json"
     code = cli.main(["diagnosis", "--model", str(model_dir), "--json", str(out)])
     assert code == 1

@@ -34,12 +34,10 @@ from aiebuild.sim.compare import compare
 from aiebuild.tasks import BuildConfig, compile_all
 from aierun.abi import HOST_READ, HOST_WRITTEN, ElfSpec, parse_binding
 from aierun.artifacts import ArtifactSet
-from aierun.devices.base import Buffer
-from aierun.devices.emu import EmuDevice, EmuElf
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
 from aierun.model import Checkpoint
-from aierun.session import Session
+from aierun.session import session_on
 
 PROMPT = "The quick brown fox jumps over the lazy dog. "  # repeated to fill a bucket
 
@@ -56,39 +54,43 @@ class Capture:
     outputs: dict[str, np.ndarray]
 
 
-class CapturingEmu(EmuDevice):
-    """The emulated device, keeping a copy of the first call of every ELF once
-    `capturing` is set (prepare's warm-up calls run on zeros)."""
+class CallCapture:
+    """Keeps a copy of the first call of every ELF once `capturing` is set (prepare's
+    warm-up calls run on zeros): its host-written arguments before the call, what it
+    leaves for the host after it (a Session's CallObserver)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.captured: dict[str, Capture] = {}
         self.capturing = False
+        self._inputs: dict[str, np.ndarray] | None = None
 
-    def run(self, elf: EmuElf, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:
-        first = self.capturing and spec.instance not in self.captured
-        if first:
-            inputs = {a.name: buffers[a.name].host.copy() for a in spec.args_with(*HOST_WRITTEN)}
-        super().run(elf, spec, buffers)
-        if first:
+    def before_run(self, spec: ElfSpec, buffers: dict[str, Any]) -> None:
+        if self.capturing and spec.instance not in self.captured:
+            self._inputs = {
+                a.name: buffers[a.name].host.copy() for a in spec.args_with(*HOST_WRITTEN)
+            }
+
+    def after_run(self, spec: ElfSpec, buffers: dict[str, Any]) -> None:
+        if self._inputs is not None:
             outputs = {a.name: buffers[a.name].host.copy() for a in spec.args_with(*HOST_READ)}
-            self.captured[spec.instance] = Capture(spec, inputs, outputs)
+            self.captured[spec.instance] = Capture(spec, self._inputs, outputs)
+            self._inputs = None
 
 
 def capture_calls(checkpoint: Checkpoint, manifest: Path) -> dict[str, Capture]:
     """Run one prefill per compiled bucket and one decode step on emu, capturing the
     first call of every ELF."""
     artifacts = ArtifactSet.open(manifest)
-    device = CapturingEmu()
-    with Session(checkpoint, artifacts, device) as session:
+    capture = CallCapture()
+    with session_on("emu", checkpoint, artifacts, capture) as session:
         session.prepare()
-        device.capturing = True
+        capture.capturing = True
         prompt = checkpoint.encode_prompt(PROMPT * 400, chat=False)
         for bucket in artifacts.buckets:
             ids = prompt[: bucket - 1]
             logits = session.prefill(ids, seq_len=bucket)
         session.decode(int(np.argmax(logits)))
-    return device.captured
+    return capture.captured
 
 
 # --- the kernels of this machine, one register file per core -------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from aierun import cli, paths
+from aierun import paths
 from aierun.errors import UserError
 from aierun.files import write_atomic
 from aierun.profiling.html import render_html
@@ -35,6 +35,7 @@ from aierun.profiling.text import (
     to_json,
     trace_events,
 )
+from aierun.session import open_session
 
 if TYPE_CHECKING:
     from aierun.session import Sampling, Session
@@ -100,7 +101,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     profiler = Profiler()
     sampling = Sampling(args.temperature, args.top_p, args.seed)
-    with cli.open_session(args, profiler) as session:
+    with open_session(args, profiler) as session:
         profiler.device = session.device.name
         report, tokens = run_profile(session, args.prompt, args.n_tokens, sampling, args.seq_len)
         text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
