@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -30,7 +28,7 @@ from filelock import FileLock
 
 from aierun.abi import canonical_json
 from aierun.artifacts import ENTRY_META, ArtifactError, verify_entry
-from aierun.files import sha256_file
+from aierun.files import publish_dir, remove_tree, sha256_file, staging_dir
 
 STORE_SCHEMA = 1
 LOCK = ".lock"
@@ -84,20 +82,15 @@ class Store:
         Staging happens under the lock too: any temporary directory seen while holding
         it is debris of an interrupted process, which garbage collection may remove.
         """
+        final = self.entry(key)
         with self.lock():
             if self.is_valid(key):  # another process published the same content first
                 log.debug("store.already_published", key=key[:12], target=self.target)
-                return self.entry(key)
-            staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
-            try:
+                return final
+            with staging_dir(final) as staging:
                 self._fill(staging, key, meta, files)
-                final = self.entry(key)
-                if final.exists():  # corrupt (checked above): set it aside, then swap
-                    self._remove(final)
-                os.rename(staging, final)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        return self.entry(key)
+                publish_dir(staging, final, lambda _: self.is_valid(key))
+        return final
 
     def _fill(
         self, staging: Path, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]
@@ -113,12 +106,6 @@ class Store:
         record = {**meta, "key": key, "target": self.target, "files": listing}
         (staging / ENTRY_META).write_text(json.dumps(record, indent=2, sort_keys=True))
 
-    def _remove(self, path: Path) -> None:
-        """Make `path` vanish at once (rename into a trash directory), then delete it."""
-        trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=self.root))
-        path.rename(trash / path.name)
-        shutil.rmtree(trash)
-
     def collect_garbage(self, keep: Collection[str], grace_s: float = GC_GRACE_S) -> list[str]:
         """Remove every entry whose key is not in `keep` and the temporary directories
         interrupted processes left behind; returns the removed names. Anything newer
@@ -133,7 +120,7 @@ class Store:
                 if path.name == LOCK or path.name in keep or path.stat().st_mtime > cutoff:
                     continue
                 if path.is_dir():
-                    self._remove(path)
+                    remove_tree(path)
                 else:
                     path.unlink()
                 removed.append(path.name)

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from packaging.version import InvalidVersion, Version
 
 from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, __version__
 from aierun.artifacts import ENTRY_META, KEY_PATTERN, MANIFEST, ArtifactError
-from aierun.files import sha256_file
+from aierun.files import publish_dir, sha256_file, staging_dir
 
 log = structlog.get_logger("aierun.bundle")
 
@@ -71,14 +70,12 @@ def open_bundle(archive: Path, cache_dir: Path, targets: tuple[str, ...] | None 
     with _open_tar(archive) as tar:
         members, listed = _scan(tar, archive, targets)  # everything is checked before writing
         _check_free_space(archive, sum(m.size for m in members), final.parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
-        try:
+        with staging_dir(final) as staging:
             for member in members:
                 _extract_member(tar, member, staging, archive)
             _verify_files(staging, listed, archive)
-            _install(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            # a copy another process installed meanwhile is kept (same archive, same bytes)
+            publish_dir(staging, final, _is_intact)
     log.info("bundle.unpacked", bundle=str(archive), path=str(final))
     return final
 
@@ -283,23 +280,6 @@ def _is_intact(unpacked: Path) -> bool:
         log.warning("bundle.unpacked_copy_damaged", path=str(unpacked), reason=str(exc))
         return False
     return True
-
-
-def _install(staging: Path, final: Path) -> None:
-    """Rename the checked copy into place; a damaged old copy is moved aside first,
-    and a copy another process installed meanwhile is kept (same archive, same bytes)."""
-    if final.exists() and _is_intact(final):  # another process was quicker
-        shutil.rmtree(staging)
-        return
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=final.parent))
-        final.rename(trash / final.name)
-        shutil.rmtree(trash)
-    try:
-        os.rename(staging, final)
-    except OSError:
-        if not _is_intact(final):
-            raise
 
 
 # -- compatibility ----------------------------------------------------------------

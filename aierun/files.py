@@ -1,13 +1,16 @@
-"""File helpers shared by the build and the runtime: content hashes and writes that
-never leave a half-written file behind."""
+"""File helpers shared by the build and the runtime: content hashes, and writes and
+directory publishes that never leave a half-written file or directory behind."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,46 @@ def remove_stale_temporaries(path: Path, min_age_s: float = 60.0) -> list[Path]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# -- directories published whole -----------------------------------------------------------
+# A store entry, a compiled kernel object, an unpacked bundle: each is filled in a private
+# staging directory beside its final place (a name starting with a dot), then renamed
+# into place at once, so a reader sees all of it or none.
+@contextlib.contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """A fresh directory beside `final` to fill; removed afterwards whatever happens
+    (after `publish_dir` it is already gone)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_dir(staging: Path, final: Path, is_valid: Callable[[Path], bool]) -> bool:
+    """Rename the filled `staging` to `final`. A valid `final` (another process was
+    first: same content) is kept and `staging` dropped; an invalid one is moved aside and
+    deleted first. Returns whether `staging` became `final`."""
+    if final.exists() and is_valid(final):
+        shutil.rmtree(staging)
+        return False
+    if final.exists():
+        remove_tree(final)
+    try:
+        os.rename(staging, final)
+    except OSError:  # a concurrent publisher renamed its copy in between
+        if not is_valid(final):
+            raise
+        shutil.rmtree(staging)
+        return False
+    return True
+
+
+def remove_tree(path: Path) -> None:
+    """Make `path` vanish at once (renamed into a trash directory beside it), then
+    delete it: a reader never sees it half deleted."""
+    trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=path.parent))
+    path.rename(trash / path.name)
+    shutil.rmtree(trash)

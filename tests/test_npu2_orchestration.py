@@ -40,6 +40,7 @@ from aiebuild.tasks import BuildConfig, compile_all, compile_tasks, plan, select
 from aierun.abi import BF16
 from aierun.artifacts import PLAN, ArtifactSet
 from aierun.errors import UserError
+from aierun.files import publish_dir
 from aierun.model import ModelShape
 
 TESTS = Path(__file__).parent
@@ -390,10 +391,12 @@ def test_object_cache_refuses_a_corrupt_object_and_keeps_a_concurrent_publish(st
     good = target.build_object(obj).read_bytes()
     assert good != b"garbage"
     # Another process published the same object first: the later publish keeps it.
+    key = target.object_key(obj)
     staging = target.objects.root / ".late"
     staging.mkdir()
-    target._publish_object(target.object_key(obj), obj, staging)
-    assert target.build_object(obj).read_bytes() == good and staging.is_dir()
+    valid = lambda _: target.objects.path(key, obj) is not None  # noqa: E731
+    assert not publish_dir(staging, target.objects.entry(key), valid)
+    assert target.build_object(obj).read_bytes() == good and not staging.exists()
 
 
 def test_object_tasks_are_up_to_date_while_their_elfs_are_built(standins, model_dir):

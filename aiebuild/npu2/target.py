@@ -48,7 +48,7 @@ from aierun import abi, paths
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import ENTRY_META, PLAN
 from aierun.errors import UserError
-from aierun.files import sha256_file, sha256_text, write_json_atomic
+from aierun.files import publish_dir, sha256_file, sha256_text, staging_dir, write_json_atomic
 
 log = structlog.get_logger("aiebuild.npu2.target")
 
@@ -214,9 +214,8 @@ class Npu2Target:
         cached = self.objects.path(key, obj)
         if cached is not None:
             return cached
-        self.objects.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.objects.root))
-        try:
+        entry = self.objects.entry(key)
+        with staging_dir(entry) as staging:
             found = self.toolchain
             command = [
                 str(found.clang), *PEANO_FLAGS, f"-I{found.include}", *obj.flags(),
@@ -227,18 +226,9 @@ class Npu2Target:
             self._run(command, staging, what, keeps_cwd=False)
             record = {"object": obj.name, "sha256": sha256_file(staging / obj.name)}
             write_json_atomic(staging / RECORD, {**record, "command": command})
-            self._publish_object(key, obj, staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return self.objects.entry(key) / obj.name
-
-    def _publish_object(self, key: str, obj: KernelObject, staging: Path) -> None:
-        with self.objects.lock():
-            if self.objects.path(key, obj) is not None:  # another process was first
-                return
-            entry = self.objects.entry(key)
-            shutil.rmtree(entry, ignore_errors=True)  # only a corrupt entry gets here
-            staging.rename(entry)
+            with self.objects.lock():  # an object another process published first stays
+                publish_dir(staging, entry, lambda _: self.objects.path(key, obj) is not None)
+        return entry / obj.name
 
     # -- MLIR ---------------------------------------------------------------------
     def stitch(self, spec: ElfSpec, work: Path) -> Stitched:
