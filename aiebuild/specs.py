@@ -15,7 +15,18 @@ from aiebuild import ops
 from aiebuild.ops import eltwise, gemm, gemv, kv_store, rmsnorm, rope
 from aiebuild.ops import flash_attn as attention
 from aiebuild.ops.gemm import TILE
-from aierun.abi import ArgSpec, ElfSpec, Launch, Role
+from aierun.abi import (
+    FLASH_ATTN,
+    LM_HEAD_GEMV,
+    O_FFN,
+    O_GEMV_FFN,
+    RMS_GEMMS_ROPE,
+    RMS_GEMV_ROPE,
+    ArgSpec,
+    ElfSpec,
+    Launch,
+    Role,
+)
 from aierun.errors import UserError
 from aierun.model import ModelShape
 
@@ -133,7 +144,7 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
     store = Launch("kv_store", kv_store.params(bucket, shape.n_kv_heads, shape.head_dim),
                    ("k_roped", "v"), ("k_cache", "v_cache"), "KV cache")  # fmt: skip
     return _elf(
-        "rms_gemms_rope", "prefill", bucket,
+        RMS_GEMMS_ROPE, "prefill", bucket,
         (*_projection_args(shape, bucket, C), _arg("k_cache", cache, CACHE, dtype=F32),
          _arg("v_cache", cache, CACHE, dtype=F32)),
         (*_rms_projections_rope(shape, bucket, "gemm"), store),
@@ -142,7 +153,7 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
 
 def rms_gemv_rope(shape: ModelShape) -> ElfSpec:
     return _elf(
-        "rms_gemv_rope", "decode", 0,
+        RMS_GEMV_ROPE, "decode", 0,
         tuple(_projection_args(shape, 1, IN)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
@@ -158,7 +169,7 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
         _arg("attn_out", (s, q), OUT),
     )
     launch = Launch("flash_attn", params, ("q_roped", "k_roped", "v"), ("attn_out",), "GQA")
-    return _elf("flash_attn", "prefill", bucket, args, (launch,))
+    return _elf(FLASH_ATTN, "prefill", bucket, args, (launch,))
 
 
 def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
@@ -197,12 +208,12 @@ def _o_ffn_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
 
 def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
     launches = tuple(_o_ffn_launches(shape, bucket, "gemm"))
-    return _elf("o_ffn", "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
+    return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
 
 
 def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
     launches = tuple(_o_ffn_launches(shape, 1, "gemv"))
-    return _elf("o_gemv_ffn", "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
+    return _elf(O_GEMV_FFN, "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
@@ -224,7 +235,7 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     )
     launch = Launch("gemv", gemv.params(1, e, partitions * rows), ("x", "w_lm"), ("logits",),
                     "LM head")  # fmt: skip
-    return _elf("lm_head_gemv", "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
+    return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
 def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:

@@ -36,6 +36,11 @@ class Role(StrEnum):
     CACHE = "cache"
 
 
+# The ELFs of a Llama-family model (docs/design.md section 4), by the names the build
+# gives them and the runtime calls them by: prefill ELFs per bucket, then decode's.
+RMS_GEMMS_ROPE, FLASH_ATTN, O_FFN = "rms_gemms_rope", "flash_attn", "o_ffn"
+RMS_GEMV_ROPE, O_GEMV_FFN, LM_HEAD_GEMV = "rms_gemv_rope", "o_gemv_ffn", "lm_head_gemv"
+
 HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
 HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)
 

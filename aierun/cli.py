@@ -21,8 +21,9 @@ import structlog
 from aierun import __version__, logs, paths
 from aierun.bundle import cmd_unpack
 from aierun.errors import Failure, UserError, describe
+from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
-from aierun.session import Sampling, open_session
+from aierun.session import open_session
 from aierun.verify.diagnosis import cmd_diagnosis
 from aierun.verify.gate import cmd_verify
 
@@ -250,7 +251,6 @@ def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn chat: each turn prefills the whole conversation so far. Log lines
     go to the log file only, so they do not interleave with the conversation."""
-    from aierun.session import Sampling
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,18 +18,29 @@ import numpy as np
 import structlog
 
 from aierun import logs, paths
-from aierun.abi import BF16, ElfSpec, Role
+from aierun.abi import (
+    BF16,
+    FLASH_ATTN,
+    LM_HEAD_GEMV,
+    O_FFN,
+    O_GEMV_FFN,
+    RMS_GEMMS_ROPE,
+    RMS_GEMV_ROPE,
+    ElfSpec,
+    Role,
+)
 from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.buffers import BufferManager
 from aierun.bundle import open_bundle
 from aierun.devices import open_device
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
-from aierun.host.embedding import EmbeddingTable
+from aierun.host.embedding import EmbeddingTable, pad_prompt
+from aierun.host.kv_cache import KVCache, decode_attention
+from aierun.host.norm import final_norm
+from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table
-from aierun.ops.attention import KVCache
-from aierun.ops.norm import rmsnorm
-from aierun.ops.numerics import to_bf16
+from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
 
 log = structlog.get_logger("aierun.session")
@@ -39,22 +49,6 @@ log = structlog.get_logger("aierun.session")
 LayerHook = Callable[[int, np.ndarray], None]
 # Called with the fp32 logits each generated token is chosen from.
 LogitsHook = Callable[[np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Greedy when temperature is 0 (the default: reproducible)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError(
-                f"--temperature must be >= 0 and --top-p in (0, 1]; got {self.temperature} "
-                f"and {self.top_p}"
-            )
 
 
 class CallObserver(Protocol):
@@ -233,10 +227,10 @@ class Session:
         bucket = self.bucket_for(n, seq_len)
         self.last_prompt = (n, bucket)
         prof = self.profiler
-        with prof.cpu("eos_pad"):
+        with prof.cpu(flow.EOS_PAD):
             padded = pad_prompt(ids, bucket, self._pad_id)
-        with prof.cpu("embed_lookup"):
-            x = self._embedded(f"rms_gemms_rope.s{bucket}", padded)
+        with prof.cpu(flow.EMBED_LOOKUP):
+            x = self._embedded(f"{RMS_GEMMS_ROPE}.s{bucket}", padded)
         with prof.span("layers"):
             for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
                 with prof.span("layer", layer):
@@ -257,16 +251,16 @@ class Session:
 
     def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
         s = f".s{bucket}"
-        proj = self.call("rms_gemms_rope" + s, layer, read=("k_cache", "v_cache"), x=x)
+        proj = self.call(RMS_GEMMS_ROPE + s, layer, read=("k_cache", "v_cache"), x=x)
         # Its kv_store launch wrote K/V as the cache decode reads: the host keeps views.
-        with self.profiler.cpu("kv_cache_extract", layer):
+        with self.profiler.cpu(flow.KV_CACHE_EXTRACT, layer):
             self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)
         attn = self.call(
-            "flash_attn" + s, layer,
+            FLASH_ATTN + s, layer,
             q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
         )  # fmt: skip
         # The residual input is already on the device (written for the first call).
-        return self.call("o_ffn" + s, layer, attn_out=attn["attn_out"], x=proj["x"])["y"]
+        return self.call(O_FFN + s, layer, attn_out=attn["attn_out"], x=proj["x"])["y"]
 
     # -- decode --------------------------------------------------------------
     def decode(self, token: int) -> np.ndarray:
@@ -280,8 +274,8 @@ class Session:
             raise UserError(f"the context is full ({self.shape.max_positions} positions)")
         if pos >= self.kv.capacity:
             self.kv.grow(min(max(2 * self.kv.capacity, 64), self.shape.max_positions))
-        with prof.cpu("embed_lookup"):
-            x = self._embedded("rms_gemv_rope", np.array([token]))
+        with prof.cpu(flow.EMBED_LOOKUP):
+            x = self._embedded(RMS_GEMV_ROPE, np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
@@ -291,22 +285,20 @@ class Session:
         return self._logits(x, row=0)
 
     def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
-        proj = self.call(
-            "rms_gemv_rope", layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row
-        )
-        with self.profiler.cpu("decode_attention", layer):  # appends this K/V, then attends
+        proj = self.call(RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row)
+        with self.profiler.cpu(flow.DECODE_ATTENTION, layer):  # appends this K/V, then attends
             attn_out = decode_attention(
                 self.kv, layer, pos, proj["q_roped"].host, proj["k_roped"].host, proj["v"].host
             )
-        return self.call("o_gemv_ffn", layer, attn_out=attn_out, x=proj["x"])["y"]
+        return self.call(O_GEMV_FFN, layer, attn_out=attn_out, x=proj["x"])["y"]
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
-        with self.profiler.cpu("final_rms_norm"):  # includes reading the row back
+        with self.profiler.cpu(flow.FINAL_RMS_NORM):  # includes reading the row back
             normed = final_norm(
                 hidden.read_rows(row, row + 1), self._final_norm, self.shape.rms_eps
             )
-        out = self.call("lm_head_gemv", None, read=("logits",), x=normed)["logits"]
+        out = self.call(LM_HEAD_GEMV, None, read=("logits",), x=normed)["logits"]
         return out.host.reshape(-1)[: self.shape.vocab].astype(np.float32)
 
     # -- generation ----------------------------------------------------------
@@ -314,7 +306,7 @@ class Session:
         self,
         prompt: str | list[int],
         n_tokens: int,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = GREEDY,
         seq_len: int | None = None,
         stop_ids: set[int] | None = None,
         on_logits: LogitsHook | None = None,
@@ -330,7 +322,7 @@ class Session:
             self.prepare()
         prof = self.profiler
         with prof.in_phase("prefill"):
-            with prof.cpu("tokenize"):
+            with prof.cpu(flow.TOKENIZE):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
             logits = self._prefill(list(ids), seq_len, len(ids) + n_tokens, None)
             token = self._choose(logits, sampling, rng, on_logits)
@@ -353,46 +345,13 @@ class Session:
     ) -> int:
         if on_logits is not None:
             on_logits(logits)
-        with self.profiler.cpu("sample"):
+        with self.profiler.cpu(flow.SAMPLE):
             if not np.isfinite(logits).all():  # argmax of NaNs would be a silent token 0
                 raise self.checkpoint.nonfinite_output_error()
             return sample(logits, sampling, rng)
 
     def close(self) -> None:
         self.device.close()
-
-
-def pad_prompt(ids: list[int], bucket: int, pad_id: int) -> np.ndarray:
-    """The prompt's ids filled up to its bucket with `pad_id`."""
-    padded = np.full(bucket, pad_id, np.int64)
-    padded[: len(ids)] = ids
-    return padded
-
-
-def decode_attention(
-    kv: KVCache, layer: int, pos: int, q: np.ndarray, k: np.ndarray, v: np.ndarray
-) -> np.ndarray:
-    """Append position `pos`'s K/V [1, Hkv*Dh] to the cache, then attend its query
-    [1, H*Dh] to positions [0, pos]; the bf16 input of the O projection."""
-    kv.store(layer, pos, k, v)
-    return to_bf16(kv.attend(layer, q, pos + 1))
-
-
-def final_norm(last: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """The final RMSNorm of the last hidden row [1, E] (fp32), as the LM head's bf16 input."""
-    return to_bf16(rmsnorm({"eps": eps}, last, weight)[0])
-
-
-def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    if sampling.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = (logits - logits.max()) / sampling.temperature
-    probs = np.exp(scaled)
-    probs /= probs.sum()
-    order = np.argsort(-probs)
-    cumulative = np.cumsum(probs[order])
-    keep = order[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]
-    return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
 
 
 def _next_pow2(n: int) -> int:

@@ -24,7 +24,7 @@ from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.bundle import BUNDLE_META, SUMS, open_bundle, parse_sums
 from aierun.errors import UserError
 from aierun.files import sha256_file
-from aierun.session import Sampling
+from aierun.host.sampling import Sampling
 
 # `import aiebuild` fails in this interpreter, as on a machine with only the runtime.
 WITHOUT_AIEBUILD = (

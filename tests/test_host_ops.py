@@ -11,10 +11,10 @@ import pytest
 
 from aierun.abi import BF16, ArgSpec, Role
 from aierun.devices.emu import EmuDevice
-from aierun.host.embedding import BLOCK_ROWS, EmbeddingTable
-from aierun.ops.attention import KVCache, attend
+from aierun.host.embedding import BLOCK_ROWS, EmbeddingTable, pad_prompt
+from aierun.host.kv_cache import KVCache, decode_attention
+from aierun.ops.attention import attend
 from aierun.ops.kv_store import per_head
-from aierun.session import decode_attention, pad_prompt
 
 LAYERS, KV_HEADS, HEADS, DIM = 2, 2, 6, 8  # groups of 3 query heads
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from aierun import cli
+from aierun.host.sampling import Sampling
 from aierun.profiling import command, roofline
 from aierun.profiling.command import run_profile
 from aierun.profiling.html import render_html
 from aierun.profiling.recorder import Profiler
 from aierun.profiling.text import dataflow_section, render_text, to_json, trace_events
-from aierun.session import Sampling
 
 PROMPT = "What is the capital of France?"
 N_TOKENS = 4

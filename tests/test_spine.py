@@ -63,7 +63,7 @@ def test_greedy_answer_to_the_japan_prompt_names_tokyo(session, checkpoint):
 
 
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(session):
-    from aierun.session import Sampling
+    from aierun.host.sampling import Sampling
 
     hot = Sampling(temperature=1.5, top_p=0.95, seed=7)
     first = list(session.generate("Tell me a story.", 8, hot, stop_ids=set()))

@@ -161,8 +161,8 @@ def test_the_manifest_carries_the_modeled_npu2_time_and_no_artifact_does(tmp_pat
 
 @pytest.fixture(scope="module")
 def profiled(session):
+    from aierun.host.sampling import Sampling
     from aierun.profiling.command import run_profile
-    from aierun.session import Sampling
 
     report, _ = run_profile(session, "The capital of France is", 3, Sampling(), None)
     return report

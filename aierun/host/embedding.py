@@ -1,4 +1,5 @@
-"""The host's embedding lookup (the CPU op `embed_lookup`).
+"""The host's embedding lookup (the CPU op `embed_lookup`), and the prompt's ids
+padded to its bucket (`eos_pad`).
 
 The table is read into memory once, at prepare, as the bf16 the checkpoint stores: a
 lookup then never faults pages of the checkpoint's memory map in. Rows are gathered
@@ -26,3 +27,10 @@ class EmbeddingTable:
             rows = self._scratch[: len(block)]
             np.take(self.table, block, axis=0, out=rows)
             np.copyto(out[start : start + len(block)], rows)
+
+
+def pad_prompt(ids: list[int], bucket: int, pad_id: int) -> np.ndarray:
+    """The prompt's ids filled up to its bucket with `pad_id`."""
+    padded = np.full(bucket, pad_id, np.int64)
+    padded[: len(ids)] = ids
+    return padded

@@ -38,7 +38,8 @@ from aierun.profiling.text import (
 from aierun.session import open_session
 
 if TYPE_CHECKING:
-    from aierun.session import Sampling, Session
+    from aierun.host.sampling import Sampling
+    from aierun.session import Session
 
 log = structlog.get_logger("aierun.profiling.command")
 
@@ -97,7 +98,7 @@ def write_outputs(report: Report, targets: dict[str, Path]) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from aierun.session import Sampling
+    from aierun.host.sampling import Sampling
 
     profiler = Profiler()
     sampling = Sampling(args.temperature, args.top_p, args.seed)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from html import escape
 
-from aierun.profiling.report import DECODE_FLOW, PREFILL_FLOW, Flow, Report, Step
+from aierun.profiling.flow import DECODE_FLOW, PREFILL_FLOW, Flow, Step
+from aierun.profiling.report import Report
 from aierun.profiling.text import (
     NO_TIMER,
     Section,

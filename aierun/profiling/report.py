@@ -18,51 +18,9 @@ from dataclasses import dataclass, field
 from statistics import mean
 
 from aierun.abi import ElfSpec
+from aierun.profiling.flow import Step
 from aierun.profiling.recorder import CpuOp, KernelCall, Profiler, Span
 from aierun.profiling.roofline import Cost, Rates, elf_cost
-
-
-# -- the dataflow the report walks (DESIGN.md section 4) -------------------------
-@dataclass(frozen=True)
-class Step:
-    """One box of the dataflow: a CPU op or an ELF, by name. A side-branch step
-    consumes the outputs of main step `branch_of`, and nothing on the main path
-    consumes its result."""
-
-    kind: str  # "cpu" or "kernel"
-    name: str
-    branch_of: str | None = None
-
-
-@dataclass(frozen=True)
-class Flow:
-    phase: str
-    head: tuple[Step, ...]
-    layer: tuple[Step, ...]
-    tail: tuple[Step, ...]
-
-
-PREFILL_FLOW = Flow(
-    "prefill",
-    (Step("cpu", "tokenize"), Step("cpu", "eos_pad"), Step("cpu", "embed_lookup")),
-    (
-        Step("kernel", "rms_gemms_rope"),
-        Step("kernel", "flash_attn"),
-        Step("kernel", "o_ffn"),
-        Step("cpu", "kv_cache_extract", branch_of="rms_gemms_rope"),  # the K/V cache kv_store wrote
-    ),
-    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv"), Step("cpu", "sample")),
-)
-DECODE_FLOW = Flow(
-    "decode",
-    (Step("cpu", "embed_lookup"),),
-    (
-        Step("kernel", "rms_gemv_rope"),
-        Step("cpu", "decode_attention"),
-        Step("kernel", "o_gemv_ffn"),
-    ),
-    (Step("cpu", "final_rms_norm"), Step("kernel", "lm_head_gemv"), Step("cpu", "sample")),
-)
 
 
 # -- what was measured ---------------------------------------------------------------

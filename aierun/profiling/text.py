@@ -14,8 +14,9 @@ from statistics import mean
 from typing import Any
 
 from aierun import paths
+from aierun.profiling.flow import DECODE_FLOW, PREFILL_FLOW, Flow, Step
 from aierun.profiling.recorder import Profiler
-from aierun.profiling.report import DECODE_FLOW, PREFILL_FLOW, SEGMENTS, Flow, Report, Step
+from aierun.profiling.report import SEGMENTS, Report
 from aierun.profiling.roofline import NPU2_RATES, Rates
 
 PROFILE_SCHEMA = 1

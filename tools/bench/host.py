@@ -21,11 +21,12 @@ from collections.abc import Callable
 import numpy as np
 
 from aierun.abi import BF16
-from aierun.host.embedding import EmbeddingTable
+from aierun.host.embedding import EmbeddingTable, pad_prompt
+from aierun.host.kv_cache import KVCache, decode_attention
+from aierun.host.norm import final_norm
 from aierun.model import ModelShape
-from aierun.ops.attention import KVCache
 from aierun.ops.kv_store import per_head
-from aierun.session import DECODE_HEADROOM, decode_attention, final_norm, pad_prompt
+from aierun.session import DECODE_HEADROOM
 from tools.bench import seed_way
 
 PAD_ID = 128001

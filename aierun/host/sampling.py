@@ -1,0 +1,41 @@
+"""Choosing the next token from the logits (the CPU op `sample`): greedy, or
+temperature and nucleus (top-p) sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aierun.errors import UserError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy when temperature is 0 (the default: reproducible)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError(
+                f"--temperature must be >= 0 and --top-p in (0, 1]; got {self.temperature} "
+                f"and {self.top_p}"
+            )
+
+
+GREEDY = Sampling()
+
+
+def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = (logits - logits.max()) / sampling.temperature
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    cumulative = np.cumsum(probs[order])
+    keep = order[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]
+    return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
