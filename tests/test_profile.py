@@ -14,8 +14,10 @@ from aierun.host.sampling import Sampling
 from aierun.profiling import command, roofline
 from aierun.profiling.command import run_profile
 from aierun.profiling.html import render_html
+from aierun.profiling.profile_json import to_json
 from aierun.profiling.recorder import Profiler
-from aierun.profiling.text import dataflow_section, render_text, to_json, trace_events
+from aierun.profiling.text import dataflow_section, render_text
+from aierun.profiling.trace import trace_events
 
 PROMPT = "What is the capital of France?"
 N_TOKENS = 4

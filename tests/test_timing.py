@@ -171,7 +171,7 @@ def profiled(session):
 def test_profile_json_carries_the_modeled_npu2_time_per_elf_and_phase(profiled):
     import json
 
-    from aierun.profiling.text import to_json
+    from aierun.profiling.profile_json import to_json
 
     data = json.loads(json.dumps(to_json(profiled)))
     model, kernels = data["npu2_model"], data["kernels"]

@@ -24,17 +24,12 @@ from aierun import paths
 from aierun.errors import UserError
 from aierun.files import write_atomic
 from aierun.profiling.html import render_html
+from aierun.profiling.profile_json import to_json
 from aierun.profiling.recorder import Profiler
-from aierun.profiling.report import Report, RunInfo
-from aierun.profiling.roofline import device_rates, remeasure
-from aierun.profiling.text import (
-    OUTPUT_SUFFIXES,
-    beats_floor,
-    rates_cache,
-    render_text,
-    to_json,
-    trace_events,
-)
+from aierun.profiling.report import Report, RunInfo, beats_floor
+from aierun.profiling.roofline import device_rates, rates_cache, remeasure
+from aierun.profiling.text import render_text
+from aierun.profiling.trace import trace_events
 from aierun.session import open_session
 
 if TYPE_CHECKING:
@@ -42,6 +37,8 @@ if TYPE_CHECKING:
     from aierun.session import Session
 
 log = structlog.get_logger("aierun.profiling.command")
+
+OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
 
 
 def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:

@@ -252,3 +252,8 @@ class Report:
 
     def elfs_of(self, phase: str) -> list[ElfStats]:
         return [e for e in self.elfs if e.phase == phase]
+
+
+def beats_floor(report: Report) -> bool:
+    """Some kernel ran faster than the rates allow: the rates are too low."""
+    return any(e.stats.avg_ms < e.floor_ms(report.rates) for e in report.elfs)

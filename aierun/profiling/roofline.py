@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from aierun import paths
 from aierun.abi import ElfSpec, Launch
 from aierun.files import write_json_atomic
 
@@ -187,3 +188,8 @@ def _best_of(repeats: int, work: Callable[[], object]) -> float:
         work()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def rates_cache() -> Path:
+    """Where the emulator's measured peak rates are kept (one file per runtime home)."""
+    return paths.home() / "roofline" / "rates.json"

@@ -1,30 +1,24 @@
-"""The seed's per-step report of one profiled run: what the always-on profiler
-recorded (grouped by `aierun.profiling.report`) as the report sections in the seed's
-order (text tables here, HTML in `aierun.profiling.html`), the JSON of DESIGN.md
-section 8 and a Chrome/Perfetto trace. `aierun.profiling.command` runs and writes it.
+"""The per-step report of one profiled run as text, in the sections and order of the
+seed's report: what the always-on profiler recorded, grouped by
+`aierun.profiling.report`. The same tables render as HTML in `aierun.profiling.html`;
+the JSON and the trace are `profile_json` and `trace`; `aierun.profiling.command` runs
+and writes them all.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from aierun import paths
 from aierun.profiling.flow import DECODE_FLOW, PREFILL_FLOW, Flow, Step
-from aierun.profiling.recorder import Profiler
-from aierun.profiling.report import SEGMENTS, Report
-from aierun.profiling.roofline import NPU2_RATES, Rates
+from aierun.profiling.report import SEGMENTS, Report, beats_floor
+from aierun.profiling.roofline import NPU2_RATES, rates_cache
 
-PROFILE_SCHEMA = 1
-OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
 NO_TIMER = "—"  # the seed's tag for rows no kernel or CPU timer covers
 
 
-# -- the report as tables (rendered as text here, as HTML in html_report) -------------
+# -- the report as tables (rendered as text here, as HTML in profiling/html.py) --------
 @dataclass
 class Table:
     columns: tuple[str, ...]
@@ -223,7 +217,7 @@ def kernel_section(report: Report) -> Section:
     tables.append(roofline_table(report))
     notes = [
         "npu2 model ms: one call on a Strix NPU as the build's time model "
-        "(aiebuild/array/timing.py) predicts it, recorded in the ELF's artifact."
+        "(aiebuild/array/timing.py) predicts it, recorded in the manifest."
     ]
     if beats_floor(report):
         notes.append(
@@ -382,166 +376,3 @@ def render_table(table: Table) -> list[str]:
     lines = [f"-- {table.title}"] if table.title else []
     lines += [line(cells[0]), "  ".join("-" * w for w in widths)]
     return [*lines, *(line(row) for row in cells[1:]), *table.notes, ""]
-
-
-# -- JSON (DESIGN.md section 8) -----------------------------------------------------------
-def to_json(report: Report) -> dict[str, Any]:
-    info, pre, dec = report.info, report.prefill, report.decode
-    steps = dec.token_steps()
-    return {
-        "schema": PROFILE_SCHEMA,
-        "device": info.device,
-        "model": info.model,
-        "prompt_tokens": info.prompt_tokens,
-        "seq_len": info.seq_len,
-        "decode_tokens": dec.steps,  # decode steps measured, each produced one token
-        "generated_tokens": info.generated_tokens,
-        "ttft_ms": report.ttft_ms,
-        "tpot_ms": report.tpot_ms,
-        "prepare_ms": report.prepare_ms,
-        "host_load_avg": info.load_avg,
-        "prefill": {
-            "wall_ms": pre.wall_ms,
-            "kernel_ms": pre.kernel_ms,
-            "cpu_ms": pre.cpu_ms,
-            "unattributed_ms": pre.unattributed_ms,
-            "kernel_calls": len(pre.kernels),
-            "cpu_ops": len(pre.cpu_ops),
-            "layer_loop_ms": pre.loop_ms,
-            "layer_loop_untimed_ms": pre.loop_untimed_ms,
-            "per_layer_ms": [pre.layer_walls(i).total_ms for i in range(info.n_layers)],
-        },
-        "decode": {
-            "wall_ms_per_token": dec.per_step(dec.wall_ms),
-            "kernel_ms_per_token": dec.per_step(dec.kernel_ms),
-            "cpu_ms_per_token": dec.per_step(dec.cpu_ms),
-            "unattributed_ms_per_token": dec.per_step(dec.unattributed_ms),
-            "kernel_calls_per_token": dec.per_step(len(dec.kernels)),
-            "layer_loop_ms_per_token": dec.per_step(dec.loop_ms),
-            "per_token_ms": [s.wall_ms for s in steps],
-            "per_token_layer_loop_ms": [s.loop_ms for s in steps],
-            "per_token_position": [s.position for s in steps],
-        },
-        "kernels": _kernels_json(report),
-        "cpu_ops": {
-            f"{phase.name}/{name}": {"count": s.count, "avg_ms": s.avg_ms, "total_ms": s.total_ms}
-            for phase in report.phases
-            for name in dict.fromkeys(c.name for c in phase.cpu_ops)
-            for s in [phase.cpu_stats(name)]
-        },
-        "roofline": {"rates": _rates_json(report.rates), "npu2_rates": _rates_json(NPU2_RATES)},
-        "npu2_model": npu2_model_json(report),
-    }
-
-
-def npu2_model_json(report: Report) -> dict[str, Any]:
-    """The modeled npu2 kernel time of this run (each ELF's modeled call times the
-    calls the run made of it): per ELF summed over the prefill, or per decode token;
-    ttft_ms and tpot_ms are their sums. None where an ELF has no model. (The kernels'
-    `npu2_model_ms` is one call.)"""
-    names, steps = _elf_keys(report), report.decode.steps
-
-    def run_ms(e: Any) -> float | None:
-        model = report.npu2_model_ms.get(e.spec.instance)
-        per = steps if e.phase == "decode" else 1
-        return None if model is None or not per else e.stats.count * model / per
-
-    per_elf = {names[id(e)]: run_ms(e) for e in report.elfs}
-
-    def total(phase: str) -> float | None:
-        parts = [per_elf[names[id(e)]] for e in report.elfs_of(phase)]
-        return None if not parts or None in parts else sum(parts)
-
-    return {"ttft_ms": total("prefill"), "tpot_ms": total("decode"), "per_elf": per_elf}
-
-
-def _elf_keys(report: Report) -> dict[int, str]:
-    """Each ELF's "<phase>/<ELF name>" key; the instance (bucket) only when a phase ran
-    several."""
-    names = Counter((e.phase, e.spec.name) for e in report.elfs)
-    return {
-        id(e): f"{e.phase}/{e.spec.name if names[(e.phase, e.spec.name)] == 1 else e.spec.instance}"
-        for e in report.elfs
-    }
-
-
-def _kernels_json(report: Report) -> dict[str, Any]:
-    """Keyed "<phase>/<ELF name>"; the instance (bucket) only when a phase ran several."""
-    keys, out = _elf_keys(report), {}
-    for elf in report.elfs:
-        s = elf.stats
-        out[keys[id(elf)]] = {
-            "instance": elf.spec.instance,
-            "launches": len(elf.spec.launches),
-            "count": s.count,
-            "avg_ms": s.avg_ms,
-            "min_ms": s.min_ms,
-            "max_ms": s.max_ms,
-            "total_ms": s.total_ms,
-            # per call, like avg_ms: write + run + read = avg_ms
-            **{f"{seg[:-2]}_ms": elf.segment_ms(seg) for seg in SEGMENTS},
-            "bytes_written": elf.bytes_written_per_call,  # per call
-            "flops": elf.cost.flops,  # per call, from the ABI
-            "bytes_moved": elf.cost.bytes,
-            "floor_ms": elf.floor_ms(report.rates),
-            "npu2_floor_ms": elf.floor_ms(NPU2_RATES),
-            "bound": report.rates.bound(elf.cost),
-            "npu2_model_ms": report.npu2_model_ms.get(elf.spec.instance),
-        }
-    return out
-
-
-def _rates_json(rates: Rates) -> dict[str, Any]:
-    return {"device": rates.device, "gflops": rates.flops_per_s / 1e9,
-            "gbps": rates.bytes_per_s / 1e9, "source": rates.source}  # fmt: skip
-
-
-# -- Chrome / Perfetto trace ------------------------------------------------------------
-def trace_events(profiler: Profiler) -> dict[str, Any]:
-    """Trace-event JSON: every span, kernel call (with its write / run / read
-    slices nested inside) and CPU op as a complete ("X") event on one host thread,
-    so Perfetto nests layers in phases and calls in layers by time. Times are whole
-    nanoseconds written as microseconds with three decimals, which Perfetto reads
-    back exactly: a child never sticks out of its parent by a rounding error."""
-    starts = [r.start for r in (*profiler.spans, *profiler.kernels, *profiler.cpu_ops)]
-    origin = min(starts, default=0.0)
-
-    def ns(t: float) -> int:
-        return round((t - origin) * 1e9)
-
-    def event(name: str, cat: str, begin: int, end: int, **args: Any) -> dict[str, Any]:
-        return {"name": name, "cat": cat, "ph": "X", "pid": 1, "tid": 1,
-                "ts": begin / 1000, "dur": (end - begin) / 1000, "args": args}  # fmt: skip
-
-    process = {"name": f"aierun ({profiler.device})"}
-    events = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": process},
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "host"}},
-    ]
-    for s in profiler.spans:
-        label = s.name if s.index is None else f"{s.name} {s.index}"
-        events.append(event(label, "span", ns(s.start), ns(s.start + s.dur_s),
-                            phase=s.phase, index=s.index))  # fmt: skip
-    for k in profiler.kernels:
-        begin, end = ns(k.start), ns(k.start + k.total_s)
-        events.append(event(k.elf, "kernel", begin, end, phase=k.phase, layer=k.layer,
-                            write_ms=k.write_s * 1e3, run_ms=k.run_s * 1e3,
-                            read_ms=k.read_s * 1e3, bytes_written=k.bytes_written))  # fmt: skip
-        cuts = [begin, ns(k.start + k.write_s), ns(k.start + k.write_s + k.run_s), end]
-        cuts = [min(max(cut, begin), end) for cut in cuts]
-        for segment, (a, b) in zip(SEGMENTS, itertools.pairwise(cuts), strict=True):
-            events.append(event(segment[:-2], "kernel.segment", a, b, elf=k.elf))
-    for c in profiler.cpu_ops:
-        events.append(event(c.name, "cpu", ns(c.start), ns(c.start + c.dur_s),
-                            phase=c.phase, layer=c.layer))  # fmt: skip
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
-
-
-def rates_cache() -> Path:
-    """Where the emulator's measured peak rates are kept (one file per runtime home)."""
-    return paths.home() / "roofline" / "rates.json"
-
-
-def beats_floor(report: Report) -> bool:
-    """Some kernel ran faster than the rates allow: the rates are too low."""
-    return any(e.stats.avg_ms < e.floor_ms(report.rates) for e in report.elfs)
