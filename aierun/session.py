@@ -95,8 +95,16 @@ class Session:
         self._pad_id = _pad_token(checkpoint.config)
         self.kv = KVCache(self.shape.n_layers, self.shape.n_kv_heads, self.shape.head_dim, 0)
         self.position = 0
+        # The tokens whose K/V the cache holds, at positions [0, position): what a later
+        # prompt may share (prefix reuse, `generate(..., reuse=True)`).
+        self.tokens: list[int] = []
         self.prepared = False
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
+        self.last_reused = 0  # cached prompt tokens the last generate did not recompute
+        # Measured wall seconds (prefill per bucket, one decode step): what prefix reuse
+        # weighs, decode steps over a prompt's new tokens against a prefill of all of it.
+        self._prefill_s: dict[int, float] = {}
+        self._decode_s: float | None = None
 
     def __enter__(self) -> Session:
         return self
@@ -226,6 +234,8 @@ class Session:
             raise UserError("the prompt is empty")
         bucket = self.bucket_for(n, seq_len)
         self.last_prompt = (n, bucket)
+        self.tokens, self.position = [], 0  # a failure part way leaves no stale cache
+        start = clock()
         prof = self.profiler
         with prof.cpu(flow.EOS_PAD):
             padded = pad_prompt(ids, bucket, self._pad_id)
@@ -239,8 +249,45 @@ class Session:
                     on_layer(layer, x.read_rows(0, n).copy())
         # Room for the positions the caller will reach (`capacity`: prompt and decode).
         self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))
-        self.position = n
-        return self._logits(x, row=n - 1)
+        logits = self._logits(x, row=n - 1)
+        self.tokens, self.position = list(ids), n
+        self._prefill_s[bucket] = clock() - start
+        return logits
+
+    def _reuse(self, ids: list[int], capacity: int) -> np.ndarray | None:
+        """The logits of the last of `ids` from the cached positions `ids` begins with,
+        the rest fed through decode steps (each appends its K/V and attends to all
+        before it: exactly causal attention); None when prefilling `ids` whole is
+        measured to be cheaper, or nothing is shared.
+
+        The last token always runs (its logits choose the first new token), so a prompt
+        sent again reuses all but one position. Decode steps cost far more per token
+        than one prefill, so a long new suffix is prefilled whole: chunked prefill
+        (flash attention with a past) is what would make that case cheap too."""
+        shared = min(_common_prefix(self.tokens, ids), len(ids) - 1)
+        if shared == 0 or not self._decode_pays(len(ids) - shared, len(ids)):
+            return None
+        self.last_reused = shared
+        self.kv.truncate(shared)
+        del self.tokens[shared:]
+        self.position = shared
+        self.kv.grow(min(max(capacity, len(ids) + 1), self.shape.max_positions))
+        for token in ids[shared:]:
+            logits = self._decode(token)
+        return logits
+
+    def _decode_pays(self, steps: int, n: int) -> bool:
+        """Whether `steps` decode steps are expected to take less time than a prefill
+        of `n` tokens, both from this session's measurements (an unmeasured decode step:
+        no; a bucket not run yet: the nearest one run, scaled by size)."""
+        if self._decode_s is None or not self._prefill_s:
+            return False
+        try:
+            bucket = self.bucket_for(n)
+        except UserError:  # longer than any bucket: only the cache can take it
+            return True
+        nearest = min(self._prefill_s, key=lambda b: abs(b - bucket))
+        return steps * self._decode_s < self._prefill_s[nearest] * bucket / nearest
 
     def _embedded(self, instance: str, ids: np.ndarray) -> Buffer:
         """The embedding rows of `ids`, written straight into the input buffer of the
@@ -269,7 +316,7 @@ class Session:
             return self._decode(token)
 
     def _decode(self, token: int) -> np.ndarray:
-        pos, prof = self.position, self.profiler
+        pos, prof, start = self.position, self.profiler, clock()
         if pos >= self.shape.max_positions:
             raise UserError(f"the context is full ({self.shape.max_positions} positions)")
         if pos >= self.kv.capacity:
@@ -281,8 +328,13 @@ class Session:
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):
                     x = self._decode_layer(layer, pos, x, rope_row)
+        logits = self._logits(x, row=0)
+        del self.tokens[pos:]  # a step that failed part way stored nothing to keep
+        self.tokens.append(token)
         self.position = pos + 1
-        return self._logits(x, row=0)
+        elapsed = clock() - start  # smoothed: one step on a busy machine is noisy
+        self._decode_s = elapsed if self._decode_s is None else 0.8 * self._decode_s + 0.2 * elapsed
+        return logits
 
     def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
         proj = self.call(RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row)
@@ -310,10 +362,14 @@ class Session:
         seq_len: int | None = None,
         stop_ids: set[int] | None = None,
         on_logits: LogitsHook | None = None,
+        reuse: bool = False,
     ) -> Iterator[int]:
         """Yield up to `n_tokens` new tokens; stops at end-of-turn / EOS (pass
         `stop_ids=set()` to always produce `n_tokens`). Choosing a token is timed as
-        the CPU op `sample`, inside the phase that produced its logits."""
+        the CPU op `sample`, inside the phase that produced its logits. With `reuse`
+        (chat, the server), the positions the cache holds that the prompt begins with
+        are not computed again when that is cheaper (`_reuse`); without it (run,
+        profile, verify), every prompt is prefilled whole, as measured."""
         if n_tokens < 1:
             raise UserError(f"--n-tokens must be at least 1, got {n_tokens}")
         stop_ids = self.checkpoint.stop_token_ids() if stop_ids is None else stop_ids
@@ -324,9 +380,17 @@ class Session:
         with prof.in_phase("prefill"):
             with prof.cpu(flow.TOKENIZE):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
-            logits = self._prefill(list(ids), seq_len, len(ids) + n_tokens, None)
+            ids, capacity = list(ids), len(ids) + n_tokens
+            self.last_reused = 0
+            reused = self._reuse(ids, capacity) if reuse and seq_len is None else None
+            logits = self._prefill(ids, seq_len, capacity, None) if reused is None else reused
             token = self._choose(logits, sampling, rng, on_logits)
-        log.info("prefill.done", prompt_tokens=len(ids), bucket=self.last_prompt[1])
+        log.info(
+            "prefill.done",
+            prompt_tokens=len(ids),
+            reused=self.last_reused,
+            bucket=None if self.last_reused else self.last_prompt[1],
+        )
         for step in range(n_tokens):
             log.debug("decode.token", step=step, token=token)
             if token in stop_ids:
@@ -352,6 +416,14 @@ class Session:
 
     def close(self) -> None:
         self.device.close()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case (a prompt extending the cache), at C speed
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
 
 
 def _next_pow2(n: int) -> int:

@@ -50,6 +50,13 @@ class KVCache:
         self.prompt[layer] = (k, v)
         self.prompt_length = length
 
+    def truncate(self, length: int) -> None:
+        """Keep positions [0, length) only (a cached prefix a new prompt shares). Inside
+        the prompt this only shortens it: the views stay, and positions after `length`
+        go to the host array. Nothing is erased: every later position is stored
+        before it is attended to."""
+        self.prompt_length = min(self.prompt_length, length)
+
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Positions [start, start + len(k)) after the prompt, from rows shaped
         [rows, Hkv*Dh] (the decode ELF's outputs)."""
