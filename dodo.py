@@ -1,5 +1,5 @@
-"""doit tasks: `doit compile|generate|profile|verify|diagnosis|simulate|model|pack|unpack|
-cache|bench`.
+"""doit tasks: `doit compile|generate|serve|profile|verify|diagnosis|simulate|model|pack|
+unpack|cache|bench`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
@@ -94,6 +94,11 @@ def _runtime_task(command: str) -> dict:
 def task_generate():
     """Generate text for --prompt, streamed to stdout (`doit run` and plain `doit` do this)."""
     return _runtime_task("run")
+
+
+def task_serve():
+    """Serve the model over OpenAI-compatible HTTP on 127.0.0.1:8000 (--port, --api-key, ...)."""
+    return _runtime_task("serve")
 
 
 def task_profile():

@@ -23,7 +23,9 @@ from aierun.bundle import cmd_unpack
 from aierun.errors import Failure, UserError, describe
 from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
+from aierun.serve.command import cmd_serve
 from aierun.session import open_session
+from aierun.textstream import TextStream
 from aierun.verify.diagnosis import cmd_diagnosis
 from aierun.verify.gate import cmd_verify
 
@@ -63,6 +65,14 @@ def finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (an interval)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 
@@ -124,6 +134,16 @@ CHAT_OPTIONS = (
     Option("n_tokens", positive_int, CHAT_N_TOKENS,
            "most tokens per answer (an answer cut short is not kept in the conversation)"),
 )  # fmt: skip
+SERVE_OPTIONS = (
+    Option("host", str, "127.0.0.1", "the address to listen on (0.0.0.0: every interface)"),
+    Option("port", int, 8000, "the TCP port to listen on (0: any free one, logged)"),
+    Option("api_key", str, None, "require `Authorization: Bearer KEY` on /v1/* "
+           "(default: $AIERUN_API_KEY, else no key)"),
+    Option("queue", positive_int, 32, "most generations queued or running; beyond it 429"),
+    Option("max_tokens", positive_int, 512, "tokens per answer when a request gives no max_tokens"),
+    Option("keepalive", positive_float, 5.0, "seconds between SSE keep-alive comments"),
+    *(o for o in RUN_OPTIONS if o.name in ("device", "artifacts")),
+)  # fmt: skip
 UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run on: emu or npu"),)
 
 COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
@@ -135,6 +155,10 @@ COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
     "verify": (VERIFY_OPTIONS, "top-k gate of our tokens against Hugging Face transformers"),
     "diagnosis": (DIAGNOSIS_OPTIONS, "per-layer hidden-state comparison against transformers"),
+    "serve": (
+        SERVE_OPTIONS,
+        "OpenAI-compatible HTTP server (and a chat page at /), model loaded once",
+    ),
     "unpack": (UNPACK_OPTIONS, "check and unpack a bundle; print the directory for --artifacts"),
 }
 
@@ -191,33 +215,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     with open_session(args) as session:
         _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
     return 0
-
-
-class TextStream:
-    """Turns tokens into printable text as they come. The whole answer so far is
-    detokenized each time (a token alone may not decode to the same characters),
-    and a trailing incomplete character (U+FFFD while its bytes are split over
-    tokens) is held back until it is complete."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.tokens: list[int] = []
-        self.shown = ""
-
-    def push(self, token: int) -> str:
-        self.tokens.append(token)
-        return self._advance(self._decoded().rstrip("\ufffd"))
-
-    def finish(self) -> str:
-        return self._advance(self._decoded())
-
-    def _decoded(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-
-    def _advance(self, text: str) -> str:
-        new = text[len(self.shown) :] if len(text) > len(self.shown) else ""
-        self.shown = max(self.shown, text, key=len)
-        return new
 
 
 def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
@@ -297,6 +294,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "profile": cmd_profile,
     "verify": cmd_verify,
     "diagnosis": cmd_diagnosis,
+    "serve": cmd_serve,
     "unpack": cmd_unpack,
 }
 

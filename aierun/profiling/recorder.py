@@ -87,3 +87,9 @@ class Profiler:
 
     def kernel(self, call: KernelCall) -> None:
         self.kernels.append(call)
+
+    def clear(self) -> None:
+        """Forget every record (a long-running server keeps none of them)."""
+        self.kernels.clear()
+        self.cpu_ops.clear()
+        self.spans.clear()

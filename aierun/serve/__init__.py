@@ -1,0 +1,1 @@
+"""`aierun serve`: the model loaded once, answering OpenAI-compatible HTTP requests."""
