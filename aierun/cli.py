@@ -20,11 +20,12 @@ import structlog
 
 from aierun import __version__, logs, paths
 from aierun.bundle import cmd_unpack
+from aierun.chat_input import HELP, MessageReader
 from aierun.errors import Failure, UserError, describe
 from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
 from aierun.serve.command import cmd_serve
-from aierun.session import open_session
+from aierun.session import Session, open_session
 from aierun.textstream import TextStream
 from aierun.verify.diagnosis import cmd_diagnosis
 from aierun.verify.gate import cmd_verify
@@ -37,7 +38,6 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 DEFAULT_PROMPT = "What is the capital of Japan?"
 # Chat answers get room to finish; a run's default stays short (a quick check).
 CHAT_N_TOKENS = 512
-CHAT_MARKER = "> "
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
     "chat": (
         CHAT_OPTIONS,
-        "interactive chat: one message per line on stdin, answers on stdout",
+        'interactive chat: messages on stdin (""" for several lines), answers on stdout; '
+        "the conversation stays cached between turns",
     ),
     "profile": (RUN_OPTIONS + PROFILE_OPTIONS, "run once and print the per-step profile report"),
     "verify": (VERIFY_OPTIONS, "top-k gate of our tokens against Hugging Face transformers"),
@@ -217,14 +218,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
-    """Print the answer as it comes; returns the generated ids. Interrupted (Ctrl-C),
-    the text shown so far stays and the line is ended."""
+def _stream(
+    session: Session,
+    prompt: str | list[int],
+    n_tokens: int,
+    sampling: Sampling,
+    seq_len: int | None,
+    reuse: bool = False,
+) -> tuple[list[int], float | None]:
+    """Print the answer as it comes; returns the generated ids and the seconds to the
+    first token. Interrupted (Ctrl-C), the text shown so far stays and the line is
+    ended."""
     stream = TextStream(session.checkpoint.tokenizer)
     start = time.perf_counter()
     first = last = None
     try:
-        for token in session.generate(prompt, n_tokens, sampling, seq_len):
+        for token in session.generate(prompt, n_tokens, sampling, seq_len, reuse=reuse):
             last = time.perf_counter()
             first = first or last
             sys.stdout.write(stream.push(token))
@@ -242,27 +251,38 @@ def _stream(session, prompt, n_tokens, sampling, seq_len) -> list[int]:
         ttft_ms=round((first - start) * 1e3, 1) if first else None,
         decode_tok_s=round((len(tokens) - 1) / (last - first), 2) if len(tokens) > 1 else None,
     )
-    return tokens
+    return tokens, (first - start if first else None)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """A multi-turn chat: each turn prefills the whole conversation so far. Log lines
-    go to the log file only, so they do not interleave with the conversation."""
+    """A multi-turn chat. The session keeps the conversation's K/V between turns, so a
+    turn computes its new tokens only (when that is cheaper than a prefill). Log
+    lines (one `chat.turn` per turn, with its TTFT) go to the log file only, so they
+    do not interleave with the conversation."""
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens
+    reader = MessageReader()
     with logs.console_quiet(), open_session(args) as session:
         messages: list[dict[str, str]] = []
-        print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
-        while (line := _read_message()) is not None:
-            messages.append({"role": "user", "content": line})
+        print(HELP, file=sys.stderr)
+        while (message := reader.read()) is not None:
+            messages.append({"role": "user", "content": message})
             try:
                 ids = session.checkpoint.encode_chat(messages)
-                tokens = _stream(session, ids, n_tokens, sampling, args.seq_len)
-            except UserError as exc:  # e.g. the conversation outgrew the largest bucket
+                tokens, ttft = _stream(session, ids, n_tokens, sampling, args.seq_len, reuse=True)
+            except UserError as exc:  # e.g. the conversation outgrew the context
                 print(f"aierun chat: {exc} This message was dropped.", file=sys.stderr)
                 messages.pop()
                 continue
+            log.info(
+                "chat.turn",
+                turn=len(messages) // 2 + 1,
+                message_chars=len(message),
+                prompt_tokens=len(ids),
+                cached_tokens=session.last_reused,
+                ttft_ms=round(ttft * 1e3, 1) if ttft is not None else None,
+            )
             if len(tokens) >= n_tokens:  # no end of turn: the answer was cut short
                 print(f"aierun chat: the answer was cut at {n_tokens} tokens (--n-tokens) and "
                       "is not kept in the conversation.", file=sys.stderr)  # fmt: skip
@@ -271,21 +291,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             text = session.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
             messages.append({"role": "assistant", "content": text})
     return 0
-
-
-def _read_message() -> str | None:
-    """The next chat message from stdin (None at an empty line or end of input),
-    after the input marker on stderr when a person types it."""
-    if sys.stdin.isatty():
-        print(CHAT_MARKER, end="", file=sys.stderr, flush=True)
-    try:
-        line = sys.stdin.readline()
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"the chat input (stdin) is not UTF-8 text ({exc.reason} at byte {exc.start}): "
-            "type or pipe UTF-8."
-        ) from None
-    return line.strip() or None
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
