@@ -16,6 +16,7 @@ import numpy as np
 
 from aierun.abi import BF16
 from aierun.errors import UserError
+from aierun.tokenizer import FastTokenizer
 
 
 @dataclass(frozen=True)
@@ -307,9 +308,11 @@ def _load_tokenizer(path: Path):
             f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the tokenizer "
             "files of the model into it."
         )
-    from transformers import AutoTokenizer
-
     try:
+        if (path / "tokenizer.json").is_file():  # no transformers import: seconds saved
+            return FastTokenizer(path)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers and tokenizers raise many types for bad files
         raise UserError(

@@ -89,6 +89,7 @@ class Session:
         self.observer = observer
         self.buffers = BufferManager(device, self._weight_source)
         self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
+        self._warm: set[str] = set()  # the ELF instances run once on zeros (_warm_up)
         self._rope = rope_table(self.shape, self.shape.max_positions)
         self._embed: EmbeddingTable | None = None  # read into memory at prepare
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
@@ -128,8 +129,9 @@ class Session:
                 self.buffers.preload(spec, layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
             self.kv.grow(min(DECODE_HEADROOM, self.shape.max_positions))
-            for spec, _ in reversed(self._elfs.values()):  # last, prefill ELFs last of all
-                self._warm_up(spec)
+            for spec, _ in reversed(self._elfs.values()):  # every generation calls these
+                if not spec.bucket:
+                    self._warm_up(spec)
         self.prepared = True
         log.info(
             "weights.preloaded",
@@ -139,11 +141,22 @@ class Session:
             seconds=round(span.dur_s, 2),
         )
 
+    def warm_up(self, *buckets: int) -> None:
+        """Warm up the prefill ELFs of `buckets` (default: every bucket) not run yet.
+        A bucket is otherwise warmed just before its first prefill: a run uses one
+        bucket, and warming a 2048 bucket on emu takes seconds of its cold start. A
+        profile warms them all first, so its prefill measures the steady state."""
+        wanted = set(buckets or self.artifacts.buckets)
+        for spec, _ in self._elfs.values():
+            if spec.bucket in wanted and spec.instance not in self._warm:
+                self._warm_up(spec)
+
     def _warm_up(self, spec: ElfSpec) -> None:
         """Run a loaded ELF once on zero inputs, unrecorded: its first call pays for
         what every later call reuses (on the NPU the hardware context and instruction
         stream, on emu numpy's first allocation of each temporary), and that cost
         belongs to prepare, not to the first prefill layer."""
+        self._warm.add(spec.instance)
         handle = self._elfs[spec.instance][1]
         zeros = {arg.name: np.zeros(arg.shape, arg.np_dtype) for arg in spec.args_with(Role.INPUT)}
         layer = 0 if any(arg.per_layer() for arg in spec.args) else None
@@ -233,6 +246,7 @@ class Session:
         if n == 0:
             raise UserError("the prompt is empty")
         bucket = self.bucket_for(n, seq_len)
+        self.warm_up(bucket)
         self.last_prompt = (n, bucket)
         self.tokens, self.position = [], 0  # a failure part way leaves no stale cache
         start = clock()

@@ -63,6 +63,7 @@ def run_profile(
     """Generate with the production code path (`Session.generate`, as `run` does)
     and build the report from what the session's profiler recorded."""
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    session.warm_up()  # first calls of a bucket cost more: the profile is the steady state
     tokens = list(session.generate(prompt, n_tokens, sampling, seq_len))
     profiler = session.profiler
     prompt_tokens, bucket = session.last_prompt
