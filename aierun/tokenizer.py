@@ -37,9 +37,11 @@ class FastTokenizer:
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tokenizer.token_to_id(token)
 
-    def __call__(self, text: str) -> dict[str, list[int]]:
-        """Plain text with the special tokens the tokenizer's post-processor adds (BOS)."""
-        return {"input_ids": self._tokenizer.encode(text, add_special_tokens=True).ids}
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        """Plain text, by default with the special tokens the tokenizer's post-processor
+        adds (BOS)."""
+        ids = self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return {"input_ids": ids}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

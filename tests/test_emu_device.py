@@ -165,3 +165,28 @@ def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
     device.run(elf, spec, buffers)
     assert conversions == [((2, 16), False)]  # x once; w was converted when written
     np.testing.assert_array_equal(buffers["g"].read(), buffers["u"].read())
+
+
+def test_bfp16_weights_are_converted_once_and_read_back_from_the_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 64)).astype(BF16)
+    cache = emu.Bfp16Cache(tmp_path)
+    first = cache.converted(weight)
+    np.testing.assert_array_equal(first, to_bfp16(weight.astype(np.float32)).astype(BF16))
+    (entry,) = tmp_path.glob("*.npy")
+    again = cache.converted(weight)
+    assert isinstance(again, np.memmap) or isinstance(again.base, np.memmap)  # read, not made
+    np.testing.assert_array_equal(again, first)
+    other = cache.converted((weight.astype(np.float32) * 2).astype(BF16))  # other bytes
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert not np.array_equal(other, first)
+    entry.write_bytes(b"damaged")  # a damaged entry is converted again
+    np.testing.assert_array_equal(cache.converted(weight), first)
+
+
+def test_an_unwritable_bfp16_cache_only_converts(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    weight = np.full((2, 8), 0.75, BF16)
+    values = emu.Bfp16Cache(blocked / "cache").converted(weight)
+    np.testing.assert_array_equal(values, to_bfp16(weight.astype(np.float32)).astype(BF16))

@@ -98,7 +98,7 @@ def test_aierun_run_prints_only_the_generated_text(session, checkpoint, model_di
 
 
 def test_streamed_text_never_shows_a_half_character(checkpoint):
-    from aierun.cli import TextStream
+    from aierun.textstream import TextStream
 
     text = "Hi 🦀 東京, ça va?"
     ids = checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"]

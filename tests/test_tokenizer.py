@@ -36,6 +36,8 @@ def test_plain_text_ids_and_decoding_match(both, text):
     ours, theirs = both
     ids = ours(text)["input_ids"]
     assert ids == list(theirs(text)["input_ids"])
+    bare = ours(text, add_special_tokens=False)["input_ids"]
+    assert bare == list(theirs(text, add_special_tokens=False)["input_ids"])
     for skip in (False, True):
         assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(
             ids, skip_special_tokens=skip

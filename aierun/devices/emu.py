@@ -15,22 +15,80 @@ order; numpy's division and BLAS order stand in for them.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aierun import paths
 from aierun.abi import BF16, HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
 from aierun.errors import DeviceError
-from aierun.ops import OPS
+from aierun.ops import OPS, numerics
 from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
 
+class Bfp16Cache:
+    """Static bfp16 GEMM operands as converted before, kept on disk: converting every
+    weight a bfp16 GEMM reads is seconds of each emu start (the largest part of it
+    once the tokenizer was fast), reading them back is a memory map. An entry is
+    named by the sha256 of the bf16 bytes and of numerics.py (whose to_bfp16 made it),
+    so changed weights or a changed conversion never find an old entry. The cache is
+    only a shortcut: a home it cannot write converts on every start, as before."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def converted(self, bf16: np.ndarray) -> np.ndarray:
+        digest = hashlib.sha256(_numerics_digest())
+        digest.update(repr((bf16.shape, str(bf16.dtype))).encode())
+        digest.update(np.ascontiguousarray(bf16).view(np.uint8).data)
+        path = self.root / f"{digest.hexdigest()}.npy"
+        try:  # .npy cannot name bfloat16: the entry holds its bits as uint16
+            stored = np.load(path, mmap_mode="r")
+            if stored.shape == bf16.shape and stored.dtype == np.uint16:
+                return stored.view(BF16)
+        except (OSError, ValueError):  # not there yet, or damaged: convert again
+            pass
+        values = to_bfp16(bf16.astype(np.float32)).astype(BF16)
+        self._store(path, values)
+        return values
+
+    def _store(self, path: Path, values: np.ndarray) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    np.save(out, values.view(np.uint16))
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError:  # a full disk or read-only home: this start converted, that is all
+            pass
+
+
+@cache
+def _numerics_digest() -> bytes:
+    return hashlib.sha256(Path(numerics.__file__).read_bytes()).digest()
+
+
 class EmuBuffer(Buffer):
-    def __init__(self, spec: ArgSpec, label: str, bfp16_operand: bool = False):
+    def __init__(
+        self,
+        spec: ArgSpec,
+        label: str,
+        bfp16_operand: bool = False,
+        cache: Bfp16Cache | None = None,
+    ):
         super().__init__(spec, label)
         self._bfp16_operand = bfp16_operand  # a bfp16 GEMM reads it: convert when written
+        self._cache = cache
         self._version = 0
         self._f32_version = -1
         # Allocated and touched now (at prepare), not inside the first timed call.
@@ -68,7 +126,10 @@ class EmuBuffer(Buffer):
         self._bfp16 = None
         if self._static:  # convert at prepare, not inside the first call; drop the staging
             self.as_f32()
-            if self._bfp16_operand:
+            if self._bfp16_operand and self._cache is not None:
+                self._bfp16 = self._cache.converted(self._host)
+                self._bfp16_version = self._version
+            elif self._bfp16_operand:
                 self.as_bfp16()
             self._host = None
 
@@ -110,11 +171,12 @@ class EmuDevice(Device):
     name = "emu"
     targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
 
-    def __init__(self) -> None:
+    def __init__(self, bfp16_cache: Path | None = None) -> None:
         self._bfp16_weights: set[str] = set()  # sources of static data bfp16 GEMMs read
+        self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")
 
     def alloc(self, spec: ArgSpec, label: str) -> EmuBuffer:
-        return EmuBuffer(spec, label, spec.source in self._bfp16_weights)
+        return EmuBuffer(spec, label, spec.source in self._bfp16_weights, self._cache)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
         unknown = {launch.op for launch in spec.launches} - set(OPS)
