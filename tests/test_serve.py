@@ -16,6 +16,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -397,3 +398,18 @@ def test_stop_strings_split_over_pieces_are_found():
     assert other.feed("ENough") == ("ENough", False)
     assert other.feed(" said E") == (" said ", False)
     assert other.flush() == "E"
+
+
+def test_a_taken_port_is_refused_before_the_model_loads(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "aierun.cli", "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "AIERUN_HOME": str(tmp_path)},
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "pass another --port" in result.stderr

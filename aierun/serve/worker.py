@@ -172,7 +172,8 @@ class Worker:
                 if stopped:
                     reason = "stop"
                     break
-                if job.cancelled.is_set():  # checked per token: the client has gone
+                # Checked per token: the client has gone, or the server is stopping.
+                if job.cancelled.is_set() or self._stopping.is_set():
                     metrics.cancelled.inc()
                     reason = "cancelled"
                     break
