@@ -168,3 +168,16 @@ def task_bench():
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def task_calibrate():
+    """The npu2 time model against the published NPU2 measurements, and the modeled
+    Llama-3.2-1B ELFs at seq_len 2048 beside the seed's (`doit calibrate mma=bf16`)."""
+    command = [sys.executable, "-m", "tools.calibrate", "--llama"]
+    if get_var("mma", None):
+        command += ["--mma", get_var("mma", None)]
+    return {
+        "actions": [CmdAction(command, cwd=ROOT, shell=False)],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

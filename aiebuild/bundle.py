@@ -1,5 +1,5 @@
 """`doit pack`: one archive that ships a target's compiled ELFs to machines without
-the compiler (DESIGN.md section 7). The layout and the checks on the receiving side
+the compiler (docs/design.md section 7). The layout and the checks on the receiving side
 are aierun.bundle's: the manifest with its store rewritten to "entries", the
 entries it names, bundle.json (schema, target, minimum runtime version, model) and
 SHA256SUMS over all of them.

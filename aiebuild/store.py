@@ -1,4 +1,4 @@
-"""The content-addressed artifact store (DESIGN.md section 7).
+"""The content-addressed artifact store (docs/design.md section 7).
 
 An entry's key is the sha256 of a canonical JSON of everything that determines
 its bytes: store schema, target, the ELF spec, the sha256 of every source file

@@ -2,7 +2,7 @@
 
 An ELF is one device call that runs several launches back to back. Every argument
 has a name, a shape, a dtype and exactly one role; the runtime derives all buffer
-behaviour from the role (DESIGN.md section 5). `aiebuild` produces these specs,
+behaviour from the role (docs/design.md section 5). `aiebuild` produces these specs,
 `aierun` consumes them; the JSON form below is what travels in artifacts. The npu2
 entry point's name and argument order are stated here too (`ElfSpec.kernel_name`,
 `ElfSpec.kernel_arg_order`): the build stitches the ELF by them, the NPU device calls
@@ -101,7 +101,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class ElfSpec:
-    """A multi-launch ELF: its name (the build/runtime contract of DESIGN.md
+    """A multi-launch ELF: its name (the build/runtime contract of docs/design.md
     section 4), the phase that calls it, the prefill bucket (0 for decode ELFs),
     the argument ABI and the launches in order."""
 

@@ -1,6 +1,6 @@
 """Loading compiled artifacts: a target manifest and the store entries it names.
 
-Layout (DESIGN.md section 7): `<home>/targets/<target>/manifest.json` maps each ELF
+Layout (docs/design.md sections 7 and 14): `<home>/targets/<target>/manifest.json` maps each ELF
 instance of one model shape to a content key; the entry `<store>/<key>/` holds
 `artifact.json` (name, key, target, files with sha256 and size) and its files:
 `plan.json` (the ELF spec, i.e. the launch plan) and, for npu2, the full ELF.

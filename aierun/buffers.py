@@ -1,4 +1,4 @@
-"""Buffer management driven by argument roles (DESIGN.md section 5).
+"""Buffer management driven by argument roles (docs/design.md section 5).
 
 - weight: one buffer per (tensor, layout), written once at prepare and shared by
   every ELF that reads that tensor (prefill and decode use the same wq).

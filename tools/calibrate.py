@@ -1,4 +1,4 @@
-"""The npu2 time model against published NPU2 measurements (aie2p-facts.md section 8).
+"""The npu2 time model against published NPU2 measurements (docs/hardware.md section 8).
 
 Each published point is modeled twice:
 - `reference`: a program shaped like the upstream design that was measured (its core
@@ -9,7 +9,7 @@ Each published point is modeled twice:
 - `ours`: the same shape built with our design (aiebuild/ops) through a one-launch
   ELF spec, as the project would run it.
 
-`python -m tools.calibrate` prints the table (docs/benchmarks.md keeps a copy)
+`doit calibrate` (`python -m tools.calibrate`) prints the table (docs/benchmarks.md keeps a copy)
 and, with `--llama`, the modeled Llama-3.2-1B ELFs at seq_len 2048 beside the seed's
 measured times.
 """
@@ -358,7 +358,7 @@ def _gflops(flops: float, rate: float) -> float:
 
 
 def points() -> list[Point]:
-    """The published NPU2 points (aie2p-facts.md section 8, at their sources)."""
+    """The published NPU2 points (docs/hardware.md section 8, at their sources)."""
     gemm_src, gemv_src = AIR + "GEMM_bf16_in_fp32_out.md", AIR + "GEMV_bf16.md"
     add_src, fa_src = AIR + "EltwiseAdd_bf16.md", AIR + "FlashAttention_bf16.md"
     out = []
@@ -409,7 +409,7 @@ def calibration_rows() -> list[tuple[str, ...]]:
     return rows
 
 
-# The seed's measured Llama-3.2-1B times on Strix (seed/profile-report-seed.txt; ms).
+# The seed's measured Llama-3.2-1B times on Strix (docs/design.md, "The seed"; ms).
 SEED_MS = {"rms_gemms_rope": 7.3, "flash_attn": 21.6, "o_ffn": 41.0, "lm_head_gemv": 13.6,
            "rms_gemv_rope": 0.9, "o_gemv_ffn": 3.7}  # fmt: skip
 SEED_PREFILL_KERNEL_MS, SEED_DECODE_KERNEL_MS = 1119.0, 87.0

@@ -6,7 +6,7 @@ A cost function takes the kernel object's typed -D parameters (e.g. {"TM": 32, .
 the same parameters the kernel composes its entry-point symbols from, so a design
 rewritten around the same kernel keeps its costs.
 
-Rates (aie2p-facts.md section 6; "⚠" = derived, not stated at the source):
+Rates (docs/hardware.md section 6; "⚠" = derived, not stated at the source):
 """
 
 from __future__ import annotations

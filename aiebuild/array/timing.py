@@ -19,7 +19,7 @@ Tiles, columns and DMA channels are where aiebuild/array/placement.py puts them 
 placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
 no DMA.
 
-Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
+Every rate is a named constant with its source (docs/hardware.md sections 6-8; "fit" =
 solved from the published measurements that tools/calibrate.py then checks the
 model against, `doit calibrate`). aiebuild/placed.py times whole ELFs with it.
 """
@@ -40,11 +40,11 @@ CallCycles = Callable[[str, str], float]
 
 # -- rates ------------------------------------------------------------------------------
 # AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
-# Turbo/High level; aie2p-facts.md section 6). XRT's GEMM test uses the same clock.
+# Turbo/High level; docs/hardware.md section 6). XRT's GEMM test uses the same clock.
 CLOCK_HZ = 1.8e9
 # Core and memory-tile DMA channels move one 32-bit word per cycle ("our stream switch
 # moves data in 32-bit granularity", mlir-aie programming_guide section-4c, written for
-# AIE2; the AIE2P width is not established, aie2p-facts.md section 7).
+# AIE2; the AIE2P width is not established, docs/hardware.md section 7).
 STREAM_BYTES_PER_S = 4 * CLOCK_HZ
 # One shim DMA channel to or from DDR, fit: Xilinx/mlir-air GEMV_bf16.md streams the
 # matrix through one channel per column on 8 columns: 2048x2048 (8.39 MB) in 330 us and
@@ -69,7 +69,7 @@ RECONFIGURE_S = 80e-6
 # Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
 # it (estimate, not measured: a few dozen instructions and lock round trips).
 CALL_OVERHEAD_CYCLES = 100.0
-CHANNELS = DMA_CHANNELS  # per tile kind and direction (aie2p-facts.md section 2)
+CHANNELS = DMA_CHANNELS  # per tile kind and direction (docs/hardware.md section 2)
 
 
 @dataclass(frozen=True)

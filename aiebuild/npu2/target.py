@@ -1,6 +1,6 @@
 """The npu2 target: IRON designs + Peano objects + the stitcher + aiecc -> one full ELF.
 
-Per ELF (DESIGN.md section 3):
+Per ELF (docs/design.md section 3):
 0. at plan time, the hardware rules check (aiebuild/array/rules.py, for every target)
    refuses a launch its design cannot tile or the NPU cannot hold, before anything compiles;
 1. every launch's kernel object comes from the object cache, content-keyed by the
@@ -64,7 +64,7 @@ PEANO_FLAGS = (
     "-Wno-macro-redefined",
     "-Wno-empty-body",
 )
-# Several device configurations in one full ELF (npu-stack.md, aiecc 1.4), cores
+# Several device configurations in one full ELF (docs/hardware.md, "Stack B. aiecc 1.4"), cores
 # compiled and linked by Peano: aiecc 1.4.0 defaults to Chess (CommandLineOptions.h at
 # v1.4.0: `xchesscc`, `xbridge` cl::init(true)), 1.4.1.dev46 and later to Peano
 # (Xilinx/mlir-aie#3501, which also removed `--no-xchesscc`); the explicit `=false`

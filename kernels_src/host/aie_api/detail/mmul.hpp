@@ -34,7 +34,7 @@ inline constexpr bool uses_bfp16 =
 // C[M x N] (+)= A[M x K] B[K x N], all row-major in their vectors.
 // bf16: each output lane accumulates its K products in k order in fp32: the XDNA 2 bf16
 // shapes are emulated with one lane-wise multiply-accumulate per k (aie_api
-// aie2p/emulated_mmul_intrinsics.hpp, as reference/aie2p-facts.md reads it). bf16 x bf16
+// aie2p/emulated_mmul_intrinsics.hpp, as docs/hardware.md section 9 reads it). bf16 x bf16
 // products are exact in fp32.
 // bfp16 (detail::uses_bfp16): every row of A and column of B becomes one bfp16 block,
 // converted by the current rounding mode; each output lane adds the exact product of
