@@ -31,6 +31,7 @@ def run(model_dir, emu_manifest, capsys):
         (("--top-p", "0"), r"--top-p in \(0, 1\]"),
     ],
 )
+@pytest.mark.slow
 def test_bad_run_flags_are_refused_with_what_to_do(run, flags, message):
     assert re.search(message, run(*flags))
 

@@ -40,6 +40,7 @@ def model_copy(tmp_path, model_dir) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_second_compile_rebuilds_nothing(tmp_path, model_copy):
     build = tmp_path / "build"
     ran = doit_compile(build, f"model={model_copy}", "buckets=64")
@@ -47,6 +48,7 @@ def test_second_compile_rebuilds_nothing(tmp_path, model_copy):
     assert doit_compile(build, f"model={model_copy}", "buckets=64") == set()
 
 
+@pytest.mark.slow
 def test_changed_parameter_rebuilds_only_affected_elfs(tmp_path, model_copy):
     build = tmp_path / "build"
     doit_compile(build, f"model={model_copy}", "buckets=64")
@@ -59,6 +61,7 @@ def test_changed_parameter_rebuilds_only_affected_elfs(tmp_path, model_copy):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_new_bucket_builds_only_its_elfs(tmp_path, model_copy):
     build = tmp_path / "build"
     doit_compile(build, f"model={model_copy}", "buckets=64")

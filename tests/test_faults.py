@@ -202,6 +202,7 @@ def with_big_member(files: dict[str, bytes], declared: int) -> tuple[dict[str, b
     return files, {"sizes": sizes}
 
 
+@pytest.mark.slow
 def test_bundle_member_bigger_than_declared_is_refused_before_writing(tmp_path, bundle, home):
     files, meta = with_big_member(members(bundle), declared=10)
     bomb = forge(tmp_path / "bomb.tar.gz", files, meta)
@@ -289,6 +290,7 @@ def test_artifacts_of_an_older_schema_are_refused_with_what_to_do(build_copy, ti
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_manifest_naming_a_non_key_is_refused(build_copy, tiny, home):
     data = json.loads(emu_manifest(build_copy).read_text())
     data["elfs"][next(iter(data["elfs"]))] = "../../../etc"
@@ -303,6 +305,7 @@ def _an_entry(build: Path) -> Path:
     return build / "cache" / "emu" / key
 
 
+@pytest.mark.slow
 def test_missing_store_entry_says_run_doit_compile(build_copy, tiny, home):
     subprocess.run(["rm", "-rf", str(_an_entry(build_copy))], check=True)
     refused(aierun(home, *run_args(tiny, build_copy)), 2, r"is missing .*run `doit compile`")
@@ -310,6 +313,7 @@ def test_missing_store_entry_says_run_doit_compile(build_copy, tiny, home):
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_corrupt_store_entry_says_run_doit_compile(build_copy, tiny, home):
     plan = _an_entry(build_copy) / "plan.json"
     plan.write_text(plan.read_text().replace('"', "'", 1))
@@ -319,6 +323,7 @@ def test_corrupt_store_entry_says_run_doit_compile(build_copy, tiny, home):
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_torn_artifact_record_says_run_doit_compile(build_copy, tiny, home):
     (_an_entry(build_copy) / "artifact.json").write_text("{")
     refused(aierun(home, *run_args(tiny, build_copy)), 2,
@@ -361,6 +366,7 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_home_still_runs_and_refuses_to_unpack(tmp_path, tiny, built, bundle):
     with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as home:
         result = aierun(home, *run_args(tiny, built))
@@ -485,6 +491,7 @@ CHECKPOINT_FAULTS = {
 
 
 @pytest.mark.parametrize("case", list(CHECKPOINT_FAULTS))
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named(case, tmp_path, tiny, built, home):
     damage, message = CHECKPOINT_FAULTS[case]
     model = damaged_copy(tiny, tmp_path)
@@ -493,6 +500,7 @@ def test_damaged_checkpoint_is_named(case, tmp_path, tiny, built, home):
     the_next_run_works(tiny, built, home)
 
 
+@pytest.mark.slow
 def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny, home):
     model = write_tiny_model(tmp_path / "nan", model_dir, model__norm__weight=np.nan)
     refused(aierun(home, *run_args(model, built)), 2,
@@ -501,6 +509,7 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 
 
 # -- signals, pipes, encodings, flags ----------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_during_generation_keeps_the_text_and_exits_130(tiny, built, home):
     args = run_args(tiny, built)[:-2] + ["--n-tokens", "200000", "--seq-len", "64"]
     process = subprocess.Popen(
@@ -516,6 +525,7 @@ def test_ctrl_c_during_generation_keeps_the_text_and_exits_130(tiny, built, home
     the_next_run_works(tiny, built, home)
 
 
+@pytest.mark.slow
 def test_closed_pipe_is_quiet(tiny, built, home):
     command = [sys.executable, "-m", "aierun.cli", *run_args(tiny, built)[:-2], "--n-tokens", "64"]
     shell = f"{' '.join(map(repr, command))} | head -c 1; exit ${{PIPESTATUS[0]}}"
@@ -541,6 +551,7 @@ def test_prompts_file_that_is_not_utf8(tmp_path, tiny, built, home):
     refused(result, 2, r"--prompts .*prompts\.txt is not UTF-8 text")
 
 
+@pytest.mark.slow
 def test_chat_input_that_is_not_utf8(tiny, built, home):
     result = aierun(home, "chat", "--model", str(tiny), "--artifacts", str(built),
                     stdin=b"caf\xe9\n", PYTHONIOENCODING="utf-8:strict")  # fmt: skip
@@ -587,6 +598,7 @@ def test_two_compiles_at_once(tmp_path, tiny):
     the_next_run_works(tiny, build, tmp_path / "home")
 
 
+@pytest.mark.slow
 def test_two_runs_at_once(tiny, built, home):
     command = [sys.executable, "-m", "aierun.cli", *run_args(tiny, built)]
     processes = [subprocess.Popen(command, cwd=ROOT, env=environment(home),
@@ -601,6 +613,7 @@ def test_two_runs_at_once(tiny, built, home):
 
 
 # -- the front door --------------------------------------------------------------
+@pytest.mark.slow
 def test_chat_keeps_logs_off_the_console_and_says_when_an_answer_was_cut(tiny, built, home):
     result = aierun(home, "chat", "--model", str(tiny), "--artifacts", str(built),
                     "--n-tokens", "2", stdin=b"Hi\n\n")  # fmt: skip
@@ -610,6 +623,7 @@ def test_chat_keeps_logs_off_the_console_and_says_when_an_answer_was_cut(tiny, b
     assert out.endswith("\n")  # the (random model's) answer, streamed
 
 
+@pytest.mark.slow
 def test_aierun_inside_a_checkout_finds_its_build(tmp_path, tiny, built):
     checkout = tmp_path / "checkout"
     for marker in paths.CHECKOUT_MARKERS:
@@ -639,6 +653,7 @@ def test_a_new_home_shares_the_converted_default_model(tmp_path, monkeypatch, mo
     assert half_written(tmp_path / "second") == []
 
 
+@pytest.mark.slow
 def test_build_choices_are_remembered_and_models_kept_side_by_side(tmp_path, tiny, model_dir):
     build = tmp_path / "build"
     other = write_tiny_model(tmp_path / "other", model_dir)

@@ -55,6 +55,7 @@ def profile_json(profiled):
     return json.loads(json.dumps(to_json(profiled)))  # what a reader of the file gets
 
 
+@pytest.mark.slow
 def test_every_section_is_printed_in_the_seeds_order(profiled):
     text = render_text(profiled)
     positions = [text.index(f"\n{title}\n") for title in SECTIONS]
@@ -255,6 +256,7 @@ def cli_on_test_session(session, monkeypatch):
     monkeypatch.setattr(command, "open_session", open_prepared)
 
 
+@pytest.mark.slow
 def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(
     cli_on_test_session, capsys, runtime_home
 ):
@@ -274,6 +276,7 @@ def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(
     assert "<svg" in written["html"].read_text()
 
 
+@pytest.mark.slow
 def test_cli_profile_writes_only_the_files_asked_for_and_refuses_an_unwritable_path(
     cli_on_test_session, capsys, tmp_path
 ):

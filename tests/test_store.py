@@ -166,6 +166,7 @@ def test_concurrent_publishers_never_collide(tmp_path):
     assert sorted(p.name for p in store.root.iterdir() if p.name.startswith(".")) == [LOCK]
 
 
+@pytest.mark.slow
 def test_parallel_doit_compile_then_nothing_to_do(tmp_path, model_dir):
     """`doit -n 2 compile` from scratch: ELFs publish from two workers at once."""
 

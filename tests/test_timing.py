@@ -168,6 +168,7 @@ def profiled(session):
     return report
 
 
+@pytest.mark.slow
 def test_profile_json_carries_the_modeled_npu2_time_per_elf_and_phase(profiled):
     import json
 

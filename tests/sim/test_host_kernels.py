@@ -129,6 +129,7 @@ def check_add(kernel: HostKernel, a_f32: bool, b_f32: bool, c_f32: bool) -> None
 
 
 @pytest.mark.parametrize("types", ADD_TYPES)
+@pytest.mark.slow
 def test_add_is_bit_exact(build, types):
     check_add(build(eltwise(*types)), *types)
 
