@@ -110,14 +110,13 @@ class Session:
         with self.profiler.in_phase("prepare") as span:
             self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")
             layers = range(self.shape.n_layers)
-            for instance in self.artifacts.instances:  # all loaded before any weight is
-                artifact = self.artifacts.load(instance)  # written: emu converts a bfp16
-                self._elfs[instance] = (  # GEMM's weights as they are written
+            for instance in self.artifacts.instances:
+                artifact = self.artifacts.load(instance)
+                self._elfs[instance] = (
                     artifact.spec,
                     self.device.load(artifact.spec, artifact.files),
                 )
-            for spec, _ in self._elfs.values():
-                self.buffers.preload(spec, layers)
+            self.buffers.preload((spec for spec, _ in self._elfs.values()), layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
             self.kv.grow(min(DECODE_HEADROOM, self.shape.max_positions))
             for spec, _ in reversed(self._elfs.values()):  # last, prefill ELFs last of all

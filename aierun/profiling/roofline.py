@@ -9,8 +9,9 @@ module has no per-op code.
 
 The time floor is max(FLOPs / peak FLOP rate, bytes / peak memory rate): no
 schedule can beat it, so `measured / floor` says how far a kernel is from its
-limit. npu2 uses the upstream-measured rates of docs/hardware.md, "Stack F. Performance facts"; emu uses
-this machine's numpy rates, measured once and cached under the runtime home.
+limit. npu2 uses the upstream-measured rates of docs/hardware.md, "Stack F. Performance
+facts"; emu uses this machine's numpy rates, measured once and cached under the runtime
+home.
 """
 
 from __future__ import annotations
