@@ -10,7 +10,9 @@ A bundle is one archive (tar, usually gzip-compressed) holding:
 It may come from anywhere, so nothing in it is trusted before it is checked:
 every member must be a regular file (or a directory) at a relative path without
 `..`, every file must be listed in SHA256SUMS and match its hash, and the bundle
-must be one this runtime and device can run. Unpacking is atomic (into a
+must be one this runtime and device can run. Before any of that, the archive
+itself may have to match a pinned sha256 (--sha256) and pass the signature policy
+(aierun.signatures). Unpacking is atomic (into a
 temporary directory, checked, then renamed) into `<cache_dir>/<sha256 of the
 archive>/`, which later runs reuse after re-checking the hashes.
 """
