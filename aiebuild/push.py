@@ -48,7 +48,7 @@ def push_build(config: BuildConfig, ref: str) -> Reference:
     if reference is None or reference.tag is None or reference.digest is not None:
         raise UserError(
             f"ref={ref!r}: name where to publish, as HOST[:PORT]/REPOSITORY:TAG "
-            "(e.g. doit push ref=127.0.0.1:5000/aie/smollm2:emu)"
+            "(e.g. doit push ref=127.0.0.1:5000/aie/smollm2:emu)."
         )
     pinned = push(bundle_path(config.home, select_target(config.target)), reference)
     print(pinned)
@@ -88,12 +88,12 @@ def push(bundle: Path, reference: Reference) -> Reference:
         except ValueError as exc:  # oras-py: a refused upload or authentication
             raise RegistryError(
                 f"the registry {reference.host} refused the push to {reference} ({exc}). "
-                "Check the reference and your credentials (`docker login` or `oras login`)"
+                "Check the reference and your credentials (`docker login` or `oras login`)."
             ) from None
     digest = response.headers.get("Docker-Content-Digest", "")
     if not digest.startswith("sha256:"):
         raise RegistryError(f"the registry {reference.host} accepted {reference} but gave no "
-                            "manifest digest: pull it by tag to learn it")  # fmt: skip
+                            "manifest digest: pull it by tag to learn it.")  # fmt: skip
     pinned = reference.pinned(digest)
     log.info("push.done", reference=str(reference), pinned=str(pinned),
              signed=signature.is_file(), bundle=str(bundle))  # fmt: skip
@@ -104,7 +104,7 @@ def _describe(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """bundle.json and the toolchain that built the entries (from an artifact.json),
     read from the archive itself: the annotations describe the bytes pushed."""
     if not bundle.is_file():
-        raise UserError(f"nothing to push: {bundle} is missing; run `doit pack` first")
+        raise UserError(f"nothing to push: {bundle} is missing; run `doit pack` first.")
     meta, toolchain = None, None
     with tarfile.open(bundle, "r:gz") as tar:
         for member in tar:
@@ -115,7 +115,7 @@ def _describe(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if meta is not None and toolchain is not None:
                 break
     if meta is None:
-        raise UserError(f"{bundle} has no {BUNDLE_META}: it was not made by `doit pack`")
+        raise UserError(f"{bundle} has no {BUNDLE_META}: it was not made by `doit pack`.")
     return meta, toolchain or {}
 
 

@@ -216,7 +216,7 @@ def _fetch_manifest(client: oras.provider.Registry, reference: Reference) -> byt
         if response.status_code == 404:
             raise RegistryError(
                 f"{reference}: the registry has no such bundle (HTTP 404). Check the "
-                f"repository and tag, or publish it there with `doit push ref={reference}`"
+                f"repository and tag, or publish it there with `doit push ref={reference}`."
             )
         _check_status(response, reference, "the manifest")
         raw = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
@@ -332,7 +332,7 @@ def _request(
     except (ValueError, oras.auth.AuthenticationException) as exc:  # oras-py's auth failures
         raise RegistryError(
             f"{reference}: the registry {reference.host} refused our credentials ({exc}). Log "
-            "in with `docker login` or `oras login` (aierun reads ~/.docker/config.json)"
+            "in with `docker login` or `oras login` (aierun reads ~/.docker/config.json)."
         ) from None
 
 
@@ -343,14 +343,14 @@ def unreachable(host: str, exc: Exception) -> RegistryError:
         advice = f"if it serves plain HTTP, list it in {PLAIN_HTTP_ENV}={host}"
     else:
         advice = "check the address and that the registry is running"
-    return RegistryError(f"cannot reach the registry {host} ({reason}): {advice}")
+    return RegistryError(f"cannot reach the registry {host} ({reason}): {advice}.")
 
 
 def _check_status(response: requests.Response, reference: Reference, what: str) -> None:
     if response.status_code in (401, 403):
         raise RegistryError(
             f"{reference}: the registry refuses access to {what} (HTTP {response.status_code}). "
-            "Log in with `docker login` or `oras login` (aierun reads ~/.docker/config.json)"
+            "Log in with `docker login` or `oras login` (aierun reads ~/.docker/config.json)."
         )
     if response.status_code != 200:
         raise _refuse(reference, f"the registry answered HTTP {response.status_code} for {what}")
@@ -385,7 +385,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if reference is None:
         raise UserError(
             f"{args.reference!r} is not a registry reference: write HOST[:PORT]/REPOSITORY:TAG "
-            "or HOST[:PORT]/REPOSITORY@sha256:DIGEST (e.g. 127.0.0.1:5000/aie/smollm2:emu)"
+            "or HOST[:PORT]/REPOSITORY@sha256:DIGEST (e.g. 127.0.0.1:5000/aie/smollm2:emu)."
         )
     print(open_pulled(reference, device_targets(args.device), args))
     return 0

@@ -460,11 +460,13 @@ def _artifacts_dir(args: argparse.Namespace, targets: tuple[str, ...]) -> Path |
     if path is not None and not path.exists():
         reference = Reference.parse(text)
         if reference is None:
-            raise UserError(f"--artifacts {text}: no such file or directory, nor a registry "
-                            "reference (HOST[:PORT]/REPOSITORY:TAG or @sha256:DIGEST)")  # fmt: skip
+            raise UserError(
+                f"--artifacts {text}: no such file or directory, nor a registry "
+                "reference (HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:DIGEST)."
+            )
         return open_pulled(reference, targets, args)
     if args.sha256 is not None:
         where = f"--artifacts {text} is a directory" if text else "no --artifacts is given"
         raise UserError(f"--sha256 checks a bundle archive or a registry reference, and {where}: "
-                        "pass the bundle itself (--artifacts BUNDLE.tar.gz)")  # fmt: skip
+                        "pass the bundle itself (--artifacts BUNDLE.tar.gz).")  # fmt: skip
     return path

@@ -73,14 +73,14 @@ def sign(archive: Path, private_key: Path) -> Path:
     ssh-agent); returns `<archive>.sig`."""
     if not private_key.is_file():
         raise UserError(f"sign={private_key}: no such key file; pass an OpenSSH private key "
-                        "(make one with `ssh-keygen -t ed25519 -f KEY`)")  # fmt: skip
+                        "(make one with `ssh-keygen -t ed25519 -f KEY`).")  # fmt: skip
     signature = signature_beside(archive)
     signature.unlink(missing_ok=True)  # ssh-keygen would ask before overwriting it
     result = _ssh_keygen(["-Y", "sign", "-f", str(private_key), "-n", NAMESPACE, str(archive)])
     if result.returncode != 0:
         raise UserError(
             f"sign={private_key}: ssh-keygen could not sign {archive} "
-            f"({_reason(result)}); check that it is an OpenSSH private key"
+            f"({_reason(result)}); check that it is an OpenSSH private key."
         )
     return signature
 
@@ -96,16 +96,17 @@ def check(archive: Path, signature: Path | None, trust: Trust) -> str | None:
                 f"refusing {where}: it is unsigned and signatures are required "
                 f"(--require-signed or {REQUIRE_ENV}=1). Get the bundle with its "
                 f"{SIGNATURE_SUFFIX} file from its publisher, or have it packed with "
-                "`doit pack sign=KEY`"
+                "`doit pack sign=KEY`."
             )
         log.info("bundle.unsigned", bundle=str(archive))
         return None
     if not trust.allowed_signers.is_file():
+        state = "is not a file" if trust.allowed_signers.exists() else "is missing"
         if trust.required or trust.explicit:
             raise SignatureError(
                 f"refusing {where}: no trusted keys to check its signature with "
-                f"({trust.allowed_signers} is missing). Add the publisher's key there "
-                f'(one line: <name> namespaces="{NAMESPACE}" <public key>) or pass --trust FILE'
+                f"({trust.allowed_signers} {state}). Add the publisher's key there (one "
+                f'line: <name> namespaces="{NAMESPACE}" <public key>) or pass --trust FILE.'
             )
         log.warning("bundle.signature_not_checked", bundle=str(archive),
                     reason=f"no trusted keys at {trust.allowed_signers}")  # fmt: skip
@@ -123,7 +124,7 @@ def _verify(archive: Path, signature: Path, allowed: Path) -> str:
         key = _signing_key(archive, signature)
         raise SignatureError(
             f"refusing bundle {archive}: its signature {signature} is by {key}, which is not "
-            f"among the trusted keys in {allowed}. If you trust that key, add its line there"
+            f"among the trusted keys in {allowed}. If you trust that key, add its line there."
         )
     result = _ssh_keygen(
         ["-Y", "verify", "-f", str(allowed), "-I", principal, "-n", NAMESPACE,
@@ -135,7 +136,7 @@ def _verify(archive: Path, signature: Path, allowed: Path) -> str:
         raise SignatureError(
             f"refusing bundle {archive}: its signature {signature} (by {principal}) does not "
             f"match it ({_reason(result)}): the bundle or the signature was modified. Get an "
-            "intact copy from its publisher"
+            "intact copy from its publisher."
         )
     return f"{principal} ({good['key']})"
 
@@ -149,7 +150,7 @@ def _signing_key(archive: Path, signature: Path) -> str:
     if result.returncode != 0 or good is None:
         raise SignatureError(
             f"refusing bundle {archive}: {signature} is not a valid signature of it "
-            f"({_reason(result)}). Get an intact copy from its publisher"
+            f"({_reason(result)}). Get an intact copy from its publisher."
         )
     return good["key"]
 
@@ -159,7 +160,7 @@ def _ssh_keygen(argv: list[str], stdin: Path | None = None) -> subprocess.Comple
     if program is None:
         raise SignatureError(
             "checking bundle signatures needs ssh-keygen (OpenSSH), which is not on PATH: "
-            "install it (Debian/Ubuntu: apt-get install openssh-client)"
+            "install it (Debian/Ubuntu: apt-get install openssh-client)."
         )
     source = stdin.open("rb") if stdin is not None else contextlib.nullcontext(subprocess.DEVNULL)
     with source as handle:

@@ -153,7 +153,7 @@ def test_a_registry_that_is_down_is_one_message(other_home, capsys):
     assert code == 2
     assert err == (
         f"aierun pull: cannot reach the registry 127.0.0.1:{port} (ConnectionError): check the "
-        "address and that the registry is running\n"
+        "address and that the registry is running.\n"
     )
 
 
