@@ -236,7 +236,20 @@ def _check_free_space(archive: Path, needed: int, where: Path) -> None:
 
 def max_unpacked_bytes() -> int:
     """The most a bundle may unpack to: generous for compiled ELFs (no weights)."""
-    return int(os.environ.get(LIMIT_ENV) or DEFAULT_MAX_UNPACKED_BYTES)
+    value = os.environ.get(LIMIT_ENV)
+    if not value:
+        return DEFAULT_MAX_UNPACKED_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ArtifactError(
+            f"{LIMIT_ENV}={value!r}: expected a whole number of bytes, e.g. "
+            f"{LIMIT_ENV}={4 * DEFAULT_MAX_UNPACKED_BYTES} (unset, it is "
+            f"{DEFAULT_MAX_UNPACKED_BYTES})"
+        )
+    return limit
 
 
 def _checked_members(

@@ -295,6 +295,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens
+    if sys.stdin is None or sys.stdin.closed:
+        raise UserError("chat reads its messages from standard input, which is closed: "
+                        "run it in a terminal or pipe the messages in")  # fmt: skip
     with logs.console_quiet(), open_session(args) as session:
         messages: list[dict[str, str]] = []
         print("Type a message; an empty line or Ctrl-D ends the chat.", file=sys.stderr)
