@@ -98,8 +98,10 @@ def task_generate():
 
 
 def task_profile():
-    """Run once, print the per-step profile report; JSON, trace and HTML go to build/profiles/.
-    `doit profile compare=A.json,B.json` runs nothing: it sets two runs side by side."""
+    """Run once, print the profile report, write JSON, trace, HTML; compare=A.json,B.json: two runs.
+
+    The files go to build/profiles/; `doit profile compare=A.json,B.json` runs nothing: it
+    sets two profile JSONs side by side (text and HTML there too)."""
     compare = get_var("compare", "")
     if compare:  # two profiles already written: nothing to compile or run
         return _runtime_task("profile", ("--compare", *compare.split(",")), build=False)

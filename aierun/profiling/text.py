@@ -43,9 +43,10 @@ def share(part: float, whole: float) -> str:
 
 
 def is_number(cell: object) -> bool:
-    """Numbers (and "12.3 (4%)", "+1.2%", "3.0x") are right-aligned in tables."""
+    """Numbers (and "12.3 (4%)", "+1.2%", "3.0x", "n/a" for a missing one) are
+    right-aligned in tables."""
     text = str(cell).lstrip("+-")
-    return text[:1].isdigit()
+    return text[:1].isdigit() or text == "n/a"
 
 
 def sections(report: Report) -> list[Section]:
