@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aierun.errors import UserError
-from aierun.profiling.charts import compare_chart
+from aierun.profiling.charts import UNTIMED, compare_chart
 from aierun.profiling.html import cards_html, page, section_html
 from aierun.profiling.profile_json import PROFILE_SCHEMA
 from aierun.profiling.text import Section, Table, ms, render_sections
@@ -28,7 +28,6 @@ REQUIRED = {
     "decode": ("kernel_ms_per_token", "cpu_ms_per_token", "unattributed_ms_per_token"),
     "npu2_model": ("ttft_ms", "tpot_ms", "per_elf"),
 }  # fmt: skip
-UNTIMED = "untimed"  # each phase's time under no timer, a step of its own here
 
 
 @dataclass(frozen=True)
