@@ -66,12 +66,13 @@ def task_check():
     }
 
 
-def _runtime_task(command: str) -> dict:
-    """`aierun <command>` as a doit task, taking the same options as parameters."""
+def _runtime_task(command: str, extra: tuple[str, ...] = (), build: bool = True) -> dict:
+    """`aierun <command>` as a doit task, taking the same options as parameters;
+    `extra` flags follow them; `build`: it runs the compiled ELFs (compile first)."""
     params = cli.doit_params(command)
 
     def action(**values):
-        argv = [command, *cli.flags_from_params(values, params)]
+        argv = [command, *cli.flags_from_params(values, params), *extra]
         if CONFIG.model:
             argv += ["--model", CONFIG.model]
         try:
@@ -85,7 +86,7 @@ def _runtime_task(command: str) -> dict:
     return {
         "actions": [(action,)],
         "params": params,
-        "task_dep": ["compile"],
+        "task_dep": ["compile"] if build else [],
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -97,7 +98,13 @@ def task_generate():
 
 
 def task_profile():
-    """Run once, print the per-step profile report; JSON, trace and HTML go to build/profiles/."""
+    """Run once, print the profile report, write JSON, trace, HTML; compare=A.json,B.json: two runs.
+
+    The files go to build/profiles/; `doit profile compare=A.json,B.json` runs nothing: it
+    sets two profile JSONs side by side (text and HTML there too)."""
+    compare = get_var("compare", "")
+    if compare:  # two profiles already written: nothing to compile or run
+        return _runtime_task("profile", ("--compare", *compare.split(",")), build=False)
     return _runtime_task("profile")
 
 

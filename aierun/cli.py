@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--model", default=None, help="checkpoint directory or cached HF "
                              "model id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
+        if name == "profile":  # two files, so not a doit parameter: `doit profile compare=A,B`
+            sub.add_argument(
+                "--compare", nargs=2, metavar=("A.json", "B.json"), default=None,
+                help="run nothing: set two profile JSONs side by side (per step A, B, "
+                "difference and ratio), printed and written as text and HTML",
+            )  # fmt: skip
         for option in _options(name):
             if option.type is bool:
                 sub.add_argument(option.flag, action="store_true", help=option.help)

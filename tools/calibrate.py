@@ -31,6 +31,7 @@ from aiebuild.array.geometry import COLUMNS, CORE_ROWS
 from aiebuild.ops import eltwise, flash_attn, gemm, gemv
 from aiebuild.ops.common import tensor
 from aierun.abi import BF16, ArgSpec, ElfSpec, Launch, Role
+from aierun.profiling.seed import seed_profile
 
 F32 = np.dtype(np.float32)
 AIR = "Xilinx/mlir-air programming_examples/kernel_registry/details/"
@@ -409,10 +410,9 @@ def calibration_rows() -> list[tuple[str, ...]]:
     return rows
 
 
-# The seed's measured Llama-3.2-1B times on Strix (docs/design.md, "The seed"; ms).
-SEED_MS = {"rms_gemms_rope": 7.3, "flash_attn": 21.6, "o_ffn": 41.0, "lm_head_gemv": 13.6,
-           "rms_gemv_rope": 0.9, "o_gemv_ffn": 3.7}  # fmt: skip
-SEED_PREFILL_KERNEL_MS, SEED_DECODE_KERNEL_MS = 1119.0, 87.0
+# The seed's measured Llama-3.2-1B times on Strix (ms), from the file the runtime's
+# report reads too (aierun/data/seed_profile.json).
+SEED = seed_profile()
 
 
 def with_mma(spec: ElfSpec, mma: str | None) -> ElfSpec:
@@ -446,7 +446,7 @@ def llama_rows(
         slowest = max(elf.launches, key=lambda launch: launch.seconds)
         floor_ms = 1e3 * NPU2_RATES.floor_s(elf_cost(spec))
         rows.append((
-            spec.instance, f"{elf.ms:.2f}", f"{SEED_MS[spec.name]:.1f}", f"{floor_ms:.2f}",
+            spec.instance, f"{elf.ms:.2f}", f"{SEED.elf_ms[spec.name]:.1f}", f"{floor_ms:.2f}",
             f"{elf.ms / floor_ms:.1f}x", f"{slowest.label}: {slowest.bound}",
         ))  # fmt: skip
     layers = shape.n_layers
@@ -478,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(columns, rows))
         print()
         print(f"prefill kernel time: {phases['prefill']:.1f} ms modeled "
-              f"(seed {SEED_PREFILL_KERNEL_MS:.0f} ms); decode token: {phases['decode']:.2f} ms "
-              f"modeled (seed {SEED_DECODE_KERNEL_MS:.0f} ms)")  # fmt: skip
+              f"(seed {SEED.prefill_kernel_ms:.0f} ms); decode token: {phases['decode']:.2f} ms "
+              f"modeled (seed {SEED.decode_kernel_ms_per_token:.0f} ms)")  # fmt: skip
     return 0
 
 
