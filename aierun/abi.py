@@ -150,6 +150,32 @@ class ElfSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ElfSpec:
+        """The spec a plan describes; ValueError naming what is malformed (a plan is
+        checked before anything is allocated from it)."""
+        try:
+            spec = cls._from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed launch plan ({exc!r})") from None
+        for arg in spec.args:
+            if (
+                arg.dtype not in DTYPES
+                or not arg.shape
+                or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in arg.shape
+                )
+            ):
+                raise ValueError(f"argument {arg.name!r} has dtype {arg.dtype!r} and shape "
+                                 f"{list(arg.shape)}: expected a dtype of {sorted(DTYPES)} "
+                                 "and positive whole dimensions")  # fmt: skip
+        names = {arg.name for arg in spec.args}
+        for launch in spec.launches:
+            for binding in (*launch.inputs, *launch.outputs):
+                if parse_binding(binding)[0] not in names:
+                    raise ValueError(f"launch {launch.op!r} binds {binding!r}, no argument")
+        return spec
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> ElfSpec:
         args = tuple(
             ArgSpec(**{**a, "shape": tuple(a["shape"]), "role": Role(a["role"])})
             for a in data["args"]

@@ -10,6 +10,7 @@ Every file is checked against its sha256 before use.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,36 @@ def verify_entry(entry: Path) -> dict[str, Any]:
 
 def load_entry(entry: Path, instance: str) -> Artifact:
     meta = verify_entry(entry)
-    spec = ElfSpec.from_json(read_json_file(entry / PLAN, "launch plan", REBUILD))
+    try:
+        spec = ElfSpec.from_json(read_json_file(entry / PLAN, "launch plan", REBUILD))
+    except ValueError as exc:
+        raise ArtifactError(f"{entry / PLAN}: {exc}: {REBUILD}.") from None
+    if spec.instance != instance:
+        raise ArtifactError(f"{entry / PLAN} is the plan of {spec.instance}, not {instance}: "
+                            f"{REBUILD}.")  # fmt: skip
     files = {name: entry / name for name in meta["files"]}
     return Artifact(instance, meta["key"], meta["target"], spec, files, meta)
+
+
+def _check_sizes(spec: ElfSpec, shape: ModelShape, plan: Path) -> None:
+    """Refuse, before anything is allocated from it, a plan whose bucket or buffers are
+    larger than its model can need: a bundle must not make the runtime allocate what it
+    likes. No argument of one call holds more than a bucket's rows (one for decode) of
+    the model's widest row (its vocabulary, padded to whole tiles per partition), and no
+    weight more than the largest tensor."""
+    if not 0 <= spec.bucket <= shape.max_positions:
+        raise ArtifactError(f"{plan}: bucket {spec.bucket} exceeds the model's "
+                            f"{shape.max_positions} positions: {REBUILD}.")  # fmt: skip
+    widest = max(shape.hidden, shape.ffn, shape.q_dim, shape.kv_dim, shape.vocab + 1024)
+    largest_weight = widest * max(shape.hidden, shape.ffn, shape.q_dim)
+    for arg in spec.args:
+        elements = math.prod(arg.shape)
+        limit = largest_weight if arg.source else max(spec.bucket, 1) * widest
+        if elements > limit:
+            raise ArtifactError(
+                f"{plan}: argument {arg.name!r} declares {list(arg.shape)} ({elements} "
+                f"elements), more than this model can need ({limit}): {REBUILD}."
+            )
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,7 @@ class ArtifactSet:
                 f"content key: {REBUILD}"
             )
         artifact = load_entry(self.store / key, instance)
+        _check_sizes(artifact.spec, self.shape, self.store / key / PLAN)
         log.debug("artifact.load", elf=instance, key=key[:12], target=artifact.target)
         return artifact
 
