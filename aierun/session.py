@@ -328,7 +328,7 @@ class Session:
             token = self._choose(logits, sampling, rng, on_logits)
         log.info("prefill.done", prompt_tokens=len(ids), bucket=self.last_prompt[1])
         for step in range(n_tokens):
-            log.debug("decode.token", step=step, token=token)
+            log.debug("decode.token", step=step)  # not the token: logs keep no text
             if token in stop_ids:
                 return
             yield token

@@ -29,7 +29,7 @@ from conftest import compile_emu
 from safetensors.numpy import save_file
 
 from aiebuild.bundle import pack
-from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, cli, default_model, paths
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, cli, default_model, logs, paths
 from aierun.bundle import BUNDLE_META, SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -702,3 +702,20 @@ def test_a_long_prefill_shows_progress_and_a_short_one_does_not(capsys):
     assert logs.progress(short, "prefill layers", 64) is short  # pipelines stay quiet
     assert list(logs.progress(range(3), "prefill layers", logs.LONG_PREFILL)) == [0, 1, 2]
     assert f"prefill layers ({logs.LONG_PREFILL} positions)" in capsys.readouterr().err
+
+
+def test_log_files_are_private_and_rotated(tmp_path):
+    """Logs hold prompts and answers: owner-only files in an owner-only folder, the
+    oldest removed once there are more than logs.KEEP_LOG_FILES, and no token ids."""
+    import stat
+
+    folder = tmp_path / "logs"
+    for number in range(logs.KEEP_LOG_FILES + 3):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / f"old-{number:03d}.jsonl").write_text("{}\n")
+    path = logs.configure(folder, "warning")
+    assert path is not None and path.parent == folder
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(list(folder.glob("*.jsonl"))) == logs.KEEP_LOG_FILES
+    assert not (folder / "old-000.jsonl").exists()
