@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from aierun.errors import UserError
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -28,7 +30,14 @@ def sha256_text(text: str | bytes) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` through a temporary file in the same directory, then rename."""
+    """Write `text` through a temporary file in the same directory, then rename. Only a
+    regular file (or nothing) is replaced: a symlink, a FIFO or a device at `path` is
+    refused rather than destroyed."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(
+            f"{path} exists and is not a regular file: refusing to replace it; name a new "
+            "file or a regular one to overwrite."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -719,3 +719,23 @@ def test_log_files_are_private_and_rotated(tmp_path):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert len(list(folder.glob("*.jsonl"))) == logs.KEEP_LOG_FILES
     assert not (folder / "old-000.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_output_path_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path, kind):
+    import os
+
+    from aierun.errors import UserError
+    from aierun.files import write_atomic
+
+    target, victim = tmp_path / "out.json", tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    if kind == "symlink":
+        target.symlink_to(victim)
+    else:
+        os.mkfifo(target)
+    with pytest.raises(UserError, match="is not a regular file: refusing to replace it"):
+        write_atomic(target, "{}")
+    assert victim.read_text() == "keep me"
+    assert target.is_symlink() if kind == "symlink" else not target.is_file()
+    write_atomic(tmp_path / "new.json", "{}")  # a regular or new file is written as before
