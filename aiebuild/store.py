@@ -15,6 +15,7 @@ dot are the store's own: the lock file and temporary directories.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -24,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from filelock import FileLock
 
 from aierun.abi import canonical_json
 from aierun.artifacts import ENTRY_META, ArtifactError, verify_entry
-from aierun.files import publish_dir, remove_tree, sha256_file, staging_dir
+from aierun.files import holding, publish_dir, remove_tree, sha256_file, staging_dir
 
 STORE_SCHEMA = 1
 LOCK = ".lock"
@@ -70,11 +70,10 @@ class Store:
             return False
         return True
 
-    def lock(self) -> FileLock:
-        """The lock every change to this target's store holds (a fresh object per use,
-        so it also works across threads and forked doit workers)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.root / LOCK)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock every change to this target's store holds (a fresh one per use, so
+        it also works across threads and forked doit workers)."""
+        return holding(self.root / LOCK, f"the {self.target} artifact store")
 
     def publish(self, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]) -> Path:
         """Write an entry atomically; a corrupt entry under the same key is replaced.

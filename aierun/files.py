@@ -8,13 +8,19 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from aierun.errors import UserError
+
+# How long a command waits for a lock another process holds before it gives up.
+LOCK_WAIT_S = 600.0
 
 
 def sha256_file(path: Path) -> str:
@@ -109,3 +115,29 @@ def remove_tree(path: Path) -> None:
     trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=path.parent))
     path.rename(trash / path.name)
     shutil.rmtree(trash)
+
+
+# -- cross-process locks -------------------------------------------------------------------
+@contextlib.contextmanager
+def holding(lock_file: Path, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the cross-process lock `lock_file` (guarding `what`). When another process
+    holds it, say so on stderr at once rather than wait in silence, and give up after
+    `wait_s` with a message that names the lock."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        print(f"waiting for {what}: another process holds {lock_file} (for at most "
+              f"{wait_s:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise UserError(
+                f"gave up after {wait_s:.0f} s waiting for {what}: another process still "
+                f"holds {lock_file}. Let it finish, or stop it, and try again."
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()

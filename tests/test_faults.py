@@ -739,3 +739,26 @@ def test_an_output_path_that_is_not_a_regular_file_is_refused_not_replaced(tmp_p
     assert victim.read_text() == "keep me"
     assert target.is_symlink() if kind == "symlink" else not target.is_file()
     write_atomic(tmp_path / "new.json", "{}")  # a regular or new file is written as before
+
+
+def test_a_lock_another_process_holds_is_announced_and_given_up_on(tmp_path, capsys):
+    from filelock import FileLock
+
+    from aierun.errors import UserError
+    from aierun.files import holding
+
+    lock_file = tmp_path / ".lock"
+    other = FileLock(lock_file, thread_local=False)
+    other.acquire()  # as another process would hold it
+    try:
+        refused = pytest.raises(UserError, match=r"gave up after 1 s waiting for the store")
+        with refused, holding(lock_file, "the store", wait_s=1.0):
+            pass
+        assert f"waiting for the store: another process holds {lock_file}" in (
+            capsys.readouterr().err
+        )
+    finally:
+        other.release()
+    with holding(lock_file, "the store"):  # free again: taken at once, nothing said
+        pass
+    assert capsys.readouterr().err == ""

@@ -24,6 +24,7 @@ another process published first is taken as is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from filelock import FileLock
 from packaging.version import Version
 
 from aiebuild import ops
@@ -48,7 +48,14 @@ from aierun import abi, paths
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import ENTRY_META, PLAN
 from aierun.errors import UserError
-from aierun.files import publish_dir, sha256_file, sha256_text, staging_dir, write_json_atomic
+from aierun.files import (
+    holding,
+    publish_dir,
+    sha256_file,
+    sha256_text,
+    staging_dir,
+    write_json_atomic,
+)
 
 log = structlog.get_logger("aiebuild.npu2.target")
 
@@ -106,9 +113,8 @@ class ObjectCache:
         except (OSError, ValueError, KeyError):
             return None
 
-    def lock(self) -> FileLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.root / LOCK)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return holding(self.root / LOCK, "the npu2 kernel object cache")
 
 
 def object_cache(home: Path) -> ObjectCache:
