@@ -226,6 +226,11 @@ def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
 
 
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
+    if config.model is None and not default_model.is_materialized(config.model_dir()):
+        # Listed before the `model` task has made the default model (`doit list` on a
+        # fresh clone): its ELFs are known only then, and `doit compile` makes it first.
+        yield {"name": None, "doc": "build every ELF of the model (after `doit model`)"}
+        return
     try:
         target, store, shape, builds = plan(config)
     except UserError as exc:  # doit prints InvalidTask as one line, without a traceback

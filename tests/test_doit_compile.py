@@ -69,3 +69,12 @@ def test_new_bucket_builds_only_its_elfs(tmp_path, model_copy):
         "compile:rms_gemms_rope.s128", "compile:flash_attn.s128", "compile:o_ffn.s128",
         "compile:manifest", "compile:choices",
     }  # fmt: skip
+
+
+def test_doit_list_works_before_the_default_model_is_made(tmp_path):
+    """A fresh clone has no build/: `doit list` names the tasks instead of failing."""
+    from aiebuild.tasks import BuildConfig, compile_tasks
+
+    config = BuildConfig(tmp_path, None, (64,), "emu")
+    (group,) = list(compile_tasks(config))
+    assert group["name"] is None and "after `doit model`" in group["doc"]
