@@ -8,11 +8,14 @@ with the same flags, so both front doors behave the same.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +23,7 @@ import structlog
 
 from aierun import __version__, logs, paths
 from aierun.bundle import cmd_unpack
-from aierun.errors import Failure, UserError, describe
+from aierun.errors import Failure, Terminated, UserError, describe
 from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
 from aierun.registry import cmd_pull
@@ -352,12 +355,34 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP end it as Ctrl-C does
+    (errors.Terminated): the output line is ended and the user told why, instead of a
+    silent death. The previous handlers come back afterwards (doit and the tests call
+    `main` in their own process)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         paths.check_home()
         logs.configure(paths.logs_dir(), args.log_level)
-        return HANDLERS[args.command](args)
+        with _stopping_on_signals():
+            return HANDLERS[args.command](args)
     except BaseException as exc:
         failure = describe(exc)
         if failure is None:  # a bug: its traceback is what a report needs

@@ -510,18 +510,27 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 
 # -- signals, pipes, encodings, flags ----------------------------------------------
 @pytest.mark.slow
-def test_ctrl_c_during_generation_keeps_the_text_and_exits_130(tiny, built, home):
+@pytest.mark.parametrize(
+    ("signum", "code", "message"),
+    [(signal.SIGINT, 130, r"aierun run: interrupted \(Ctrl-C\)"),
+     (signal.SIGTERM, 143, r"aierun run: stopped by SIGTERM"),
+     (signal.SIGHUP, 129, r"aierun run: stopped by SIGHUP")],
+)  # fmt: skip
+def test_a_signal_during_generation_keeps_the_text_ends_the_line_and_says_why(
+    tiny, built, home, signum, code, message
+):
     args = run_args(tiny, built)[:-2] + ["--n-tokens", "200000", "--seq-len", "64"]
     process = subprocess.Popen(
         [sys.executable, "-m", "aierun.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
     )  # fmt: skip
     first = process.stdout.read(8)  # generation has started
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     rest, err = process.communicate(timeout=120)
     result = subprocess.CompletedProcess(args, process.returncode, first + rest, err)
-    refused(result, 130, r"aierun run: interrupted \(Ctrl-C\)")
+    refused(result, code, message)
     assert (first + rest).startswith(first) and len(first) == 8  # the partial answer stays
+    assert (first + rest).endswith(b"\n")  # the line is ended
     the_next_run_works(tiny, built, home)
 
 
