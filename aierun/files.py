@@ -81,13 +81,39 @@ def write_json_atomic(path: Path, data: Any) -> None:
 @contextlib.contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
     """A fresh directory beside `final` to fill; removed afterwards whatever happens
-    (after `publish_dir` it is already gone)."""
+    (after `publish_dir` it is already gone). Its name carries this process's id, so
+    the staging directories of processes that died (kill -9) are removed here, by the
+    next one."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+    prefix = f".{final.name[:12]}."
+    remove_dead_staging(final.parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=final.parent))
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_dead_staging(parent: Path, prefix: str) -> list[Path]:
+    """Remove the staging directories `<prefix><pid>.*` in `parent` whose process is no
+    longer alive; returns them."""
+    removed = []
+    for path in parent.glob(f"{prefix}*.*"):
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def publish_dir(staging: Path, final: Path, is_valid: Callable[[Path], bool]) -> bool:

@@ -771,3 +771,22 @@ def test_a_lock_another_process_holds_is_announced_and_given_up_on(tmp_path, cap
     with holding(lock_file, "the store"):  # free again: taken at once, nothing said
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_the_staging_left_by_a_killed_process_is_removed_by_the_next(tmp_path):
+    """kill -9 during an unpack or a conversion leaves its staging directory: the next
+    publish of the same thing removes it (its process is gone); a live one stays."""
+    import os
+
+    from aierun.files import publish_dir, staging_dir
+
+    final = tmp_path / "0123456789abcdef"
+    dead = tmp_path / ".0123456789ab.999999999.x1y2"  # no such process
+    live = tmp_path / f".0123456789ab.{os.getppid()}.z3"  # a process that is running
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "half-written").write_bytes(b"\0" * 1024)
+    with staging_dir(final) as staging:
+        (staging / "done").write_text("ok")
+        publish_dir(staging, final, lambda path: (path / "done").is_file())
+    assert not dead.exists() and live.is_dir() and (final / "done").is_file()
