@@ -330,7 +330,17 @@ class Checkpoint:
 
     def _generation_config(self) -> dict[str, Any]:
         file = self.path / "generation_config.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
+        if not file.is_file():
+            return {}
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{file} is not valid JSON ({exc}): fix it or remove it (it only "
+                            "adds end-of-text ids).") from None  # fmt: skip
+        if not isinstance(data, dict):
+            raise UserError(f"{file} holds {type(data).__name__}, not a JSON object: fix it or "
+                            "remove it.")  # fmt: skip
+        return data
 
     def encode_prompt(self, prompt: str, chat: bool | None = None) -> list[int]:
         """Token ids for a user prompt: through the chat template when the model
@@ -344,11 +354,17 @@ class Checkpoint:
         """A whole conversation through the chat template, ready for the assistant."""
         if self.tokenizer.chat_template is None:
             raise UserError(f"{self.name} has no chat template: use `run` for plain text.")
-        return list(
-            self.tokenizer.apply_chat_template(
+        try:
+            ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        )
+        except Exception as exc:  # a template is a program: it may raise anything
+            raise UserError(
+                f"the chat template of {self.path} fails on this conversation "
+                f"({type(exc).__name__}: {exc}): fix `chat_template` in its "
+                "tokenizer_config.json, or use a prompt without a chat template."
+            ) from None
+        return list(ids)
 
 
 def _load_tokenizer(path: Path):

@@ -790,3 +790,21 @@ def test_the_staging_left_by_a_killed_process_is_removed_by_the_next(tmp_path):
         (staging / "done").write_text("ok")
         publish_dir(staging, final, lambda path: (path / "done").is_file())
     assert not dead.exists() and live.is_dir() and (final / "done").is_file()
+
+
+def test_a_chat_template_that_raises_and_a_broken_generation_config_are_named(tmp_path, model_dir):
+    import shutil
+
+    from aierun.errors import UserError
+    from aierun.model import Checkpoint
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    # transformers reads the template from chat_template.jinja when the file is there
+    (copy / "chat_template.jinja").write_text("{{ raise_exception('no system prompts') }}")
+    (copy / "generation_config.json").write_text("{not json")
+    checkpoint = Checkpoint(copy)
+    with pytest.raises(UserError, match=r"chat template of .* fails on this conversation"):
+        checkpoint.encode_prompt("hi")
+    with pytest.raises(UserError, match=r"generation_config.json is not valid JSON"):
+        checkpoint.stop_token_ids()
