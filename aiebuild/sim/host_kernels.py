@@ -64,7 +64,9 @@ def compiler() -> str:
     found = shutil.which(name)
     if found is None:
         raise UserError(
-            f"simulating the kernels needs a C++20 compiler (g++ 12 or newer) and "
+            f"simulating the kernels, and the npu2 time model (doit compile / check /"
+            f" calibrate count what each kernel call issues on its host build), need a "
+            f"C++20 compiler (g++ 12 or newer) and "
             f"'{name}' is not on PATH: install one (`apt install g++`) or set CXX."
         )
     return found
