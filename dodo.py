@@ -198,8 +198,11 @@ def task_bench():
 
 def task_calibrate():
     """The npu2 time model against the published NPU2 measurements, and the modeled
-    Llama-3.2-1B ELFs at seq_len 2048 beside the seed's (`doit calibrate mma=bf16`)."""
+    Llama-3.2-1B ELFs at seq_len 2048 beside the seed's (`doit calibrate mma=bf16`,
+    `doit calibrate json=PATH` to write the points)."""
     command = [sys.executable, "-m", "tools.calibrate", "--llama"]
+    if get_var("json", None):
+        command += ["--json", get_var("json", None)]
     if get_var("mma", None):
         command += ["--mma", get_var("mma", None)]
     return {
