@@ -208,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or its numpy emulation, from compiled artifacts or a bundle.",
     )
     parser.add_argument("--version", action="version", version=f"aierun {__version__}")
-    parser.add_argument("--log-level", default=None, help="console log level (default INFO)")
+    parser.add_argument(
+        "--log-level", default=None, type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="console log level (default INFO); the JSON log file keeps everything",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)

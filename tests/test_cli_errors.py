@@ -78,3 +78,11 @@ def test_a_bundle_size_limit_that_is_not_a_number_is_named(monkeypatch):
         monkeypatch.setenv(bundle.LIMIT_ENV, value)
         with pytest.raises(ArtifactError, match=f"{bundle.LIMIT_ENV}='{value}'"):
             bundle.max_unpacked_bytes()
+
+
+def test_an_unknown_log_level_is_refused_on_stderr_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--log-level", "LOUD", "unpack", "nowhere.tar.gz"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert "argument --log-level: invalid choice: 'LOUD'" in captured.err
