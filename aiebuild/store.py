@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from aierun.abi import canonical_json
-from aierun.artifacts import ENTRY_META, ArtifactError, verify_entry
+from aierun.artifacts import ENTRY_META, PINS, ArtifactError, pinned_keys, verify_entry
 from aierun.files import holding, publish_dir, remove_tree, sha256_file, staging_dir
 
 STORE_SCHEMA = 1
@@ -109,14 +109,16 @@ class Store:
         """Remove every entry whose key is not in `keep` and the temporary directories
         interrupted processes left behind; returns the removed names. Anything newer
         than `grace_s` stays: a compile running now may have published it without
-        having written its manifest yet."""
+        having written its manifest yet; so does every entry a running process has
+        pinned (aierun.artifacts.pin_entries: a run about to load it)."""
         if not self.root.is_dir():
             return []
         removed = []
         cutoff = time.time() - grace_s
         with self.lock():
+            keep = {*keep, *pinned_keys(self.root)}
             for path in sorted(self.root.iterdir()):
-                if path.name == LOCK or path.name in keep or path.stat().st_mtime > cutoff:
+                if path.name in (LOCK, PINS) or path.name in keep or path.stat().st_mtime > cutoff:
                     continue
                 if path.is_dir():
                     remove_tree(path)

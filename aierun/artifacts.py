@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import structlog
 from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
-from aierun.files import sha256_file
+from aierun.files import process_alive, sha256_file, write_json_atomic
 from aierun.model import ModelShape
 
 log = structlog.get_logger("aierun.artifacts")
@@ -38,6 +39,37 @@ PLAN = "plan.json"
 
 class ArtifactError(UserError):
     pass
+
+
+# Beside the entries of a store: one file per running process naming the entries it
+# uses, so a garbage collection running meanwhile keeps them (aiebuild/store.py).
+PINS = ".pins"
+
+
+def pin_entries(store: Path, keys: list[str]) -> Path | None:
+    """Record that this process uses these entries; the pin file, or None where the
+    store cannot be written (a read-only store has no garbage collection either)."""
+    pin = store / PINS / f"{os.getpid()}.json"
+    try:
+        write_json_atomic(pin, sorted(keys))
+    except OSError as exc:
+        log.debug("artifacts.pin_not_written", store=str(store), reason=str(exc))
+        return None
+    return pin
+
+
+def pinned_keys(store: Path) -> set[str]:
+    """Every entry a live process has pinned; the pins of dead processes are removed."""
+    keys: set[str] = set()
+    for pin in (store / PINS).glob("*.json"):
+        if not pin.stem.isdigit() or not process_alive(int(pin.stem)):
+            pin.unlink(missing_ok=True)
+            continue
+        try:
+            keys |= {k for k in json.loads(pin.read_text()) if isinstance(k, str)}
+        except (OSError, ValueError, TypeError):
+            continue  # being written: its process pins again on its next run
+    return keys
 
 
 REBUILD = "run `doit compile` in the checkout (or unpack the bundle again) to rebuild it"
@@ -162,6 +194,11 @@ class ArtifactSet:
     @property
     def instances(self) -> list[str]:
         return list(self.manifest["elfs"])
+
+    def pin(self) -> Path | None:
+        """Keep this set's entries through a `doit cache gc=1` while this process runs
+        (`pin_entries`); the caller removes the pin when done."""
+        return pin_entries(self.store, list(self.manifest["elfs"].values()))
 
     def npu2_model_ms(self, instance: str) -> float | None:
         """One call of the ELF on npu2 as the build modeled it (the manifest's

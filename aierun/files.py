@@ -100,13 +100,13 @@ def remove_dead_staging(parent: Path, prefix: str) -> list[Path]:
     removed = []
     for path in parent.glob(f"{prefix}*.*"):
         pid = path.name[len(prefix) :].split(".", 1)[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

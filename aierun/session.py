@@ -97,6 +97,7 @@ class Session:
         self.kv = KVCache(self.shape.n_layers, self.shape.n_kv_heads, self.shape.head_dim, 0)
         self.position = 0
         self.prepared = False
+        self._pin: Path | None = None  # this run's pin of its store entries (prepare)
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
 
     def __enter__(self) -> Session:
@@ -108,6 +109,7 @@ class Session:
     # -- prepare -------------------------------------------------------------
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
+        self._pin = self.artifacts.pin()  # a `doit cache gc=1` meanwhile keeps them
         with self.profiler.in_phase("prepare") as span:
             self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")
             layers = range(self.shape.n_layers)
@@ -352,6 +354,8 @@ class Session:
 
     def close(self) -> None:
         self.device.close()
+        if self._pin is not None:
+            self._pin.unlink(missing_ok=True)
 
 
 def _next_pow2(n: int) -> int:
