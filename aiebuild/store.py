@@ -27,11 +27,18 @@ from typing import Any
 import structlog
 
 from aierun.abi import canonical_json
-from aierun.artifacts import ENTRY_META, PINS, ArtifactError, pinned_keys, verify_entry
+from aierun.artifacts import (
+    ENTRY_META,
+    PINS,
+    STORE_LOCK,
+    ArtifactError,
+    pinned_keys,
+    verify_entry,
+)
 from aierun.files import holding, publish_dir, remove_tree, sha256_file, staging_dir
 
 STORE_SCHEMA = 1
-LOCK = ".lock"
+LOCK = STORE_LOCK
 # Entries younger than this survive garbage collection (see collect_garbage).
 GC_GRACE_S = 600.0
 log = structlog.get_logger("aiebuild.store")

@@ -41,14 +41,19 @@ class ArtifactError(UserError):
     pass
 
 
-# Beside the entries of a store: one file per running process naming the entries it
-# uses, so a garbage collection running meanwhile keeps them (aiebuild/store.py).
+# Beside the entries of a build's store: one file per running process naming the
+# entries it uses, so a garbage collection running meanwhile keeps them. A store the
+# build collects holds its lock file (aiebuild/store.py); an unpacked bundle's does not,
+# and nothing collects it.
 PINS = ".pins"
+STORE_LOCK = ".lock"
 
 
 def pin_entries(store: Path, keys: list[str]) -> Path | None:
-    """Record that this process uses these entries; the pin file, or None where the
-    store cannot be written (a read-only store has no garbage collection either)."""
+    """Record that this process uses these entries; the pin file, or None for a store
+    nothing collects or one that cannot be written (read-only)."""
+    if not (store / STORE_LOCK).is_file():
+        return None
     pin = store / PINS / f"{os.getpid()}.json"
     try:
         write_json_atomic(pin, sorted(keys))
