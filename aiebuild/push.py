@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import requests
 import structlog
 
 from aiebuild.bundle import bundle_path
+from aiebuild.oci import oras_push
 from aiebuild.tasks import BuildConfig, select_target
 from aierun import signatures
 from aierun.abi import canonical_json
@@ -31,9 +31,6 @@ from aierun.registry import (
     CONFIG_MEDIA_TYPE,
     SIGNATURE_MEDIA_TYPE,
     Reference,
-    RegistryError,
-    client_for,
-    unreachable,
 )
 
 log = structlog.get_logger("aiebuild.push")
@@ -70,30 +67,10 @@ def push(bundle: Path, reference: Reference) -> Reference:
     signature = signatures.signature_beside(bundle)
     if signature.is_file():
         files.append(f"{signature}:{SIGNATURE_MEDIA_TYPE}")
-    client = client_for(reference.host)
     with tempfile.TemporaryDirectory() as scratch:
         config = Path(scratch) / BUNDLE_META  # the config blob: bundle.json itself
         config.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        try:
-            response = client.push(
-                target=str(reference),
-                files=files,
-                manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
-                manifest_annotations=annotations,
-                disable_path_validation=True,  # the bundle is under build/, not the cwd
-                quiet=True,
-            )
-        except requests.RequestException as exc:
-            raise unreachable(reference.host, exc) from None
-        except ValueError as exc:  # oras-py: a refused upload or authentication
-            raise RegistryError(
-                f"the registry {reference.host} refused the push to {reference} ({exc}). "
-                "Check the reference and your credentials (`docker login` or `oras login`)."
-            ) from None
-    digest = response.headers.get("Docker-Content-Digest", "")
-    if not digest.startswith("sha256:"):
-        raise RegistryError(f"the registry {reference.host} accepted {reference} but gave no "
-                            "manifest digest: pull it by tag to learn it.")  # fmt: skip
+        digest = oras_push(reference, files, f"{config}:{CONFIG_MEDIA_TYPE}", annotations)
     pinned = reference.pinned(digest)
     log.info("push.done", reference=str(reference), pinned=str(pinned),
              signed=signature.is_file(), bundle=str(bundle))  # fmt: skip

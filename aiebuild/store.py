@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,29 @@ class Store:
             with staging_dir(final) as staging:
                 self._fill(staging, key, meta, files)
                 publish_dir(staging, final, lambda _: self.is_valid(key))
+        return final
+
+    def adopt(
+        self,
+        key: str,
+        fill: Callable[[Path], None],
+        check: Callable[[Path, dict[str, Any]], None] = lambda entry, meta: None,
+    ) -> Path:
+        """Publish an entry made elsewhere (a remote cache): `fill` writes its files,
+        artifact.json included, into an empty directory named `key`, which must then pass
+        `verify_entry` as any entry does, and `check` (given its artifact.json), before it
+        is renamed into place (atomically, under the lock, like `publish`). An
+        ArtifactError (or what `fill` and `check` raise) says why it was refused."""
+        final = self.entry(key)
+        with self.lock():
+            if self.is_valid(key):
+                return final
+            with staging_dir(final) as staging:
+                entry = staging / key  # verify_entry: the directory's name is the key
+                entry.mkdir()
+                fill(entry)
+                check(entry, verify_entry(entry))
+                publish_dir(entry, final, lambda _: self.is_valid(key))
         return final
 
     def _fill(

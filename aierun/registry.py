@@ -75,6 +75,10 @@ class RegistryError(UserError):
     """The registry could not be reached or sent something that is not our bundle."""
 
 
+class NotFound(RegistryError):
+    """The registry has no manifest under the reference (HTTP 404)."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """A bundle in a registry: `host/repository:tag` or `host/repository@sha256:hex`."""
@@ -167,11 +171,11 @@ def pull(reference: Reference) -> Pulled:
         log.info("pull.cached", reference=str(reference))
         return _pulled(reference, *local, store, client=None)
     client = client_for(reference.host)
-    raw = _fetch_manifest(client, reference)
+    raw = fetch_manifest(client, reference)
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     if reference.digest is not None and digest != reference.digest:
-        raise _refuse(reference, f"the registry sent a manifest whose digest is {digest}")
-    manifest = _parse_manifest(raw, reference)
+        raise refuse(reference, f"the registry sent a manifest whose digest is {digest}")
+    manifest = parse_manifest(raw, reference)
     pulled = _pulled(reference, digest, manifest, store, client)
     _keep(store, digest, raw)  # last: a kept manifest means its blobs are all there
     log.info("pull.done", reference=str(reference), pinned=str(pulled.reference),
@@ -187,9 +191,9 @@ def _pulled(
     client: oras.provider.Registry | None,
 ) -> Pulled:
     bundle, signature = _layers(manifest, reference)
-    bundle_path = _blob(client, reference, bundle, store, max_unpacked_bytes())
+    bundle_path = fetch_blob(client, reference, bundle, store, max_unpacked_bytes())
     signature_path = (
-        _blob(client, reference, signature, store, MAX_SIGNATURE_BYTES) if signature else None
+        fetch_blob(client, reference, signature, store, MAX_SIGNATURE_BYTES) if signature else None
     )
     annotations = manifest.get("annotations") or {}
     return Pulled(reference.pinned(digest), bundle_path, signature_path, annotations)
@@ -203,45 +207,53 @@ def _cached_manifest(reference: Reference, store: Path) -> tuple[str, dict[str, 
     if not path.is_file() or "sha256:" + sha256_file(path) != reference.digest:
         return None
     try:
-        return reference.digest, _parse_manifest(path.read_bytes(), reference)
+        return reference.digest, parse_manifest(path.read_bytes(), reference)
     except RegistryError:
         return None
 
 
-def _fetch_manifest(client: oras.provider.Registry, reference: Reference) -> bytes:
+def fetch_manifest(client: oras.provider.Registry, reference: Reference) -> bytes:
     container = oras.container.Container(str(reference))
     url = f"{client.prefix}://{container.manifest_url()}"
     response = _request(client, reference, url, {"Accept": MANIFEST_MEDIA_TYPE})
     with response:
         if response.status_code == 404:
-            raise RegistryError(
+            raise NotFound(
                 f"{reference}: the registry has no such bundle (HTTP 404). Check the "
                 f"repository and tag, or publish it there with `doit push ref={reference}`."
             )
         _check_status(response, reference, "the manifest")
         raw = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise _refuse(reference, f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        raise refuse(reference, f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     return raw
 
 
-def _parse_manifest(raw: bytes, reference: Reference) -> dict[str, Any]:
+def parse_manifest(
+    raw: bytes,
+    reference: Reference,
+    config_type: str = CONFIG_MEDIA_TYPE,
+    artifact_type: str = ARTIFACT_TYPE,
+    advice: str = "name a bundle published by `doit push`",
+) -> dict[str, Any]:
+    """The OCI image manifest `raw`, refused unless it holds our kind of artifact (its
+    config's media type or its artifactType): a bundle by default."""
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except ValueError:
-        raise _refuse(reference, "the registry answered with something that is not an OCI "
+        raise refuse(reference, "the registry answered with something that is not an OCI "
                       "manifest (not JSON)") from None  # fmt: skip
     if not isinstance(manifest, dict) or manifest.get("mediaType") != MANIFEST_MEDIA_TYPE:
-        raise _refuse(reference, "the registry answered with something that is not an OCI "
+        raise refuse(reference, "the registry answered with something that is not an OCI "
                       "image manifest")  # fmt: skip
     config = manifest.get("config")
     kind = config.get("mediaType") if isinstance(config, dict) else None
-    if kind != CONFIG_MEDIA_TYPE and manifest.get("artifactType") != ARTIFACT_TYPE:
-        raise _refuse(
-            reference,
-            f"it is not an aie-llm bundle (its config is {kind!r}, not {CONFIG_MEDIA_TYPE})",
-            "name a bundle published by `doit push`",
-        )
+    if kind != config_type and manifest.get("artifactType") != artifact_type:
+        what = "bundle" if artifact_type == ARTIFACT_TYPE else "artifact of this kind"
+        raise refuse(
+            reference, f"it is not an aie-llm {what} (its config is {kind!r}, not {config_type})",
+            advice,
+        )  # fmt: skip
     return manifest
 
 
@@ -251,25 +263,30 @@ def _layers(
     """The bundle layer and the signature layer (None if unsigned), descriptors checked."""
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
-        raise _refuse(reference, "its manifest has no layer list")
+        raise refuse(reference, "its manifest has no layer list")
     by_type: dict[str, list[dict[str, Any]]] = {}
     for descriptor in layers:
         by_type.setdefault(descriptor.get("mediaType"), []).append(descriptor)
     bundles, signatures = by_type.get(BUNDLE_MEDIA_TYPE, []), by_type.get(SIGNATURE_MEDIA_TYPE, [])
     if len(bundles) != 1 or len(signatures) > 1:
         counts = f"{len(bundles)} and {len(signatures)}"
-        raise _refuse(reference, f"its manifest must hold one {BUNDLE_MEDIA_TYPE} layer and "
+        raise refuse(reference, f"its manifest must hold one {BUNDLE_MEDIA_TYPE} layer and "
                       f"at most one signature, not {counts}")  # fmt: skip
     for descriptor in (*bundles, *signatures):
-        digest, size = descriptor.get("digest"), descriptor.get("size")
-        if not isinstance(digest, str) or not re.fullmatch("sha256:[0-9a-f]{64}", digest):
-            raise _refuse(reference, f"its manifest names a layer by {digest!r}, not a sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _refuse(reference, f"its manifest gives layer {digest} no valid size")
+        check_descriptor(descriptor, reference)
     return bundles[0], (signatures[0] if signatures else None)
 
 
-def _blob(
+def check_descriptor(descriptor: dict[str, Any], reference: Reference) -> None:
+    """A layer descriptor names its blob by a sha256 and gives a valid size."""
+    digest, size = descriptor.get("digest"), descriptor.get("size")
+    if not isinstance(digest, str) or not re.fullmatch("sha256:[0-9a-f]{64}", digest):
+        raise refuse(reference, f"its manifest names a layer by {digest!r}, not a sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise refuse(reference, f"its manifest gives layer {digest} no valid size")
+
+
+def fetch_blob(
     client: oras.provider.Registry | None,
     reference: Reference,
     descriptor: dict[str, Any],
@@ -286,7 +303,7 @@ def _blob(
     if client is None:  # the kept manifest's blob went missing: fetch it again
         client = client_for(reference.host)
     if size > limit:
-        raise _refuse(reference, f"layer {digest} is {size} bytes, more than the {limit} allowed")
+        raise refuse(reference, f"layer {digest} is {size} bytes, more than the {limit} allowed")
     store.mkdir(parents=True, exist_ok=True)
     container = oras.container.Container(str(reference))
     url = f"{client.prefix}://{container.get_blob_url(digest)}"
@@ -298,11 +315,11 @@ def _blob(
             for block in response.iter_content(1 << 20):
                 written += len(block)
                 if written > size:
-                    raise _refuse(reference, f"layer {digest} is larger than its manifest says")
+                    raise refuse(reference, f"layer {digest} is larger than its manifest says")
                 hasher.update(block)
                 out.write(block)
         if written != size or "sha256:" + hasher.hexdigest() != digest:
-            raise _refuse(reference, f"layer {digest} does not match its digest: the registry "
+            raise refuse(reference, f"layer {digest} does not match its digest: the registry "
                           "holds a corrupt or modified copy")  # fmt: skip
         os.replace(tmp, path)
     except BaseException:
@@ -353,10 +370,10 @@ def _check_status(response: requests.Response, reference: Reference, what: str) 
             "Log in with `docker login` or `oras login` (aierun reads ~/.docker/config.json)."
         )
     if response.status_code != 200:
-        raise _refuse(reference, f"the registry answered HTTP {response.status_code} for {what}")
+        raise refuse(reference, f"the registry answered HTTP {response.status_code} for {what}")
 
 
-def _refuse(reference: Reference, reason: str, advice: str = PULL_AGAIN) -> RegistryError:
+def refuse(reference: Reference, reason: str, advice: str = PULL_AGAIN) -> RegistryError:
     return RegistryError(f"refusing {reference}: {reason}. Nothing from it is used: {advice}.")
 
 

@@ -94,8 +94,8 @@ def test_push_then_pull_by_tag_and_by_digest(oci_registry, pushed, bundle, other
 
 
 def test_the_manifest_carries_our_media_types_and_annotations(pushed, bundle):
-    raw = registry._fetch_manifest(registry.client_for(pushed.host), pushed)
-    manifest = registry._parse_manifest(raw, pushed)
+    raw = registry.fetch_manifest(registry.client_for(pushed.host), pushed)
+    manifest = registry.parse_manifest(raw, pushed)
     assert manifest["config"]["mediaType"] == registry.CONFIG_MEDIA_TYPE
     (layer,) = manifest["layers"]
     assert layer["mediaType"] == registry.BUNDLE_MEDIA_TYPE
