@@ -21,9 +21,11 @@ SUPPORTED_ROPE = ("default", "llama3")
 
 
 def _require_positive(config: dict[str, Any], key: str) -> None:
-    value = config.get(key)
+    if key not in config:
+        raise UserError(f"lacks {key}, a setting a Llama-family model needs.")
+    value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"config.json: {key} = {value!r}, expected a whole number of 1 or more.")
+        raise UserError(f"has {key} = {value!r}, where a whole number of 1 or more is needed.")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ModelShape:
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind not in SUPPORTED_ROPE:
             raise UserError(
-                f"rope scaling {kind!r} is not supported (supported: "
+                f"asks for rope scaling {kind!r}, which is not supported (supported: "
                 f"{', '.join(SUPPORTED_ROPE)}): this model's positions cannot be computed."
             )
         if kind == "default":
@@ -241,6 +243,8 @@ class Checkpoint:
         self.config = _read_config(config_file)
         try:
             self.shape = ModelShape.from_config(self.config)
+        except UserError as exc:
+            raise UserError(f"{config_file} {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
