@@ -1,4 +1,4 @@
-"""doit tasks: `doit compile|generate|serve|profile|verify|diagnosis|simulate|model|pack|
+"""doit tasks: `doit compile|generate|serve|profile|verify|diagnosis|simulate|model|pack|push|
 unpack|cache|bench`.
 
 Thin on purpose: the build logic lives in aiebuild, the runtime in aierun. doit
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 BUILD = Path(os.environ.get("AIE_BUILD_DIR") or ROOT / "build")  # tests build elsewhere
 os.environ["AIERUN_HOME"] = str(BUILD)
 
-from aiebuild import bundle, cache_command, tasks  # noqa: E402  (after AIERUN_HOME is set)
+from aiebuild import bundle, cache_command, push, tasks  # noqa: E402  (after AIERUN_HOME is set)
 from aierun import cli, default_model, logs  # noqa: E402
 from aierun.errors import EXIT_BROKEN_PIPE  # noqa: E402
 
@@ -66,12 +66,13 @@ def task_check():
     }
 
 
-def _runtime_task(command: str) -> dict:
-    """`aierun <command>` as a doit task, taking the same options as parameters."""
+def _runtime_task(command: str, extra: tuple[str, ...] = (), build: bool = True) -> dict:
+    """`aierun <command>` as a doit task, taking the same options as parameters;
+    `extra` flags follow them; `build`: it runs the compiled ELFs (compile first)."""
     params = cli.doit_params(command)
 
     def action(**values):
-        argv = [command, *cli.flags_from_params(values, params)]
+        argv = [command, *cli.flags_from_params(values, params), *extra]
         if CONFIG.model:
             argv += ["--model", CONFIG.model]
         try:
@@ -85,7 +86,7 @@ def _runtime_task(command: str) -> dict:
     return {
         "actions": [(action,)],
         "params": params,
-        "task_dep": ["compile"],
+        "task_dep": ["compile"] if build else [],
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -102,7 +103,13 @@ def task_serve():
 
 
 def task_profile():
-    """Run once, print the per-step profile report; JSON, trace and HTML go to build/profiles/."""
+    """Run once, print the profile report, write JSON, trace, HTML; compare=A.json,B.json: two runs.
+
+    The files go to build/profiles/; `doit profile compare=A.json,B.json` runs nothing: it
+    sets two profile JSONs side by side (text and HTML there too)."""
+    compare = get_var("compare", "")
+    if compare:  # two profiles already written: nothing to compile or run
+        return _runtime_task("profile", ("--compare", *compare.split(",")), build=False)
     return _runtime_task("profile")
 
 
@@ -133,22 +140,41 @@ def task_simulate():
 
 
 def task_pack():
-    """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its path."""
+    """Pack the compiled ELFs into build/bundles/<model>-<target>.tar.gz; prints its sha256
+    and path (also in <bundle>.sha256); `doit pack sign=KEY` signs it (<bundle>.sig)."""
     return {
-        "actions": [tasks.failing_cleanly(bundle.pack_build, CONFIG)],
+        "actions": [tasks.failing_cleanly(bundle.pack_build, CONFIG, get_var("sign", ""))],
         "task_dep": ["compile"],
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
+def task_push():
+    """Pack, then publish the bundle to an OCI registry (`doit push ref=HOST/REPO:TAG`);
+    prints its reference by digest (HOST/REPO@sha256:...)."""
+    return {
+        "actions": [tasks.failing_cleanly(push.push_build, CONFIG, get_var("ref", ""))],
+        "task_dep": ["pack"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
 def task_unpack():
-    """Check and unpack a bundle (`doit unpack bundle=PATH`); prints the directory."""
+    """Check and unpack a bundle (`doit unpack bundle=PATH [sha256=HEX] [trust=FILE]
+    [require_signed=1]`); prints the directory."""
 
     def action():
         if not get_var("bundle", ""):
             return TaskFailed("name the archive: doit unpack bundle=PATH")
-        code = cli.main(["unpack", get_var("bundle")])
+        argv = ["unpack", get_var("bundle")]
+        for name in ("sha256", "trust"):
+            if get_var(name, ""):
+                argv += [f"--{name}", get_var(name)]
+        if get_var("require_signed", "0") not in ("", "0"):
+            argv.append("--require-signed")
+        code = cli.main(argv)
         return TaskFailed(f"aierun unpack exited with {code}") if code else None
 
     return {"actions": [action], "uptodate": [False], "verbosity": 2}
@@ -168,6 +194,22 @@ def task_bench():
     (`doit bench parts=host,engines threads=1`); JSON under build/bench/."""
     command = [sys.executable, "-m", "tools.bench", "--parts", get_var("parts", "all")]
     command += ["--threads", get_var("threads", "1")]
+    return {
+        "actions": [CmdAction(command, cwd=ROOT, shell=False)],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_calibrate():
+    """The npu2 time model against the published NPU2 measurements, and the modeled
+    Llama-3.2-1B ELFs at seq_len 2048 beside the seed's (`doit calibrate mma=bf16`,
+    `doit calibrate json=PATH` to write the points)."""
+    command = [sys.executable, "-m", "tools.calibrate", "--llama"]
+    if get_var("json", None):
+        command += ["--json", get_var("json", None)]
+    if get_var("mma", None):
+        command += ["--mma", get_var("mma", None)]
     return {
         "actions": [CmdAction(command, cwd=ROOT, shell=False)],
         "uptodate": [False],

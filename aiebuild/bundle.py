@@ -1,8 +1,9 @@
 """`doit pack`: one archive that ships a target's compiled ELFs to machines without
-the compiler (DESIGN.md section 7). The layout and the checks on the receiving side
+the compiler (docs/design.md section 7). The layout and the checks on the receiving side
 are aierun.bundle's: the manifest with its store rewritten to "entries", the
 entries it names, bundle.json (schema, target, minimum runtime version, model) and
-SHA256SUMS over all of them.
+SHA256SUMS over all of them. Beside the archive: its sha256 (`<bundle>.sha256`) and,
+when signed, its OpenSSH signature (`<bundle>.sig`, aierun.signatures).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import BinaryIO
 import structlog
 
 from aiebuild.tasks import BuildConfig, manifest_path, select_target
-from aierun import ARTIFACT_SCHEMA, __version__
+from aierun import ARTIFACT_SCHEMA, __version__, signatures
 from aierun.artifacts import (
     ENTRY_META,
     MANIFEST,
@@ -29,18 +30,46 @@ from aierun.artifacts import (
 )
 from aierun.bundle import BUNDLE_META, ENTRIES, SUMS, sums_text
 from aierun.errors import UserError
-from aierun.files import sha256_file, sha256_text
+from aierun.files import sha256_file, sha256_text, write_atomic
 
 log = structlog.get_logger("aiebuild.bundle")
 
+DIGEST_SUFFIX = ".sha256"
 
-def pack_build(config: BuildConfig) -> None:
-    """`doit pack`: bundle the configured target at build/bundles/<model>-<target>.tar.gz
-    and print the archive's path (the task's result, on stdout)."""
+
+def pack_build(config: BuildConfig, sign_key: str = "") -> Path:
+    """`doit pack [sign=KEY]`: bundle the configured target at
+    build/bundles/<model>-<target>.tar.gz, write its digest beside it (`<bundle>.sha256`)
+    and, with sign=KEY, its OpenSSH signature (`<bundle>.sig`); print the digest and
+    path (the task's result, on stdout, as `sha256sum` prints them)."""
     target = select_target(config.target)
-    artifacts = _open_manifest(config.home, target)
-    name = f"{artifacts.manifest['model_name']}-{target}.tar.gz"
-    print(pack(config.home, target, config.home / "bundles" / name))
+    out = bundle_path(config.home, target)
+    pack(config.home, target, out)
+    digest = write_digest(out)
+    signature = signatures.signature_beside(out)
+    if sign_key:
+        signatures.sign(out, Path(sign_key).expanduser())
+        log.info("bundle.signed", signature=str(signature), key=sign_key)
+    elif signature.exists():
+        # A signature of an earlier pack would be refused with these bytes: not kept.
+        signature.unlink()
+        log.info("bundle.unsigned", removed=str(signature))
+    print(f"{digest}  {out}")
+    return out
+
+
+def bundle_path(home: Path, target: str) -> Path:
+    """Where `doit pack` puts the bundle of `target`'s current manifest."""
+    artifacts = _open_manifest(home, target)
+    return home / "bundles" / f"{artifacts.manifest['model_name']}-{target}.tar.gz"
+
+
+def write_digest(archive: Path) -> str:
+    """The archive's sha256, also written to `<archive>.sha256` in `sha256sum` format
+    (so `sha256sum -c` checks it beside the bundle); what `aierun --sha256` takes."""
+    digest = sha256_file(archive)
+    write_atomic(archive.with_name(archive.name + DIGEST_SUFFIX), f"{digest}  {archive.name}\n")
+    return digest
 
 
 def pack(home: Path, target: str, out_path: Path) -> Path:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiebuild import ops
-from aiebuild.array import rules, timing
-from aiebuild.array.iron_record import Program
+from aiebuild.array import iron_record, kernel_counts, rules, timing
+from aiebuild.array.core_model import CallCycles
+from aiebuild.array.iron_record import Call, Program
 from aiebuild.array.placement import Placement, place
 from aiebuild.ops.common import KernelObject
 from aierun.abi import ElfSpec, Launch, canonical_json
@@ -33,11 +34,35 @@ class PlacedLaunch:
     placement: Placement | None
     refusal: str | None = None
 
-    def call_cycles(self, object_name: str, symbol: str) -> float:
-        """Cycles of one call of the launch's kernel (timing.CallCycles)."""
-        if object_name != self.kernel.name:
-            raise KeyError(f"{self.launch.op} links {self.kernel.name}, not {object_name}")
-        return ops.op(self.launch.op).call_cycles(symbol, self.kernel.values)
+    def entry_cycles(self, call: Call) -> CallCycles:
+        """The slot model's cycles of one call of the launch's kernel, from what the entry
+        point issues on the op's counting arguments (kernel_counts.py)."""
+        if call.kernel.object != self.kernel.name:
+            raise KeyError(f"{self.launch.op} links {self.kernel.name}, not {call.kernel.object}")
+        op = ops.op(self.launch.op)
+        symbol = call.kernel.symbol
+        args = op.count_args(symbol, kernel_counts.call_arguments(call))
+        return kernel_counts.entry_cycles(self.kernel, symbol, args)
+
+    def entry_counts(self, call: Call) -> dict[str, int]:
+        """What one call issues (the counts entry_cycles prices)."""
+        op = ops.op(self.launch.op)
+        args = op.count_args(call.kernel.symbol, kernel_counts.call_arguments(call))
+        return kernel_counts.entry_counts(self.kernel, call.kernel.symbol, args)
+
+    def call_cost(self, call: Call) -> timing.CallCost:
+        """One call priced for the time model (timing.CallCycles)."""
+        idle = ops.op(self.launch.op).idle_share(self.launch, call.kernel.symbol)
+        return timing.CallCost(self.entry_cycles(call).cycles, idle)
+
+    def calls(self) -> dict[str, Call]:
+        """One recorded call of each entry point the launch's workers call, by symbol."""
+        found: dict[str, Call] = {}
+        for worker in self.program.workers if self.program else ():
+            for node, _ in iron_record.walk(worker.body):
+                if isinstance(node, Call):
+                    found.setdefault(node.kernel.symbol, node)
+        return found
 
 
 _PLACED: dict[str, tuple[PlacedLaunch, ...]] = {}
@@ -83,18 +108,33 @@ def require_legal(specs: Iterable[ElfSpec]) -> list[rules.LaunchCheck]:
 # -- the npu2 time model ------------------------------------------------------------------
 def elf_time(spec: ElfSpec) -> timing.ElfTime:
     """One call of the ELF on npu2: every launch timed from its record, its kernel's
-    costs from the object's -D parameters (the matmul mode included: the GEMM passes
-    the launch's `mma` as -D AIEK_MMA). The rules check refuses an untileable launch
-    before any ELF is timed."""
+    calls priced by what they issue on the host build of the object (its -D
+    parameters, the GEMM's matmul mode included). The rules check refuses an
+    untileable launch before any ELF is timed."""
     times = []
     for placed in launches(spec):
         if placed.program is None:
             raise rules.RulesError(f"{spec.instance}: {placed.refusal}")
         label = placed.launch.label or placed.launch.op
-        times.append(
-            timing.launch_time(placed.program, placed.call_cycles, label, placed.placement)
-        )
+        times.append(timing.launch_time(placed.program, placed.call_cost, label, placed.placement))
     return timing.ElfTime(spec.instance, times)
+
+
+def entry_points(spec: ElfSpec) -> dict[str, dict[str, Any]]:
+    """Per kernel entry point the ELF's launches call, what one call issues and its
+    cycles on the slot model: {symbol: {"object", "counts", "cycles", "bound"}} (what
+    `doit simulate` records)."""
+    found: dict[str, dict[str, Any]] = {}
+    for placed in launches(spec):
+        for symbol, call in placed.calls().items():
+            cycles = placed.entry_cycles(call)
+            found[symbol] = {
+                "object": placed.kernel.name,
+                "counts": placed.entry_counts(call),
+                "cycles": cycles.cycles,
+                "bound": cycles.bound,
+            }
+    return found
 
 
 def npu2_model(specs: Iterable[ElfSpec]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The six ELF specs of a Llama-family model (DESIGN.md section 4), derived from
+"""The six ELF specs of a Llama-family model (docs/design.md section 4), derived from
 the model shape and the prefill buckets.
 
 A spec is declarative: launches in order, each an op of the vocabulary with its

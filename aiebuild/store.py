@@ -1,4 +1,4 @@
-"""The content-addressed artifact store (DESIGN.md section 7).
+"""The content-addressed artifact store (docs/design.md section 7).
 
 An entry's key is the sha256 of a canonical JSON of everything that determines
 its bytes: store schema, target, the ELF spec, the sha256 of every source file
@@ -15,23 +15,30 @@ dot are the store's own: the lock file and temporary directories.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
-from filelock import FileLock
 
 from aierun.abi import canonical_json
-from aierun.artifacts import ENTRY_META, ArtifactError, verify_entry
-from aierun.files import publish_dir, remove_tree, sha256_file, staging_dir
+from aierun.artifacts import (
+    ENTRY_META,
+    PINS,
+    STORE_LOCK,
+    ArtifactError,
+    pinned_keys,
+    verify_entry,
+)
+from aierun.files import holding, publish_dir, remove_tree, sha256_file, staging_dir
 
 STORE_SCHEMA = 1
-LOCK = ".lock"
+LOCK = STORE_LOCK
 # Entries younger than this survive garbage collection (see collect_garbage).
 GC_GRACE_S = 600.0
 log = structlog.get_logger("aiebuild.store")
@@ -70,11 +77,10 @@ class Store:
             return False
         return True
 
-    def lock(self) -> FileLock:
-        """The lock every change to this target's store holds (a fresh object per use,
-        so it also works across threads and forked doit workers)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.root / LOCK)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock every change to this target's store holds (a fresh one per use, so
+        it also works across threads and forked doit workers)."""
+        return holding(self.root / LOCK, f"the {self.target} artifact store")
 
     def publish(self, key: str, meta: dict[str, Any], files: Mapping[str, Path | bytes]) -> Path:
         """Write an entry atomically; a corrupt entry under the same key is replaced.
@@ -90,6 +96,29 @@ class Store:
             with staging_dir(final) as staging:
                 self._fill(staging, key, meta, files)
                 publish_dir(staging, final, lambda _: self.is_valid(key))
+        return final
+
+    def adopt(
+        self,
+        key: str,
+        fill: Callable[[Path], None],
+        check: Callable[[Path, dict[str, Any]], None] = lambda entry, meta: None,
+    ) -> Path:
+        """Publish an entry made elsewhere (a remote cache): `fill` writes its files,
+        artifact.json included, into an empty directory named `key`, which must then pass
+        `verify_entry` as any entry does, and `check` (given its artifact.json), before it
+        is renamed into place (atomically, under the lock, like `publish`). An
+        ArtifactError (or what `fill` and `check` raise) says why it was refused."""
+        final = self.entry(key)
+        with self.lock():
+            if self.is_valid(key):
+                return final
+            with staging_dir(final) as staging:
+                entry = staging / key  # verify_entry: the directory's name is the key
+                entry.mkdir()
+                fill(entry)
+                check(entry, verify_entry(entry))
+                publish_dir(entry, final, lambda _: self.is_valid(key))
         return final
 
     def _fill(
@@ -110,14 +139,16 @@ class Store:
         """Remove every entry whose key is not in `keep` and the temporary directories
         interrupted processes left behind; returns the removed names. Anything newer
         than `grace_s` stays: a compile running now may have published it without
-        having written its manifest yet."""
+        having written its manifest yet; so does every entry a running process has
+        pinned (aierun.artifacts.pin_entries: a run about to load it)."""
         if not self.root.is_dir():
             return []
         removed = []
         cutoff = time.time() - grace_s
         with self.lock():
+            keep = {*keep, *pinned_keys(self.root)}
             for path in sorted(self.root.iterdir()):
-                if path.name == LOCK or path.name in keep or path.stat().st_mtime > cutoff:
+                if path.name in (LOCK, PINS) or path.name in keep or path.stat().st_mtime > cutoff:
                     continue
                 if path.is_dir():
                     remove_tree(path)

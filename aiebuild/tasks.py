@@ -26,9 +26,10 @@ from aiebuild.array import rules
 from aiebuild.npu2 import toolchain
 from aiebuild.npu2.target import Npu2Target
 from aiebuild.ops.common import KernelObject
+from aiebuild.remote_cache import RemoteCache
 from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
-from aiebuild.targets import EmuTarget, Target, entry_key
+from aiebuild.targets import EmuTarget, Target, entry_key, plan_bytes
 from aierun import ARTIFACT_SCHEMA, default_model
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
@@ -48,6 +49,8 @@ class BuildConfig:
     # The choices behind it (saved ones overridden by this run's variables), which a
     # compile remembers for later runs (`remember_task`).
     choices: dict[str, str] = field(default_factory=dict, compare=False)
+    # `cache=HOST/REPO`: an OCI registry as a remote cache of entries (this run only).
+    cache: str | None = None
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
@@ -69,7 +72,17 @@ class BuildConfig:
             raise InvalidCommand(message) from None
         if "model" in given and Path(given["model"]).expanduser().is_dir():
             choices["model"] = str(Path(given["model"]).expanduser().resolve())
-        return cls(home, choices.get("model"), parsed, choices.get("target", "auto"), choices)
+        cache = get_var("cache", None) or None
+        if cache is not None:
+            try:
+                RemoteCache.parse(cache)
+            except UserError as exc:
+                raise InvalidCommand(str(exc)) from None
+        target = choices.get("target", "auto")
+        return cls(home, choices.get("model"), parsed, target, choices, cache)
+
+    def remote_cache(self) -> RemoteCache | None:
+        return RemoteCache.parse(self.cache) if self.cache else None
 
     def model_dir(self) -> Path:
         """The checkpoint: a directory or a model id from the local Hugging Face cache,
@@ -199,12 +212,20 @@ def manifest_path(home: Path, target: str) -> Path:
     return home / "targets" / target / "manifest.json"
 
 
-def build_elf(target: Target, store: Store, build: ElfBuild) -> None:
+def build_elf(
+    target: Target, store: Store, build: ElfBuild, cache: RemoteCache | None = None
+) -> None:
+    """Build one ELF into the store; with a remote cache, fetch it from there instead
+    when it has it, and push it there when it had to be built here."""
+    if cache is not None and cache.fetch(store, build.key, plan_bytes(build.spec)):
+        return
     start = time.perf_counter()
     log.info("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
-    target.build(build.spec, build.key, store)
+    entry = target.build(build.spec, build.key, store)
     seconds = round(time.perf_counter() - start, 3)
     log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)
+    if cache is not None:
+        cache.push(entry)
 
 
 def failing_cleanly(function: Callable[..., Any], *args: Any) -> tuple:
@@ -226,16 +247,22 @@ def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
 
 
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
+    if config.model is None and not default_model.is_materialized(config.model_dir()):
+        # Listed before the `model` task has made the default model (`doit list` on a
+        # fresh clone): its ELFs are known only then, and `doit compile` makes it first.
+        yield {"name": None, "doc": "build every ELF of the model (after `doit model`)"}
+        return
     try:
         target, store, shape, builds = plan(config)
     except UserError as exc:  # doit prints InvalidTask as one line, without a traceback
         raise InvalidTask(str(exc)) from None
     if isinstance(target, Npu2Target):
         yield from object_tasks(target, store, builds)
+    cache = config.remote_cache()
     for build in builds:
         yield {
             "name": build.spec.instance,
-            "actions": [failing_cleanly(build_elf, target, store, build)],
+            "actions": [failing_cleanly(build_elf, target, store, build, cache)],
             "uptodate": [lambda key=build.key: store.is_valid(key)],
             "task_dep": _object_deps(target, build.spec),
             "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
@@ -243,6 +270,15 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
         }
     data = manifest_data(config, target.name, shape, builds)
     path = manifest_path(config.home, target.name)
+    if cache is not None:
+        yield {
+            "name": "cache",
+            "actions": [(cache.summary,)],
+            "task_dep": [f"compile:{b.spec.instance}" for b in builds],
+            "uptodate": [False],
+            "doc": f"how many entries came from {cache.location}, and how many were built",
+            "verbosity": 2,
+        }
     yield remember_task(config)
     yield {
         "name": "manifest",
@@ -320,9 +356,12 @@ def _read_json(path: Path) -> Any:
 def compile_all(config: BuildConfig) -> Path:
     """Build what is missing and write the manifest, without doit (tests, scripts)."""
     target, store, shape, builds = plan(config)
+    cache = config.remote_cache()
     for build in builds:
         if not store.is_valid(build.key):
-            build_elf(target, store, build)
+            build_elf(target, store, build, cache)
+    if cache is not None:
+        cache.summary()
     path = manifest_path(config.home, target.name)
     write_manifest(path, manifest_data(config, target.name, shape, builds))
     return path
@@ -333,9 +372,12 @@ def check_designs(config: BuildConfig) -> None:
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
     shape = Checkpoint(config.model_dir()).shape
-    checks = placed.check_specs(model_specs(shape, config.buckets))
+    specs = model_specs(shape, config.buckets)
+    checks = placed.check_specs(specs)
     print(rules.table(checks))
     rules.refuse_violations(checks)
+    print(f"PASS: every launch of the {len(specs)} ELFs is within the NPU2 limits above "
+          "(the limit of each column in its header).")  # fmt: skip
 
 
 class StderrReporter(ConsoleReporter):

@@ -2,7 +2,7 @@
 
 An ELF is one device call that runs several launches back to back. Every argument
 has a name, a shape, a dtype and exactly one role; the runtime derives all buffer
-behaviour from the role (DESIGN.md section 5). `aiebuild` produces these specs,
+behaviour from the role (docs/design.md section 5). `aiebuild` produces these specs,
 `aierun` consumes them; the JSON form below is what travels in artifacts. The npu2
 entry point's name and argument order are stated here too (`ElfSpec.kernel_name`,
 `ElfSpec.kernel_arg_order`): the build stitches the ELF by them, the NPU device calls
@@ -101,7 +101,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class ElfSpec:
-    """A multi-launch ELF: its name (the build/runtime contract of DESIGN.md
+    """A multi-launch ELF: its name (the build/runtime contract of docs/design.md
     section 4), the phase that calls it, the prefill bucket (0 for decode ELFs),
     the argument ABI and the launches in order."""
 
@@ -150,6 +150,32 @@ class ElfSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ElfSpec:
+        """The spec a plan describes; ValueError naming what is malformed (a plan is
+        checked before anything is allocated from it)."""
+        try:
+            spec = cls._from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed launch plan ({exc!r})") from None
+        for arg in spec.args:
+            if (
+                arg.dtype not in DTYPES
+                or not arg.shape
+                or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in arg.shape
+                )
+            ):
+                raise ValueError(f"argument {arg.name!r} has dtype {arg.dtype!r} and shape "
+                                 f"{list(arg.shape)}: expected a dtype of {sorted(DTYPES)} "
+                                 "and positive whole dimensions")  # fmt: skip
+        names = {arg.name for arg in spec.args}
+        for launch in spec.launches:
+            for binding in (*launch.inputs, *launch.outputs):
+                if parse_binding(binding)[0] not in names:
+                    raise ValueError(f"launch {launch.op!r} binds {binding!r}, no argument")
+        return spec
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> ElfSpec:
         args = tuple(
             ArgSpec(**{**a, "shape": tuple(a["shape"]), "role": Role(a["role"])})
             for a in data["args"]

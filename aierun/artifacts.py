@@ -1,6 +1,6 @@
 """Loading compiled artifacts: a target manifest and the store entries it names.
 
-Layout (DESIGN.md section 7): `<home>/targets/<target>/manifest.json` maps each ELF
+Layout (docs/design.md sections 7 and 14): `<home>/targets/<target>/manifest.json` maps each ELF
 instance of one model shape to a content key; the entry `<store>/<key>/` holds
 `artifact.json` (name, key, target, files with sha256 and size) and its files:
 `plan.json` (the ELF spec, i.e. the launch plan) and, for npu2, the full ELF.
@@ -10,6 +10,8 @@ Every file is checked against its sha256 before use.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import structlog
 from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA
 from aierun.abi import ElfSpec
 from aierun.errors import UserError
-from aierun.files import sha256_file
+from aierun.files import process_alive, sha256_file, write_json_atomic
 from aierun.model import ModelShape
 
 log = structlog.get_logger("aierun.artifacts")
@@ -37,6 +39,42 @@ PLAN = "plan.json"
 
 class ArtifactError(UserError):
     pass
+
+
+# Beside the entries of a build's store: one file per running process naming the
+# entries it uses, so a garbage collection running meanwhile keeps them. A store the
+# build collects holds its lock file (aiebuild/store.py); an unpacked bundle's does not,
+# and nothing collects it.
+PINS = ".pins"
+STORE_LOCK = ".lock"
+
+
+def pin_entries(store: Path, keys: list[str]) -> Path | None:
+    """Record that this process uses these entries; the pin file, or None for a store
+    nothing collects or one that cannot be written (read-only)."""
+    if not (store / STORE_LOCK).is_file():
+        return None
+    pin = store / PINS / f"{os.getpid()}.json"
+    try:
+        write_json_atomic(pin, sorted(keys))
+    except OSError as exc:
+        log.debug("artifacts.pin_not_written", store=str(store), reason=str(exc))
+        return None
+    return pin
+
+
+def pinned_keys(store: Path) -> set[str]:
+    """Every entry a live process has pinned; the pins of dead processes are removed."""
+    keys: set[str] = set()
+    for pin in (store / PINS).glob("*.json"):
+        if not pin.stem.isdigit() or not process_alive(int(pin.stem)):
+            pin.unlink(missing_ok=True)
+            continue
+        try:
+            keys |= {k for k in json.loads(pin.read_text()) if isinstance(k, str)}
+        except (OSError, ValueError, TypeError):
+            continue  # being written: its process pins again on its next run
+    return keys
 
 
 REBUILD = "run `doit compile` in the checkout (or unpack the bundle again) to rebuild it"
@@ -84,9 +122,36 @@ def verify_entry(entry: Path) -> dict[str, Any]:
 
 def load_entry(entry: Path, instance: str) -> Artifact:
     meta = verify_entry(entry)
-    spec = ElfSpec.from_json(read_json_file(entry / PLAN, "launch plan", REBUILD))
+    try:
+        spec = ElfSpec.from_json(read_json_file(entry / PLAN, "launch plan", REBUILD))
+    except ValueError as exc:
+        raise ArtifactError(f"{entry / PLAN}: {exc}: {REBUILD}.") from None
+    if spec.instance != instance:
+        raise ArtifactError(f"{entry / PLAN} is the plan of {spec.instance}, not {instance}: "
+                            f"{REBUILD}.")  # fmt: skip
     files = {name: entry / name for name in meta["files"]}
     return Artifact(instance, meta["key"], meta["target"], spec, files, meta)
+
+
+def _check_sizes(spec: ElfSpec, shape: ModelShape, plan: Path) -> None:
+    """Refuse, before anything is allocated from it, a plan whose bucket or buffers are
+    larger than its model can need: a bundle must not make the runtime allocate what it
+    likes. No argument of one call holds more than a bucket's rows (one for decode) of
+    the model's widest row (its vocabulary, padded to whole tiles per partition), and no
+    weight more than the largest tensor."""
+    if not 0 <= spec.bucket <= shape.max_positions:
+        raise ArtifactError(f"{plan}: bucket {spec.bucket} exceeds the model's "
+                            f"{shape.max_positions} positions: {REBUILD}.")  # fmt: skip
+    widest = max(shape.hidden, shape.ffn, shape.q_dim, shape.kv_dim, shape.vocab + 1024)
+    largest_weight = widest * max(shape.hidden, shape.ffn, shape.q_dim)
+    for arg in spec.args:
+        elements = math.prod(arg.shape)
+        limit = largest_weight if arg.source else max(spec.bucket, 1) * widest
+        if elements > limit:
+            raise ArtifactError(
+                f"{plan}: argument {arg.name!r} declares {list(arg.shape)} ({elements} "
+                f"elements), more than this model can need ({limit}): {REBUILD}."
+            )
 
 
 @dataclass(frozen=True)
@@ -135,6 +200,11 @@ class ArtifactSet:
     def instances(self) -> list[str]:
         return list(self.manifest["elfs"])
 
+    def pin(self) -> Path | None:
+        """Keep this set's entries through a `doit cache gc=1` while this process runs
+        (`pin_entries`); the caller removes the pin when done."""
+        return pin_entries(self.store, list(self.manifest["elfs"].values()))
+
     def npu2_model_ms(self, instance: str) -> float | None:
         """One call of the ELF on npu2 as the build modeled it (the manifest's
         `npu2_model`, beside the artifacts); None where the manifest has none for it."""
@@ -153,6 +223,7 @@ class ArtifactSet:
                 f"content key: {REBUILD}"
             )
         artifact = load_entry(self.store / key, instance)
+        _check_sizes(artifact.spec, self.shape, self.store / key / PLAN)
         log.debug("artifact.load", elf=instance, key=key[:12], target=artifact.target)
         return artifact
 

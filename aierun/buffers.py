@@ -1,4 +1,4 @@
-"""Buffer management driven by argument roles (DESIGN.md section 5).
+"""Buffer management driven by argument roles (docs/design.md section 5).
 
 - weight: one buffer per (tensor, layout), written once at prepare and shared by
   every ELF that reads that tensor (prefill and decode use the same wq).
@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from aierun.abi import ArgSpec, ElfSpec, Role
+from aierun.abi import ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
 
@@ -34,6 +34,19 @@ SourceResolver = Callable[[str, str, tuple[int, ...]], np.ndarray]
 
 class BindingError(UserError):
     pass
+
+
+def bfp16_read_sources(specs: Iterable[ElfSpec]) -> frozenset[str]:
+    """The static data (weights, consts, by source) that some launch reads as a bfp16
+    mmul operand (`"mma": "bfp16"`): a device may keep it in that form too."""
+    return frozenset(
+        arg.source
+        for spec in specs
+        for launch in spec.launches
+        if launch.params.get("mma") == "bfp16"
+        for arg in (spec.arg(parse_binding(b)[0]) for b in launch.inputs)
+        if arg.source
+    )
 
 
 class BufferManager:
@@ -49,11 +62,20 @@ class BufferManager:
         self._input_specs: dict[str, dict[str, ArgSpec]] = {}
         self._fixed_sets: dict[tuple[str, int | None, int], dict[str, Buffer]] = {}
         self.preloaded_bytes = 0
+        self._bfp16_sources: frozenset[str] = frozenset()
 
     # -- prepare -------------------------------------------------------------
-    def preload(self, spec: ElfSpec, layers: range) -> None:
-        """Allocate every buffer one ELF needs and write its weights and consts,
-        so that no call pays for an allocation."""
+    def preload(self, specs: Iterable[ElfSpec], layers: range) -> None:
+        """Allocate every buffer these ELFs need and write their weights and consts,
+        so that no call pays for an allocation. All ELFs at once: a weight buffer is
+        shared by every ELF that reads its tensor, and how it is allocated depends on
+        all of its readers (`bfp16_read_sources`)."""
+        specs = list(specs)
+        self._bfp16_sources = bfp16_read_sources(specs)
+        for spec in specs:
+            self._preload(spec, layers)
+
+    def _preload(self, spec: ElfSpec, layers: range) -> None:
         for arg in spec.args_with(Role.WEIGHT):
             for layer in layers if arg.per_layer() else [None]:
                 self._weight(spec, arg, layer)
@@ -71,7 +93,8 @@ class BufferManager:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
         key = (source, arg.layout, arg.shape)
         if key not in self._weights:
-            buffer = self.device.alloc(arg, source)
+            bfp16 = arg.source in self._bfp16_sources
+            buffer = self.device.alloc(arg, source, bfp16_operand=bfp16)
             self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
             self._weights[key] = buffer
         return self._weights[key]
@@ -79,7 +102,8 @@ class BufferManager:
     def _const(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
         key = (spec.instance, arg.name)
         if key not in self._consts:
-            buffer = self.device.alloc(arg, f"{spec.instance}:{arg.name}")
+            label, bfp16 = f"{spec.instance}:{arg.name}", arg.source in self._bfp16_sources
+            buffer = self.device.alloc(arg, label, bfp16_operand=bfp16)
             self.preloaded_bytes += self._write_static(
                 buffer, self._resolved(spec, arg, arg.source)
             )

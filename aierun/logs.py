@@ -73,15 +73,29 @@ class _LogFileHandler(logging.FileHandler):
         _warn_no_file(self.baseFilename, sys.exc_info()[1])
 
 
+# Log files kept per folder: the oldest go when a run starts a new one.
+KEEP_LOG_FILES = 50
+
+
 def _open_file_handler(log_dir: Path) -> logging.FileHandler | None:
+    """A new JSON-lines file for this run, readable by its owner only (prompts and
+    answers are the user's business), in a folder of the owner's only."""
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_old_logs(log_dir, KEEP_LOG_FILES - 1)
+        os.close(os.open(log_dir / name, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
         handler = _LogFileHandler(log_dir / name, delay=False)
     except OSError as exc:
         _warn_no_file(str(log_dir / name), exc)
         return None
     return _handler(handler, structlog.processors.JSONRenderer())
+
+
+def _remove_old_logs(log_dir: Path, keep: int) -> None:
+    files = sorted(log_dir.glob("*.jsonl"), key=lambda f: f.stat().st_mtime)
+    for old in files[: max(len(files) - keep, 0)]:
+        old.unlink(missing_ok=True)
 
 
 def _warn_no_file(path: str, exc: BaseException | None) -> None:

@@ -18,6 +18,16 @@ from aierun.abi import BF16
 from aierun.errors import UserError
 from aierun.tokenizer import FastTokenizer
 
+SUPPORTED_ROPE = ("default", "llama3")
+
+
+def _require_positive(config: dict[str, Any], key: str) -> None:
+    if key not in config:
+        raise UserError(f"lacks {key}, a setting a Llama-family model needs.")
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"has {key} = {value!r}, where a whole number of 1 or more is needed.")
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -50,9 +60,21 @@ class ModelShape:
                 "this runtime implements the Llama architecture (RMSNorm, rope, GQA, SwiGLU)."
             )
         heads = config["num_attention_heads"]
+        for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                    "intermediate_size", "vocab_size"):  # fmt: skip
+            _require_positive(config, key)
+        for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if config.get(key) is not None:
+                _require_positive(config, key)
         scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {})
         scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
-        if scaling.get("rope_type", "default") == "default":
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind not in SUPPORTED_ROPE:
+            raise UserError(
+                f"asks for rope scaling {kind!r}, which is not supported (supported: "
+                f"{', '.join(SUPPORTED_ROPE)}): this model's positions cannot be computed."
+            )
+        if kind == "default":
             scaling = None
         theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get(
             "rope_theta", 10000.0
@@ -83,6 +105,25 @@ class ModelShape:
         return cls(**{**data, "rope_scaling": tuple(sorted(scaling.items())) if scaling else None})
 
 
+def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Llama-family checkpoint of this shape holds, by its Hugging Face
+    name, with its shape (lm_head only when untied)."""
+    e, q, kv, f = shape.hidden, shape.q_dim, shape.kv_dim, shape.ffn
+    layer = {
+        "input_layernorm.weight": (e,), "post_attention_layernorm.weight": (e,),
+        "self_attn.q_proj.weight": (q, e), "self_attn.k_proj.weight": (kv, e),
+        "self_attn.v_proj.weight": (kv, e), "self_attn.o_proj.weight": (e, q),
+        "mlp.gate_proj.weight": (f, e), "mlp.up_proj.weight": (f, e),
+        "mlp.down_proj.weight": (e, f),
+    }  # fmt: skip
+    shapes = {"model.embed_tokens.weight": (shape.vocab, e), "model.norm.weight": (e,)}
+    if not shape.tie_embeddings:
+        shapes["lm_head.weight"] = (shape.vocab, e)
+    for number in range(shape.n_layers):
+        shapes |= {f"model.layers.{number}.{name}": dims for name, dims in layer.items()}
+    return shapes
+
+
 def rope_inv_freq(shape: ModelShape) -> np.ndarray:
     """Rotary inverse frequencies, with Llama-3 frequency scaling when configured."""
     dim = shape.head_dim
@@ -92,7 +133,7 @@ def rope_inv_freq(shape: ModelShape) -> np.ndarray:
     if kind == "llama3":
         inv_freq = _llama3_scaled(inv_freq, scaling)
     elif kind not in (None, "default"):
-        raise UserError(f"rope scaling {kind!r} is not supported (supported: default, llama3)")
+        raise UserError(f"rope scaling {kind!r} is not supported (supported: {SUPPORTED_ROPE})")
     return inv_freq
 
 
@@ -203,13 +244,28 @@ class Checkpoint:
         self.config = _read_config(config_file)
         try:
             self.shape = ModelShape.from_config(self.config)
+        except UserError as exc:
+            raise UserError(f"{config_file} {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
                 "it is not a complete Llama-family config."
             ) from None
         self._index = self._index_tensors()
+        self._check_tensor_shapes()
         self._tokenizer = None
+
+    def _check_tensor_shapes(self) -> None:
+        """Refuse at once, naming the file and the tensor, a checkpoint whose weights do
+        not match its config (else a call deep inside a prefill would fail, or a token
+        id past the embedding would be sampled)."""
+        for name, shape in tensor_shapes(self.shape).items():
+            entry = self._index[self._resolve_tied(name)]
+            if tuple(entry.shape) != shape:
+                raise UserError(
+                    f"{entry.file}: tensor {name!r} is {list(entry.shape)}, but config.json "
+                    f"implies {list(shape)}: the weights and the config do not belong together."
+                )
 
     def _index_tensors(self) -> dict[str, _TensorEntry]:
         files = sorted(self.path.glob("*.safetensors"))
@@ -279,7 +335,17 @@ class Checkpoint:
 
     def _generation_config(self) -> dict[str, Any]:
         file = self.path / "generation_config.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
+        if not file.is_file():
+            return {}
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{file} is not valid JSON ({exc}): fix it or remove it (it only "
+                            "adds end-of-text ids).") from None  # fmt: skip
+        if not isinstance(data, dict):
+            raise UserError(f"{file} holds {type(data).__name__}, not a JSON object: fix it or "
+                            "remove it.")  # fmt: skip
+        return data
 
     def encode_prompt(self, prompt: str, chat: bool | None = None) -> list[int]:
         """Token ids for a user prompt: through the chat template when the model
@@ -293,11 +359,17 @@ class Checkpoint:
         """A whole conversation through the chat template, ready for the assistant."""
         if self.tokenizer.chat_template is None:
             raise UserError(f"{self.name} has no chat template: use `run` for plain text.")
-        return list(
-            self.tokenizer.apply_chat_template(
+        try:
+            ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        )
+        except Exception as exc:  # a template is a program: it may raise anything
+            raise UserError(
+                f"the chat template of {self.path} fails on this conversation "
+                f"({type(exc).__name__}: {exc}): fix `chat_template` in its "
+                "tokenizer_config.json, or use a prompt without a chat template."
+            ) from None
+        return list(ids)
 
 
 def _load_tokenizer(path: Path):

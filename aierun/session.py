@@ -31,7 +31,7 @@ from aierun.abi import (
 )
 from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.buffers import BufferManager
-from aierun.bundle import open_bundle
+from aierun.bundle import open_local
 from aierun.devices import open_device
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
@@ -42,6 +42,7 @@ from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
+from aierun.registry import Reference, open_pulled
 
 log = structlog.get_logger("aierun.session")
 
@@ -100,6 +101,7 @@ class Session:
         # prompt may share (prefix reuse, `generate(..., reuse=True)`).
         self.tokens: list[int] = []
         self.prepared = False
+        self._pin: Path | None = None  # this run's pin of its store entries (prepare)
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
         self.last_reused = 0  # cached prompt tokens the last generate did not recompute
         # Measured wall seconds (prefill per bucket, one decode step): what prefix reuse
@@ -116,17 +118,17 @@ class Session:
     # -- prepare -------------------------------------------------------------
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
+        self._pin = self.artifacts.pin()  # a `doit cache gc=1` meanwhile keeps them
         with self.profiler.in_phase("prepare") as span:
             self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")
             layers = range(self.shape.n_layers)
-            for instance in self.artifacts.instances:  # all loaded before any weight is
-                artifact = self.artifacts.load(instance)  # written: emu converts a bfp16
-                self._elfs[instance] = (  # GEMM's weights as they are written
+            for instance in self.artifacts.instances:
+                artifact = self.artifacts.load(instance)
+                self._elfs[instance] = (
                     artifact.spec,
                     self.device.load(artifact.spec, artifact.files),
                 )
-            for spec, _ in self._elfs.values():
-                self.buffers.preload(spec, layers)
+            self.buffers.preload((spec for spec, _ in self._elfs.values()), layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
             self.kv.grow(min(DECODE_HEADROOM, self.shape.max_positions))
             for spec, _ in reversed(self._elfs.values()):  # every generation calls these
@@ -406,7 +408,7 @@ class Session:
             bucket=None if self.last_reused else self.last_prompt[1],
         )
         for step in range(n_tokens):
-            log.debug("decode.token", step=step, token=token)
+            log.debug("decode.token", step=step)  # not the token: logs keep no text
             if token in stop_ids:
                 return
             yield token
@@ -430,6 +432,8 @@ class Session:
 
     def close(self) -> None:
         self.device.close()
+        if self._pin is not None:
+            self._pin.unlink(missing_ok=True)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -465,7 +469,7 @@ def open_session(args: argparse.Namespace, profiler: Profiler | None = None) -> 
     missing build fails at once rather than after the model is made ready."""
     device = open_device(args.device)
     try:
-        where = _artifacts_dir(args.artifacts, device.targets)
+        where = _artifacts_dir(args, device.targets)
         manifest = find_manifest(where, device.targets, paths.artifact_homes())
         checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
         artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
@@ -493,12 +497,24 @@ def session_on(
         raise
 
 
-def _artifacts_dir(artifacts: str | None, targets: tuple[str, ...]) -> Path | None:
-    if artifacts is None:
-        return None
-    path = Path(artifacts).expanduser()
-    if path.is_file() and path.name != "manifest.json":
-        return open_bundle(path, paths.home() / "bundles", targets)
-    if not path.exists():
-        raise UserError(f"--artifacts {artifacts}: no such file or directory")
+def _artifacts_dir(args: argparse.Namespace, targets: tuple[str, ...]) -> Path | None:
+    """What --artifacts names: a directory (a build, an unpacked bundle), a bundle
+    archive, or a bundle in a registry (HOST/REPO:TAG or @sha256:..., pulled on first
+    use); archives and pulled bundles pass --sha256 and the signature policy first."""
+    text = args.artifacts
+    path = Path(text).expanduser() if text is not None else None
+    if path is not None and path.is_file() and path.name != "manifest.json":
+        return open_local(path, targets, args)
+    if path is not None and not path.exists():
+        reference = Reference.parse(text)
+        if reference is None:
+            raise UserError(
+                f"--artifacts {text}: no such file or directory, nor a registry "
+                "reference (HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:DIGEST)."
+            )
+        return open_pulled(reference, targets, args)
+    if args.sha256 is not None:
+        where = f"--artifacts {text} is a directory" if text else "no --artifacts is given"
+        raise UserError(f"--sha256 checks a bundle archive or a registry reference, and {where}: "
+                        "pass the bundle itself (--artifacts BUNDLE.tar.gz).")  # fmt: skip
     return path

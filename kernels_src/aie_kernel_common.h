@@ -4,7 +4,7 @@
 // Every -D parameter and every macro of ours is named AIEK_*: a macro named E or K
 // would rewrite identifiers inside the aie_api and libstdc++ headers.
 //
-// AIE2P arithmetic facts these kernels rely on (npu-stack.md, "AIE2P arithmetic"),
+// AIE2P arithmetic facts these kernels rely on (docs/hardware.md, "Stack H. AIE2P arithmetic"),
 // and what of each the numpy emulation (aierun/ops) reproduces:
 // (R) float -> bf16 conversions round toward minus infinity unless the rounding
 //     mode register says otherwise: every kernel calls set_round_to_nearest_even()

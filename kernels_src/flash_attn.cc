@@ -43,7 +43,7 @@ static_assert(AIEK_BQ == AIEK_BK, "the causal mask assumes square blocks");
 // A block of weights (MT keys) is the next mmul's A operand (MS keys).
 static_assert(MS == MT, "the P V mmul takes the Q K^T blocks' keys as its depth");
 // A strip's scores and weights live in registers or spill to the core's stack, 1 KiB
-// unless the design sets another (reference/aie2p-facts.md): they may take 3/4 of it.
+// unless the design sets another (docs/hardware.md sections 2 and 9): they may take 3/4 of it.
 static_assert(KEY_GROUPS * (sizeof(Block) + sizeof(Weights)) <= 768,
               "a strip's scores and weights must leave room for the calls in a 1 KiB stack");
 

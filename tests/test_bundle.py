@@ -89,6 +89,7 @@ def test_packing_is_reproducible(tmp_path, bundle, runtime_home, emu_manifest):
     assert again.read_bytes() == bundle.read_bytes()
 
 
+@pytest.mark.slow
 def test_bundle_runs_elsewhere_without_aiebuild(tmp_path, bundle, session, model_dir):
     """The bundle copied to another directory, run by a Python that cannot import
     aiebuild, generates what the build directory's artifacts generate."""

@@ -29,8 +29,10 @@ def run(model_dir, emu_manifest, capsys):
         (("--device", "gpu"), r"unknown device 'gpu'"),
         (("--temperature", "-1"), r"--temperature must be >= 0"),
         (("--top-p", "0"), r"--top-p in \(0, 1\]"),
+        (("--seed", "-1"), r"--seed must be 0 or more, got -1"),
     ],
 )
+@pytest.mark.slow
 def test_bad_run_flags_are_refused_with_what_to_do(run, flags, message):
     assert re.search(message, run(*flags))
 
@@ -48,3 +50,39 @@ def test_missing_model_and_artifacts_are_named(tmp_path, emu_manifest, capsys):
     assert "is neither a checkpoint directory" in capsys.readouterr().err
     assert cli.main(["run", "--artifacts", str(tmp_path)]) == 2
     assert "no compiled artifacts for target emu" in capsys.readouterr().err
+
+
+def test_a_tiny_temperature_samples_the_best_token_instead_of_nan():
+    import numpy as np
+
+    from aierun.host.sampling import Sampling, sample
+
+    logits = np.array([1.0, 3.0, 2.0, 3.0 - 1e-3], np.float32)
+    rng = np.random.default_rng(0)
+    assert {sample(logits, Sampling(1e-300, 1.0, 0), rng) for _ in range(20)} == {1}
+
+
+def test_chat_with_stdin_closed_says_so(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", None)
+    assert cli.main(["chat"]) == 2
+    assert "standard input, which is closed" in capsys.readouterr().err
+
+
+def test_a_bundle_size_limit_that_is_not_a_number_is_named(monkeypatch):
+    from aierun import bundle
+    from aierun.artifacts import ArtifactError
+
+    for value in ("1G", "abc", "-5"):
+        monkeypatch.setenv(bundle.LIMIT_ENV, value)
+        with pytest.raises(ArtifactError, match=f"{bundle.LIMIT_ENV}='{value}'"):
+            bundle.max_unpacked_bytes()
+
+
+def test_an_unknown_log_level_is_refused_on_stderr_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--log-level", "LOUD", "unpack", "nowhere.tar.gz"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert "argument --log-level: invalid choice: 'LOUD'" in captured.err

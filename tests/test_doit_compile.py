@@ -40,6 +40,7 @@ def model_copy(tmp_path, model_dir) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_second_compile_rebuilds_nothing(tmp_path, model_copy):
     build = tmp_path / "build"
     ran = doit_compile(build, f"model={model_copy}", "buckets=64")
@@ -47,6 +48,7 @@ def test_second_compile_rebuilds_nothing(tmp_path, model_copy):
     assert doit_compile(build, f"model={model_copy}", "buckets=64") == set()
 
 
+@pytest.mark.slow
 def test_changed_parameter_rebuilds_only_affected_elfs(tmp_path, model_copy):
     build = tmp_path / "build"
     doit_compile(build, f"model={model_copy}", "buckets=64")
@@ -59,6 +61,7 @@ def test_changed_parameter_rebuilds_only_affected_elfs(tmp_path, model_copy):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_new_bucket_builds_only_its_elfs(tmp_path, model_copy):
     build = tmp_path / "build"
     doit_compile(build, f"model={model_copy}", "buckets=64")
@@ -66,3 +69,12 @@ def test_new_bucket_builds_only_its_elfs(tmp_path, model_copy):
         "compile:rms_gemms_rope.s128", "compile:flash_attn.s128", "compile:o_ffn.s128",
         "compile:manifest", "compile:choices",
     }  # fmt: skip
+
+
+def test_doit_list_works_before_the_default_model_is_made(tmp_path):
+    """A fresh clone has no build/: `doit list` names the tasks instead of failing."""
+    from aiebuild.tasks import BuildConfig, compile_tasks
+
+    config = BuildConfig(tmp_path, None, (64,), "emu")
+    (group,) = list(compile_tasks(config))
+    assert group["name"] is None and "after `doit model`" in group["doc"]

@@ -41,7 +41,7 @@ def test_weight_buffer_never_written_fails_loudly():
 def test_preloaded_weights_compute_and_round_to_bf16():
     spec, device = tiny_gemm_elf(), EmuDevice()
     manager = BufferManager(device, weights)
-    manager.preload(spec, range(2))
+    manager.preload([spec], range(2))
     x = np.full((2, 4), 1.0 + 2**-7, BF16)  # 4 * 0.5 * (1 + 2^-7) needs rounding in bf16
     buffers, written = manager.bind(spec, 1, {"x": x})
     device.run(device.load(spec, {}), spec, buffers)
@@ -56,7 +56,7 @@ def test_preloaded_weights_compute_and_round_to_bf16():
 def test_unchanged_input_is_not_written_again():
     spec, device = tiny_gemm_elf(), EmuDevice()
     manager = BufferManager(device, weights)
-    manager.preload(spec, range(1))
+    manager.preload([spec], range(1))
     x = np.ones((2, 4), BF16)
     assert manager.bind(spec, 0, {"x": x})[1] == x.nbytes
     assert manager.bind(spec, 0, {"x": x})[1] == 0
@@ -74,7 +74,7 @@ def test_binding_error_names_elf_argument_and_shapes():
 def test_outputs_alternate_between_two_buffers():
     spec = tiny_gemm_elf()
     manager = BufferManager(EmuDevice(), weights)
-    manager.preload(spec, range(1))
+    manager.preload([spec], range(1))
     x = np.ones((2, 4), BF16)
     first, second, third = (manager.bind(spec, 0, {"x": x})[0]["y"] for _ in range(3))
     assert first is not second and first is third
@@ -91,7 +91,7 @@ def test_a_cache_keeps_one_buffer_per_layer_across_calls():
         (Launch("kv_store", {"kv_heads": 2}, ("k", "v"), ("k_cache", "v_cache")),),
     )  # fmt: skip
     device, manager = EmuDevice(), BufferManager(EmuDevice(), weights)
-    manager.preload(spec, range(3))
+    manager.preload([spec], range(3))
     rows = [
         np.arange(32, dtype=np.float32).reshape(4, 8).astype(BF16) + layer for layer in range(3)
     ]
@@ -116,12 +116,12 @@ def test_a_bfp16_gemm_converts_its_weights_once_and_computes_as_the_kernel(monke
     spec, device = ElfSpec("tiny", "prefill", 2, args, (launch,)), EmuDevice()
     rng = np.random.default_rng(3)
     w = rng.standard_normal((3, 16)).astype(BF16)
-    manager = BufferManager(device, lambda source, layout, shape: w)
-    manager.preload(spec, range(1))
     conversions = []
     monkeypatch.setattr(numerics, "to_bfp16", counting(numerics.to_bfp16, conversions))
     monkeypatch.setattr(emu, "to_bfp16", numerics.to_bfp16)
     monkeypatch.setattr(matmul, "to_bfp16", numerics.to_bfp16)
+    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager.preload([spec], range(1))  # the weight is converted as it is written
     elf = device.load(spec, {})
     for _ in range(3):
         x = rng.standard_normal((2, 16)).astype(BF16)
@@ -158,7 +158,7 @@ def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
     elf = device.load(spec, {})  # loaded before the weights are written, as prepare does
     w = np.random.default_rng(4).standard_normal((3, 16)).astype(BF16)
     manager = BufferManager(device, lambda source, layout, shape: w)
-    manager.preload(spec, range(1))
+    manager.preload([spec], range(1))
     conversions = []
     monkeypatch.setattr(emu, "to_bfp16", counting(numerics.to_bfp16, conversions))
     buffers, _ = manager.bind(spec, 0, {"x": np.ones((2, 16), BF16)})

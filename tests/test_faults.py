@@ -29,7 +29,7 @@ from conftest import compile_emu
 from safetensors.numpy import save_file
 
 from aiebuild.bundle import pack
-from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, cli, default_model, paths
+from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA, cli, default_model, logs, paths
 from aierun.bundle import BUNDLE_META, SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +202,7 @@ def with_big_member(files: dict[str, bytes], declared: int) -> tuple[dict[str, b
     return files, {"sizes": sizes}
 
 
+@pytest.mark.slow
 def test_bundle_member_bigger_than_declared_is_refused_before_writing(tmp_path, bundle, home):
     files, meta = with_big_member(members(bundle), declared=10)
     bomb = forge(tmp_path / "bomb.tar.gz", files, meta)
@@ -289,6 +290,7 @@ def test_artifacts_of_an_older_schema_are_refused_with_what_to_do(build_copy, ti
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_manifest_naming_a_non_key_is_refused(build_copy, tiny, home):
     data = json.loads(emu_manifest(build_copy).read_text())
     data["elfs"][next(iter(data["elfs"]))] = "../../../etc"
@@ -303,6 +305,7 @@ def _an_entry(build: Path) -> Path:
     return build / "cache" / "emu" / key
 
 
+@pytest.mark.slow
 def test_missing_store_entry_says_run_doit_compile(build_copy, tiny, home):
     subprocess.run(["rm", "-rf", str(_an_entry(build_copy))], check=True)
     refused(aierun(home, *run_args(tiny, build_copy)), 2, r"is missing .*run `doit compile`")
@@ -310,6 +313,7 @@ def test_missing_store_entry_says_run_doit_compile(build_copy, tiny, home):
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_corrupt_store_entry_says_run_doit_compile(build_copy, tiny, home):
     plan = _an_entry(build_copy) / "plan.json"
     plan.write_text(plan.read_text().replace('"', "'", 1))
@@ -319,6 +323,7 @@ def test_corrupt_store_entry_says_run_doit_compile(build_copy, tiny, home):
     the_next_run_works(tiny, build_copy, home)
 
 
+@pytest.mark.slow
 def test_torn_artifact_record_says_run_doit_compile(build_copy, tiny, home):
     (_an_entry(build_copy) / "artifact.json").write_text("{")
     refused(aierun(home, *run_args(tiny, build_copy)), 2,
@@ -361,6 +366,7 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_home_still_runs_and_refuses_to_unpack(tmp_path, tiny, built, bundle):
     with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as home:
         result = aierun(home, *run_args(tiny, built))
@@ -485,6 +491,7 @@ CHECKPOINT_FAULTS = {
 
 
 @pytest.mark.parametrize("case", list(CHECKPOINT_FAULTS))
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named(case, tmp_path, tiny, built, home):
     damage, message = CHECKPOINT_FAULTS[case]
     model = damaged_copy(tiny, tmp_path)
@@ -493,6 +500,7 @@ def test_damaged_checkpoint_is_named(case, tmp_path, tiny, built, home):
     the_next_run_works(tiny, built, home)
 
 
+@pytest.mark.slow
 def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny, home):
     model = write_tiny_model(tmp_path / "nan", model_dir, model__norm__weight=np.nan)
     refused(aierun(home, *run_args(model, built)), 2,
@@ -501,21 +509,32 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 
 
 # -- signals, pipes, encodings, flags ----------------------------------------------
-def test_ctrl_c_during_generation_keeps_the_text_and_exits_130(tiny, built, home):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code", "message"),
+    [(signal.SIGINT, 130, r"aierun run: interrupted \(Ctrl-C\)"),
+     (signal.SIGTERM, 143, r"aierun run: stopped by SIGTERM"),
+     (signal.SIGHUP, 129, r"aierun run: stopped by SIGHUP")],
+)  # fmt: skip
+def test_a_signal_during_generation_keeps_the_text_ends_the_line_and_says_why(
+    tiny, built, home, signum, code, message
+):
     args = run_args(tiny, built)[:-2] + ["--n-tokens", "200000", "--seq-len", "64"]
     process = subprocess.Popen(
         [sys.executable, "-m", "aierun.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
     )  # fmt: skip
     first = process.stdout.read(8)  # generation has started
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     rest, err = process.communicate(timeout=120)
     result = subprocess.CompletedProcess(args, process.returncode, first + rest, err)
-    refused(result, 130, r"aierun run: interrupted \(Ctrl-C\)")
+    refused(result, code, message)
     assert (first + rest).startswith(first) and len(first) == 8  # the partial answer stays
+    assert (first + rest).endswith(b"\n")  # the line is ended
     the_next_run_works(tiny, built, home)
 
 
+@pytest.mark.slow
 def test_closed_pipe_is_quiet(tiny, built, home):
     command = [sys.executable, "-m", "aierun.cli", *run_args(tiny, built)[:-2], "--n-tokens", "64"]
     shell = f"{' '.join(map(repr, command))} | head -c 1; exit ${{PIPESTATUS[0]}}"
@@ -541,6 +560,7 @@ def test_prompts_file_that_is_not_utf8(tmp_path, tiny, built, home):
     refused(result, 2, r"--prompts .*prompts\.txt is not UTF-8 text")
 
 
+@pytest.mark.slow
 def test_chat_input_that_is_not_utf8(tiny, built, home):
     result = aierun(home, "chat", "--model", str(tiny), "--artifacts", str(built),
                     stdin=b"caf\xe9\n", PYTHONIOENCODING="utf-8:strict")  # fmt: skip
@@ -587,6 +607,7 @@ def test_two_compiles_at_once(tmp_path, tiny):
     the_next_run_works(tiny, build, tmp_path / "home")
 
 
+@pytest.mark.slow
 def test_two_runs_at_once(tiny, built, home):
     command = [sys.executable, "-m", "aierun.cli", *run_args(tiny, built)]
     processes = [subprocess.Popen(command, cwd=ROOT, env=environment(home),
@@ -601,6 +622,7 @@ def test_two_runs_at_once(tiny, built, home):
 
 
 # -- the front door --------------------------------------------------------------
+@pytest.mark.slow
 def test_chat_keeps_logs_off_the_console_and_says_when_an_answer_was_cut(tiny, built, home):
     result = aierun(home, "chat", "--model", str(tiny), "--artifacts", str(built),
                     "--n-tokens", "2", stdin=b"Hi\n\n")  # fmt: skip
@@ -610,6 +632,7 @@ def test_chat_keeps_logs_off_the_console_and_says_when_an_answer_was_cut(tiny, b
     assert out.endswith("\n")  # the (random model's) answer, streamed
 
 
+@pytest.mark.slow
 def test_aierun_inside_a_checkout_finds_its_build(tmp_path, tiny, built):
     checkout = tmp_path / "checkout"
     for marker in paths.CHECKOUT_MARKERS:
@@ -639,6 +662,7 @@ def test_a_new_home_shares_the_converted_default_model(tmp_path, monkeypatch, mo
     assert half_written(tmp_path / "second") == []
 
 
+@pytest.mark.slow
 def test_build_choices_are_remembered_and_models_kept_side_by_side(tmp_path, tiny, model_dir):
     build = tmp_path / "build"
     other = write_tiny_model(tmp_path / "other", model_dir)
@@ -687,3 +711,100 @@ def test_a_long_prefill_shows_progress_and_a_short_one_does_not(capsys):
     assert logs.progress(short, "prefill layers", 64) is short  # pipelines stay quiet
     assert list(logs.progress(range(3), "prefill layers", logs.LONG_PREFILL)) == [0, 1, 2]
     assert f"prefill layers ({logs.LONG_PREFILL} positions)" in capsys.readouterr().err
+
+
+def test_log_files_are_private_and_rotated(tmp_path):
+    """Logs hold prompts and answers: owner-only files in an owner-only folder, the
+    oldest removed once there are more than logs.KEEP_LOG_FILES, and no token ids."""
+    import stat
+
+    folder = tmp_path / "logs"
+    for number in range(logs.KEEP_LOG_FILES + 3):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / f"old-{number:03d}.jsonl").write_text("{}\n")
+    path = logs.configure(folder, "warning")
+    assert path is not None and path.parent == folder
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(list(folder.glob("*.jsonl"))) == logs.KEEP_LOG_FILES
+    assert not (folder / "old-000.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_output_path_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path, kind):
+    import os
+
+    from aierun.errors import UserError
+    from aierun.files import write_atomic
+
+    target, victim = tmp_path / "out.json", tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    if kind == "symlink":
+        target.symlink_to(victim)
+    else:
+        os.mkfifo(target)
+    with pytest.raises(UserError, match="is not a regular file: refusing to replace it"):
+        write_atomic(target, "{}")
+    assert victim.read_text() == "keep me"
+    assert target.is_symlink() if kind == "symlink" else not target.is_file()
+    write_atomic(tmp_path / "new.json", "{}")  # a regular or new file is written as before
+
+
+def test_a_lock_another_process_holds_is_announced_and_given_up_on(tmp_path, capsys):
+    from filelock import FileLock
+
+    from aierun.errors import UserError
+    from aierun.files import holding
+
+    lock_file = tmp_path / ".lock"
+    other = FileLock(lock_file, thread_local=False)
+    other.acquire()  # as another process would hold it
+    try:
+        refused = pytest.raises(UserError, match=r"gave up after 1 s waiting for the store")
+        with refused, holding(lock_file, "the store", wait_s=1.0):
+            pass
+        assert f"waiting for the store: another process holds {lock_file}" in (
+            capsys.readouterr().err
+        )
+    finally:
+        other.release()
+    with holding(lock_file, "the store"):  # free again: taken at once, nothing said
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_the_staging_left_by_a_killed_process_is_removed_by_the_next(tmp_path):
+    """kill -9 during an unpack or a conversion leaves its staging directory: the next
+    publish of the same thing removes it (its process is gone); a live one stays."""
+    import os
+
+    from aierun.files import publish_dir, staging_dir
+
+    final = tmp_path / "0123456789abcdef"
+    dead = tmp_path / ".0123456789ab.999999999.x1y2"  # no such process
+    live = tmp_path / f".0123456789ab.{os.getppid()}.z3"  # a process that is running
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "half-written").write_bytes(b"\0" * 1024)
+    with staging_dir(final) as staging:
+        (staging / "done").write_text("ok")
+        publish_dir(staging, final, lambda path: (path / "done").is_file())
+    assert not dead.exists() and live.is_dir() and (final / "done").is_file()
+
+
+def test_a_chat_template_that_raises_and_a_broken_generation_config_are_named(tmp_path, model_dir):
+    import shutil
+
+    from aierun.errors import UserError
+    from aierun.model import Checkpoint
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    # transformers reads the template from chat_template.jinja when the file is there
+    (copy / "chat_template.jinja").write_text("{{ raise_exception('no system prompts') }}")
+    (copy / "generation_config.json").write_text("{not json")
+    checkpoint = Checkpoint(copy)
+    with pytest.raises(UserError, match=r"chat template of .* fails on this conversation"):
+        checkpoint.encode_prompt("hi")
+    with pytest.raises(UserError, match=r"generation_config.json is not valid JSON"):
+        checkpoint.stop_token_ids()

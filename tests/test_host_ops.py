@@ -115,6 +115,7 @@ def test_emu_weights_live_as_fp32_and_read_back_as_written():
     np.testing.assert_array_equal(buffer.host, weight)  # the bf16 view, rebuilt from fp32
 
 
+@pytest.mark.slow
 def test_prefill_reuses_the_cache_made_at_prepare(session):
     cache = session.kv
     assert cache.capacity >= session.artifacts.buckets[-1]

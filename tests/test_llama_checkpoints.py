@@ -67,3 +67,41 @@ def test_artifacts_of_another_model_are_refused(tmp_path, model_dir, emu_manifes
     tiny_llama(tmp_path / "model", model_dir)
     with pytest.raises(UserError, match="compiled for another model shape"):
         Session(Checkpoint(tmp_path / "model"), ArtifactSet.open(emu_manifest), EmuDevice())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, r"config.json has num_attention_heads = 0, where a"),
+        ({"vocab_size": "many"}, r"vocab_size = 'many'"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, r"rope scaling 'linear'"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope scaling 'yarn'"),
+    ],
+)
+def test_a_config_the_model_cannot_run_is_refused_when_read(tmp_path, model_dir, change, message):
+    import json
+
+    path = tmp_path / "model"
+    tiny_llama(path, model_dir)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(UserError, match=message):
+        Checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "tensor"),
+    [({"vocab_size": 501}, "model.embed_tokens.weight"),  # a padded id could be sampled
+     ({"intermediate_size": 448}, "model.layers.0.mlp.gate_proj.weight")],
+)  # fmt: skip
+def test_weights_that_do_not_match_the_config_are_named_when_read(
+    tmp_path, model_dir, change, tensor
+):
+    import json
+
+    path = tmp_path / "model"
+    tiny_llama(path, model_dir)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(UserError, match=rf"model.safetensors: tensor '{tensor}' is \["):
+        Checkpoint(path)

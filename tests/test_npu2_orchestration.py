@@ -36,6 +36,7 @@ from aiebuild.npu2.target import (
 )
 from aiebuild.ops import common, gemv
 from aiebuild.specs import model_specs
+from aiebuild.targets import EmuTarget
 from aiebuild.tasks import BuildConfig, compile_all, compile_tasks, plan, select_target
 from aierun.abi import BF16
 from aierun.artifacts import PLAN, ArtifactSet
@@ -349,6 +350,18 @@ def test_the_content_key_covers_the_abi_rule_and_flags_not_npu2_py_bytes(standin
     assert "aierun/abi.py" in sources and "aiebuild/npu2/target.py" not in sources
     assert not any(label.startswith("aierun/devices") for label in sources)
     assert "aiebuild/npu2/target.py:flags" in sources
+
+
+def test_no_content_key_covers_the_time_model(standins, model_dir):
+    """The modeled npu2 time is the manifest's, beside the artifacts: editing the time
+    model (or the rules check) rebuilds no ELF of either target."""
+    _, _, _, builds = plan(config(standins["tmp"], model_dir))
+    time_model = ("aiebuild/array/timing.py", "aiebuild/array/core_model.py",
+                  "aiebuild/array/kernel_counts.py", "aiebuild/placed.py",
+                  "aiebuild/array/rules.py")  # fmt: skip
+    for build in builds:
+        for target in (Npu2Target(), EmuTarget()):
+            assert not set(time_model) & set(target.sources(build.spec)), target.name
 
 
 def test_a_failing_kernel_compile_names_the_kernel_and_publishes_nothing(

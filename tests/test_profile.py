@@ -1,19 +1,27 @@
 """`profile`: the seed's report sections, the JSON contract, the trace, the HTML page
-and the roofline, from one short production run on the emulated device."""
+with its charts (also in headless Chromium), the roofline and the comparison of two
+runs, from one short production run on the emulated device."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aierun import cli
 from aierun.host.sampling import Sampling
-from aierun.profiling import command, roofline
+from aierun.profiling import command, compare, roofline
+from aierun.profiling.charts import MEASURED, MODELED, STEP_COLORS
 from aierun.profiling.command import run_profile
-from aierun.profiling.html import render_html
+from aierun.profiling.html import PERFETTO, render_html
 from aierun.profiling.profile_json import to_json
 from aierun.profiling.recorder import Profiler
 from aierun.profiling.text import dataflow_section, render_text
@@ -55,6 +63,7 @@ def profile_json(profiled):
     return json.loads(json.dumps(to_json(profiled)))  # what a reader of the file gets
 
 
+@pytest.mark.slow
 def test_every_section_is_printed_in_the_seeds_order(profiled):
     text = render_text(profiled)
     positions = [text.index(f"\n{title}\n") for title in SECTIONS]
@@ -190,8 +199,34 @@ def test_html_draws_the_dataflow_with_measured_times_and_needs_nothing_else(prof
         assert f">{step}</text>" in page
     assert f"TTFT {profiled.ttft_ms:.1f} ms" in svg
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    assert "<script" not in page and "<link" not in page
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
+
+
+def test_html_has_the_charts_a_legend_the_hot_spot_and_where_the_trace_is(profiled):
+    trace = Path("/profiles/run.trace.json")
+    page = render_html(profiled, trace)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 5 and any("Roofline" in c for c in captions)
+    assert page.count("<svg") == 5 + 2  # the charts and the two dataflows
+    for step in ("o_ffn", "lm_head_gemv", "decode_attention", "untimed"):
+        assert f'<span style="--c:{STEP_COLORS[step]}">{step}' in page
+    lead = re.search(r'<p class="lead">(.*?)</p>', page).group(1)
+    assert lead.startswith("Largest share: ") and "of the prefill" in lead
+    assert str(trace) in page and PERFETTO in page and "Open trace file" in page
+    assert "--trace PATH" in render_html(profiled)  # no trace written: how to get one
+    # The charts carry their text as text (svg.fonttype none), so a page can be searched.
+    assert ">measured (emu)<" in page.replace("\n", "")
+
+
+def test_the_largest_share_names_the_step_that_takes_most_of_each_phase(profiled):
+    text = render_text(profiled)
+    sentence = next(line for line in text.splitlines() if line.startswith("Largest share"))
+    steps = {name: sum(e.stats.total_ms for e in profiled.elfs_of("prefill")
+                       if e.spec.name == name)
+             for name in ("rms_gemms_rope", "flash_attn", "o_ffn")}  # fmt: skip
+    assert sentence.startswith(f"Largest share: {max(steps, key=steps.get)} takes ")
 
 
 def test_roofline_of_a_gemm_matches_a_hand_computation(session):
@@ -255,6 +290,7 @@ def cli_on_test_session(session, monkeypatch):
     monkeypatch.setattr(command, "open_session", open_prepared)
 
 
+@pytest.mark.slow
 def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(
     cli_on_test_session, capsys, runtime_home
 ):
@@ -271,9 +307,12 @@ def test_cli_profile_prints_the_report_and_writes_all_three_files_by_default(
     assert data["seq_len"] == 128
     assert data["prepare_ms"] is None  # the test session was prepared before recording
     assert json.loads(written["trace"].read_text())["traceEvents"]
-    assert "<svg" in written["html"].read_text()
+    page = written["html"].read_text()
+    assert "<svg" in page and str(written["trace"]) in page
+    assert f"open the trace at {PERFETTO} (Open trace file)" in out
 
 
+@pytest.mark.slow
 def test_cli_profile_writes_only_the_files_asked_for_and_refuses_an_unwritable_path(
     cli_on_test_session, capsys, tmp_path
 ):
@@ -297,3 +336,132 @@ def test_a_run_that_never_decodes_still_reports(session, monkeypatch):
     assert "TPOT: n/a" in text
     assert to_json(report)["tpot_ms"] is None
     assert "<svg" in render_html(report)
+
+
+# -- the page in a browser ------------------------------------------------------------
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def screenshot(page: str, where: Path, height: int = 3000) -> np.ndarray:
+    """The page as headless Chromium draws it, 1400 pixels wide: RGB pixels."""
+    from PIL import Image
+
+    browser = next((path for path in map(shutil.which, BROWSERS) if path), None)
+    if browser is None:
+        pytest.skip("no Chromium on PATH: tools/install.sh --dev installs Debian's chromium "
+                    "when it runs as root with apt-get")  # fmt: skip
+    html, png = where.with_suffix(".html"), where.with_suffix(".png")
+    html.write_text(page)
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={png}", f"--window-size=1400,{height}", html.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert png.exists(), result.stderr
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def pixels_of(image: np.ndarray, color: str, tolerance: int = 10) -> int:
+    rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(image.astype(int) - rgb).max(axis=2) <= tolerance).sum())
+
+
+def test_the_page_renders_in_chromium_with_its_charts(profiled, tmp_path):
+    image = screenshot(render_html(profiled), tmp_path / "profile")
+    assert image.shape == (3000, 1400, 3)
+    # Chart colours only (the dataflow boxes are drawn in other ones): the bars of
+    # the prefill's and the decode's largest steps, the npu2 model's bars.
+    for color in (STEP_COLORS["o_ffn"], STEP_COLORS["o_gemv_ffn"], MODELED):
+        assert pixels_of(image, color) > 2000, color
+
+
+def test_the_comparison_renders_in_chromium_with_its_chart(two_profiles, tmp_path):
+    page = compare.render_html(compare.Comparison(*map(compare.load_run, two_profiles)))
+    image = screenshot(page, tmp_path / "compare", height=1200)
+    for color in (MEASURED, MODELED):  # B's bars and A's
+        assert pixels_of(image, color) > 2000, color
+
+
+# -- two runs side by side --------------------------------------------------------------
+@pytest.fixture
+def two_profiles(profile_json, tmp_path) -> tuple[Path, Path]:
+    """A: the profiled run. B: the same run three times slower in its kernels, of
+    another model, without one CPU step."""
+    b = copy.deepcopy(profile_json)
+    b["model"] = "Other-Model"
+    for entry in b["kernels"].values():
+        entry["total_ms"] *= 3
+    del b["cpu_ops"]["prefill/eos_pad"]
+    paths = tmp_path / "a.json", tmp_path / "b.json"
+    for path, data in zip(paths, (profile_json, b), strict=True):
+        path.write_text(json.dumps(data))
+    return paths
+
+
+def test_comparison_puts_the_largest_change_first_and_says_what_does_not_match(two_profiles):
+    comparison = compare.Comparison(*map(compare.load_run, two_profiles))
+    rows = comparison.matched()
+    changes = [abs(b - a) for _, a, b in rows]
+    assert changes == sorted(changes, reverse=True)
+    step, a, b = rows[0]
+    assert step == "prefill/o_ffn" and b == pytest.approx(3 * a)
+    assert "prefill/eos_pad" not in {r[0] for r in rows}
+    notes = " ".join(comparison.mismatches())
+    assert "different models: A SmolLM2-135M-Instruct, B Other-Model" in notes
+    assert "only in A: prefill/eos_pad; only in B: none" in notes
+    text = compare.render_text(comparison)
+    assert "Largest change: prefill/o_ffn" in text
+    row = next(line for line in text.splitlines() if line.startswith("prefill/o_ffn "))
+    assert row.split()[4] == "3.00x"  # step, A, B, B - A, B / A, then the npu2 models
+    for line in ("TTFT (prefill wall) ms", "TPOT (decode step wall) ms",
+                 "npu2 model TTFT (kernels) ms", "npu2 model TPOT (kernels) ms"):  # fmt: skip
+        assert line in text
+
+
+def test_cli_compare_prints_and_writes_text_and_html(two_profiles, capsys, runtime_home):
+    assert cli.main(["profile", "--compare", *map(str, two_profiles)]) == 0
+    out = capsys.readouterr().out
+    assert "\nPER STEP, LARGEST CHANGE FIRST\n" in out
+    written = dict(re.findall(r"^comparison (text|html): (.+)$", out, re.MULTILINE))
+    assert set(written) == {"text", "html"}
+    text, html = Path(written["text"]), Path(written["html"])
+    assert text.parent == runtime_home / "profiles" and text.name.startswith("compare-")
+    assert "PER STEP, LARGEST CHANGE FIRST" in text.read_text()
+    assert "<svg" in html.read_text() and "different models" in html.read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("plain text", "is not a profile JSON: it is not JSON"),
+        ('{"traceEvents": []}', "is a Perfetto trace, not a profile JSON"),
+        ("[1, 2]", 'is not a profile JSON: no "schema" key'),
+        ('{"schema": 99}', "is a profile JSON of schema 99; this aierun reads schema 1"),
+        ('{"schema": 1, "model": "m"}', "is not a whole profile JSON: device, "),
+        (None, "cannot read the profile"),
+    ],
+)
+def test_compare_refuses_a_file_that_is_not_a_profile_json(
+    content, says, two_profiles, tmp_path, capsys
+):
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    assert cli.main(["profile", "--compare", str(two_profiles[0]), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"aierun profile: {bad}" if content else f"aierun profile: cannot read the profile {bad}"
+    )
+    assert says in err[0]
+
+
+def test_doit_profile_compare_takes_the_two_files_as_a_variable(two_profiles, tmp_path):
+    env = {**os.environ, "AIE_BUILD_DIR": str(tmp_path / "build")}
+    result = subprocess.run(
+        [sys.executable, "-m", "doit", "profile", "compare=" + ",".join(map(str, two_profiles))],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "PER STEP, LARGEST CHANGE FIRST" in result.stdout
+    assert "compile" not in result.stderr  # nothing to build for a comparison
+    assert list((tmp_path / "build" / "profiles").glob("compare-*.html"))

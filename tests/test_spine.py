@@ -37,6 +37,7 @@ def reference_last_logits(reference, ids: list[int]) -> np.ndarray:
         return reference(torch.tensor([ids])).logits[0, -1].numpy()
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_after_prefill_and_each_decode_step(
     session, checkpoint, reference
 ):
@@ -62,6 +63,7 @@ def test_greedy_answer_to_the_japan_prompt_names_tokyo(session, checkpoint):
     assert "Tokyo" in checkpoint.tokenizer.decode(tokens)
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(session):
     from aierun.host.sampling import Sampling
 
@@ -81,6 +83,7 @@ def test_prompt_longer_than_every_bucket_is_refused_clearly(session):
         session.prefill(too_long)
 
 
+@pytest.mark.slow
 def test_aierun_run_prints_only_the_generated_text(session, checkpoint, model_dir, emu_manifest):
     command = [
         sys.executable, "-m", "aierun.cli", "run", "--model", str(model_dir),

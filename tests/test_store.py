@@ -166,6 +166,7 @@ def test_concurrent_publishers_never_collide(tmp_path):
     assert sorted(p.name for p in store.root.iterdir() if p.name.startswith(".")) == [LOCK]
 
 
+@pytest.mark.slow
 def test_parallel_doit_compile_then_nothing_to_do(tmp_path, model_dir):
     """`doit -n 2 compile` from scratch: ELFs publish from two workers at once."""
 
@@ -185,3 +186,23 @@ def test_parallel_doit_compile_then_nothing_to_do(tmp_path, model_dir):
     assert sorted(first) == sorted(f"compile:{i}" for i in expected)
     assert all(Store(tmp_path, "emu").is_valid(k) for k in artifacts.manifest["elfs"].values())
     assert doit_compile() == []
+
+
+def test_gc_keeps_the_entries_a_running_process_has_pinned(tmp_path, model_dir):
+    """A run pins the entries it loads: `doit cache gc=1` meanwhile keeps them even
+    when no manifest names them; a dead process's pin no longer counts."""
+    import os
+
+    from aierun.artifacts import PINS, ArtifactSet, pin_entries
+
+    manifest = compile_all(BuildConfig(tmp_path, str(model_dir), (64,), "emu"))
+    artifacts = ArtifactSet.open(manifest)
+    store = Store(tmp_path, "emu")
+    pin = artifacts.pin()
+    assert pin is not None and pin.name == f"{os.getpid()}.json"
+    assert store.collect_garbage(keep=set(), grace_s=0) == []  # all pinned by this process
+    pin.unlink()
+    pin_entries(store.root, store.keys())  # as this process...
+    (store.root / PINS / f"{os.getpid()}.json").rename(store.root / PINS / "999999999.json")
+    removed = store.collect_garbage(keep=set(), grace_s=0)  # ...but dead: nothing kept
+    assert set(removed) >= set(artifacts.manifest["elfs"].values())

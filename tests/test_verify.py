@@ -83,6 +83,7 @@ def test_reference_hidden_states_are_each_layers_output_before_the_final_norm(
     np.testing.assert_array_equal(run.logits, out.logits[0].float().numpy())
 
 
+@pytest.mark.slow
 def test_verify_passes_on_the_default_model(session, reference):
     result = verify(session, reference, [PROMPT], N_TOKENS, k=5)
     check = result.checks[0]
@@ -105,6 +106,7 @@ def test_fault_in_one_layer_fails_verify(session, reference, monkeypatch):
     assert result.to_json()["pass"] is False
 
 
+@pytest.mark.slow
 def test_diagnosis_names_the_faulty_layer_and_exits_1(
     session, model_dir, tmp_path, monkeypatch, capsys
 ):
@@ -119,6 +121,7 @@ def test_diagnosis_names_the_faulty_layer_and_exits_1(
     assert all(row["cosine_min"] >= 0.99 for row in data["layers"][:BAD_LAYER])
 
 
+@pytest.mark.slow
 def test_cli_verify_with_a_prompts_file_passes_and_writes_the_json_contract(
     model_dir, emu_manifest, tmp_path, capsys
 ):

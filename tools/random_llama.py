@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from aierun.model import ModelShape, tensor_shapes
+
 # The published Llama-3.2-1B config.json (base model), minus what only the hub uses.
 LLAMA_3_2_1B = {
     "architectures": ["LlamaForCausalLM"],
@@ -49,26 +51,6 @@ LLAMA_3_2_1B = {
 }
 
 
-def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    e, f, dh = config["hidden_size"], config["intermediate_size"], config["head_dim"]
-    q, kv = config["num_attention_heads"] * dh, config["num_key_value_heads"] * dh
-    shapes = {"model.embed_tokens.weight": (config["vocab_size"], e), "model.norm.weight": (e,)}
-    for i in range(config["num_hidden_layers"]):
-        layer = f"model.layers.{i}."
-        shapes |= {
-            layer + "input_layernorm.weight": (e,),
-            layer + "post_attention_layernorm.weight": (e,),
-            layer + "self_attn.q_proj.weight": (q, e),
-            layer + "self_attn.k_proj.weight": (kv, e),
-            layer + "self_attn.v_proj.weight": (kv, e),
-            layer + "self_attn.o_proj.weight": (e, q),
-            layer + "mlp.gate_proj.weight": (f, e),
-            layer + "mlp.up_proj.weight": (f, e),
-            layer + "mlp.down_proj.weight": (e, f),
-        }
-    return shapes
-
-
 def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> torch.Tensor:
     # Norm weights near 1, matrices scaled like an initialized model (std 1/sqrt(in)).
     if len(shape) == 1:
@@ -91,7 +73,7 @@ def write_checkpoint(out: Path, config: dict, seed: int = 0) -> None:
 def _write(out: Path, config: dict, seed: int) -> None:
     out.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    shapes = tensor_shapes(config)
+    shapes = tensor_shapes(ModelShape.from_config(config))
     tensors = {name: random_bf16(rng, shape) for name, shape in tqdm(shapes.items(), "weights")}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -66,7 +66,7 @@ class Tile:
 
 
 class NPU2:
-    """The AIE2P array of Strix / Krackan (aie2p-facts.md section 1)."""
+    """The AIE2P array of Strix / Krackan (docs/hardware.md section 1)."""
 
     name = "npu2"
     columns = geometry.COLUMNS

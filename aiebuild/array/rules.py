@@ -11,7 +11,7 @@ what to change. `doit check` prints `table(...)` of the per-launch `Usage`; ever
 
 Each limit is one constant below with its upstream source: mlir-aie v1.4.0 = db06374
 (**MA**), aie-rt e2aca22 (**RT**, mlir-aie's submodule pin); the facts with their quotes
-are in shared/reference/aie2p-facts.md. The array geometry and the DMA channel counts
+are in docs/hardware.md sections 2-5. The array geometry and the DMA channel counts
 the placer needs live in `aiebuild.array.placement` (`DMA_CHANNELS`) and `iron_record.NPU2`.
 
 What is counted where:

@@ -3,9 +3,12 @@ NPU, computed from the recorded IRON program of each launch (aiebuild/array/iron
 with no data.
 
 Per launch, every resource is busy for a time:
-- each core: the cycles of its kernel calls (the op's cost of each entry point from the
-  object's -D parameters, aiebuild/ops/<op>.py, plus CALL_OVERHEAD_CYCLES a call) at
-  CLOCK_HZ;
+- each core: its kernel calls, each the slot model's cycles of what the entry point
+  issues (counted on the host build of the kernel, aiebuild/array/kernel_counts.py and
+  core_model.py) plus CALL_OVERHEAD_CYCLES, at CLOCK_HZ; a call is never shorter than
+  the stream delivering the objects it acquires per call (a DMA block per streamed
+  step, whether or not the kernel skips the step), and cores that share a broadcast
+  move in lockstep: a step costs the work unless every core skips it (`CallCost`);
 - each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
   over the channel's rate;
 - each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
@@ -19,7 +22,7 @@ Tiles, columns and DMA channels are where aiebuild/array/placement.py puts them 
 placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
 no DMA.
 
-Every rate is a named constant with its source (aie2p-facts.md sections 6-8; "fit" =
+Every rate is a named constant with its source (docs/hardware.md sections 6-8; "fit" =
 solved from the published measurements that tools/calibrate.py then checks the
 model against, `doit calibrate`). aiebuild/placed.py times whole ELFs with it.
 """
@@ -32,19 +35,42 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiebuild.array import iron_record
-from aiebuild.array.iron_record import Call, ObjectFifo, ObjectFifoHandle, Program, Release, Worker
+from aiebuild.array.iron_record import (
+    Acquire,
+    Call,
+    Element,
+    ObjectFifo,
+    ObjectFifoHandle,
+    Program,
+    Release,
+    Worker,
+)
 from aiebuild.array.placement import DMA_CHANNELS, Placement, TileId, TileKind, place
 
-# Cycles of one call: (the linked object's file name, the entry point's symbol) -> cycles.
-CallCycles = Callable[[str, str], float]
+
+@dataclass(frozen=True)
+class CallCost:
+    """One call of an entry point: the cycles of its work, and the share of its calls in
+    which no core sharing its broadcast does the work (those cost only their data)."""
+
+    cycles: float
+    idle_share: float = 0.0
+
+
+CallCycles = Callable[[Call], CallCost]  # prices one recorded call
 
 # -- rates ------------------------------------------------------------------------------
 # AIE clock: npu4 (Strix) H-clock top level 1800 MHz (amd/xdna-driver npu4_regs.c, the
-# Turbo/High level; aie2p-facts.md section 6). XRT's GEMM test uses the same clock.
+# Turbo/High level; docs/hardware.md section 6). XRT's GEMM test uses the same clock.
 CLOCK_HZ = 1.8e9
+# The nominal clock, for the model without turbo: the lower entry of the same npu4 DPM
+# pair `{1267, 1800}` (xdna-driver npu4_regs.c; docs/hardware.md section 6). Times at
+# it are CLOCK_HZ / NOMINAL_CLOCK_HZ = 1.42x longer where the core bounds them
+# (`ElfTime.at_nominal_ms`).
+NOMINAL_CLOCK_HZ = 1.267e9
 # Core and memory-tile DMA channels move one 32-bit word per cycle ("our stream switch
 # moves data in 32-bit granularity", mlir-aie programming_guide section-4c, written for
-# AIE2; the AIE2P width is not established, aie2p-facts.md section 7).
+# AIE2; the AIE2P width is not established, docs/hardware.md section 7).
 STREAM_BYTES_PER_S = 4 * CLOCK_HZ
 # One shim DMA channel to or from DDR, fit: Xilinx/mlir-air GEMV_bf16.md streams the
 # matrix through one channel per column on 8 columns: 2048x2048 (8.39 MB) in 330 us and
@@ -69,7 +95,7 @@ RECONFIGURE_S = 80e-6
 # Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
 # it (estimate, not measured: a few dozen instructions and lock round trips).
 CALL_OVERHEAD_CYCLES = 100.0
-CHANNELS = DMA_CHANNELS  # per tile kind and direction (aie2p-facts.md section 2)
+CHANNELS = DMA_CHANNELS  # per tile kind and direction (docs/hardware.md section 2)
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,18 @@ class LaunchTime:
     def bound(self) -> str:
         """The busiest resource: what bounds the launch."""
         return max(self.busy, key=self.busy.__getitem__) if self.busy else "nothing"
+
+    def at_clock_s(self, clock_hz: float) -> float:
+        """The launch at another array clock: cores and their streams scale."""
+        scale = CLOCK_HZ / clock_hz
+        return (
+            max(
+                (t * scale if name.startswith(("core", "memtile")) else t)
+                for name, t in self.busy.items()
+            )
+            if self.busy
+            else 0.0
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +148,12 @@ class ElfTime:
     @property
     def ms(self) -> float:
         return 1e3 * self.seconds
+
+    @property
+    def at_nominal_ms(self) -> float:
+        """The same call with the array at NOMINAL_CLOCK_HZ: core and stream time scale
+        with the clock, the DDR and shim rates and the fixed costs do not."""
+        return 1e3 * (self.fixed_s + sum(t.at_clock_s(NOMINAL_CLOCK_HZ) for t in self.launches))
 
     def summary(self) -> dict[str, Any]:
         """What the artifact records: the total and, per launch, its time and bound."""
@@ -195,13 +239,36 @@ def _tile_name(tile: TileId) -> str:
     return f"{kind}({tile.col},{tile.row})"
 
 
-def _core_seconds(worker: Worker, call_cycles: CallCycles) -> float:
+def _core_seconds(worker: Worker, call_cycles: CallCycles, placement: Placement) -> float:
+    """The worker's calls in order, each at least as long as the stream delivering the
+    objects it acquires anew per call (its step's DMA block)."""
+    acquired: Counter = Counter()
+    for node, repeat in iron_record.walk(worker.body):
+        if isinstance(node, Acquire):
+            acquired[id(node.handle)] += node.count * repeat
     cycles = 0.0
     for node, repeat in iron_record.walk(worker.body):
-        if isinstance(node, Call):
-            cost = call_cycles(node.kernel.object, node.kernel.symbol)
-            cycles += repeat * (cost + CALL_OVERHEAD_CYCLES)
+        if not isinstance(node, Call):
+            continue
+        streamed = sum(
+            arg.handle.fifo.nbytes
+            for arg in node.args
+            if isinstance(arg, Element)
+            and not arg.handle.is_prod
+            and acquired[id(arg.handle)] >= repeat
+            and _channel(placement, arg.handle) is not None
+        )
+        block = streamed / STREAM_BYTES_PER_S * CLOCK_HZ
+        cost = call_cycles(node)
+        work = max(cost.cycles + CALL_OVERHEAD_CYCLES, block)
+        idle = max(CALL_OVERHEAD_CYCLES, block)
+        cycles += repeat * ((1 - cost.idle_share) * work + cost.idle_share * idle)
     return cycles / CLOCK_HZ
+
+
+def _channel(placement: Placement, handle: ObjectFifoHandle) -> int | None:
+    end = placement.endpoints.get(handle)
+    return None if end is None else end.channel
 
 
 def launch_time(
@@ -216,7 +283,7 @@ def launch_time(
     placement, traffic = placement or place(program), _Traffic(program)
     busy: dict[str, float] = {}
     for worker, tile in placement.workers.items():
-        busy[_tile_name(tile)] = _core_seconds(worker, call_cycles)
+        busy[_tile_name(tile)] = _core_seconds(worker, call_cycles, placement)
     for (tile, direction, channel), nbytes in _channel_bytes(placement, traffic).items():
         rate = SHIM_CHANNEL_BYTES_PER_S if tile.kind is TileKind.SHIM else STREAM_BYTES_PER_S
         busy[f"{_tile_name(tile)} {direction}{channel}"] = nbytes / rate

@@ -9,8 +9,8 @@ device or sequence is taken as well. Output: one module where
   its body and runtime sequence kept;
 - a wrapper `aie.device(npu2) @main` holds `aie.runtime_sequence @<elf name>` taking
   the ELF's arguments, and for every launch in order does
-  `aiex.configure @<dev> { aiex.run @<seq>(<its args>) }` (npu-stack.md, "Several
-  launches in one ELF"); the host calls kernel `main:<elf name>`.
+  `aiex.configure @<dev> { aiex.run @<seq>(<its args>) }` (docs/hardware.md, "Stack C.
+  Several launches in one ELF"); the host calls kernel `main:<elf name>`.
 
 Decisions recorded here:
 

@@ -1,6 +1,6 @@
 """The npu2 target: IRON designs + Peano objects + the stitcher + aiecc -> one full ELF.
 
-Per ELF (DESIGN.md section 3):
+Per ELF (docs/design.md section 3):
 0. at plan time, the hardware rules check (aiebuild/array/rules.py, for every target)
    refuses a launch its design cannot tile or the NPU cannot hold, before anything compiles;
 1. every launch's kernel object comes from the object cache, content-keyed by the
@@ -24,6 +24,7 @@ another process published first is taken as is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from filelock import FileLock
 from packaging.version import Version
 
 from aiebuild import ops
@@ -48,7 +48,14 @@ from aierun import abi, paths
 from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import ENTRY_META, PLAN
 from aierun.errors import UserError
-from aierun.files import publish_dir, sha256_file, sha256_text, staging_dir, write_json_atomic
+from aierun.files import (
+    holding,
+    publish_dir,
+    sha256_file,
+    sha256_text,
+    staging_dir,
+    write_json_atomic,
+)
 
 log = structlog.get_logger("aiebuild.npu2.target")
 
@@ -64,7 +71,7 @@ PEANO_FLAGS = (
     "-Wno-macro-redefined",
     "-Wno-empty-body",
 )
-# Several device configurations in one full ELF (npu-stack.md, aiecc 1.4), cores
+# Several device configurations in one full ELF (docs/hardware.md, "Stack B. aiecc 1.4"), cores
 # compiled and linked by Peano: aiecc 1.4.0 defaults to Chess (CommandLineOptions.h at
 # v1.4.0: `xchesscc`, `xbridge` cl::init(true)), 1.4.1.dev46 and later to Peano
 # (Xilinx/mlir-aie#3501, which also removed `--no-xchesscc`); the explicit `=false`
@@ -106,9 +113,8 @@ class ObjectCache:
         except (OSError, ValueError, KeyError):
             return None
 
-    def lock(self) -> FileLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.root / LOCK)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return holding(self.root / LOCK, "the npu2 kernel object cache")
 
 
 def object_cache(home: Path) -> ObjectCache:

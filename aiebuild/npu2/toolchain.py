@@ -1,6 +1,6 @@
 """NPU toolchain discovery and fingerprint: mlir-aie (>= 1.4, with aiecc) and Peano.
 
-Where each part is looked for (npu-stack.md):
+Where each part is looked for (docs/hardware.md, "Stack A", "Stack B", "Stack D"):
 - aiecc: `$MLIR_AIE_INSTALL_DIR/bin/aiecc`, else `aiecc` on PATH;
 - the mlir-aie version: the metadata of the mlir_aie wheel the aiecc that will run
   belongs to (`<site>/mlir_aie-<version>.dist-info` beside `<site>/mlir_aie`, which is

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from aiebuild.array import geometry, iron_record
-from aiebuild.array.core_rates import CostFn, Params
 from aiebuild.sim.compare import DEFAULT_TOLERANCE, Tolerance
 from aierun.abi import ArgSpec, Launch, parse_binding
 from aierun.errors import UserError
@@ -32,7 +31,7 @@ SHIM_ITERATIONS = 64
 @dataclass(frozen=True)
 class KernelObject:
     """One compiled kernel instance: a source file and its -D parameters, kept typed
-    (the cost functions read them as numbers) and rendered as macros for the compiler."""
+    (the designs read them as numbers) and rendered as macros for the compiler."""
 
     source: Path
     params: tuple[tuple[str, int | float | bool | str], ...]  # sorted by name
@@ -43,7 +42,7 @@ class KernelObject:
         return tuple((MACRO_PREFIX + key, _macro(value)) for key, value in self.params)
 
     @property
-    def values(self) -> Params:
+    def values(self) -> dict[str, int | float | bool | str]:
         return dict(self.params)
 
     @property
@@ -73,6 +72,20 @@ def _macro(value: Any) -> str:
 Design = Callable[[Launch, list[ArgSpec]], Any]  # the IRON program of one launch
 KernelFn = Callable[[Launch, list[ArgSpec]], KernelObject]
 FlopsFn = Callable[[Launch, list[ArgSpec]], int]
+# (entry point symbol, the recorded call's arguments) -> the arguments to count it with
+CountArgsFn = Callable[[str, list[Any]], list[Any]]
+# (launch, entry point symbol) -> share of its calls that do no work on any core
+IdleShareFn = Callable[[Launch, str], float]
+
+
+def as_recorded(symbol: str, args: list[Any]) -> list[Any]:
+    """Count an entry point on the recorded call's arguments as they are."""
+    return args
+
+
+def never_idle(launch: Launch, symbol: str) -> float:
+    """Every call of the entry point does its work."""
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -83,30 +96,28 @@ class Op:
     - `design(launch, args)`: the IRON program of one launch, over the launch's
       arguments (inputs then outputs, whole ELF arguments);
     - `kernel(launch, args)`: the kernel object it links, with typed -D parameters;
-    - `costs`: cycles of one call of each entry point of that kernel, by symbol
-      prefix, from the object's parameters (the npu2 time model);
     - `flops(launch, args)`: the arithmetic of one launch (the roofline's FLOPs; its
       DDR bytes are its operands' and results' sizes, the same for every op);
-    - `tolerance`: how far `doit simulate` lets the kernel's C++ differ from emu."""
+    - `tolerance`: how far `doit simulate` lets the kernel's C++ differ from emu;
+    - `count_args(symbol, args)`: the arguments the npu2 time model runs an entry point
+      on to count what it issues (aiebuild/array/kernel_counts.py), from the recorded
+      call's: an op whose kernel branches on its state picks the typical call;
+    - `idle_share(launch, symbol)`: the share of the entry point's calls in which every
+      core that shares the call's broadcast skips the work (they move in lockstep, so
+      a step costs the slowest core's work unless all skip)."""
 
     name: str
     design: Design
     kernel: KernelFn
-    costs: Mapping[str, CostFn]
     flops: FlopsFn
     tolerance: Tolerance = field(default=DEFAULT_TOLERANCE)
+    count_args: CountArgsFn = as_recorded
+    idle_share: IdleShareFn = never_idle
 
     @property
     def module(self) -> Path:
         """The op's source file (part of every content key of an ELF that uses it)."""
         return Path(self.design.__code__.co_filename)
-
-    def call_cycles(self, symbol: str, params: Params) -> float:
-        """Cycles of one call of the entry point `symbol` (the longest matching prefix)."""
-        for prefix in sorted(self.costs, key=len, reverse=True):
-            if symbol.startswith(prefix):
-                return float(self.costs[prefix](params))
-        raise KeyError(f"op {self.name!r} has no cost for entry point {symbol!r}")
 
 
 def output_elements(launch: Launch, args: list[ArgSpec]) -> int:

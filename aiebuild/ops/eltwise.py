@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from aiebuild.array.core_rates import TRANSCENDENTAL_CYCLES, Params, fp32_ops
 from aiebuild.array.geometry import COLUMNS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
@@ -80,15 +79,6 @@ def params(rows: int, cols: int) -> dict[str, int]:
     return {"rows": rows, "cols": cols, **cores(largest_divisor(vectors, COLUMNS))}
 
 
-def _add_cycles(d: Params) -> float:
-    return fp32_ops(d["CHUNK"])
-
-
-def _silu_mul_cycles(d: Params) -> float:
-    chunk = d["CHUNK"]
-    return fp32_ops(5 * chunk) + 2 * TRANSCENDENTAL_CYCLES * chunk / LANES
-
-
 def _flops_per_element(count: int):
     def flops(launch: Launch, args: list[ArgSpec]) -> int:
         return count * output_elements(launch, args)
@@ -96,8 +86,6 @@ def _flops_per_element(count: int):
     return flops
 
 
-ADD = Op("add", design_add, kernel, {"add_": _add_cycles}, _flops_per_element(1))
+ADD = Op("add", design_add, kernel, _flops_per_element(1))
 # exp, add, reciprocal, two products per element
-SILU_MUL = Op(
-    "silu_mul", design_silu_mul, kernel, {"silu_mul_": _silu_mul_cycles}, _flops_per_element(5)
-)
+SILU_MUL = Op("silu_mul", design_silu_mul, kernel, _flops_per_element(5))

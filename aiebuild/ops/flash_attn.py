@@ -30,16 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild.array.core_rates import (
-    BF16_4X8X8_CYCLES,
-    LANES,
-    MMUL_SHAPES,
-    REDUCE_CYCLES,
-    TRANSCENDENTAL_CYCLES,
-    TRANSPOSE_8X8_CYCLES,
-    Params,
-    fp32_ops,
-)
 from aiebuild.array.geometry import COLUMNS, CORE_ROWS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
@@ -160,46 +150,36 @@ def params(heads: int, kv_heads: int, head_dim: int, s: int) -> dict[str, int | 
             "causal": True, **cores(max(fits), core_rows)}  # fmt: skip
 
 
-# -- cost per entry point (kernels_src/flash_attn.cc) -------------------------------------
-# Share of a causal walk's (query block, key block) steps at or below the diagonal:
-# (n + 1) / 2n for n blocks, about one half at the prefill lengths that matter.
-CAUSAL_VISIBLE_FRACTION = 0.5
-# fp32 operations per score of the online softmax: the 1/sqrt(DH) scale, the running
-# max, the subtraction of the row's max, exp's product by log2 e and the row sum.
-FP32_OPS_PER_SCORE = 5
+# -- what the time model counts (aiebuild/array/kernel_counts.py) -------------------------
+def count_args(symbol: str, args: list[Any]) -> list[Any]:
+    """A step is counted on a key block below the causal diagonal that is not the
+    query block's first (the full work: every key group, the rescale); the state of a
+    recorded call starts at a diagonal or above-diagonal block."""
+    if not symbol.startswith("flash_attn_step_"):
+        return args
+    state = np.array(args[2], np.float32)
+    counters = state[-5:].view(np.int32)
+    counters[0], counters[1] = 1, 2  # key block 1 of query block 2
+    return [*args[:2], state]
 
 
-def _init_cycles(d: Params) -> float:
-    return fp32_ops(d["BQ"] * d["DH"])
+def visible_share(launch: Launch) -> float:
+    """Share of a core's streamed key blocks at or below the diagonal of some core of
+    its round: round r's cores hold query blocks r*step .. (r+1)*step - 1, so the
+    round works on its first (r+1)*step key blocks of `blocks` (288 / 512 at 2048:
+    8 rounds of 8 over 64 blocks)."""
+    p = launch.params
+    columns, rows = array(launch)
+    group, blocks = p["heads"] // p["kv_heads"], p["S"] // BLOCK
+    step = columns * rows // group
+    rounds = blocks // step
+    return sum((r + 1) * step for r in range(rounds)) / (rounds * blocks)
 
 
-def _step_cycles(d: Params) -> float:
-    """A visible key block, in strips of 4 query rows: S = Q K^T and O += P V as bf16
-    4x8x8 mmul blocks (BF16_4X8X8_CYCLES each; each Q K^T block with its K transpose);
-    per score the softmax's fp32 operations and a bf16 exp2 lane; per strip one
-    32-lane exp of the rows' rescale factors; per row a reduce_max and a reduce_add
-    (8 lanes, counted as 16) and the rescale of its acc row and sum. The design
-    streams every key block for every query block and the kernel returns at once
-    above the causal diagonal, so over a launch about half the calls do the work: the
-    cost is that average (the diagonal block's skipped key groups are not counted)."""
-    bq, bk, dh = d["BQ"], d["BK"], d["DH"]
-    rows, depth, cols = MMUL_SHAPES["bf16"]  # 4 query rows x 8 keys or head dims
-    score_blocks = (bq // rows) * (dh // depth) * (bk // cols)
-    value_blocks = (bq // rows) * (bk // depth) * (dh // cols)
-    matmuls = (score_blocks + value_blocks) * BF16_4X8X8_CYCLES
-    transposes = score_blocks * TRANSPOSE_8X8_CYCLES
-    exp_vectors = bq * bk / LANES + (bq // rows) * rows * cols / LANES
-    softmax = (
-        fp32_ops(FP32_OPS_PER_SCORE * bq * bk)
-        + exp_vectors * TRANSCENDENTAL_CYCLES
-        + 2 * bq * REDUCE_CYCLES
-    )
-    rescale = fp32_ops(bq * (dh + 2))
-    return CAUSAL_VISIBLE_FRACTION * (matmuls + transposes + softmax + rescale)
-
-
-def _finish_cycles(d: Params) -> float:
-    return d["BQ"] * (TRANSCENDENTAL_CYCLES + fp32_ops(2 * d["DH"]))
+def idle_share(launch: Launch, symbol: str) -> float:
+    """The K/V stream is one broadcast to every core, so cores move in lockstep: a step
+    does no work on any core only above the diagonal of the round's last query block."""
+    return 1.0 - visible_share(launch) if symbol.startswith("flash_attn_step_") else 0.0
 
 
 SOFTMAX_FLOPS_PER_SCORE = 5  # scale, subtract the max, exp, accumulate, normalize
@@ -213,9 +193,4 @@ def flops(launch: Launch, args: list[ArgSpec]) -> int:
     return p["heads"] * pairs * (4 * p["head_dim"] + SOFTMAX_FLOPS_PER_SCORE)
 
 
-OP = Op(
-    "flash_attn", design, kernel,
-    {"flash_attn_init_": _init_cycles, "flash_attn_step_": _step_cycles,
-     "flash_attn_finish_": _finish_cycles},
-    flops,
-)  # fmt: skip
+OP = Op("flash_attn", design, kernel, flops, count_args=count_args, idle_share=idle_share)

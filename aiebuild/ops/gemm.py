@@ -26,15 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild.array.core_rates import (
-    LANES,
-    MMUL_BLOCK_CYCLES,
-    MMUL_SHAPES,
-    TRANSPOSE_8X8_CYCLES,
-    Params,
-    fp32_ops,
-    mma_mode,
-)
 from aiebuild.array.geometry import COLUMNS, CORE_ROWS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
@@ -156,32 +147,9 @@ def params(m: int, k: int, n: int, mma: str = "bf16") -> dict[str, int | str]:
     return {"M": m, "K": k, "N": n, "mma": mma, **spread}
 
 
-# -- cost per entry point (kernels_src/gemm.cc) ------------------------------------------
-def _zero_cycles(d: Params) -> float:
-    return d["TM"] * d["TN"] / LANES  # one 16-lane store per cycle
-
-
-def _mac_cycles(d: Params) -> float:
-    """The mmul blocks of the kernel's mode, each with its 8x8 transpose of w
-    (block_wt), plus the fp32 read-add-write of every output into acc once per call."""
-    tm, tk, tn, mode = d["TM"], d["TK"], d["TN"], mma_mode(d)
-    rows, depth, cols = MMUL_SHAPES[mode]
-    blocks = (tm // rows) * (tk // depth) * (tn // cols)
-    return blocks * (MMUL_BLOCK_CYCLES[mode] + TRANSPOSE_8X8_CYCLES) + fp32_ops(tm * tn)
-
-
-def _store_cycles(d: Params) -> float:
-    return fp32_ops(d["TM"] * d["TN"])  # one conversion per element
-
-
 def flops(launch: Launch, args: list[ArgSpec]) -> int:
     p = launch.params
     return 2 * p["M"] * p["N"] * p["K"]
 
 
-OP = Op(
-    "gemm", design, kernel,
-    {"gemm_zero_f32_": _zero_cycles, "gemm_mac_bf16_": _mac_cycles,
-     "gemm_store_bf16_": _store_cycles},
-    flops,
-)  # fmt: skip
+OP = Op("gemm", design, kernel, flops)

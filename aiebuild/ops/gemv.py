@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from aiebuild.array.core_rates import REDUCE_CYCLES, Params, fp32_ops
 from aiebuild.array.geometry import COLUMNS, cores
 from aiebuild.ops.common import (
     SHIM_ITERATIONS,
@@ -143,10 +142,4 @@ def params(m: int, k: int, n: int) -> dict[str, int]:
     return {"M": m, "K": k, "N": n, **cores(streams // 2 + 1, 2)}
 
 
-def _cycles(d: Params) -> float:
-    """Per row of the tile: TK/16 fp32 MACs and one reduce_add (kernels_src/gemv.cc)."""
-    rows, cols = d["TN"], d["TK"]
-    return rows * (fp32_ops(2 * cols) + REDUCE_CYCLES)
-
-
-OP = Op("gemv", design, kernel, {"gemv_bf16_": _cycles}, flops)
+OP = Op("gemv", design, kernel, flops)

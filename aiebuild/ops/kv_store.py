@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from aiebuild.array.core_rates import Params, fp32_ops
 from aiebuild.array.geometry import largest_divisor
 from aiebuild.ops.common import (
     SHIM_ITERATIONS,
@@ -111,12 +110,8 @@ def params(rows: int, kv_heads: int, head_dim: int) -> dict[str, int]:
     return {"kv_heads": kv_heads, "head_dim": head_dim, "rows": rows, **row_cores(rows)}
 
 
-def _cycles(d: Params) -> float:
-    return fp32_ops(d["CHUNK"])  # one conversion per element, as the add's one sum
-
-
 def flops(launch: Launch, args: list[ArgSpec]) -> int:
     return output_elements(launch, args)  # widened to fp32 (the DMAs move it in place)
 
 
-OP = Op("kv_store", design, kernel, {"widen_": _cycles}, flops)
+OP = Op("kv_store", design, kernel, flops)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiebuild.array.core_rates import REDUCE_CYCLES, TRANSCENDENTAL_CYCLES, Params, fp32_ops
 from aiebuild.array.geometry import COLUMNS, cores, largest_divisor
 from aiebuild.ops.common import (
     KernelObject,
@@ -73,13 +72,8 @@ def row_cores(rows: int) -> dict[str, int]:
     return cores(largest_divisor(rows, COLUMNS))
 
 
-def _cycles(d: Params) -> float:
-    e = d["E"]
-    return fp32_ops(2 * e) + REDUCE_CYCLES + TRANSCENDENTAL_CYCLES + fp32_ops(2 * e)
-
-
 def flops(launch: Launch, args: list[ArgSpec]) -> int:
     return 4 * output_elements(launch, args)  # square, accumulate, times rsqrt, times w
 
 
-OP = Op("rmsnorm", design, kernel, {"rmsnorm_": _cycles}, flops)
+OP = Op("rmsnorm", design, kernel, flops)

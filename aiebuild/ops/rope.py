@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiebuild.array.core_rates import Params, fp32_ops
 from aiebuild.ops.common import (
     KernelObject,
     Op,
@@ -53,12 +52,8 @@ def params(rows: int, heads: int, head_dim: int) -> dict[str, int]:
     return {"rows": rows, "head_dim": head_dim, "heads": heads, **row_cores(rows)}
 
 
-def _cycles(d: Params) -> float:
-    return fp32_ops(6 * d["HEADS"] * d["DH"] // 2)  # 2 products + a MAC per output pair
-
-
 def flops(launch: Launch, args: list[ArgSpec]) -> int:
     return 3 * output_elements(launch, args)  # x1*cos - x2*sin: two products and a sum
 
 
-OP = Op("rope", design, kernel, {"rope_": _cycles}, flops)
+OP = Op("rope", design, kernel, flops)

@@ -2,10 +2,11 @@
 differences it measures (`compare`) and the bounds an op allows (`Tolerance`, given by
 each op in aiebuild/ops).
 
-The kernels' arithmetic is not emu's in documented ways (kernels_src/aie_kernel_common.h,
-reference/npu-stack.md): fp32 sums in the vector lanes' order instead of numpy's pairwise
-/ BLAS order, bf16-precise table exp in softmax and SiLU, the AIE2P rounding modes. Per
-output, the bound is on the cosine and on the error relative to the output's own scale.
+The kernels' arithmetic is not emu's in documented ways (kernels_src/aie_kernel_common.h;
+docs/hardware.md, "Stack H. AIE2P arithmetic"): fp32 sums in the vector lanes' order
+instead of numpy's pairwise / BLAS order, bf16-precise table exp in softmax and SiLU, the
+AIE2P rounding modes. Per output, the bound is on the cosine and on the error relative
+to the output's own scale.
 """
 
 from __future__ import annotations

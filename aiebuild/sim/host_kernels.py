@@ -15,7 +15,9 @@ Arrays go in as pointers to their data (C-contiguous, any dtype: bf16 arrays as
 ml_dtypes.bfloat16, state buffers as the design declares them); Python ints as C
 ints. Every library has its own rounding mode register (the core's), at the AIE2P
 default (floor) when loaded; `reset_tile` and `rounding` let the simulator give
-each core its own when cores share one library.
+each core its own when cores share one library. `counts` runs an entry point and
+returns what it issued, counted as aie_api expands each call on AIE2P
+(kernels_src/host/aie_api/detail/counts.hpp).
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def compiler() -> str:
     found = shutil.which(name)
     if found is None:
         raise UserError(
-            f"simulating the kernels needs a C++20 compiler (g++ 12 or newer) and "
+            f"simulating the kernels, and the npu2 time model (doit compile / check /"
+            f" calibrate count what each kernel call issues on its host build), need a "
+            f"C++20 compiler (g++ 12 or newer) and "
             f"'{name}' is not on PATH: install one (`apt install g++`) or set CXX."
         )
     return found
@@ -150,6 +154,11 @@ class HostKernel:
         self.path = path
         self._library = ctypes.CDLL(str(path))
         self._library.aie_host_get_rounding.restype = ctypes.c_uint
+        self._library.aie_host_count_name.restype = ctypes.c_char_p
+        slots = self._library.aie_host_count_slots()
+        self.count_names = tuple(
+            self._library.aie_host_count_name(slot).decode() for slot in range(slots)
+        )
 
     def call(self, symbol: str, *args: np.ndarray | int) -> None:
         """Run entry point `symbol` once. Arrays are passed by pointer and must be
@@ -175,6 +184,15 @@ class HostKernel:
         if symbol.startswith("_"):
             raise AttributeError(symbol)
         return self.entry(symbol)
+
+    def counts(self, symbol: str, *args: np.ndarray | int) -> dict[str, int]:
+        """Run entry point `symbol` once and return the operations it issued, by slot
+        class (counts.hpp). The counters are the library's: not for concurrent calls."""
+        self._library.aie_host_counts_reset()
+        self.call(symbol, *args)
+        read = (ctypes.c_uint64 * len(self.count_names))()
+        self._library.aie_host_counts_read(read)
+        return dict(zip(self.count_names, (int(n) for n in read), strict=True))
 
     def reset_tile(self) -> None:
         """The core starts: its rounding mode register goes back to floor."""

@@ -26,7 +26,7 @@ import numpy as np
 from doit.exceptions import TaskFailed
 from tqdm import tqdm
 
-from aiebuild import ops
+from aiebuild import ops, placed
 from aiebuild.array import iron_record as im
 from aiebuild.ops.common import KernelObject
 from aiebuild.sim import dataflow, host_kernels
@@ -179,6 +179,9 @@ class ElfResult:
     outputs: dict[str, dict[str, float]]
     launches: list[dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    # per kernel entry point: what one call issues and its slot-model cycles
+    # (aiebuild/placed.py entry_points, the npu2 time model's prices)
+    kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -234,7 +237,8 @@ def _run_one(capture: Capture, home: Path, advance: Callable[[], None]) -> ElfRe
             problems.append(f"{name}: {problem}")
     calls = sum(launch["kernel_calls"] for launch in launches)
     problems += [w for launch in launches for w in launch["warnings"]]
-    return ElfResult(spec.instance, seconds, calls, diffs, launches, problems)
+    kernels = placed.entry_points(spec)
+    return ElfResult(spec.instance, seconds, calls, diffs, launches, problems, kernels)
 
 
 def table(results: list[ElfResult]) -> str:

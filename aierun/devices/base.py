@@ -72,7 +72,9 @@ class Device(ABC):
     targets: tuple[str, ...]
 
     @abstractmethod
-    def alloc(self, spec: ArgSpec, label: str) -> Buffer: ...
+    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
+        """A buffer for one argument. `bfp16_operand`: some launch reads this static
+        data as a bfp16 mmul operand (a device may keep it in that form as well)."""
 
     @abstractmethod
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> Any:

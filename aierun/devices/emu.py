@@ -172,20 +172,15 @@ class EmuDevice(Device):
     targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
 
     def __init__(self, bfp16_cache: Path | None = None) -> None:
-        self._bfp16_weights: set[str] = set()  # sources of static data bfp16 GEMMs read
         self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")
 
-    def alloc(self, spec: ArgSpec, label: str) -> EmuBuffer:
-        return EmuBuffer(spec, label, spec.source in self._bfp16_weights, self._cache)
+    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> EmuBuffer:
+        return EmuBuffer(spec, label, bfp16_operand, self._cache)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
         unknown = {launch.op for launch in spec.launches} - set(OPS)
         if unknown:
             raise DeviceError(f"{spec.instance}: the emulator has no op {sorted(unknown)}")
-        for launch in spec.launches:
-            if launch.params.get("mma") == "bfp16":
-                static = (spec.arg(parse_binding(b)[0]) for b in launch.inputs)
-                self._bfp16_weights |= {a.source for a in static if a.source}
         return EmuElf.of(spec)
 
     def run(self, elf: EmuElf, spec: ElfSpec, buffers: dict[str, Buffer]) -> None:

@@ -24,6 +24,8 @@ class Sampling:
                 f"--temperature must be >= 0 and --top-p in (0, 1]; got {self.temperature} "
                 f"and {self.top_p}"
             )
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
 
 
 GREEDY = Sampling()
@@ -32,8 +34,10 @@ GREEDY = Sampling()
 def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
     if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    scaled = (logits - logits.max()) / sampling.temperature
-    probs = np.exp(scaled)
+    # In fp64: a tiny temperature then drives the others' exps to 0, never 0/0 = NaN
+    # (an fp32 division by 1e-300 would divide by a zero).
+    wide = logits.astype(np.float64)
+    probs = np.exp((wide - wide.max()) / sampling.temperature)
     probs /= probs.sum()
     order = np.argsort(-probs)
     cumulative = np.cumsum(probs[order])

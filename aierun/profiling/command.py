@@ -4,7 +4,8 @@ The run is `Session.generate`, the code path of `run`; the report
 (`aierun.profiling.text`) goes to stdout as text, and its JSON, trace and HTML
 (`aierun.profiling.html`) to files. Without --json / --trace / --html the three files
 go to `<runtime home>/profiles/`, which is build/profiles/ under doit: both front
-doors behave the same.
+doors behave the same. `--compare A.json B.json` runs nothing: it sets two such JSONs
+side by side (`aierun.profiling.compare`), printed and written as text and HTML.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,9 @@ import structlog
 from aierun import paths
 from aierun.errors import UserError
 from aierun.files import write_atomic
-from aierun.profiling.html import render_html
+from aierun.profiling import compare
+from aierun.profiling.compare import Comparison, load_run
+from aierun.profiling.html import PERFETTO, render_html
 from aierun.profiling.profile_json import to_json
 from aierun.profiling.recorder import Profiler
 from aierun.profiling.report import Report, RunInfo, beats_floor
@@ -39,18 +42,24 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aierun.profiling.command")
 
 OUTPUT_SUFFIXES = {"json": ".json", "trace": ".trace.json", "html": ".html"}
+COMPARE_SUFFIXES = {"text": ".txt", "html": ".html"}
 
 
-def output_paths(args: argparse.Namespace, stamp: str) -> dict[str, Path]:
-    """Where the JSON, trace and HTML go: only the ones asked for with --json /
-    --trace / --html, else all three as `<runtime home>/profiles/profile-<stamp>.*`
+def output_paths(
+    args: argparse.Namespace,
+    stamp: str,
+    suffixes: dict[str, str] = OUTPUT_SUFFIXES,
+    name: str = "profile",
+) -> dict[str, Path]:
+    """Where the files go: only the ones asked for with their flags (--json / --trace /
+    --html), else all of them as `<runtime home>/profiles/<name>-<stamp>.*`
     (build/profiles/ under doit)."""
-    asked = {kind: getattr(args, kind) for kind in OUTPUT_SUFFIXES if getattr(args, kind)}
+    asked = {kind: getattr(args, kind, None) for kind in suffixes}
+    asked = {kind: path for kind, path in asked.items() if path}
     if asked:
-        return {kind: Path(path).expanduser() for kind, path in asked.items()}
-    default = paths.home() / "profiles" / f"profile-{stamp}"
-    return {kind: default.with_name(default.name + suffix)
-            for kind, suffix in OUTPUT_SUFFIXES.items()}  # fmt: skip
+        return {kind: Path(path).expanduser().absolute() for kind, path in asked.items()}
+    default = paths.home() / "profiles" / f"{name}-{stamp}"
+    return {kind: default.with_name(default.name + suffix) for kind, suffix in suffixes.items()}
 
 
 def run_profile(
@@ -80,22 +89,36 @@ def run_profile(
 
 
 def write_outputs(report: Report, targets: dict[str, Path]) -> None:
-    render = {
-        "json": lambda: json.dumps(to_json(report), indent=2),
-        "trace": lambda: json.dumps(trace_events(report.profiler)),
-        "html": lambda: render_html(report),
-    }
+    write_files(
+        {
+            "json": lambda: json.dumps(to_json(report), indent=2),
+            "trace": lambda: json.dumps(trace_events(report.profiler)),
+            "html": lambda: render_html(report, targets.get("trace")),
+        },
+        targets,
+    )
+
+
+def write_files(
+    render: dict[str, Callable[[], str]], targets: dict[str, Path], what: str = "profile"
+) -> None:
+    """Each target's text, rendered only when it is written; then where each went."""
     for kind, path in targets.items():
         try:
             write_atomic(path, render[kind]())
         except OSError as exc:
             raise UserError(
-                f"could not write the profile {kind} to {path}: {exc.strerror or exc}. "
+                f"could not write the {what} {kind} to {path}: {exc.strerror or exc}. "
                 f"Pass --{kind} with a writable path."
             ) from exc
+    for kind, path in targets.items():
+        print(f"{what} {kind}: {path}")
+    log.info(f"{what}.written", **{kind: str(path) for kind, path in targets.items()})
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.compare:
+        return cmd_compare(args)
     from aierun.host.sampling import Sampling
 
     profiler = Profiler()
@@ -109,7 +132,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
     sys.stdout.flush()  # the report stands even if a file below cannot be written
     targets = output_paths(args, time.strftime("%Y%m%d-%H%M%S"))
     write_outputs(report, targets)
-    for kind, path in targets.items():
-        print(f"profile {kind}: {path}")
-    log.info("profile.written", **{kind: str(path) for kind, path in targets.items()})
+    if "trace" in targets:
+        print(f"open the trace at {PERFETTO} (Open trace file)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The two profile JSONs of --compare side by side: the report to stdout, its text
+    and HTML to files (only the HTML, to --html, when that is given)."""
+    if args.json or args.trace:
+        raise UserError("--compare reads two profiles and writes a text and an HTML report: "
+                        "--json and --trace do not apply (--html PATH does).")  # fmt: skip
+    comparison = Comparison(*(load_run(Path(p).expanduser()) for p in args.compare))
+    text = compare.render_text(comparison)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    targets = output_paths(args, time.strftime("%Y%m%d-%H%M%S"), COMPARE_SUFFIXES, "compare")
+    render = {"text": lambda: text, "html": lambda: compare.render_html(comparison)}
+    write_files(render, targets, "comparison")
     return 0

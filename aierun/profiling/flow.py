@@ -35,6 +35,10 @@ class Flow:
     layer: tuple[Step, ...]
     tail: tuple[Step, ...]
 
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return (*self.head, *self.layer, *self.tail)
+
 
 # The host's steps, by the names the Session times them under (`Profiler.cpu`).
 TOKENIZE, EOS_PAD, EMBED_LOOKUP = "tokenize", "eos_pad", "embed_lookup"

@@ -1,12 +1,16 @@
-"""The profile as one self-contained HTML page: the dataflow of prefill and of one
-decode step drawn as SVG boxes carrying their measured times, then every report
-section as a table. No scripts, fonts or files from elsewhere: it opens offline.
+"""The profile as one self-contained HTML page: the hot spot in a sentence, where the
+trace is, a colour legend, the charts (`aierun.profiling.charts`), the dataflow of
+prefill and of one decode step drawn as SVG boxes carrying their measured times, then
+every report section as a table. No scripts, fonts or files from elsewhere: it opens
+offline.
 """
 
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
 
+from aierun.profiling.charts import STEP_COLORS, UNTIMED, charts
 from aierun.profiling.flow import DECODE_FLOW, PREFILL_FLOW, Flow, Step
 from aierun.profiling.report import Report
 from aierun.profiling.text import (
@@ -15,6 +19,7 @@ from aierun.profiling.text import (
     Table,
     headline,
     is_number,
+    largest_shares,
     ms,
     sections,
     step_tag,
@@ -35,11 +40,20 @@ th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: ta
 .card { border: 1px solid #d1d5db; border-radius: 8px; padding: 10px 16px; min-width: 180px; }
 .card b { display: block; font-size: 24px; }
 .note { color: #374151; font-size: 13px; margin: 4px 0; }
-svg text { font-family: system-ui, sans-serif; }
+.lead { font-size: 16px; font-weight: 600; background: #fff7ed; border-left: 4px solid #ea580c;
+        padding: 8px 12px; }
+.legend { display: flex; flex-wrap: wrap; gap: 6px 16px; font-size: 13px; margin: 6px 0; }
+.legend span::before { content: ""; display: inline-block; width: 12px; height: 12px;
+                       margin-right: 5px; vertical-align: -1px; background: var(--c); }
+figure { margin: 0 0 12px; } figcaption { font-weight: 600; font-size: 15px; margin: 14px 0 4px; }
+svg { max-width: 100%; height: auto; }
+code { background: #f3f4f6; padding: 1px 4px; }
 """
+PERFETTO = "https://ui.perfetto.dev"
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, trace: Path | None = None) -> str:
+    """The page; `trace` is the Perfetto trace file written beside it, if any."""
     info = report.info
     title = f"aierun profile: {info.model} on {info.device}"
     tpot = report.tpot_ms
@@ -52,10 +66,13 @@ def render_html(report: Report) -> str:
     body = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="note">{escape(headline(report))}</p>',
-        '<div class="cards">' + "".join(
-            f'<div class="card">{escape(k)}<b>{escape(v)}</b>{escape(sub)}</div>'
-            for k, v, sub in cards
-        ) + "</div>",
+        f'<p class="lead">{escape(largest_shares(report))}</p>',
+        cards_html(cards),
+        f'<p class="note">{trace_note(trace)}</p>',
+        "<h2>Charts</h2>",
+        legend_html(),
+        *(f"<figure><figcaption>{escape(t)}</figcaption>{svg}</figure>"
+          for t, svg in charts(report)),
         "<h2>Dataflow</h2>",
         f"<h3>Prefill: prompt to first token ({info.prompt_tokens} prompt tokens)</h3>",
         flow_svg(report, PREFILL_FLOW, f"first token · TTFT {ms(report.ttft_ms, 1)} ms"),
@@ -65,7 +82,12 @@ def render_html(report: Report) -> str:
             f"<h3>Decode: one step (mean over {report.decode.steps} steps)</h3>",
             flow_svg(report, DECODE_FLOW, f"next token · TPOT {ms(tpot, 1)} ms"),
         ]
-    body += [_section_html(s) for s in sections(report)]
+    body += [section_html(s) for s in sections(report)]
+    return page(title, body)
+
+
+def page(title: str, body: list[str]) -> str:
+    """A whole page: the style inline, nothing loaded from elsewhere."""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
@@ -74,14 +96,45 @@ def render_html(report: Report) -> str:
     )
 
 
-def _section_html(section: Section) -> str:
+def cards_html(cards: list[tuple[str, str, str]]) -> str:
+    """(name, value, line under it) as a row of cards."""
+    return '<div class="cards">' + "".join(
+        f'<div class="card">{escape(k)}<b>{escape(v)}</b>{escape(sub)}</div>'
+        for k, v, sub in cards
+    ) + "</div>"  # fmt: skip
+
+
+def trace_note(trace: Path | None) -> str:
+    """Where the trace is and how to open it. The address is text, not a link: the
+    page loads nothing, and Perfetto opens a local file from its own page."""
+    how = (f"open <code>{PERFETTO}</code>, choose &ldquo;Open trace file&rdquo; and pick it "
+           "(or drop it on the page); the file stays on this machine.")  # fmt: skip
+    if trace is None:
+        return f"Timeline: write a Perfetto trace with <code>--trace PATH</code>, then {how}"
+    return f"Timeline of every call: <code>{escape(str(trace))}</code>; {how}"
+
+
+def legend_html() -> str:
+    """The colour of each step on every chart and what kind of step it is."""
+    kinds = {s.name: s.kind for f in (PREFILL_FLOW, DECODE_FLOW) for s in f.steps}
+    groups = {"host (CPU) ops": "cpu", "ELFs (device)": "kernel"}
+    parts = []
+    for label, kind in groups.items():
+        names = [n for n in STEP_COLORS if kinds.get(n) == kind]
+        parts.append(f'<div class="legend"><b>{label}:</b>' + "".join(
+            f'<span style="--c:{STEP_COLORS[n]}">{escape(n)}</span>' for n in names))  # fmt: skip
+    parts[-1] += f'<span style="--c:{STEP_COLORS[UNTIMED]}">{UNTIMED} (no timer)</span>'
+    return "</div>".join(parts) + "</div>"
+
+
+def section_html(section: Section) -> str:
     parts = [f"<h2>{escape(section.title)}</h2>"]
-    parts += [_table_html(t) for t in section.tables]
+    parts += [table_html(t) for t in section.tables]
     parts += [f'<p class="note">{escape(n)}</p>' for n in section.notes]
     return "\n".join(parts)
 
 
-def _table_html(table: Table) -> str:
+def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     rows = "".join(
         "<tr>" + "".join(_cell(c, i) for i, c in enumerate(row)) + "</tr>" for row in table.rows

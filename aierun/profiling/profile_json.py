@@ -66,14 +66,8 @@ def npu2_model_json(report: Report) -> dict[str, Any]:
     calls the run made of it): per ELF summed over the prefill, or per decode token;
     ttft_ms and tpot_ms are their sums. None where an ELF has no model. (The kernels'
     `npu2_model_ms` is one call.)"""
-    names, steps = _elf_keys(report), report.decode.steps
-
-    def run_ms(e: Any) -> float | None:
-        model = report.npu2_model_ms.get(e.spec.instance)
-        per = steps if e.phase == "decode" else 1
-        return None if model is None or not per else e.stats.count * model / per
-
-    per_elf = {names[id(e)]: run_ms(e) for e in report.elfs}
+    names = _elf_keys(report)
+    per_elf = {names[id(e)]: report.npu2_run_ms(e) for e in report.elfs}
 
     def total(phase: str) -> float | None:
         parts = [per_elf[names[id(e)]] for e in report.elfs_of(phase)]

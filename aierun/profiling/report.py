@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 
 from aierun.abi import ElfSpec
-from aierun.profiling.flow import Step
+from aierun.profiling.flow import Flow, Step
 from aierun.profiling.recorder import CpuOp, KernelCall, Profiler, Span
 from aierun.profiling.roofline import Cost, Rates, elf_cost
 
@@ -252,6 +252,31 @@ class Report:
 
     def elfs_of(self, phase: str) -> list[ElfStats]:
         return [e for e in self.elfs if e.phase == phase]
+
+    def npu2_run_ms(self, elf: ElfStats) -> float | None:
+        """The modeled npu2 time of this run's calls of `elf` (its modeled call times
+        the calls made), per decode step in decode; None where the ELF has no model."""
+        model = self.npu2_model_ms.get(elf.spec.instance)
+        steps = self.phase(elf.phase).steps if elf.phase == "decode" else 1
+        return None if model is None or not steps else elf.stats.count * model / steps
+
+    def step_ms(self, flow: Flow) -> dict[str, float]:
+        """Each step of `flow`, in its order: the ms its phase spent in it (per decode
+        step in decode)."""
+        phase = self.phase(flow.phase)
+        return {s.name: phase.per_step(phase.step_stats(s).total_ms) for s in flow.steps}
+
+    def npu2_step_ms(self, flow: Flow) -> dict[str, float] | None:
+        """The ELF steps of `flow` as the npu2 model times them (None when an ELF of the
+        phase has no model); CPU steps are not modeled."""
+        parts: dict[str, float] = {}
+        for elf in self.elfs_of(flow.phase):
+            modeled = self.npu2_run_ms(elf)
+            if modeled is None:
+                return None
+            parts[elf.spec.name] = parts.get(elf.spec.name, 0.0) + modeled
+        order = [s.name for s in flow.steps if s.name in parts]
+        return {name: parts[name] for name in order} if parts else None
 
 
 def beats_floor(report: Report) -> bool:

@@ -9,8 +9,9 @@ module has no per-op code.
 
 The time floor is max(FLOPs / peak FLOP rate, bytes / peak memory rate): no
 schedule can beat it, so `measured / floor` says how far a kernel is from its
-limit. npu2 uses the upstream-measured rates of reference/npu-stack.md; emu uses
-this machine's numpy rates, measured once and cached under the runtime home.
+limit. npu2 uses the upstream-measured rates of docs/hardware.md, "Stack F. Performance
+facts"; emu uses this machine's numpy rates, measured once and cached under the runtime
+home.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ class Rates:
         return "compute" if self.compute_s(cost) >= self.memory_s(cost) else "memory"
 
 
-# reference/npu-stack.md, "Performance facts": ~60 GB/s DDR for streaming (the best
+# docs/hardware.md, "Stack F. Performance facts": ~60 GB/s DDR for streaming (the best
 # measured memory rate; bf16 GEMV reaches 28-41 GB/s of it) and 5-10 TFLOP/s for
 # bf16 GEMM, of which we take the upper end: a floor must use the best rate seen.
 # The marketed 50 TOPS are int8 and do not apply to our bf16 kernels.
 NPU2_RATES = Rates(
-    "npu2", 10e12, 60e9, "reference/npu-stack.md: 10 TFLOP/s bf16 GEMM, 60 GB/s DDR streaming"
+    "npu2", 10e12, 60e9, "docs/hardware.md Stack F: 10 TFLOP/s bf16 GEMM, 60 GB/s DDR streaming"
 )
 
 

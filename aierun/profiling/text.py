@@ -43,9 +43,10 @@ def share(part: float, whole: float) -> str:
 
 
 def is_number(cell: object) -> bool:
-    """Numbers (and "12.3 (4%)", "+1.2%", "3.0x") are right-aligned in tables."""
+    """Numbers (and "12.3 (4%)", "+1.2%", "3.0x", "n/a" for a missing one) are
+    right-aligned in tables."""
     text = str(cell).lstrip("+-")
-    return text[:1].isdigit()
+    return text[:1].isdigit() or text == "n/a"
 
 
 def sections(report: Report) -> list[Section]:
@@ -87,7 +88,7 @@ def _flow_rows(report: Report, flow: Flow) -> list[tuple[Any, ...]]:
     rows += [row(s, "  ") for s in flow.layer]
     rows.append(untimed("  untimed inside the layer loop", phase.loop_untimed_ms))
     rows += [row(s) for s in flow.tail]
-    named = sum(phase.step_stats(s).total_ms for s in (*flow.head, *flow.layer, *flow.tail))
+    named = sum(phase.step_stats(s).total_ms for s in flow.steps)
     other = phase.kernel_ms + phase.cpu_ms - named
     if other > 1e-6:
         rows.append(untimed("other recorded kernel/CPU time", other))
@@ -340,8 +341,13 @@ def latency_section(report: Report) -> Section:
 
 # -- text ------------------------------------------------------------------------------
 def render_text(report: Report) -> str:
-    out = [headline(report)]
-    for section in sections(report):
+    return render_sections([headline(report), largest_shares(report)], sections(report))
+
+
+def render_sections(lead: list[str], parts: list[Section]) -> str:
+    """Lines of text, then each section: its title, its tables and its notes."""
+    out = list(lead)
+    for section in parts:
         out += ["", "=" * 100, section.title, "=" * 100]
         for table in section.tables:
             out += render_table(table)
@@ -362,6 +368,29 @@ def headline(report: Report) -> str:
         f"prompt tokens in bucket {info.seq_len}, {info.generated_tokens} tokens generated "
         f"({steps} decode steps{stopped}){load}"
     )
+
+
+def largest_shares(report: Report) -> str:
+    """The hot spot of each phase in one sentence: the step with the largest share of
+    its wall, and which ELF the npu2 model expects to dominate."""
+    parts = []
+    labels = (("the prefill", "TTFT"), ("a decode step", "TPOT"))
+    for flow, (label, wall_name) in zip((PREFILL_FLOW, DECODE_FLOW), labels, strict=True):
+        phase = report.phase(flow.phase)
+        if not phase.steps:
+            continue
+        steps = report.step_ms(flow)
+        name = max(steps, key=steps.__getitem__)
+        wall = phase.per_step(phase.wall_ms)
+        part = f"{name} takes {share(steps[name], wall)} of {label} ({ms(steps[name], 1)} of " \
+            f"{ms(wall, 1)} ms {wall_name})"  # fmt: skip
+        modeled = report.npu2_step_ms(flow)
+        if modeled:
+            top = max(modeled, key=modeled.__getitem__)
+            part += f"; on the npu2 model {top} takes {share(modeled[top], sum(modeled.values()))}"
+            part += " of its kernel time"
+        parts.append(part)
+    return "Largest share: " + "; ".join(parts) + "."
 
 
 def render_table(table: Table) -> list[str]:

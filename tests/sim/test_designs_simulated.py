@@ -194,6 +194,7 @@ def test_an_all_zero_output_is_a_failed_comparison_not_a_pass():
     assert DEFAULT_TOLERANCE.problem(compare(values, values)) is None
 
 
+@pytest.mark.slow
 def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_manifest):
     captured = capture_calls(Checkpoint(model_dir), emu_manifest)
     assert set(captured) == set(ArtifactSet.open(emu_manifest).instances)

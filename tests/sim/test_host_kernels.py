@@ -129,6 +129,7 @@ def check_add(kernel: HostKernel, a_f32: bool, b_f32: bool, c_f32: bool) -> None
 
 
 @pytest.mark.parametrize("types", ADD_TYPES)
+@pytest.mark.slow
 def test_add_is_bit_exact(build, types):
     check_add(build(eltwise(*types)), *types)
 
@@ -456,3 +457,16 @@ def test_library_key_follows_source_and_defines(tmp_path):
     assert key != host_kernels.library_key(eltwise(True, False, True), cxx)
     edited = mutant(tmp_path, "eltwise.cc", "static constexpr int LANES", "constexpr int LANES")
     assert key != host_kernels.library_key(KernelObject(edited, obj.params), cxx)
+
+
+def test_counts_report_what_one_call_issues_by_slot_class(build):
+    """The add of 64 bf16 lanes in 16-lane steps: per step two 256-bit loads, the
+    accumulator add (3 conversions, 1 add), a bf16 store; one rounding-mode write."""
+    add = build(kernel_object("eltwise.cc", {"CHUNK": 64, "A_F32": False, "B_F32": False,
+                                             "C_F32": False}))  # fmt: skip
+    a, b, c = (np.zeros(64, BF16) for _ in range(3))
+    counts = add.counts("add_bf16_bf16_bf16_64", a, b, c)
+    assert counts["load_256"] == 8 and counts["store_256"] == 4
+    assert counts["alu"] == 4 and counts["scalar"] == 1
+    assert counts["convert"] == 4 * (2 + 2 + 3 + 2)  # widen a, b (ups, srs); add; store
+    assert add.counts("add_bf16_bf16_bf16_64", a, b, c) == counts  # reset between calls

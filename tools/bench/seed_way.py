@@ -1,7 +1,7 @@
 """The seed's host operations, done the way the seed document describes them, as the
 baseline `doit bench` measures the runtime's host ops against.
 
-The seed (../shared/seed/profile-report-seed.txt) pads every prompt to seq_len, keeps
+The seed (docs/design.md, "The seed") pads every prompt to seq_len, keeps
 its activations in bf16 and its KV cache in bf16, laid out per KV head
 [layers, Hkv, max_seq, Dh], allocated for each prompt. Per op:
 

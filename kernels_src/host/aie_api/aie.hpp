@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "detail/counts.hpp"
 #include "detail/mmul.hpp"
 #include "detail/scalar.hpp"
 #include "detail/vector.hpp"
@@ -83,6 +84,39 @@ accum<accfloat, N> multiply(const accum<accfloat, N> *acc, const A &a, const B &
 template <typename T>
 inline constexpr bool is_accum_tag = std::is_same_v<T, accfloat>;
 
+template <typename T, unsigned N>
+constexpr unsigned bits_of() {
+  return N * sizeof(T) * 8;
+}
+
+// A lane-wise float operation as aie2/add.hpp forms it: "There are no adders for
+// bfloat16, but we can use the accumulator adders for float": both operands up-shifted
+// to accumulators, one accumulator add, the sum shifted back; a scalar operand is
+// broadcast first.
+template <typename A, typename B>
+void count_accumulator_add() {
+  using V = pair_vector<A, B>;
+  const std::uint64_t ops = count::fp32_ops(V::size());
+  count::add(count::convert, 3 * ops);
+  count::add(count::alu, ops);
+  if constexpr (!(Vector<A> && Vector<B>)) count::add(count::move);
+}
+
+// Multiplies of N lanes: mul_elem_16 per 16 fp32 lanes (the compiler's fp32 emulation,
+// aie2p/mul_acc32_fp.hpp under __AIE_API_FP32_EMULATION__, counted as one issue ⚠),
+// mul_elem_32 per 32 bf16 lanes; a scalar operand is broadcast first.
+template <typename A, typename B>
+std::uint64_t count_multiplies(bool dependent) {
+  using V = pair_vector<A, B>;
+  using T = typename vector_traits<V>::element;
+  const std::uint64_t ops = std::is_same_v<T, float> ? count::fp32_ops(V::size())
+                                                     : count::units(bits_of<T, V::size()>(), 512);
+  count::add(count::mac, ops);
+  if (dependent) count::add(count::mac_dependent, ops);
+  if constexpr (!(Vector<A> && Vector<B>)) count::add(count::move);
+  return ops;
+}
+
 [[noreturn]] inline void fail(const char *what) {
   std::fprintf(stderr, "host aie_api: %s\n", what);
   std::abort();
@@ -90,11 +124,16 @@ inline constexpr bool is_accum_tag = std::is_same_v<T, accfloat>;
 }  // namespace detail
 
 // -- initialization, memory, reshaping ------------------------------------------------
+// zeros and broadcast: one register move per 512 bits.
 template <typename T, unsigned N>
 auto zeros() {
-  if constexpr (detail::is_accum_tag<T>)
-    return accum<T, N>(vector<float, N>(zeros<float, N>()));
-  else {
+  if constexpr (detail::is_accum_tag<T>) {
+    accum<T, N> acc;
+    for (unsigned i = 0; i < N; ++i) acc.host_lane(i) = 0.0f;
+    detail::count::add(detail::count::move, detail::count::fp32_ops(N));
+    return acc;
+  } else {
+    detail::count::add(detail::count::move, detail::count::units(detail::bits_of<T, N>(), 512));
     vector<T, N> v;
     for (unsigned i = 0; i < N; ++i) v[i] = T(0.0f);
     return v;
@@ -103,6 +142,7 @@ auto zeros() {
 
 template <typename T, unsigned N>
 vector<T, N> broadcast(T value) {
+  detail::count::add(detail::count::move, detail::count::units(detail::bits_of<T, N>(), 512));
   vector<T, N> v;
   for (unsigned i = 0; i < N; ++i) v[i] = value;
   return v;
@@ -110,6 +150,7 @@ vector<T, N> broadcast(T value) {
 
 template <unsigned N, typename T>
 vector<std::remove_const_t<T>, N> load_v(T *p) {
+  detail::count::access(false, detail::bits_of<std::remove_const_t<T>, N>());
   vector<std::remove_const_t<T>, N> v;
   for (unsigned i = 0; i < N; ++i) v[i] = p[i];
   return v;
@@ -117,6 +158,7 @@ vector<std::remove_const_t<T>, N> load_v(T *p) {
 
 template <typename T, unsigned N>
 T *store_v(T *p, const vector<T, N> &v) {
+  detail::count::access(true, detail::bits_of<T, N>());
   for (unsigned i = 0; i < N; ++i) p[i] = v[i];
   return p;
 }
@@ -135,6 +177,9 @@ vector<T, N *(1 + sizeof...(Rest))> concat(const vector<T, N> &first, const Rest
 template <typename T, unsigned N>
 vector<T, N> transpose(const vector<T, N> &v, unsigned rows, unsigned cols) {
   if (rows * cols != N) detail::fail("transpose: rows * cols must equal the vector length");
+  // One ::shuffle per 512 bits (aie2/transpose.hpp, the branch AIE2P takes: a 64-lane
+  // 16-bit transpose is two shuffles, 32 lanes or fewer one).
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<T, N>(), 512));
   vector<T, N> out;
   for (unsigned r = 0; r < rows; ++r)
     for (unsigned c = 0; c < cols; ++c) out[c * rows + r] = v[r * cols + c];
@@ -145,6 +190,8 @@ vector<T, N> transpose(const vector<T, N> &v, unsigned rows, unsigned cols) {
 template <typename E, typename T, unsigned N>
   requires std::convertible_to<E, T>
 vector<T, N> select(E a, const vector<T, N> &v, const mask<N> &m) {
+  detail::count::add(detail::count::move);  // the scalar `a`, broadcast
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<T, N>(), 512));
   vector<T, N> out;
   for (unsigned i = 0; i < N; ++i) out[i] = m.test(i) ? v[i] : T(a);
   return out;
@@ -155,22 +202,30 @@ vector<T, N> select(E a, const vector<T, N> &v, const mask<N> &m) {
 template <typename A, typename B>
   requires detail::LanewisePair<A, B>
 auto add(const A &a, const B &b) {
+  detail::count_accumulator_add<A, B>();
   return detail::lanewise<detail::pair_vector<A, B>>(a, b, [](float x, float y) { return x + y; });
 }
 template <typename A, typename B>
   requires detail::LanewisePair<A, B>
 auto sub(const A &a, const B &b) {
+  detail::count_accumulator_add<A, B>();
   return detail::lanewise<detail::pair_vector<A, B>>(a, b, [](float x, float y) { return x - y; });
 }
 template <typename A, typename B>
   requires detail::LanewisePair<A, B>
 auto max(const A &a, const B &b) {
+  // A native vector max (aie2/max_min.hpp) per 512 bits.
+  using V = detail::pair_vector<A, B>;
+  using T = typename detail::vector_traits<V>::element;
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<T, V::size()>(), 512));
+  if constexpr (!(detail::Vector<A> && detail::Vector<B>)) detail::count::add(detail::count::move);
   return detail::lanewise<detail::pair_vector<A, B>>(a, b,
                                                     [](float x, float y) { return x < y ? y : x; });
 }
 
 template <typename T, unsigned N>
 vector<T, N> neg(const vector<T, N> &v) {
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<T, N>(), 512));
   vector<T, N> out;
   for (unsigned i = 0; i < N; ++i) out[i] = -v[i];  // a sign flip: exact in both types
   return out;
@@ -178,12 +233,16 @@ vector<T, N> neg(const vector<T, N> &v) {
 
 template <unsigned N, typename T>
 accum<accfloat, N> add(const accum<accfloat, N> &acc, const vector<T, N> &v) {
+  detail::count::add(detail::count::convert, detail::count::fp32_ops(N));  // ups of v
+  detail::count::add(detail::count::alu, detail::count::fp32_ops(N));
   accum<accfloat, N> out;
   for (unsigned i = 0; i < N; ++i) out.host_lane(i) = acc.host_lane(i) + float(v[i]);
   return out;
 }
 template <unsigned N, typename T>
 accum<accfloat, N> sub(const accum<accfloat, N> &acc, const vector<T, N> &v) {
+  detail::count::add(detail::count::convert, detail::count::fp32_ops(N));
+  detail::count::add(detail::count::alu, detail::count::fp32_ops(N));
   accum<accfloat, N> out;
   for (unsigned i = 0; i < N; ++i) out.host_lane(i) = acc.host_lane(i) - float(v[i]);
   return out;
@@ -195,24 +254,34 @@ template <typename A, typename B>
   requires detail::LanewisePair<A, B>
 auto mul(const A &a, const B &b) {
   using V = detail::pair_vector<A, B>;
+  detail::count_multiplies<A, B>(false);
   return detail::multiply<V::size(), V>(nullptr, a, b, 1.0f);
 }
 template <unsigned N, typename A, typename B>
   requires detail::LanewisePair<A, B> && (detail::pair_vector<A, B>::size() == N)
 accum<accfloat, N> mac(const accum<accfloat, N> &acc, const A &a, const B &b) {
+  detail::count_multiplies<A, B>(true);
   return detail::multiply<N, detail::pair_vector<A, B>>(&acc, a, b, 1.0f);
 }
 template <unsigned N, typename A, typename B>
   requires detail::LanewisePair<A, B> && (detail::pair_vector<A, B>::size() == N)
 accum<accfloat, N> msc(const accum<accfloat, N> &acc, const A &a, const B &b) {
+  detail::count_multiplies<A, B>(true);
   return detail::multiply<N, detail::pair_vector<A, B>>(&acc, a, b, -1.0f);
 }
 
 // -- reductions ------------------------------------------------------------------------
 // The lanes' sum as the hardware forms it (fact S): pairwise halving, lane i + lane
 // i + N/2, until one lane is left.
+// Counted as aie2/add_reduce.hpp's AIE2P branch (float, fewer than 32 lanes) forms it:
+// the vector up-shifted to an accumulator, log2(N) steps of a byte shift and an
+// accumulator add, the result shifted back and lane 0 moved to a scalar register.
 template <unsigned N>
 float reduce_add(const vector<float, N> &v) {
+  namespace c = detail::count;
+  c::add(c::convert, 2);
+  c::add(c::alu, 2 * std::bit_width(N - 1));
+  c::add(c::move);
   std::array<float, N> partial;
   for (unsigned i = 0; i < N; ++i) partial[i] = v[i];
   for (unsigned half = N / 2; half > 0; half /= 2)
@@ -222,6 +291,9 @@ float reduce_add(const vector<float, N> &v) {
 
 template <typename T, unsigned N>
 T reduce_max(const vector<T, N> &v) {
+  // log2(N) steps of a shift and a max (as reduce_add), then lane 0 to a scalar.
+  detail::count::add(detail::count::alu, 2 * std::bit_width(N - 1));
+  detail::count::add(detail::count::move);
   T best = v[0];
   for (unsigned i = 1; i < N; ++i) best = float(v[i]) > float(best) ? v[i] : best;
   return best;
@@ -234,22 +306,42 @@ T reduce_max(const vector<T, N> &v) {
 template <typename TR = bfloat16, unsigned N>
   requires std::same_as<TR, bfloat16>
 vector<TR, N> exp2(const vector<float, N> &v) {
+  // Per 16 lanes (aie2p/elementary.hpp, Exp2): an accumulator from the lanes (ups), one
+  // ::exp2, and an insert of its bf16 lanes into the result.
+  namespace c = detail::count;
+  const std::uint64_t ops = c::fp32_ops(N);
+  c::add(c::convert, ops);
+  c::add(c::alu, ops);
+  if (N > c::FP32_LANES) c::add(c::move, ops);
   vector<TR, N> out;
   for (unsigned i = 0; i < N; ++i) out[i] = TR(float(std::exp2(double(v[i]))));
   return out;
 }
 
-inline float inv(float x) { return 1.0f / x; }
-inline float invsqrt(float x) { return 1.0f / std::sqrt(x); }
+// The scalar unit's ::inv / ::invsqrt (AIE-ML v2: "Hardware acceleration for inverse,
+// square root, and inverse square root", AMD AM027), one issue each (⚠ latency unknown).
+inline float inv(float x) {
+  detail::count::add(detail::count::scalar);
+  return 1.0f / x;
+}
+inline float invsqrt(float x) {
+  detail::count::add(detail::count::scalar);
+  return 1.0f / std::sqrt(x);
+}
 
+// A float vector has no vector inverse on AIE2P (aie2p/elementary.hpp has one for bfloat16
+// only): detail/elementary.hpp's generic loop extracts each lane, calls the scalar
+// function and inserts the result.
 template <unsigned N>
-vector<float, N> inv(const vector<float, N> &v) {  // per lane, as aie_api does for float
+vector<float, N> inv(const vector<float, N> &v) {
+  detail::count::add(detail::count::move, 2 * N);
   vector<float, N> out;
   for (unsigned i = 0; i < N; ++i) out[i] = inv(v[i]);
   return out;
 }
 template <unsigned N>
 vector<float, N> invsqrt(const vector<float, N> &v) {
+  detail::count::add(detail::count::move, 2 * N);
   vector<float, N> out;
   for (unsigned i = 0; i < N; ++i) out[i] = invsqrt(v[i]);
   return out;

@@ -34,7 +34,7 @@ inline constexpr bool uses_bfp16 =
 // C[M x N] (+)= A[M x K] B[K x N], all row-major in their vectors.
 // bf16: each output lane accumulates its K products in k order in fp32: the XDNA 2 bf16
 // shapes are emulated with one lane-wise multiply-accumulate per k (aie_api
-// aie2p/emulated_mmul_intrinsics.hpp, as reference/aie2p-facts.md reads it). bf16 x bf16
+// aie2p/emulated_mmul_intrinsics.hpp, as docs/hardware.md section 9 reads it). bf16 x bf16
 // products are exact in fp32.
 // bfp16 (detail::uses_bfp16): every row of A and column of B becomes one bfp16 block,
 // converted by the current rounding mode; each output lane adds the exact product of
@@ -74,10 +74,46 @@ class mmul {
 
  private:
   void multiply(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b, bool accumulate) {
-    if constexpr (detail::uses_bfp16<M, K, N>)
+    if constexpr (detail::uses_bfp16<M, K, N>) {
+      count_bfp16(accumulate);
       multiply_bfp16(a, b, accumulate);
-    else
+    } else {
+      count_bf16(accumulate);
       multiply_bf16(a, b, accumulate);
+    }
+  }
+
+  // What aie_api issues for one bf16 mul / mac on AIE2P (aie2p/emulated_mmul_intrinsics.hpp
+  // `mac_4x8_8x8_bf16`): xt = ::shuffle(x, x, T16_4x8), then per k an
+  // extract_v4bfloat16_broadcast + ::shuffle of x and an extract_v8bfloat16_broadcast of y
+  // (17 shuffles, 16 broadcasts), and one 32-lane mac_elem_32 per k, each taking the
+  // previous one's accumulator. Other emulated shapes are counted the same way per
+  // 32-lane MAC (our kernels use 4x8x8 only).
+  static void count_bf16(bool accumulate) {
+    namespace c = detail::count;
+    constexpr unsigned macs = M * K * N / 32;
+    c::add(c::alu, 2 * macs + 1);
+    c::add(c::move, 2 * macs);
+    c::add(c::mac, macs);
+    c::add(c::mac_dependent, accumulate ? macs : macs - 1);
+  }
+
+  // With AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16 (aie2p/mmul_bf16_bf16.hpp): A widened
+  // to an fp32 accumulator (ups), B transposed back (transpose<bfloat16, 64>: two
+  // ::shuffle on AIE2P, aie2/transpose.hpp's non-AIE2 branch) and, for 8x8x8, widened by
+  // mul_elem_64(bt, ones), 4x8x8 by ups of 64 lanes; both to_v64bfp16ebs8; one
+  // mac_8x8_8x8T (or mul_8x8_8x8T).
+  static void count_bfp16(bool accumulate) {
+    namespace c = detail::count;
+    c::add(c::convert, c::fp32_ops(size_A));
+    c::add(c::alu, 2);
+    if constexpr (M == 8)
+      c::add(c::mac);
+    else
+      c::add(c::convert, c::fp32_ops(size_B));
+    c::add(c::convert, 2);
+    c::add(c::mac);
+    if (accumulate) c::add(c::mac_dependent);
   }
 
   void multiply_bf16(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b,

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "counts.hpp"
+
 // Loop annotations the AIE compilers read; the host compiler has nothing to do with them.
 #define chess_prepare_for_pipelining
 #define chess_flatten_loop
@@ -83,7 +85,11 @@ inline double round_to_integer(double value, rounding_mode mode) {
 }
 }  // namespace detail
 
-inline void set_rounding(rounding_mode mode) { detail::tile_rounding = mode; }
+// A control register write: one scalar issue (counts.hpp).
+inline void set_rounding(rounding_mode mode) {
+  detail::count::add(detail::count::scalar);
+  detail::tile_rounding = mode;
+}
 inline rounding_mode get_rounding() { return detail::tile_rounding; }
 
 }  // namespace aie

@@ -5,6 +5,7 @@
 #include <cassert>
 #include <limits>
 
+#include "counts.hpp"
 #include "scalar.hpp"
 
 namespace aie {
@@ -45,11 +46,14 @@ class vector {
     return lanes_[i];
   }
 
-  // Sub-vector `index` of M lanes (lanes index*M .. index*M+M-1).
+  // Sub-vector `index` of M lanes (lanes index*M .. index*M+M-1). One register move
+  // each, as insert (AMD AM020, Register Move Functionality: "Move one 128-bit
+  // V-register to an arbitrary V-register in one cycle").
   template <unsigned M>
   vector<T, M> extract(unsigned index) const {
     static_assert(N % M == 0, "extract: the part must divide the vector");
     assert(index < N / M);
+    detail::count::add(detail::count::move);
     vector<T, M> part;
     for (unsigned i = 0; i < M; ++i) part[i] = lanes_[index * M + i];
     return part;
@@ -59,6 +63,7 @@ class vector {
   vector &insert(unsigned index, const vector<T, M> &part) {
     static_assert(N % M == 0, "insert: the part must divide the vector");
     assert(index < N / M);
+    detail::count::add(detail::count::move);
     for (unsigned i = 0; i < M; ++i) lanes_[index * M + i] = part[i];
     return *this;
   }
@@ -82,16 +87,19 @@ class accum {
     from_vector(v);
   }
 
-  // Widening bf16 or fp32 lanes is exact.
+  // Widening bf16 or fp32 lanes is exact: an up-shift (ups) per native accumulator.
   template <typename T>
   accum &from_vector(const vector<T, N> &v) {
+    detail::count::add(detail::count::convert, detail::count::fp32_ops(N));
     for (unsigned i = 0; i < N; ++i) lanes_[i] = float(v[i]);
     return *this;
   }
 
-  // To fp32 lanes unchanged, or to bf16 lanes rounded by the current rounding mode.
+  // To fp32 lanes unchanged, or to bf16 lanes rounded by the current rounding mode: a
+  // shift-round-saturate (srs) per native accumulator.
   template <typename T>
   vector<T, N> to_vector() const {
+    detail::count::add(detail::count::convert, detail::count::fp32_ops(N));
     vector<T, N> v;
     for (unsigned i = 0; i < N; ++i) v[i] = T(lanes_[i]);
     return v;
