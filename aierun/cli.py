@@ -64,6 +64,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """An option value of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """A real number (nan and inf would make every later computation meaningless)."""
     value = float(text)
@@ -169,6 +177,9 @@ SERVE_OPTIONS = (
     Option("queue", positive_int, 32, "most generations queued or running; beyond it 429"),
     Option("max_tokens", positive_int, 512, "tokens per answer when a request gives no max_tokens"),
     Option("keepalive", positive_float, 5.0, "seconds between SSE keep-alive comments"),
+    Option("slots", nonnegative_int, 4, "other conversations' cached prefixes kept aside "
+           "(LRU; 0: only the one the cache holds)"),
+    Option("slot_mb", positive_int, 2048, "most host memory those kept prefixes take, MiB"),
     *(o for o in RUN_OPTIONS if o.name in ("device", "artifacts")),
 )  # fmt: skip
 UNPACK_OPTIONS = (

@@ -38,6 +38,7 @@ from aierun.errors import UserError
 from aierun.host.embedding import EmbeddingTable, pad_prompt
 from aierun.host.kv_cache import KVCache, decode_attention
 from aierun.host.norm import final_norm
+from aierun.host.prefix_slots import PrefixSlots, common_prefix
 from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table
 from aierun.profiling import flow
@@ -100,6 +101,9 @@ class Session:
         # The tokens whose K/V the cache holds, at positions [0, position): what a later
         # prompt may share (prefix reuse, `generate(..., reuse=True)`).
         self.tokens: list[int] = []
+        # Other conversations' cached prefixes (`aierun serve --slots N`); None: only
+        # the one the cache holds.
+        self.slots: PrefixSlots | None = None
         self.prepared = False
         self._pin: Path | None = None  # this run's pin of its store entries (prepare)
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
@@ -116,6 +120,12 @@ class Session:
         self.close()
 
     # -- prepare -------------------------------------------------------------
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """Host memory one cached position takes: fp32 K and V of every layer."""
+        shape = self.shape
+        return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 4
+
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
         self._pin = self.artifacts.pin()  # a `doit cache gc=1` meanwhile keeps them
@@ -280,7 +290,7 @@ class Session:
         sent again reuses all but one position. Decode steps cost far more per token
         than one prefill, so a long new suffix is prefilled whole: chunked prefill
         (flash attention with a past) is what would make that case cheap too."""
-        shared = min(_common_prefix(self.tokens, ids), len(ids) - 1)
+        shared = min(common_prefix(self.tokens, ids), len(ids) - 1)
         if shared == 0 or not self._decode_pays(len(ids) - shared, len(ids)):
             return None
         self.last_reused = shared
@@ -291,6 +301,21 @@ class Session:
         for token in ids[shared:]:
             logits = self._decode(token)
         return logits
+
+    def _switch_slot(self, slots: PrefixSlots, ids: list[int]) -> None:
+        """Before `ids` replaces what the cache holds: keep the held conversation aside
+        if `ids` would lose part of it, and take the kept one that shares the most with
+        `ids` when that is more than the held one shares and decoding from it pays."""
+        held = common_prefix(self.tokens, ids)
+        slot, shared = slots.best(ids)
+        if held < len(self.tokens):
+            slots.keep(self.tokens, self.kv)
+        usable = min(shared, len(ids) - 1)
+        if slot is None or usable <= held or not self._decode_pays(len(ids) - usable, len(ids)):
+            return
+        slots.take(slot)
+        self.kv, self.tokens, self.position = slot.kv, list(slot.tokens), len(slot.tokens)
+        log.debug("prefix.slot", tokens=len(slot.tokens), shared=shared, kept=len(slots))
 
     def _decode_pays(self, steps: int, n: int) -> bool:
         """Whether `steps` decode steps are expected to take less time than a prefill
@@ -398,6 +423,8 @@ class Session:
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
             ids, capacity = list(ids), len(ids) + n_tokens
             self.last_reused = 0
+            if reuse and seq_len is None and self.slots is not None:
+                self._switch_slot(self.slots, ids)
             reused = self._reuse(ids, capacity) if reuse and seq_len is None else None
             logits = self._prefill(ids, seq_len, capacity, None) if reused is None else reused
             token = self._choose(logits, sampling, rng, on_logits)
@@ -434,14 +461,6 @@ class Session:
         self.device.close()
         if self._pin is not None:
             self._pin.unlink(missing_ok=True)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case (a prompt extending the cache), at C speed
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
 
 
 def _next_pow2(n: int) -> int:

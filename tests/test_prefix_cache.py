@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from aierun.host.kv_cache import KVCache
+from aierun.host.prefix_slots import PrefixSlots
 
 JAPAN = "What is the capital of Japan?"
 
@@ -83,3 +84,46 @@ def test_truncating_inside_the_prompt_keeps_its_first_positions():
     np.testing.assert_array_equal(k0, keys[:, :3])
     np.testing.assert_array_equal(k1, [[[-1, -1]]])
     np.testing.assert_array_equal(v1, [[[-2, -2]]])
+
+
+def test_a_detached_copy_owns_what_the_device_buffers_held():
+    kv = KVCache(1, 1, 2, 4)
+    keys = np.arange(16, dtype=np.float32).reshape(1, 8, 2)
+    kv.keep_prompt(0, keys, keys + 100, 3)
+    kv.store(0, 3, np.full((1, 2), -1, np.float32), np.full((1, 2), -2, np.float32))
+    copy = kv.detached(4)
+    keys[...] = 0  # the next prefill overwrites the device's buffers
+    ((k, v),) = copy.parts(0, 4)
+    np.testing.assert_array_equal(k[0], [[0, 1], [2, 3], [4, 5], [-1, -1]])
+    np.testing.assert_array_equal(v[0, :3], np.arange(6).reshape(3, 2) + 100)
+
+
+def test_slots_keep_the_newest_within_their_count_and_bytes():
+    kv = KVCache(1, 1, 2, 8)
+    slots = PrefixSlots(count=2, max_bytes=10**6)
+    for tokens in ([1, 2, 3], [1, 5], [7, 8]):
+        slots.keep(tokens, kv)
+    assert len(slots) == 2
+    assert slots.best([1, 2, 3, 4])[1] == 1  # the oldest, [1, 2, 3], went first
+    slot, shared = slots.best([1, 5, 6])
+    assert (slot.tokens, shared) == ((1, 5), 2)
+    small = PrefixSlots(count=8, max_bytes=2 * 2 * 2 * 4)  # two positions of K and V, fp32
+    small.keep([1, 2], kv)
+    small.keep([3], kv)
+    assert [s.tokens for s in small._slots.values()] == [(3,)]
+
+
+def test_two_conversations_alternating_each_find_their_prefix(session, monkeypatch):
+    monkeypatch.setattr(session, "_decode_pays", lambda steps, n: True)
+    encode = session.checkpoint.encode_prompt
+    japan, colour = encode(JAPAN), encode("Name a colour.", chat=False)
+    list(session.generate(japan, 2))
+    session.slots = PrefixSlots(count=4, max_bytes=1 << 30)
+    list(session.generate(colour, 2, reuse=True))  # shares nothing: prefilled, Japan kept
+    assert session.last_reused == 0 and len(session.slots) == 1
+    logits, tokens = _first_logits(session, japan, reuse=True)
+    assert session.last_reused == len(japan) - 1  # found in its slot
+    session.slots = None
+    cold_logits, cold_tokens = _first_logits(session, japan, reuse=False)
+    assert _cosine(logits, cold_logits) > 0.999
+    assert tokens[:3] == cold_tokens[:3]

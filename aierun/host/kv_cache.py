@@ -81,6 +81,25 @@ class KVCache:
             found.append((self.appended[0, layer, :, rows], self.appended[1, layer, :, rows]))
         return found
 
+    def detached(self, length: int) -> KVCache:
+        """A copy of positions [0, length) that owns its memory (no views of device
+        buffers, which the next prefill overwrites): a cached prefix kept aside."""
+        layers, (_, _, heads, _, dim) = len(self.prompt), self.appended.shape
+        copy = KVCache(layers, heads, dim, length)
+        for layer in range(layers):
+            start = 0
+            for keys, values in self.parts(layer, length):
+                stop = start + keys.shape[1]
+                copy.appended[0, layer, :, start:stop] = keys
+                copy.appended[1, layer, :, start:stop] = values
+                start = stop
+        return copy
+
+    @property
+    def nbytes(self) -> int:
+        """Host memory it owns (the prompt's device buffers are not counted)."""
+        return self.appended.nbytes
+
     def attend(self, layer: int, q: np.ndarray, length: int) -> np.ndarray:
         """One query row q [1, H*Dh] against positions [0, length) -> fp32 [1, H*Dh].
 

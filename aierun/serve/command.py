@@ -10,6 +10,7 @@ import socket
 import structlog
 
 from aierun.errors import UserError
+from aierun.host.prefix_slots import PrefixSlots
 from aierun.session import open_session
 
 log = structlog.get_logger("aierun.serve")
@@ -25,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)  # a taken port fails now, not after the model loads
     api_key = args.api_key or os.environ.get("AIERUN_API_KEY") or None
     with sock, open_session(args) as session:
+        session.slots = PrefixSlots(args.slots, args.slot_mb << 20)
         app = build_app(session, api_key, args.queue, args.max_tokens, args.keepalive)
         host, port = sock.getsockname()[:2]
         log.info(
@@ -34,6 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             buckets=list(session.artifacts.buckets),
             context=session.shape.max_positions,
             queue=args.queue,
+            prefix_slots=args.slots,
+            slot_mb=args.slot_mb,
+            kv_mb_per_1k_tokens=round(session.kv_bytes_per_position * 1000 / 2**20, 1),
             api_key=api_key is not None,
         )
         config = uvicorn.Config(
