@@ -181,6 +181,7 @@ SERVE_OPTIONS = (
            "(LRU; 0: only the one the cache holds)"),
     Option("slot_mb", positive_int, 2048, "most host memory those kept prefixes take, MiB"),
     *(o for o in RUN_OPTIONS if o.name in ("device", "artifacts")),
+    *CHECK_OPTIONS,
 )  # fmt: skip
 UNPACK_OPTIONS = (
     Option("device", str, "emu", "the device the bundle must run on: emu or npu"),

@@ -413,3 +413,40 @@ def test_a_taken_port_is_refused_before_the_model_loads(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "pass another --port" in result.stderr
+
+
+def test_the_serve_command_answers_and_stops_on_sigterm(runtime_home, model_dir, emu_manifest):
+    """`aierun serve` itself, as a user starts it: the flags open_session reads, the
+    ready line with the prefix slots, an answer, and a clean exit on SIGTERM."""
+    with socket.socket() as probe:  # a free port (the server binds it again at once)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "AIERUN_HOME": str(runtime_home), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aierun.cli", "serve", "--port", str(port), "--model",
+         str(model_dir), "--artifacts", str(emu_manifest.parent), "--slots", "2"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        ready = _wait_for_line(server, "serve.ready", timeout_s=300)
+        assert "prefix_slots=2" in ready, ready
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                               timeout=TIMEOUT_S)  # fmt: skip
+        answer = client.chat.completions.create(model="d", messages=JAPAN, max_tokens=16)
+        assert "Tokyo" in answer.choices[0].message.content
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert "Traceback" not in server.stderr.read()
+
+
+def _wait_for_line(process: subprocess.Popen, needle: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([process.stderr], [], [], 1.0)
+        if readable:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, f"the server exited ({process.returncode})"
+            if needle in line:
+                return line
+    raise AssertionError(f"no {needle!r} line within {timeout_s} s")
