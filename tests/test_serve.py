@@ -275,6 +275,7 @@ def test_a_client_that_disconnects_cancels_and_the_next_is_served(server, client
     assert "Tokyo" in answer.choices[0].message.content
 
 
+@pytest.mark.slow
 def test_load_16_clients_4_requests_each_all_answered(server):
     """Bounded: 64 requests of at most 4 tokens, each with a timeout."""
     base = server[1]
@@ -415,6 +416,7 @@ def test_a_taken_port_is_refused_before_the_model_loads(tmp_path):
     assert "pass another --port" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_serve_command_answers_and_stops_on_sigterm(runtime_home, model_dir, emu_manifest):
     """`aierun serve` itself, as a user starts it: the flags open_session reads, the
     ready line with the prefix slots, an answer, and a clean exit on SIGTERM."""
