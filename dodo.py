@@ -190,7 +190,7 @@ def task_cache():
 
 
 def task_bench():
-    """Host ops vs the seed's way and emu vs transformers at Llama-3.2-1B shapes
+    """Host ops vs mlir-air's llama32_1b example and emu vs transformers, Llama-3.2-1B shapes
     (`doit bench parts=host,engines threads=1`); JSON under build/bench/."""
     command = [sys.executable, "-m", "tools.bench", "--parts", get_var("parts", "all")]
     command += ["--threads", get_var("threads", "1")]
@@ -203,7 +203,7 @@ def task_bench():
 
 def task_calibrate():
     """The npu2 time model against the published NPU2 measurements, and the modeled
-    Llama-3.2-1B ELFs at seq_len 2048 beside the seed's (`doit calibrate mma=bf16`,
+    Llama-3.2-1B ELFs at seq_len 2048 beside mlir-air's measured example (`doit calibrate mma=bf16`,
     `doit calibrate json=PATH` to write the points)."""
     command = [sys.executable, "-m", "tools.calibrate", "--llama"]
     if get_var("json", None):

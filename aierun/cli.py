@@ -128,7 +128,8 @@ RUN_OPTIONS = (
     Option("artifacts", str, None, "a build directory, an unpacked bundle, a bundle archive or "
            "a registry reference HOST/REPO:TAG|@sha256:... (default: "
            "$AIERUN_HOME/targets/<target>)"),
-    Option("seq_len", int, None, "force this prefill bucket (2048 reproduces the seed's setting)"),
+    Option("seq_len", int, None, "force this compiled prefill bucket (the prompt is padded "
+           "to it; 2048 times a long prompt)"),
     Option("temperature", finite_float, 0.0, "0 = greedy (default, reproducible); > 0 samples"),
     Option("top_p", finite_float, 1.0, "nucleus sampling mass when sampling"),
     Option("seed", int, 0, "random seed for sampling"),

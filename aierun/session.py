@@ -224,7 +224,7 @@ class Session:
             if seq_len not in buckets:
                 raise UserError(
                     f"--seq-len {seq_len} is not a compiled prefill bucket {list(buckets)}; "
-                    f"compile it with `doit compile buckets={_with(buckets, seq_len)}`"
+                    + self._compile_advice(seq_len)
                 )
             if n_tokens > seq_len:
                 raise UserError(f"the prompt has {n_tokens} tokens, more than --seq-len {seq_len}")
@@ -232,11 +232,27 @@ class Session:
         for bucket in buckets:
             if bucket >= n_tokens:
                 return bucket
+        if n_tokens > self.shape.max_positions:
+            raise UserError(
+                f"the prompt has {n_tokens} tokens, more than the model's context of "
+                f"{self.shape.max_positions} (max_position_embeddings): shorten it"
+            )
+        bucket = min(_next_pow2(max(n_tokens, MIN_BUCKET)), self.shape.max_positions)
         raise UserError(
             f"the prompt has {n_tokens} tokens; the largest compiled prefill bucket holds "
-            f"{buckets[-1]}. Shorten the prompt or compile a larger bucket "
-            f"(`doit compile buckets={_with(buckets, _next_pow2(n_tokens))}`)."
+            f"{buckets[-1]}. Shorten the prompt or {self._compile_advice(bucket)}."
         )
+
+    def _compile_advice(self, bucket: int) -> str:
+        """What to do for a bucket that is not compiled: the command that compiles it,
+        or, for a length the compiler refuses, what a bucket may be."""
+        most = self.shape.max_positions
+        if bucket % BUCKET_MULTIPLE or bucket > most:
+            return (
+                f"a prefill bucket is a multiple of {BUCKET_MULTIPLE} up to the model's "
+                f"context ({most}): pass one of the compiled ones"
+            )
+        return f"compile it with `doit compile buckets={_with(self.artifacts.buckets, bucket)}`"
 
     def prefill(
         self,
@@ -422,6 +438,7 @@ class Session:
             with prof.cpu(flow.TOKENIZE):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
             ids, capacity = list(ids), len(ids) + n_tokens
+            self._check_context(len(ids), n_tokens)
             self.last_reused = 0
             if reuse and seq_len is None and self.slots is not None:
                 self._switch_slot(self.slots, ids)
@@ -443,6 +460,19 @@ class Session:
                 with prof.in_phase("decode"), prof.span("token", self.position):
                     token = self._choose(self._decode(token), sampling, rng, on_logits)
 
+    def _check_context(self, prompt: int, n_tokens: int) -> None:
+        """Refuse before any work a generation the context cannot hold: the prompt and
+        every new token but the last (which is produced, never fed back) take a position."""
+        most = self.shape.max_positions
+        if prompt + n_tokens - 1 > most:
+            room = most - prompt + 1
+            advice = f"ask for {room} tokens or fewer" if room > 0 else "shorten the prompt"
+            raise UserError(
+                f"the prompt's {prompt} tokens and {n_tokens} new ones need "
+                f"{prompt + n_tokens - 1} positions; the model's context is {most} "
+                f"(max_position_embeddings): {advice}"
+            )
+
     def _choose(
         self,
         logits: np.ndarray,
@@ -461,6 +491,12 @@ class Session:
         self.device.close()
         if self._pin is not None:
             self._pin.unlink(missing_ok=True)
+
+
+# The compiler's prefill buckets are multiples of 32 (a flash-attention block, the
+# GEMMs' row tile); it suggests powers of two from 64 up.
+BUCKET_MULTIPLE = 32
+MIN_BUCKET = 64
 
 
 def _next_pow2(n: int) -> int:

@@ -24,7 +24,9 @@ def run(model_dir, emu_manifest, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--seq-len", "100"), r"not a compiled prefill bucket .* buckets=64,100,128"),
+        (("--seq-len", "96"), r"not a compiled prefill bucket .* buckets=64,96,128"),
+        (("--seq-len", "100"), r"not a compiled .* a prefill bucket is a multiple of 32"),
+        (("--n-tokens", "100000"), r"positions; the model's context is 8192 .*: ask for "),
         (("--prompt", "word " * 300), r"largest compiled prefill bucket holds 128"),
         (("--device", "gpu"), r"unknown device 'gpu'"),
         (("--temperature", "-1"), r"--temperature must be >= 0"),

@@ -186,9 +186,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with open_session(args) as session:
         reference = Reference(session.checkpoint.path, args.reference_dtype)
         result = verify(session, reference, prompts, args.n_tokens, args.k)
-    tokenizer = session.checkpoint.tokenizer
+    tokenizer, stop_ids = session.checkpoint.tokenizer, session.checkpoint.stop_token_ids()
     for number, check in enumerate(result.checks, 1):
-        print(_describe_check(number, len(result.checks), check, tokenizer))
+        print(_describe_check(number, len(result.checks), check, tokenizer, stop_ids))
     print(
         f"[verify] {len(result.checks)} prompts x {result.n_tokens} tokens: min top-{result.k} "
         f"hit rate {result.min_hit_rate:.1%}, top-1 agreement {result.top1_rate:.1%}, "
@@ -207,13 +207,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _describe_check(number: int, total: int, check: PromptCheck, tokenizer) -> str:
+def _describe_check(
+    number: int, total: int, check: PromptCheck, tokenizer, stop_ids: set[int]
+) -> str:
     steps = len(check.ranks)
     lines = [
         f"[verify] prompt {number}/{total} {check.prompt!r}: {check.topk_hits}/{steps} in "
         f"top-{check.k}, top-1 {check.top1_hits}/{steps}, "
         f"max logit diff {max(check.logit_diffs):.3f}",
-        f"    ours: {tokenizer.decode(check.tokens)!r}",
+        f"    ours: {_answer(check.tokens, tokenizer, stop_ids)}",
     ]
     miss = check.first_miss
     if miss is not None:
@@ -223,3 +225,13 @@ def _describe_check(number: int, total: int, check: PromptCheck, tokenizer) -> s
             f"(reference rank {check.ranks[miss]}), reference top-{check.k} {expected}"
         )
     return "\n".join(lines)
+
+
+def _answer(tokens: list[int], tokenizer, stop_ids: set[int]) -> str:
+    """The answer as a user would see it: up to its end of turn. The gate checks every
+    step (greedy_steps does not stop), so the steps after it are counted, not shown."""
+    end = next((i for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
+    text = repr(tokenizer.decode(tokens[:end]))
+    if end < len(tokens):
+        text += f" (end of turn; {len(tokens) - end - 1} more steps past it checked too)"
+    return text

@@ -1,0 +1,44 @@
+"""What a prompt and a generation may ask of the context and the compiled buckets:
+refused before any work, with advice the compiler itself accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from aierun.errors import UserError
+from aierun.verify.gate import _answer
+
+
+def test_more_new_tokens_than_the_context_holds_is_refused_before_any_work(session):
+    most = session.shape.max_positions
+    ids = session.checkpoint.encode_prompt("Hi")
+    held = (list(session.tokens), session.position)
+    with pytest.raises(UserError, match=rf"need {len(ids) + 100_000 - 1} positions; .* {most}"):
+        next(session.generate(ids, 100_000))
+    assert (session.tokens, session.position) == held  # nothing was prefilled
+    # Exactly the context: the prompt and every new token but the last take a position.
+    assert session._check_context(len(ids), most - len(ids) + 1) is None
+
+
+def test_a_prompt_longer_than_the_context_says_so(session):
+    most = session.shape.max_positions
+    with pytest.raises(UserError, match=rf"more than the model's context of {most}"):
+        session.bucket_for(most + 1)
+
+
+def test_bucket_advice_is_only_what_the_compiler_accepts(session):
+    with pytest.raises(UserError, match="a prefill bucket is a multiple of 32") as refused:
+        session.bucket_for(2, seq_len=3)
+    assert "doit compile" not in str(refused.value)
+    largest = session.artifacts.buckets[-1]
+    with pytest.raises(UserError, match=rf"doit compile buckets=\S*,{2 * largest}`"):
+        session.bucket_for(largest + 1)  # the next power of two
+
+
+def test_a_verify_sample_ends_at_its_end_of_turn(checkpoint):
+    tokenizer = checkpoint.tokenizer
+    stop = checkpoint.stop_token_ids()
+    answer = tokenizer("Tokyo.", add_special_tokens=False)["input_ids"]
+    shown = _answer([*answer, min(stop), *answer], tokenizer, stop)
+    assert shown.startswith("'Tokyo.'")
+    assert f"{len(answer)} more steps past it checked too" in shown
