@@ -152,4 +152,48 @@ class mmul {
   accum<accfloat, size_C> c_;
 };
 
+// The native bfp16 mmul of AIE2P, 8x8x8 on bfp16ebs8 operands (aie_api
+// aie2p/mmul_bfp16_bfp16.hpp: mul is one ::mul_8x8_8x8T(a, b), mac one
+// ::mac_8x8_8x8T_conf on the accumulator). A holds the 8 rows of A, B the 8 columns of
+// B (the "T": row n of the block vector is column n), each one bfp16 block along k.
+// C[m][n] adds the exact product of block m of A and block n of B in fp32 (bfp16.hpp).
+// Each mmul tracks its accumulator, so a MAC is dependent only when the previous MAC
+// wrote its input (counts.hpp `tracked_mac`): interleaved blocks hide the latency.
+template <typename AccumTag>
+class mmul<8, 8, 8, bfp16ebs8, bfp16ebs8, AccumTag> {
+  static_assert(std::is_same_v<AccumTag, accauto> || std::is_same_v<AccumTag, accfloat>,
+                "bfp16 mmul accumulates in accfloat");
+
+ public:
+  static constexpr unsigned size_A = 64, size_B = 64, size_C = 64;
+  using operand = block_vector<bfp16ebs8, 64>;
+
+  mmul() = default;
+  explicit mmul(const accum<accfloat, size_C> &c) : c_(c) {}
+
+  void mul(const operand &a, const operand &b) { multiply(a, b, false); }
+  void mac(const operand &a, const operand &b) { multiply(a, b, true); }
+
+  template <typename T>
+  vector<T, size_C> to_vector() const {
+    return c_.template to_vector<T>();
+  }
+  accum<accfloat, size_C> to_accum() const { return c_; }
+
+ private:
+  void multiply(const operand &a, const operand &b, bool accumulate) {
+    if (!accumulate) last_ = 0;
+    detail::count::tracked_mac(last_);
+    for (unsigned m = 0; m < 8; ++m)
+      for (unsigned n = 0; n < 8; ++n) {
+        const float product = float(dot(a.block(m), b.block(n)));  // exact (bfp16.hpp)
+        float &c = c_.host_lane(m * 8 + n);
+        c = accumulate ? c + product : product;
+      }
+  }
+
+  accum<accfloat, size_C> c_;
+  std::uint64_t last_ = 0;  // the MAC that last wrote c_ (counts.hpp `tracked_mac`)
+};
+
 }  // namespace aie
