@@ -17,8 +17,13 @@ core_rows = 6 input channels. One phase of the runtime sequence per round of m-b
 (`core_rows` of them) keeps 2-3 live tasks per shim; within it each core walks its n
 tiles (the x stream replays its m-block per n tile, a repeat of the shim pattern).
 
+The memory tiles forward the x and w tiles in the kernel's mmul blocks (MR x 8 of x,
+8 x 8 of w, `blocked`), so that each operand is one 512-bit load on the core.
+
 Tiles: TM = 64 (32 when M is not a multiple of 64), TK = 32, TN = 64. Core memory:
-x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB = 48 KiB of 64."""
+x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB, and for bfp16 the
+scratch of the call's converted operands, (TM + TN) * TK / 8 blocks of 9 bytes = 2.25 KiB:
+50.25 KiB of 64."""
 
 from __future__ import annotations
 
