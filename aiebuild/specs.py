@@ -85,8 +85,8 @@ def check_tileable(shape: ModelShape) -> None:
 
 # The matmul mode of each prefill GEMM, by launch label: -D AIEK_MMA of
 # kernels_src/gemm.cc: "bf16", a true bf16 x bf16 mmul (4x8x8), or "bfp16", bf16
-# operands converted to blocks of 8 sharing an exponent for the 8x8x8 bfp16 mmul
-# (AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16). The GEMVs have no mmul. The GEMMs are
+# operands converted on the core to blocks of 8 sharing an exponent for the native
+# 8x8x8 bfp16 mmul. The GEMVs have no mmul. The GEMMs are
 # core-bound and a bfp16 block does twice the MACs of a bf16 one in fewer cycles, so
 # bfp16 wherever accuracy allows: everywhere but K and V, which feed the KV cache
 # every later token reads (with them in bfp16 too, the first greedy token of the

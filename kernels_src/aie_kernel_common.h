@@ -20,9 +20,9 @@
 //     vector), whose precision aie_api does not document. Not emulated: aierun/ops and
 //     the host model (kernels_src/host) take IEEE division and 1/sqrt.
 // (B) bf16 matmuls are real bf16 x bf16 -> fp32, except where a GEMM launch asks for
-//     bfp16 (gemm.cc -D AIEK_MMA=bfp16 defines AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16:
-//     operands in blocks of 8 sharing an exponent; aiebuild/specs.py GEMM_MMA says which
-//     and why). Emulated both ways: aierun.ops.numerics.to_bfp16, fp32 accumulation.
+//     bfp16 (gemm.cc -D AIEK_MMA=bfp16 converts both operands to bfp16ebs8 for the
+//     native 8x8x8 bfp16 mmul: blocks of 8 sharing an exponent; aiebuild/specs.py
+//     GEMM_MMA says which and why). Emulated both ways: aierun.ops.numerics.to_bfp16, fp32 accumulation.
 #pragma once
 
 #include <aie_api/aie.hpp>

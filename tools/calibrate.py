@@ -90,9 +90,9 @@ def _gflops(flops: float, rate: float) -> float:
 
 # Where our kernels differ in structure from the measured upstream ones.
 GEMM_NOTE = (
-    "ours: 128-bit loads with inserts and a runtime transpose of w per 8x8x8 "
-    "block, fp32 acc read-add-written per K tile; upstream mm.cc: 2x2 blocked, "
-    "512-bit loads of pre-tiled operands"
+    "ours: 2x2 blocked bfp16 8x8x8 mmuls on tiles pre-tiled by the memory tiles, as "
+    "upstream mm.cc, but bf16 operands converted to bfp16 on the core once per call and "
+    "the fp32 acc read and written per K tile of 32; the call waits on its 8 KiB of x and w"
 )
 GEMV_NOTE = "ours: 128-B weight runs over 4 rows of cores; upstream mv.cc: 1 core per column"
 ATTN_NOTE = (

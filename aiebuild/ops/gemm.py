@@ -17,8 +17,13 @@ core_rows = 6 input channels. One phase of the runtime sequence per round of m-b
 (`core_rows` of them) keeps 2-3 live tasks per shim; within it each core walks its n
 tiles (the x stream replays its m-block per n tile, a repeat of the shim pattern).
 
+The memory tiles forward the x and w tiles in the kernel's mmul blocks (MR x 8 of x,
+8 x 8 of w, `blocked`), so that each operand is one 512-bit load on the core.
+
 Tiles: TM = 64 (32 when M is not a multiple of 64), TK = 32, TN = 64. Core memory:
-x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB = 48 KiB of 64."""
+x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB, and for bfp16 the
+scratch of the call's converted operands, (TM + TN) * TK / 8 blocks of 9 bytes = 2.25 KiB:
+50.25 KiB of 64."""
 
 from __future__ import annotations
 
@@ -70,6 +75,24 @@ def mma(launch: Launch) -> str:
     return launch.params.get("mma", "bf16")
 
 
+# The mmul block: MR rows of x (8 for the bfp16 8x8x8 mmul, 4 for bf16 4x8x8) by MS = 8
+# of k; w's blocks are always 8 x 8 (kernels_src/gemm.cc).
+MS = 8
+BFP16_BLOCK_BYTES = 9  # 8 int8 mantissas and a shared exponent (gemm.cc bfp16ebs8)
+
+
+def block_rows(launch: Launch) -> int:
+    return 8 if mma(launch) == "bfp16" else 4
+
+
+def blocked(rows: int, depth: int, block_rows: int) -> list[tuple[int, int]]:
+    """dims_to_stream reading a row-major rows x depth tile as block_rows x MS blocks,
+    block (i, k) after (i, k - 1), each block row-major: the layout gemm.cc's mmuls load."""
+    return [
+        (rows // block_rows, block_rows * depth), (depth // MS, MS), (block_rows, depth), (MS, 1)
+    ]  # fmt: skip
+
+
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     return kernel_object("gemm.cc", {"TM": tile_m(launch), "TK": TK, "TN": TN, "MMA": mma(launch)})
 
@@ -86,24 +109,30 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     x_ty, w_ty, y_ty = tensor((tm, TK), BF16), tensor((TN, TK), BF16), tensor((tm, TN), BF16)
     acc_ty = tensor((tm * TN,), np.dtype(np.float32))
     obj, suffix = kernel(launch, args).name, f"{tm}x{TK}x{TN}_{mma(launch)}"
+    # bfp16: the core scratch the mac converts its x and w tiles into.
+    q_shape = ((tm + TN) * TK // MS * BFP16_BLOCK_BYTES,)
+    scratch = [tensor(q_shape, np.dtype(np.uint8))] if mma(launch) == "bfp16" else []
     zero = lib.Kernel(f"gemm_zero_f32_{suffix}", obj, [acc_ty])
-    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [x_ty, w_ty, acc_ty])
+    mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [x_ty, w_ty, acc_ty, *scratch])
     store = lib.Kernel(f"gemm_store_bf16_{suffix}", obj, [acc_ty, y_ty])
 
+    # The memory tiles stream each tile to the cores in the kernel's mmul blocks.
     x_column = x_columns(columns, rows)
+    x_dims, w_dims = blocked(tm, TK, block_rows(launch)), blocked(TN, TK, MS)
     x_in = [lib.ObjectFifo(x_ty, name=f"x_in{r}") for r in range(rows)]
-    x_row = [x_in[r].cons().forward(tile=mem_tile(lib, x_column[r]), name=f"x{r}")
-             for r in range(rows)]  # fmt: skip
+    x_row = [x_in[r].cons().forward(tile=mem_tile(lib, x_column[r]), name=f"x{r}",
+                                    dims_to_stream=x_dims) for r in range(rows)]  # fmt: skip
     w_in = [lib.ObjectFifo(w_ty, name=f"w_in{c}") for c in range(columns)]
-    w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), name=f"w{c}") for c in range(columns)]
+    w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), name=f"w{c}", dims_to_stream=w_dims)
+             for c in range(columns)]  # fmt: skip
     y_out, y_core = joined_columns(lib, "y", columns, rows, (tm, TN), BF16)
 
-    def core(xs, ws, ys, acc, zero_fn, mac_fn, store_fn):
+    def core(xs, ws, ys, acc, zero_fn, mac_fn, store_fn, *q):
         for _ in range_(m_rounds * n_rounds):
             zero_fn(acc)
             for _ in range_(k_tiles):
                 x, w = xs.acquire(1), ws.acquire(1)
-                mac_fn(x, w, acc)
+                mac_fn(x, w, acc, *q)
                 xs.release(1)
                 ws.release(1)
             out = ys.acquire(1)
@@ -113,7 +142,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [
         lib.Worker(core, [x_row[r].cons(), w_col[c].cons(), y_core[c][r].prod(),
                           scratch_buffer(lib, f"acc_{c}_{r}", (tm * TN,), np.dtype(np.float32)),
-                          zero, mac, store], tile=core_tile(lib, c, r))
+                          zero, mac, store,
+                          *(scratch_buffer(lib, f"q_{c}_{r}", q_shape, np.dtype(np.uint8))
+                            for _ in scratch)], tile=core_tile(lib, c, r))
         for c in range(columns) for r in range(rows)
     ]  # fmt: skip
     x, w, y = (a.shape for a in args)

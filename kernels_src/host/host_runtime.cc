@@ -10,6 +10,7 @@
 namespace aie::detail {
 rounding_mode tile_rounding = rounding_mode::floor;
 std::uint64_t count::counters[count::slots] = {};
+std::uint64_t count::mac_issues = 0;
 }  // namespace aie::detail
 
 namespace {

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from aiebuild.ops import flash_attn as flash_attn_design
+from aiebuild.ops import gemm
 from aiebuild.ops.common import KERNELS_SRC, KernelObject, kernel_object
 from aiebuild.ops.flash_attn import BLOCK as ATTN_BLOCK
 from aiebuild.sim import host_kernels
+from aiebuild.sim.dataflow import stream_order
 from aiebuild.sim.host_kernels import (
     HostCompileError,
     HostKernel,
@@ -86,7 +88,7 @@ ADD_TYPES = [(False, False, False), (True, False, True)]  # bf16 + bf16, residua
 GEMM = {"TM": 32, "TK": 64, "TN": 64, "MMA": "bf16"}  # aiebuild/ops/gemm.py
 GEMM_BFP16 = {**GEMM, "MMA": "bfp16"}
 # One bfp16 block per output: the kernel's only fp32 rounding is in the store.
-GEMM_ONE_BLOCK = {"TM": 8, "TK": 8, "TN": 8, "MMA": "bfp16"}
+GEMM_ONE_BLOCK = {"TM": 16, "TK": 8, "TN": 16, "MMA": "bfp16"}
 GEMV = {"K": 256, "TN": 32, "TK": 64}  # aiebuild/ops/gemv.py: TN, TK
 FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # aiebuild/ops/flash_attn.py
 RMSNORM = {"E": 128, "EPS": 1e-5}
@@ -194,19 +196,29 @@ def test_rmsnorm_within_one_ulp(build, x_f32):
 
 
 # -- gemm, gemv --------------------------------------------------------------------------
+def gemm_blocks(tile: np.ndarray, block_rows: int) -> np.ndarray:
+    """A row-major tile in the order the design's memory tile streams it to the core
+    (gemm.blocked, read by the dataflow simulator's own stream_order)."""
+    rows, depth = tile.shape
+    order = stream_order(gemm.blocked(rows, depth, block_rows), tile.size, "gemm tile")
+    return tile.reshape(-1)[order]
+
+
 def run_gemm(kernel: HostKernel, flags: dict, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w^T as the design calls the kernel: per (row tile, column tile), zero, one
-    mac per k tile, store."""
-    tm, tk, tn = flags["TM"], flags["TK"], flags["TN"]
-    name = f"{tm}x{tk}x{tn}_{flags['MMA']}"
+    mac per k tile on blocked tiles (with the bfp16 scratch), store."""
+    tm, tk, tn, mma = flags["TM"], flags["TK"], flags["TN"], flags["MMA"]
+    name, x_rows = f"{tm}x{tk}x{tn}_{mma}", 8 if mma == "bfp16" else 4
+    scratch = [np.zeros((tm + tn) * tk // 8 * gemm.BFP16_BLOCK_BYTES, np.uint8)][: mma == "bfp16"]
     y = np.zeros((x.shape[0], w.shape[0]), BF16)
     for m in range(0, x.shape[0], tm):
         for n in range(0, w.shape[0], tn):
             acc = np.empty(tm * tn, np.float32)  # the kernel zeroes it
             kernel.call(f"gemm_zero_f32_{name}", acc)
             for k in range(0, x.shape[1], tk):
-                x_tile, w_tile = x[m : m + tm, k : k + tk].copy(), w[n : n + tn, k : k + tk].copy()
-                kernel.call(f"gemm_mac_bf16_{name}", x_tile, w_tile, acc)
+                x_tile = gemm_blocks(x[m : m + tm, k : k + tk], x_rows)
+                w_tile = gemm_blocks(w[n : n + tn, k : k + tk], 8)
+                kernel.call(f"gemm_mac_bf16_{name}", x_tile, w_tile, acc, *scratch)
             tile = np.zeros((tm, tn), BF16)
             kernel.call(f"gemm_store_bf16_{name}", acc, tile)
             y[m : m + tm, n : n + tn] = tile
@@ -251,7 +263,7 @@ def test_bfp16_conversion_is_bit_exact(build, operand):
     """With the other operand an identity, the GEMM reads out one operand as the mmul
     sees it: every output is one converted value (at most 8 significant bits, exact in
     bf16) times 1, so the kernel and the emulation's to_bfp16 agree bit for bit. w goes
-    through the kernel's transpose and aie_api's column blocks, x through row blocks."""
+    through the mmul's B blocks (its columns), x through its A blocks (rows)."""
     flags = GEMM_BFP16
     size = 2 * flags["TK"]  # a multiple of TM and TN too
     values, identity = bfp16_edge_rows(2 * flags["TN"], size), np.eye(size, dtype=BF16)
@@ -268,7 +280,7 @@ def test_bfp16_one_block_gemm_is_bit_exact(build):
     the store: the emulation (to_bfp16 operands, BLAS in any order: the 8 products sit
     on one grid and their sum fits fp32) matches bit for bit."""
     flags = GEMM_ONE_BLOCK
-    x, w = bfp16_edge_rows(16, 8), bfp16_edge_rows(24, 8)[::-1].copy()
+    x, w = bfp16_edge_rows(16, 8), bfp16_edge_rows(32, 8)[::-1].copy()
     y = run_gemm(build(kernel_object("gemm.cc", flags)), flags, x, w)
     (expected,) = OPS["gemm"]({"mma": "bfp16"}, f32(x), f32(w))
     assert_bit_exact(y, to_bf16(expected))
@@ -279,8 +291,7 @@ def test_bfp16_conversion_without_the_rounding_mode_is_caught(build, tmp_path):
     default, floor (mlir-aie mm.cc sets conv_even for this reason): every mantissa
     truncated toward minus infinity, biased low."""
     source = mutant(
-        tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n  for (int i = 0; i < AIEK_TM; i",
-        "  for (int i = 0; i < AIEK_TM; i",
+        tmp_path, "gemm.cc", "  set_round_to_nearest_even();  // the bfp16 conversion", "  //"
     )  # fmt: skip
     kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM_BFP16).params))
     kernel.reset_tile()
@@ -295,18 +306,20 @@ def test_bfp16_conversion_without_the_rounding_mode_is_caught(build, tmp_path):
 def test_forgotten_rounding_mode_floors_and_is_caught(build, tmp_path):
     """Without set_round_to_nearest_even the core keeps AIE2P's default mode, floor:
     the stored tile is the accumulators rounded toward minus infinity."""
-    store = "  for (int i = 0; i < AIEK_TM * AIEK_TN; i += 16) store_as"
+    store = "  for (int i = 0; i < IB; ++i)"
     source = mutant(tmp_path, "gemm.cc", "  set_round_to_nearest_even();\n" + store, store)
     kernel = build(KernelObject(source, kernel_object("gemm.cc", GEMM).params))
     kernel.reset_tile()  # a core that starts
     acc = RNG.standard_normal(GEMM["TM"] * GEMM["TN"]).astype(np.float32)
     tile = np.zeros_like(acc, BF16)
     kernel.call("gemm_store_bf16_32x64x64_bf16", acc, tile)
-    bits = acc.view(np.uint32)
+    # acc holds 4 x 8 blocks (gemm.cc); the tile is row-major.
+    rows = acc.reshape(GEMM["TM"] // 4, GEMM["TN"] // 8, 4, 8).transpose(0, 2, 1, 3).reshape(-1)
+    bits = rows.view(np.uint32)
     inexact_negative = ((bits & 0xFFFF) != 0) & ((bits >> 31) == 1)
     toward_minus_inf = ((bits >> 16) + inexact_negative).astype(np.uint16)
     np.testing.assert_array_equal(tile.view(np.uint16), toward_minus_inf)
-    assert ulps(tile, to_bf16(acc)).max() == 1  # what the emulation comparison catches
+    assert ulps(tile, to_bf16(rows)).max() == 1  # what the emulation comparison catches
 
 
 def test_rounding_register_is_per_library_and_restorable(build):
@@ -426,14 +439,15 @@ def test_mutated_flash_attn_is_caught(build, tmp_path, old, new):
     [
         ("aie::store_v(y, aie::exp2<float>(aie::load_v<16>(x)));", "exp2"),
         ("aie::mmul<4, 8, 16, bfloat16, bfloat16, accauto> m; (void)m;", "mmul shape"),
-        ("aie::mmul<8, 8, 8, bfloat16, bfloat16, accauto> m; (void)m;", "bfp16 emulation"),
+        ("aie::mmul<8, 8, 8, bfloat16, bfloat16, accauto> m; (void)m;", "the bfp16ebs8 8x8x8"),
         ("aie::store_v(y, aie::load_v<2>(x));", "vectors are 128, 256, 512 or 1024 bits")
     ],
 )  # fmt: skip
 def test_aie2p_constraints_are_compile_errors(tmp_path, body, error):
     """What aie_api refuses on AIE2P, the host model refuses too (exp2 with a float
-    result, a bf16 mmul shape XDNA 2 lacks, the 8x8x8 one without bfp16 emulation; a
-    64-bit vector)."""
+    result, a bf16 mmul shape XDNA 2 lacks, the 8x8x8 one, which XDNA 2 has only as
+    aie_api's bfp16 emulation, not modelled: the native bfp16 mmul instead; a 64-bit
+    vector)."""
     source = tmp_path / "bad.cc"
     source.write_text(
         f'#include <aie_api/aie.hpp>\nextern "C" void f(const float *x, float *y) {{ {body} }}\n'

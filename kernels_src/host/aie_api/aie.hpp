@@ -8,9 +8,10 @@
 // shapes, vector widths) and modelling the arithmetic the kernels rely on
 // (kernels_src/aie_kernel_common.h facts): conversions to bf16 round by the core's
 // rounding mode register (default floor); vector reductions accumulate lane-pairwise;
-// exp2 is bf16-precise; with AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16 the bf16 4x8x8
-// and 8x8x8 mmuls go through bfp16 blocks (detail/bfp16.hpp). fp32 products are IEEE here (fact M is not modelled), and inv /
-// invsqrt are IEEE (their AIE2P precision is undocumented).
+// exp2 is bf16-precise; accumulators convert to bfp16ebs8 block vectors, which the
+// native 8x8x8 bfp16 mmul multiplies (detail/bfp16.hpp, block_vector.hpp). fp32 products
+// are IEEE here (fact M is not modelled), and inv / invsqrt are IEEE (their AIE2P
+// precision is undocumented).
 #pragma once
 
 #if defined(__AIENGINE__) || defined(__AIE_ARCH__)

@@ -1,6 +1,6 @@
-// bfp16ebs8 blocks of the host model: what AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
-// converts each bf16 mmul operand block to (aie_api aie2p/mmul_bf16_bf16.hpp:
-// `to_v64bfp16ebs8` of an fp32 accumulator, then `mac_8x8_8x8T`).
+// bfp16ebs8 blocks of the host model: what `to_v64bfp16ebs8` makes of an fp32
+// accumulator (accum::to_vector<bfp16ebs8>, vector.hpp) and the bfp16 mmul multiplies
+// (mmul.hpp; aie_api aie2p/mmul_bfp16_bfp16.hpp `mac_8x8_8x8T`).
 //
 // The format (mlir-aie programming_examples/ml/block_datatypes: README "8 mantissas per
 // block, 8 mantissa bits and 8 shared exponent bits", helper.h floatToBfp16 and

@@ -42,6 +42,19 @@ extern std::uint64_t counters[slots] __attribute__((visibility("hidden")));
 
 inline void add(slot s, std::uint64_t n = 1) { counters[s] += n; }
 
+// Multiply-accumulates issued so far (never reset: only equality matters), so that an
+// mmul that tracks its accumulator can tell whether its input is the previous MAC's
+// result (`mac_dependent`) or an older one that interleaved blocks have long finished.
+extern std::uint64_t mac_issues __attribute__((visibility("hidden")));
+
+// One MAC into an accumulator last written by MAC number `last` (0: not by a MAC):
+// counted, dependent if that was the previous MAC; `last` becomes this one.
+inline void tracked_mac(std::uint64_t &last) {
+  add(mac);
+  if (last != 0 && last == mac_issues) add(mac_dependent);
+  last = ++mac_issues;
+}
+
 // Issues of `bits` wide data in units of `unit` bits, at least one.
 constexpr std::uint64_t units(unsigned bits, unsigned unit) {
   return bits <= unit ? 1 : (bits + unit - 1) / unit;

@@ -1,4 +1,4 @@
-// aie::mmul of the host model: bfloat16 x bfloat16 -> fp32 blocks.
+// aie::mmul of the host model: bfloat16 x bfloat16 and bfp16ebs8 x bfp16ebs8 -> fp32 blocks.
 #pragma once
 
 #include "bfp16.hpp"
@@ -7,28 +7,13 @@
 namespace aie {
 
 namespace detail {
-// aie_api's switch (read with #if, as aie_api does: undefined means off).
-#if AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16
-inline constexpr bool emulate_bf16_mmul_with_bfp16 = true;
-#else
-inline constexpr bool emulate_bf16_mmul_with_bfp16 = false;
-#endif
-
 // The bfloat16 x bfloat16 shapes aie_api documents on XDNA 2 (detail/mmul.hpp table:
-// 8x8x4, 4x8x8, 4x8x4, 8x1x8, and 8x8x8 with note e, "available through
-// block-floating-point emulation ... Enabled by defining
-// AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16").
+// 8x8x4, 4x8x8, 4x8x4, 8x1x8; 8x8x8 only through AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16,
+// which the host model does not offer: our kernels call the native bfp16 mmul below).
 template <unsigned M, unsigned K, unsigned N>
 inline constexpr bool is_xdna2_bf16_mmul =
     (M == 4 && K == 8 && N == 4) || (M == 4 && K == 8 && N == 8) ||
-    (M == 8 && K == 8 && N == 4) || (M == 8 && K == 1 && N == 8) ||
-    (M == 8 && K == 8 && N == 8 && emulate_bf16_mmul_with_bfp16);
-
-// The shapes the switch turns into bfp16 blocks (aie_api aie2p/mmul_bf16_bf16.hpp: 4x8x8
-// grows A to 8 rows, 8x8x8); the others stay bf16.
-template <unsigned M, unsigned K, unsigned N>
-inline constexpr bool uses_bfp16 =
-    emulate_bf16_mmul_with_bfp16 && K == 8 && N == 8 && (M == 4 || M == 8);
+    (M == 8 && K == 8 && N == 4) || (M == 8 && K == 1 && N == 8);
 }  // namespace detail
 
 // C[M x N] (+)= A[M x K] B[K x N], all row-major in their vectors.
@@ -36,9 +21,6 @@ inline constexpr bool uses_bfp16 =
 // shapes are emulated with one lane-wise multiply-accumulate per k (aie_api
 // aie2p/emulated_mmul_intrinsics.hpp, as docs/hardware.md section 9 reads it). bf16 x bf16
 // products are exact in fp32.
-// bfp16 (detail::uses_bfp16): every row of A and column of B becomes one bfp16 block,
-// converted by the current rounding mode; each output lane adds the exact product of
-// its two blocks to the accumulator in fp32 (bfp16.hpp).
 template <unsigned M, unsigned K, unsigned N, typename TypeA, typename TypeB,
           typename AccumTag = accauto>
 class mmul {
@@ -46,12 +28,9 @@ class mmul {
                 "the host aie_api models bfloat16 x bfloat16 mmul only");
   static_assert(std::is_same_v<AccumTag, accauto> || std::is_same_v<AccumTag, accfloat>,
                 "bfloat16 mmul accumulates in accfloat");
-  static_assert(!(M == 8 && K == 8 && N == 8) || detail::emulate_bf16_mmul_with_bfp16,
-                "bfloat16 8x8x8 mmul exists on XDNA 2 (AIE2P) only through bfp16 emulation: "
-                "define AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16 before including aie_api");
   static_assert(detail::is_xdna2_bf16_mmul<M, K, N>,
-                "this mmul shape does not exist for bfloat16 on XDNA 2 (AIE2P): use 4x8x4, "
-                "4x8x8, 8x8x4, 8x1x8 (or 8x8x8 with bfp16 emulation)");
+                "this bfloat16 mmul shape is not modelled for XDNA 2 (AIE2P): use 4x8x4, "
+                "4x8x8, 8x8x4, 8x1x8, or the bfp16ebs8 8x8x8 mmul");
 
  public:
   static constexpr unsigned size_A = M * K, size_B = K * N, size_C = M * N;
@@ -74,50 +53,7 @@ class mmul {
 
  private:
   void multiply(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b, bool accumulate) {
-    if constexpr (detail::uses_bfp16<M, K, N>) {
-      count_bfp16(accumulate);
-      multiply_bfp16(a, b, accumulate);
-    } else {
-      count_bf16(accumulate);
-      multiply_bf16(a, b, accumulate);
-    }
-  }
-
-  // What aie_api issues for one bf16 mul / mac on AIE2P (aie2p/emulated_mmul_intrinsics.hpp
-  // `mac_4x8_8x8_bf16`): xt = ::shuffle(x, x, T16_4x8), then per k an
-  // extract_v4bfloat16_broadcast + ::shuffle of x and an extract_v8bfloat16_broadcast of y
-  // (17 shuffles, 16 broadcasts), and one 32-lane mac_elem_32 per k, each taking the
-  // previous one's accumulator. Other emulated shapes are counted the same way per
-  // 32-lane MAC (our kernels use 4x8x8 only).
-  static void count_bf16(bool accumulate) {
-    namespace c = detail::count;
-    constexpr unsigned macs = M * K * N / 32;
-    c::add(c::alu, 2 * macs + 1);
-    c::add(c::move, 2 * macs);
-    c::add(c::mac, macs);
-    c::add(c::mac_dependent, accumulate ? macs : macs - 1);
-  }
-
-  // With AIE_API_EMULATE_BFLOAT16_MMUL_WITH_BFP16 (aie2p/mmul_bf16_bf16.hpp): A widened
-  // to an fp32 accumulator (ups), B transposed back (transpose<bfloat16, 64>: two
-  // ::shuffle on AIE2P, aie2/transpose.hpp's non-AIE2 branch) and, for 8x8x8, widened by
-  // mul_elem_64(bt, ones), 4x8x8 by ups of 64 lanes; both to_v64bfp16ebs8; one
-  // mac_8x8_8x8T (or mul_8x8_8x8T).
-  static void count_bfp16(bool accumulate) {
-    namespace c = detail::count;
-    c::add(c::convert, c::fp32_ops(size_A));
-    c::add(c::alu, 2);
-    if constexpr (M == 8)
-      c::add(c::mac);
-    else
-      c::add(c::convert, c::fp32_ops(size_B));
-    c::add(c::convert, 2);
-    c::add(c::mac);
-    if (accumulate) c::add(c::mac_dependent);
-  }
-
-  void multiply_bf16(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b,
-                     bool accumulate) {
+    count(accumulate);
     for (unsigned m = 0; m < M; ++m)
       for (unsigned n = 0; n < N; ++n) {
         float &c = c_.host_lane(m * N + n);
@@ -128,28 +64,66 @@ class mmul {
       }
   }
 
-  void multiply_bfp16(const vector<TypeA, size_A> &a, const vector<TypeB, size_B> &b,
-                      bool accumulate) {
-    std::array<float, size_A> a_values;
-    std::array<float, size_B> b_values;
-    for (unsigned i = 0; i < size_A; ++i) a_values[i] = float(a[i]);
-    for (unsigned i = 0; i < size_B; ++i) b_values[i] = float(b[i]);
-    const rounding_mode mode = get_rounding();
-    std::array<detail::bfp16_block, M> rows;
-    std::array<detail::bfp16_block, N> columns;
-    for (unsigned m = 0; m < M; ++m)
-      rows[m] = detail::bfp16_block::from_floats(&a_values[m * K], 1, mode);
-    for (unsigned n = 0; n < N; ++n)
-      columns[n] = detail::bfp16_block::from_floats(&b_values[n], N, mode);
-    for (unsigned m = 0; m < M; ++m)
-      for (unsigned n = 0; n < N; ++n) {
-        const float product = float(dot(rows[m], columns[n]));  // exact (bfp16.hpp)
-        float &c = c_.host_lane(m * N + n);
+  // What aie_api issues for one bf16 mul / mac on AIE2P (aie2p/emulated_mmul_intrinsics.hpp
+  // `mac_4x8_8x8_bf16`): xt = ::shuffle(x, x, T16_4x8), then per k an
+  // extract_v4bfloat16_broadcast + ::shuffle of x and an extract_v8bfloat16_broadcast of y
+  // (17 shuffles, 16 broadcasts), and one 32-lane mac_elem_32 per k, each taking the
+  // previous one's accumulator. Other emulated shapes are counted the same way per
+  // 32-lane MAC (our kernels use 4x8x8 only).
+  static void count(bool accumulate) {
+    namespace c = detail::count;
+    constexpr unsigned macs = M * K * N / 32;
+    c::add(c::alu, 2 * macs + 1);
+    c::add(c::move, 2 * macs);
+    c::add(c::mac, macs);
+    c::add(c::mac_dependent, accumulate ? macs : macs - 1);
+  }
+
+  accum<accfloat, size_C> c_;
+};
+
+// The native bfp16 mmul of AIE2P, 8x8x8 on bfp16ebs8 operands (aie_api
+// aie2p/mmul_bfp16_bfp16.hpp: mul is one ::mul_8x8_8x8T(a, b), mac one
+// ::mac_8x8_8x8T_conf on the accumulator). A holds the 8 rows of A, B the 8 columns of
+// B (the "T": row n of the block vector is column n), each one bfp16 block along k.
+// C[m][n] adds the exact product of block m of A and block n of B in fp32 (bfp16.hpp).
+// Each mmul tracks its accumulator, so a MAC is dependent only when the previous MAC
+// wrote its input (counts.hpp `tracked_mac`): interleaved blocks hide the latency.
+template <typename AccumTag>
+class mmul<8, 8, 8, bfp16ebs8, bfp16ebs8, AccumTag> {
+  static_assert(std::is_same_v<AccumTag, accauto> || std::is_same_v<AccumTag, accfloat>,
+                "bfp16 mmul accumulates in accfloat");
+
+ public:
+  static constexpr unsigned size_A = 64, size_B = 64, size_C = 64;
+  using operand = block_vector<bfp16ebs8, 64>;
+
+  mmul() = default;
+  explicit mmul(const accum<accfloat, size_C> &c) : c_(c) {}
+
+  void mul(const operand &a, const operand &b) { multiply(a, b, false); }
+  void mac(const operand &a, const operand &b) { multiply(a, b, true); }
+
+  template <typename T>
+  vector<T, size_C> to_vector() const {
+    return c_.template to_vector<T>();
+  }
+  accum<accfloat, size_C> to_accum() const { return c_; }
+
+ private:
+  void multiply(const operand &a, const operand &b, bool accumulate) {
+    if (!accumulate) last_ = 0;
+    detail::count::tracked_mac(last_);
+    for (unsigned m = 0; m < 8; ++m)
+      for (unsigned n = 0; n < 8; ++n) {
+        const float product = float(dot(a.block(m), b.block(n)));  // exact (bfp16.hpp)
+        float &c = c_.host_lane(m * 8 + n);
         c = accumulate ? c + product : product;
       }
   }
 
   accum<accfloat, size_C> c_;
+  std::uint64_t last_ = 0;  // the MAC that last wrote c_ (counts.hpp `tracked_mac`)
 };
 
 }  // namespace aie

@@ -5,6 +5,7 @@
 #include <cassert>
 #include <limits>
 
+#include "block_vector.hpp"
 #include "counts.hpp"
 #include "scalar.hpp"
 
@@ -96,13 +97,24 @@ class accum {
   }
 
   // To fp32 lanes unchanged, or to bf16 lanes rounded by the current rounding mode: a
-  // shift-round-saturate (srs) per native accumulator.
+  // shift-round-saturate (srs) per native accumulator. To bfp16ebs8: blocks of 8
+  // consecutive lanes, rounded by the current mode, one ::to_v64bfp16ebs8 per 64 lanes
+  // (aie_api aie2p/mmul_bf16_bf16.hpp issues it on a 64-lane accumulator).
   template <typename T>
-  vector<T, N> to_vector() const {
-    detail::count::add(detail::count::convert, detail::count::fp32_ops(N));
-    vector<T, N> v;
-    for (unsigned i = 0; i < N; ++i) v[i] = T(lanes_[i]);
-    return v;
+  auto to_vector() const {
+    if constexpr (std::is_same_v<T, bfp16ebs8>) {
+      detail::count::add(detail::count::convert, detail::count::units(N, 64));
+      block_vector<bfp16ebs8, N> v;
+      const rounding_mode mode = get_rounding();
+      for (unsigned i = 0; i < v.blocks; ++i)
+        v.block(i) = detail::bfp16_block::from_floats(&lanes_[i * v.block(i).size], 1, mode);
+      return v;
+    } else {
+      detail::count::add(detail::count::convert, detail::count::fp32_ops(N));
+      vector<T, N> v;
+      for (unsigned i = 0; i < N; ++i) v[i] = T(lanes_[i]);
+      return v;
+    }
   }
 
   // Host-model access for the functions in aie.hpp (aie_api accumulators have none).
