@@ -83,9 +83,17 @@ def test_dma_bound_launch_takes_its_bytes_over_the_slowest_path():
 
 
 def test_elf_adds_dispatch_and_reconfiguration_between_launches():
-    launch = timing.LaunchTime("x", {"core": 1e-3})
-    elf = timing.ElfTime("elf", [launch, launch, launch])
-    expected = timing.DISPATCH_S + 2 * timing.RECONFIGURE_S + 3e-3
+    """Each launch after the first pays the fixed reconfiguration and its own writes;
+    the first one's configuration is in the dispatch."""
+    first, big = timing.LaunchTime("x", {"core": 1e-3}, 10**6), 32 * timing.CORE_PROGRAM_BYTES
+    launches = [
+        first,
+        timing.LaunchTime("x", {"core": 1e-3}),
+        timing.LaunchTime("x", {"core": 1e-3}, big),
+    ]
+    elf = timing.ElfTime("elf", launches)
+    writes = big / timing.CONFIGURE_BYTES_PER_S
+    expected = timing.DISPATCH_S + 2 * timing.RECONFIGURE_S + writes + 3e-3
     assert elf.seconds == pytest.approx(expected)
     summary = elf.summary()
     assert summary["ms"] == pytest.approx(1e3 * expected, abs=1e-3)
@@ -270,3 +278,13 @@ def test_a_shim_burst_of_512_bytes_runs_at_the_fitted_rate_and_shorter_ones_cost
     assert per_byte[256] == pytest.approx(1 / timing.SHIM_CHANNEL_BYTES_PER_S)
     assert per_byte[1024] == pytest.approx(per_byte[256])  # 2048-B runs: 4 whole bursts
     assert per_byte[64] > 2 * per_byte[256]
+
+
+def test_a_configuration_writes_each_cores_program_and_initial_data():
+    chunk, calls = 1024, 16
+    program = _stream_program(calls, chunk)
+    cores = len(program.workers)
+    initial = sum(b.nbytes for b in program.buffers if b.initial_value is not None)
+    assert timing.configure_bytes(program) == cores * timing.CORE_PROGRAM_BYTES + initial
+    launch = timing.launch_time(program, add_cycles(ADD_CYCLES))
+    assert launch.configure_bytes == timing.configure_bytes(program)

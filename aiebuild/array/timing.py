@@ -17,7 +17,8 @@ Per launch, every resource is busy for a time:
 Overlap, stated simply: the resources work at the same time (double-buffered fifos),
 so a launch takes as long as its busiest resource, which is what bounds it. An ELF
 call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
-a reconfiguration (RECONFIGURE_S) before every further launch.
+a reconfiguration before every further launch: a fixed RECONFIGURE_S and the bytes that
+launch's configuration writes (`configure_bytes`) at CONFIGURE_BYTES_PER_S.
 
 Tiles, columns and DMA channels are where aiebuild/array/placement.py puts them (mlir-aie's
 placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
@@ -105,10 +106,19 @@ COLUMN_DDR_BYTES_PER_S = 9.34e9
 # (25.2 MB more) takes 798 - 437 = 361 us more: 69.7 GB/s; taken as 67 GB/s so that the
 # 4M point (57.7 GB/s measured with dispatch) stays within a few percent too.
 ARRAY_DDR_BYTES_PER_S = 67e9
-# Reconfiguration between the launches of one ELF: mlir-air reports a ~80 us per-launch
-# floor (RoPE "~80 us"); nod-ai/iree-amd-aie #1187 measures 79-82 us reconfiguration
-# plus run with a control packet on Strix (106-116 us without, turbo off).
+# Reconfiguration between the launches of one ELF, its fixed part: mlir-air reports a
+# ~80 us per-launch floor (RoPE "~80 us"); nod-ai/iree-amd-aie #1187 measures 79-82 us
+# reconfiguration plus run with a control packet on Strix (106-116 us without, turbo
+# off). Both are tiny designs, whose configuration writes little.
 RECONFIGURE_S = 80e-6
+# What a configuration writes besides that: every used core's program and its buffers'
+# initial values (`configure_bytes`). A program's real size needs Peano's link; until
+# then each is taken at the program memory's 16 KiB (docs/hardware.md section 2), an
+# upper bound.
+CORE_PROGRAM_BYTES = 16 * 1024
+# Assumed, not measured: the configuration is read from DDR through one shim path at
+# one channel's 512-B-burst rate, one column after another.
+CONFIGURE_BYTES_PER_S = SHIM_CHANNEL_BYTES_PER_S
 # Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
 # it (estimate, not measured: a few dozen instructions and lock round trips).
 CALL_OVERHEAD_CYCLES = 100.0
@@ -121,10 +131,16 @@ class LaunchTime:
 
     label: str
     busy: dict[str, float]
+    configure_bytes: int = 0  # what configuring the array for this launch writes
 
     @property
     def seconds(self) -> float:
         return max(self.busy.values(), default=0.0)
+
+    @property
+    def reconfigure_s(self) -> float:
+        """Reconfiguring the array for this launch when another one ran before it."""
+        return RECONFIGURE_S + self.configure_bytes / CONFIGURE_BYTES_PER_S
 
     @property
     def bound(self) -> str:
@@ -146,17 +162,16 @@ class LaunchTime:
 
 @dataclass(frozen=True)
 class ElfTime:
-    """One call of an ELF: dispatch, its launches in order and the reconfigurations
-    between them."""
+    """One call of an ELF: dispatch (which covers the first launch's configuration),
+    its launches in order and the reconfiguration before each further one."""
 
     name: str
     launches: list[LaunchTime]
     dispatch_s: float = DISPATCH_S
-    reconfigure_s: float = RECONFIGURE_S
 
     @property
     def fixed_s(self) -> float:
-        return self.dispatch_s + self.reconfigure_s * max(len(self.launches) - 1, 0)
+        return self.dispatch_s + sum(launch.reconfigure_s for launch in self.launches[1:])
 
     @property
     def seconds(self) -> float:
@@ -289,6 +304,13 @@ def _shim_seconds(program: Program, placement: Placement) -> Counter:
     return seconds
 
 
+def configure_bytes(program: Program) -> int:
+    """What configuring the array for the program writes: each core's program
+    (CORE_PROGRAM_BYTES) and the initial values of its buffers."""
+    initial = sum(b.nbytes for b in program.buffers if b.initial_value is not None)
+    return len(program.workers) * CORE_PROGRAM_BYTES + initial
+
+
 def _tile_name(tile: TileId) -> str:
     kind = {TileKind.CORE: "core", TileKind.MEM: "memtile", TileKind.SHIM: "shim"}[tile.kind]
     return f"{kind}({tile.col},{tile.row})"
@@ -351,4 +373,4 @@ def launch_time(
     for column, nbytes in ddr_columns.items():
         busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
     busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
-    return LaunchTime(label, busy)
+    return LaunchTime(label, busy, configure_bytes(program))
