@@ -84,9 +84,17 @@ def test_dma_bound_launch_takes_its_bytes_over_the_slowest_path():
 
 
 def test_elf_adds_dispatch_and_reconfiguration_between_launches():
-    launch = timing.LaunchTime("x", {"core": 1e-3})
-    elf = timing.ElfTime("elf", [launch, launch, launch])
-    expected = timing.DISPATCH_S + 2 * timing.RECONFIGURE_S + 3e-3
+    """Each launch after the first pays the fixed reconfiguration and its own writes;
+    the first one's configuration is in the dispatch."""
+    first, big = timing.LaunchTime("x", {"core": 1e-3}, 10**6), 32 * timing.CORE_PROGRAM_BYTES
+    launches = [
+        first,
+        timing.LaunchTime("x", {"core": 1e-3}),
+        timing.LaunchTime("x", {"core": 1e-3}, big),
+    ]
+    elf = timing.ElfTime("elf", launches)
+    writes = big / timing.CONFIGURE_BYTES_PER_S
+    expected = timing.DISPATCH_S + 2 * timing.RECONFIGURE_S + writes + 3e-3
     assert elf.seconds == pytest.approx(expected)
     summary = elf.summary()
     assert summary["ms"] == pytest.approx(1e3 * expected, abs=1e-3)
@@ -134,9 +142,9 @@ def test_a_bfp16_gemm_tile_converts_once_and_hides_the_mac_latency():
 
 
 # Stated errors. The fit points reproduce the measurement their timing.py rate was
-# solved from, except GEMV: its shim rate was solved on upstream's one-core-per-column
-# design, and ours streams the weights over more channels in 128-B runs (a burst-length
-# cost the model does not price yet: modeled faster than measured, GEMV_ERROR).
+# solved from, except GEMV: its shim rate was solved on upstream's design, which reads
+# the weights through one shim channel per column, and ours streams them through two
+# (both in 512-B bursts): modeled faster than measured, by up to GEMV_ERROR.
 # Held-out points within HELD_OUT_ERROR (the issue's +-30 %), except where our kernel
 # differs in structure from the measured upstream one (attention: the model prices our
 # slower kernel and must not come out faster than upstream's). GEMM has upstream's mmul
@@ -158,9 +166,10 @@ def test_calibration_points_within_stated_error(calibration_errors):
         if any(kind in point.name for kind in SLOWER_THAN_UPSTREAM):
             assert error > 0, f"{point.name}: our kernel modeled faster than upstream's"
             continue
-        stated = {"GEMV": GEMV_ERROR, "GEMM": GEMM_ERROR}
-        kind = next((kind for kind in stated if kind in point.name), None)
-        bound = stated[kind] if kind else FIT_ERROR if point.fit else HELD_OUT_ERROR
+        if "GEMV" in point.name:
+            assert -GEMV_ERROR <= error < 0, f"{point.name}: {error:+.1%}"
+            continue
+        bound = GEMM_ERROR if "GEMM" in point.name else FIT_ERROR if point.fit else HELD_OUT_ERROR
         assert abs(error) <= bound, f"{point.name}: {error:+.1%}"
     held_out = [point for point, _ in calibration_errors if not point.fit]
     assert len(calibration_errors) >= 10 and len(held_out) >= 5
@@ -182,16 +191,25 @@ def test_calibration_covers_the_published_kinds(calibration_errors):
 
 
 def test_each_rate_prices_what_it_names(monkeypatch):
-    """Halving a rate doubles exactly the busy time of the resources it names."""
+    """Halving the column rate doubles exactly the busy time of the DDR columns; a
+    longer burst overhead lengthens the shim channels alone (their bursts: 2 KiB runs,
+    4 bursts each, so 4 overheads per run)."""
     chunk, calls = 1024, 4096
     program = _stream_program(calls, chunk, column=3)
     before = timing.launch_time(program, add_cycles(ADD_CYCLES)).busy
     monkeypatch.setattr(timing, "COLUMN_DDR_BYTES_PER_S", timing.COLUMN_DDR_BYTES_PER_S / 2)
-    monkeypatch.setattr(timing, "SHIM_CHANNEL_BYTES_PER_S", timing.SHIM_CHANNEL_BYTES_PER_S / 2)
+    extra = 1e-7
+    monkeypatch.setattr(timing, "SHIM_BURST_OVERHEAD_S", timing.SHIM_BURST_OVERHEAD_S + extra)
     after = timing.launch_time(program, add_cycles(ADD_CYCLES)).busy
+    bursts = calls * chunk * 2 // timing.SHIM_MAX_BURST_BYTES
     for resource, seconds in before.items():
-        doubled = resource.startswith(("ddr column", "shim("))
-        assert after[resource] == pytest.approx(seconds * (2 if doubled else 1)), resource
+        if resource.startswith("ddr column"):
+            expected = 2 * seconds
+        elif resource.startswith("shim("):
+            expected = seconds + bursts * extra
+        else:
+            expected = seconds
+        assert after[resource] == pytest.approx(expected), resource
 
 
 def test_flash_attn_steps_move_in_lockstep_with_the_visible_share():
@@ -258,3 +276,37 @@ def test_report_shows_the_modeled_time_beside_the_floor(profiled):
 
     text = render_text(profiled)
     assert "npu2 model ms" in text and "npu2 floor ms" in text
+
+
+def _tap(sizes: list[int], strides: list[int]):
+    from aiebuild.array.iron_record import TensorAccessPattern
+
+    return TensorAccessPattern((1 << 20,), 0, sizes, strides)
+
+
+def test_contiguous_run_merges_inner_dimensions_while_they_are_contiguous():
+    assert timing.contiguous_run(_tap([4, 8, 16, 64], [8192, 64, 2048, 1])) == 64
+    assert timing.contiguous_run(_tap([4, 16, 64], [2048, 64, 1])) == 1024
+    assert timing.contiguous_run(_tap([1, 3, 1, 256], [0, 256, 0, 1])) == 768
+
+
+def test_a_shim_burst_of_512_bytes_runs_at_the_fitted_rate_and_shorter_ones_cost_more():
+    """bf16 rows of 64 (128 B) or 256 (512 B) elements, 1 MiB either way, strided apart."""
+    nbytes = 1 << 20
+    per_byte = {
+        run: timing.transfer_seconds(_tap([nbytes // (2 * run), run], [4 * run, 1]), 2) / nbytes
+        for run in (64, 256, 1024)
+    }
+    assert per_byte[256] == pytest.approx(1 / timing.SHIM_CHANNEL_BYTES_PER_S)
+    assert per_byte[1024] == pytest.approx(per_byte[256])  # 2048-B runs: 4 whole bursts
+    assert per_byte[64] > 2 * per_byte[256]
+
+
+def test_a_configuration_writes_each_cores_program_and_initial_data():
+    chunk, calls = 1024, 16
+    program = _stream_program(calls, chunk)
+    cores = len(program.workers)
+    initial = sum(b.nbytes for b in program.buffers if b.initial_value is not None)
+    assert timing.configure_bytes(program) == cores * timing.CORE_PROGRAM_BYTES + initial
+    launch = timing.launch_time(program, add_cycles(ADD_CYCLES))
+    assert launch.configure_bytes == timing.configure_bytes(program)

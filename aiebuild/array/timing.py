@@ -9,14 +9,16 @@ Per launch, every resource is busy for a time:
   the stream delivering the objects it acquires per call (a DMA block per streamed
   step, whether or not the kernel skips the step), and cores that share a broadcast
   move in lockstep: a step costs the work unless every core skips it (`CallCost`);
-- each DMA channel (core, memory tile, shim): the bytes its ObjectFifo endpoints move,
-  over the channel's rate;
+- each core and memory-tile DMA channel: the bytes its ObjectFifo endpoints move,
+  over the stream rate; each shim channel: the runtime sequence's transfers through it,
+  priced per burst (`transfer_seconds`: a short contiguous run costs more per byte);
 - each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
   the runtime sequence's fills and drains.
 Overlap, stated simply: the resources work at the same time (double-buffered fifos),
 so a launch takes as long as its busiest resource, which is what bounds it. An ELF
 call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
-a reconfiguration (RECONFIGURE_S) before every further launch.
+a reconfiguration before every further launch: a fixed RECONFIGURE_S and the bytes that
+launch's configuration writes (`configure_bytes`) at CONFIGURE_BYTES_PER_S.
 
 Tiles, columns and DMA channels are where aiebuild/array/placement.py puts them (mlir-aie's
 placer and ObjectFifo lowering); fifos between neighbouring cores share memory and use
@@ -76,7 +78,23 @@ STREAM_BYTES_PER_S = 4 * CLOCK_HZ
 # matrix through one channel per column on 8 columns: 2048x2048 (8.39 MB) in 330 us and
 # 16384x2048 (67.1 MB) in 2193 us, i.e. 58.7 MB in 1863 us more = 31.5 GB/s, 3.94 GB/s
 # per channel.
+# Upstream's matvec.py reads whole rows of A (tile_m x K contiguous) per column, so
+# every burst of that fit is the longest one: this is the rate of 512-B bursts.
 SHIM_CHANNEL_BYTES_PER_S = 3.94e9
+# A shim DMA burst on npu2 is 64, 128, 256 or 512 B (Xilinx/mlir-aie
+# lib/Dialect/AIE/IR/AIETargetModel.cpp, BaseNPU2TargetModel::
+# getShimBurstEncodingsAndLengths; burst_length = 0, what IRON emits, selects the
+# largest, AIEDialect.cpp getShimBurstLength). A burst cannot outrun the contiguous
+# run it reads, so a run of r bytes takes ceil(r / 512) bursts.
+SHIM_MAX_BURST_BYTES = 512
+# Assumed, not measured: a burst costs a fixed overhead (address, DDR and response
+# latency, the same for every length) plus its data at the channel's stream width
+# (STREAM_BYTES_PER_S). The overhead is what makes a 512-B burst run at the fitted
+# SHIM_CHANNEL_BYTES_PER_S: 512 B / 3.94 GB/s - 512 B / 7.2 GB/s = 59 ns. A 128-B
+# burst then moves 1.66 GB/s, 2.4x slower per byte than a 512-B one.
+SHIM_BURST_OVERHEAD_S = (
+    SHIM_MAX_BURST_BYTES / SHIM_CHANNEL_BYTES_PER_S - SHIM_MAX_BURST_BYTES / STREAM_BYTES_PER_S
+)
 # Dispatch of one run, including the first configuration, fit: the same two GEMV
 # points' intercept, 330 us - 8.39 MB / 31.5 GB/s = 64 us (mlir-aie #3793 reports a
 # "~64 us persistent-stream floor" on NPU2).
@@ -88,10 +106,19 @@ COLUMN_DDR_BYTES_PER_S = 9.34e9
 # (25.2 MB more) takes 798 - 437 = 361 us more: 69.7 GB/s; taken as 67 GB/s so that the
 # 4M point (57.7 GB/s measured with dispatch) stays within a few percent too.
 ARRAY_DDR_BYTES_PER_S = 67e9
-# Reconfiguration between the launches of one ELF: mlir-air reports a ~80 us per-launch
-# floor (RoPE "~80 us"); nod-ai/iree-amd-aie #1187 measures 79-82 us reconfiguration
-# plus run with a control packet on Strix (106-116 us without, turbo off).
+# Reconfiguration between the launches of one ELF, its fixed part: mlir-air reports a
+# ~80 us per-launch floor (RoPE "~80 us"); nod-ai/iree-amd-aie #1187 measures 79-82 us
+# reconfiguration plus run with a control packet on Strix (106-116 us without, turbo
+# off). Both are tiny designs, whose configuration writes little.
 RECONFIGURE_S = 80e-6
+# What a configuration writes besides that: every used core's program and its buffers'
+# initial values (`configure_bytes`). A program's real size needs Peano's link; until
+# then each is taken at the program memory's 16 KiB (docs/hardware.md section 2), an
+# upper bound.
+CORE_PROGRAM_BYTES = 16 * 1024
+# Assumed, not measured: the configuration is read from DDR through one shim path at
+# one channel's 512-B-burst rate, one column after another.
+CONFIGURE_BYTES_PER_S = SHIM_CHANNEL_BYTES_PER_S
 # Per kernel call: the call, its loop set-up and the fifo lock acquire/release around
 # it (estimate, not measured: a few dozen instructions and lock round trips).
 CALL_OVERHEAD_CYCLES = 100.0
@@ -104,10 +131,16 @@ class LaunchTime:
 
     label: str
     busy: dict[str, float]
+    configure_bytes: int = 0  # what configuring the array for this launch writes
 
     @property
     def seconds(self) -> float:
         return max(self.busy.values(), default=0.0)
+
+    @property
+    def reconfigure_s(self) -> float:
+        """Reconfiguring the array for this launch when another one ran before it."""
+        return RECONFIGURE_S + self.configure_bytes / CONFIGURE_BYTES_PER_S
 
     @property
     def bound(self) -> str:
@@ -129,17 +162,16 @@ class LaunchTime:
 
 @dataclass(frozen=True)
 class ElfTime:
-    """One call of an ELF: dispatch, its launches in order and the reconfigurations
-    between them."""
+    """One call of an ELF: dispatch (which covers the first launch's configuration),
+    its launches in order and the reconfiguration before each further one."""
 
     name: str
     launches: list[LaunchTime]
     dispatch_s: float = DISPATCH_S
-    reconfigure_s: float = RECONFIGURE_S
 
     @property
     def fixed_s(self) -> float:
-        return self.dispatch_s + self.reconfigure_s * max(len(self.launches) - 1, 0)
+        return self.dispatch_s + sum(launch.reconfigure_s for launch in self.launches[1:])
 
     @property
     def seconds(self) -> float:
@@ -234,6 +266,51 @@ def _channel_bytes(placement: Placement, traffic: _Traffic) -> Counter:
     return channels
 
 
+def contiguous_run(tap: iron_record.TensorAccessPattern) -> int:
+    """Elements of the pattern's longest contiguous run: its innermost dimensions while
+    each one's stride is the run so far."""
+    run = 1
+    for size, stride in reversed(list(zip(tap.sizes, tap.strides, strict=True))):
+        if size == 1:
+            continue
+        if stride != run:
+            break
+        run *= size
+    return run
+
+
+def transfer_seconds(tap: iron_record.TensorAccessPattern, itemsize: int) -> float:
+    """A shim channel moving the pattern: per contiguous run, one burst overhead per
+    SHIM_MAX_BURST_BYTES started, and the bytes at the stream rate."""
+    run = contiguous_run(tap)
+    run_bytes, runs = run * itemsize, tap.length // run
+    bursts = -(-run_bytes // SHIM_MAX_BURST_BYTES)
+    return runs * (bursts * SHIM_BURST_OVERHEAD_S + run_bytes / STREAM_BYTES_PER_S)
+
+
+def _shim_seconds(program: Program, placement: Placement) -> Counter:
+    """Busy time per shim DMA channel, {(tile, direction, channel): s}, from the
+    runtime sequence's transfers priced by their bursts."""
+    seconds: Counter = Counter()
+    for transfer in program.runtime.transfers():
+        end = placement.endpoints.get(transfer.handle)
+        if end is None or end.channel is None:  # unplaced: the rules refuse it
+            continue
+        direction = "mm2s" if transfer.handle.is_prod else "s2mm"
+        channel = end.channel % CHANNELS[end.tile.kind]
+        seconds[(end.tile, direction, channel)] += transfer_seconds(
+            transfer.tap, transfer.host.dtype.itemsize
+        )
+    return seconds
+
+
+def configure_bytes(program: Program) -> int:
+    """What configuring the array for the program writes: each core's program
+    (CORE_PROGRAM_BYTES) and the initial values of its buffers."""
+    initial = sum(b.nbytes for b in program.buffers if b.initial_value is not None)
+    return len(program.workers) * CORE_PROGRAM_BYTES + initial
+
+
 def _tile_name(tile: TileId) -> str:
     kind = {TileKind.CORE: "core", TileKind.MEM: "memtile", TileKind.SHIM: "shim"}[tile.kind]
     return f"{kind}({tile.col},{tile.row})"
@@ -285,8 +362,10 @@ def launch_time(
     for worker, tile in placement.workers.items():
         busy[_tile_name(tile)] = _core_seconds(worker, call_cycles, placement)
     for (tile, direction, channel), nbytes in _channel_bytes(placement, traffic).items():
-        rate = SHIM_CHANNEL_BYTES_PER_S if tile.kind is TileKind.SHIM else STREAM_BYTES_PER_S
-        busy[f"{_tile_name(tile)} {direction}{channel}"] = nbytes / rate
+        if tile.kind is not TileKind.SHIM:
+            busy[f"{_tile_name(tile)} {direction}{channel}"] = nbytes / STREAM_BYTES_PER_S
+    for (tile, direction, channel), seconds in _shim_seconds(program, placement).items():
+        busy[f"{_tile_name(tile)} {direction}{channel}"] = seconds
     ddr_columns: Counter = Counter()
     for transfer in program.runtime.transfers():
         nbytes = transfer.tap.length * transfer.host.dtype.itemsize
@@ -294,4 +373,4 @@ def launch_time(
     for column, nbytes in ddr_columns.items():
         busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
     busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
-    return LaunchTime(label, busy)
+    return LaunchTime(label, busy, configure_bytes(program))

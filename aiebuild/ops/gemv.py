@@ -8,11 +8,12 @@ weight streams, each feeding one core straight from its shim (the first two core
 of a column, no memory tile: a core's vector MACs consume weights several times faster
 than one shim channel delivers them). Stream s owns a consecutive run of TN-row
 blocks of w (the runs differ by at most one block) and drains its rows of y from
-the same core. Each core accumulates a block's K / TK partial dot products in fp32
-(in a state buffer that also counts the k tiles, so the core's k loop stays a loop)
-and writes it as bf16 or, for the LM head logits, fp32 (the output argument's dtype).
+the same core. Each core accumulates a block's rows in fp32 lane sums over its K / TK steps (in a
+state buffer that also counts the k tiles, so the core's k loop stays a loop), reduces
+each row once and writes it as bf16 or, for the LM head logits, fp32 (the output
+argument's dtype). A step's rows are TK = 256 bf16, 512 B: whole shim bursts.
 A run longer than the 64 iterations a shim pattern allows is moved in several
-phases. Core memory at K = 8192: x 16 KiB, w 2 x 4 KiB, y and state < 1 KiB."""
+phases. Core memory at K = 8192: x 16 KiB, w 2 x 8 KiB, state 2.1 KiB, y < 1 KiB."""
 
 from __future__ import annotations
 
@@ -41,20 +42,37 @@ from aiebuild.ops.common import (
     tiles,
     whole,
 )
-from aiebuild.ops.gemm import TILE as TK
 from aiebuild.ops.gemm import flops
 from aierun.abi import BF16, ArgSpec, Launch
 
-TN = 32  # output rows per core step
+TN = 16  # output rows per core step
+# Columns of w per core step: 256 bf16 = 512 B, the longest shim burst on npu2, so each
+# row of a block is read as whole bursts (aiebuild/array/timing.py prices shorter runs
+# higher). Shapes whose K is no multiple of it take the largest power of two dividing K.
+TK_MAX = 256
+LANES = 32  # bf16 per 512-bit load: the state keeps this many fp32 lane sums per row
+
+
+def tk(k: int) -> int:
+    """Columns per core step: TK_MAX, or the largest power of two dividing K below it."""
+    return min(TK_MAX, k & -k)
+
+
+def state_floats() -> int:
+    """The kernel's state: TN rows of LANES partial sums, TN staged dot products and the
+    k-tile counter (gemv.cc State)."""
+    return TN * (LANES + 1) + 1
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    return kernel_object("gemv.cc", {"K": launch.params["K"], "TN": TN, "TK": TK})
+    k = launch.params["K"]
+    return kernel_object("gemv.cc", {"K": k, "TN": TN, "TK": tk(k)})
 
 
 def symbol(launch: Launch, out_dtype: str) -> str:
     """The object has a bf16-output and an fp32-output entry point (LM head logits)."""
-    return f"gemv_bf16_{launch.params['K']}x{TN}x{TK}_{out_dtype}"
+    k = launch.params["K"]
+    return f"gemv_bf16_{k}x{TN}x{tk(k)}_{out_dtype}"
 
 
 def stream_cores(columns: int, blocks: int) -> list[tuple[int, int]]:
@@ -77,11 +95,13 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     _, w, y = args
     k, n = launch.params["K"], launch.params["N"]
     columns, _ = array(launch)
+    TK = tk(k)  # noqa: N806 (the kernel's -D name)
     k_tiles, blocks = tiles(k, TK, "K"), tiles(n, TN, "N")
     cores = stream_cores(columns, blocks)
     stream_runs = runs(blocks, len(cores))
     x_ty, w_ty = tensor((k,), BF16), tensor((TN, TK), BF16)
-    y_ty, state_ty = tensor((TN,), y.np_dtype), tensor((TN + 1,), np.dtype(np.float32))
+    y_ty = tensor((TN,), y.np_dtype)
+    state_ty = tensor((state_floats(),), np.dtype(np.float32))
     gemv = lib.Kernel(symbol(launch, y.dtype), kernel(launch, args).name,
                       [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
     x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
@@ -105,7 +125,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [
         lib.Worker(body(len(stream_runs[s])), [
             x_in.cons(), w_in[s].cons(), y_out[s].prod(),
-            scratch_buffer(lib, f"state{s}", (TN + 1,), np.dtype(np.float32)), gemv,
+            scratch_buffer(lib, f"state{s}", (state_floats(),), np.dtype(np.float32)), gemv,
         ], tile=core_tile(lib, c, r))
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip

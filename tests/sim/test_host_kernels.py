@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from aiebuild.ops import flash_attn as flash_attn_design
-from aiebuild.ops import gemm
+from aiebuild.ops import gemm, gemv
 from aiebuild.ops.common import KERNELS_SRC, KernelObject, kernel_object
 from aiebuild.ops.flash_attn import BLOCK as ATTN_BLOCK
 from aiebuild.sim import host_kernels
@@ -89,7 +89,7 @@ GEMM = {"TM": 32, "TK": 64, "TN": 64, "MMA": "bf16"}  # aiebuild/ops/gemm.py
 GEMM_BFP16 = {**GEMM, "MMA": "bfp16"}
 # One bfp16 block per output: the kernel's only fp32 rounding is in the store.
 GEMM_ONE_BLOCK = {"TM": 16, "TK": 8, "TN": 16, "MMA": "bfp16"}
-GEMV = {"K": 256, "TN": 32, "TK": 64}  # aiebuild/ops/gemv.py: TN, TK
+GEMV = {"K": 1024, "TN": gemv.TN, "TK": gemv.TK_MAX}  # aiebuild/ops/gemv.py
 FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # aiebuild/ops/flash_attn.py
 RMSNORM = {"E": 128, "EPS": 1e-5}
 
@@ -336,14 +336,14 @@ def test_rounding_register_is_per_library_and_restorable(build):
 
 @pytest.mark.parametrize("out_f32", [False, True])
 def test_gemv(build, out_f32):
-    """Per row, 16 lane sums of bf16 products, halved to one, added per k tile; numpy
-    sums in its own order. bf16 logits: at most 1 ulp apart; fp32 logits: within the
-    fp32 error bound of a K-term sum, K * 2^-24 * sum |x w|."""
+    """Per row, 32 fp32 lane sums of bf16 products over every k tile, halved to one on
+    the block's last tile; numpy sums in its own order. bf16 logits: at most 1 ulp
+    apart; fp32 logits: within the fp32 error bound of a K-term sum, K * 2^-24 * sum |x w|."""
     depth, tn, tk, rows = GEMV["K"], GEMV["TN"], GEMV["TK"], 64
     kernel = build(kernel_object("gemv.cc", GEMV))
     x, w = bf16_randn(depth), bf16_randn(rows, depth)
     y = np.zeros(rows, np.float32 if out_f32 else BF16)
-    state = np.zeros(tn + 1, np.float32)  # [TN partial sums | k tile], zeroed by the design
+    state = np.zeros(gemv.state_floats(), np.float32)  # gemv.cc State, zeroed by the design
     for n in range(0, rows, tn):
         block = np.zeros(tn, y.dtype)
         for k in range(0, depth, tk):

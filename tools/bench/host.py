@@ -194,8 +194,7 @@ def kv_store_modeled_ms(shape: ModelShape, context: int) -> float:
     """What the kv_store launch adds to a prefill layer on npu2, per the time model
     (aiebuild/array/timing.py): its busiest resource, and the reconfiguration before it."""
     from aiebuild import placed, specs
-    from aiebuild.array import timing
 
     elf = placed.elf_time(specs.rms_gemms_rope(shape, context))
     (store,) = [t for t in elf.launches if t.label == "KV cache"]
-    return (store.seconds + timing.RECONFIGURE_S) * 1e3
+    return (store.seconds + store.reconfigure_s) * 1e3
