@@ -24,7 +24,7 @@ import structlog
 from aierun import __version__, logs, paths
 from aierun.bundle import cmd_unpack
 from aierun.chat_input import HELP, MessageReader
-from aierun.errors import Failure, Terminated, UserError, describe
+from aierun.errors import STDOUT, Failure, Terminated, UserError, describe
 from aierun.host.sampling import Sampling
 from aierun.profiling.command import cmd_profile
 from aierun.registry import cmd_pull
@@ -285,6 +285,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print(text: str) -> None:
+    """Answer text to stdout now. A failed write names standard output: an OSError from
+    write() carries no file name, and the message would otherwise blame a file of ours."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, STDOUT) from None
+
+
 def _stream(
     session: Session,
     prompt: str | list[int],
@@ -303,14 +315,11 @@ def _stream(
         for token in session.generate(prompt, n_tokens, sampling, seq_len, reuse=reuse):
             last = time.perf_counter()
             first = first or last
-            sys.stdout.write(stream.push(token))
-            sys.stdout.flush()
+            _print(stream.push(token))
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        _print("\n")
         raise
-    sys.stdout.write(stream.finish() + "\n")
-    sys.stdout.flush()
+    _print(stream.finish() + "\n")
     tokens = stream.tokens
     log.info(
         "run.done",

@@ -77,8 +77,15 @@ def describe(exc: BaseException) -> Failure | None:
     return None
 
 
+STDOUT = "standard output"  # the file name of a failed write of the answer
+
+
 def os_error_message(exc: OSError) -> str:
     """`cannot use <file>: <reason>. <what to do>.` for an operating-system error."""
     where = exc.filename if exc.filename is not None else "a file"
     reason = exc.strerror or str(exc)
-    return f"cannot use {where}: {reason}; {_OS_ADVICE.get(exc.errno, 'check it')}."
+    if where == STDOUT:
+        advice = "free some space where it goes, or send it to another file or a terminal"
+    else:
+        advice = _OS_ADVICE.get(exc.errno, "check it")
+    return f"cannot use {where}: {reason}; {advice}."

@@ -809,3 +809,15 @@ def test_a_chat_template_that_raises_and_a_broken_generation_config_are_named(tm
         checkpoint.encode_prompt("hi")
     with pytest.raises(UserError, match=r"generation_config.json is not valid JSON"):
         checkpoint.stop_token_ids()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_an_answer_to_a_full_disk_names_standard_output(tiny, built, home):
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "aierun.cli", *run_args(tiny, built)],
+            stdout=full, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home), timeout=300,
+        )  # fmt: skip
+    message = refused(result, 2, r"aierun run: cannot use standard output: No space left")
+    assert "AIERUN_HOME" not in message  # the home is not what is full
+    the_next_run_works(tiny, built, home)
