@@ -381,7 +381,14 @@ def _path_problem(name: str) -> str | None:
         return "points outside the bundle ('..')"
     if "\\" in name:
         return "uses backslashes, which are not portable path separators"
+    if any(len(part.encode()) > NAME_MAX for part in path.parts):
+        return f"has a file name longer than {NAME_MAX} bytes, which no file system holds"
     return None
+
+
+# The longest file name (one path component) Linux file systems take (ext4, xfs, tmpfs:
+# NAME_MAX in <linux/limits.h>); doit pack never writes one, so it is a damaged bundle.
+NAME_MAX = 255
 
 
 def _normalized(name: str) -> str:

@@ -179,6 +179,7 @@ REFUSALS = {
     "flipped byte": (flip_a_byte, r"file entries/[0-9a-f]{64}/plan\.json does not match"),
     "path traversal": (add_member("../escape.txt"), r"'\.\./escape\.txt' points outside"),
     "absolute path": (add_member("/tmp/escape.txt"), r"'/tmp/escape\.txt' has an absolute"),
+    "300-character name": (add_member("entries/" + "n" * 300), r"longer than 255 bytes"),
     "symlink": (
         add_special(_special("entries/link", tarfile.SYMTYPE, "/etc/passwd")),
         r"'entries/link' is a symbolic link to '/etc/passwd'",
