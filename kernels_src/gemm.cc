@@ -8,8 +8,10 @@
 //          scratch `q`; every block is then reused by all the products that need it.
 //          Emulated: aierun.ops.numerics.to_bfp16.
 // Layouts (aiebuild/ops/gemm.py lays the tiles out with the memory tiles' DMA):
-//   x: MR x 8 blocks, block (i, k) at (i * TK / 8 + k) * MR * 8, each row-major;
-//   w: 8 x 8 blocks in the same order, each row-major (rows are n, columns k);
+//   x: MR x 8 blocks, k block major: block (i, k) at (k * TM / MR + i) * MR * 8, each
+//      row-major (so a memory tile streams a wider chunk of k as consecutive tiles);
+//   w: 8 x 8 blocks in the same order, block (n, k) at (k * TN / 8 + n) * 64, each
+//      row-major (rows are n, columns k);
 //   acc: MR x 8 blocks of fp32, block (i, n) at (i * TN / 8 + n) * MR * 8, row-major.
 // Entry points (suffix <TM>x<TK>x<TN>_<MMA>: both modes link side by side in one ELF):
 //   gemm_zero_f32_*(acc[TM*TN])                     acc = 0
@@ -104,17 +106,17 @@ extern "C" void AIEK_CAT(gemm_mac_bf16_, AIEK_SUFFIX)(const bfloat16 *x, const b
   bfp16ebs8 *xq = q, *wq = q + X_BLOCKS * Operand::blocks;
   to_bfp16(x, X_BLOCKS, xq);
   to_bfp16(w, W_BLOCKS, wq);
-  mac_blocks(acc, [xq](int i, int k) { return load_block(xq, i * KB + k); },
-             [wq](int n, int k) { return load_block(wq, n * KB + k); });
+  mac_blocks(acc, [xq](int i, int k) { return load_block(xq, k * IB + i); },
+             [wq](int n, int k) { return load_block(wq, k * NB + n); });
 }
 #else
 extern "C" void AIEK_CAT(gemm_mac_bf16_, AIEK_SUFFIX)(const bfloat16 *x, const bfloat16 *w,
                                                       float *acc) {
   // The 4x8x8 bf16 mmul takes B as k rows by n columns: each w block is transposed once
   // per pass and serves two row blocks.
-  mac_blocks(acc, [x](int i, int k) { return aie::load_v<A_SIZE>(x + (i * KB + k) * A_SIZE); },
+  mac_blocks(acc, [x](int i, int k) { return aie::load_v<A_SIZE>(x + (k * IB + i) * A_SIZE); },
              [w](int n, int k) {
-               return aie::transpose(aie::load_v<B_SIZE>(w + (n * KB + k) * B_SIZE), MT, MS);
+               return aie::transpose(aie::load_v<B_SIZE>(w + (k * NB + n) * B_SIZE), MT, MS);
              });
 }
 #endif

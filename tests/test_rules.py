@@ -262,6 +262,26 @@ def test_a_split_wider_than_the_memory_tile_is_refused():
     refused(program, "output DMA channels", 7, 6)
 
 
+def resizing_forward(words: int) -> iron_record.Program:
+    """A memory tile forwards `words`-word objects (depth 1) as 1024-word core objects."""
+    with iron_record.recording() as lib:
+        source = lib.ObjectFifo(tensor(words), depth=1, name="chunks")
+        tiles = source.cons().forward(obj_type=tensor(1024), name="tiles")
+        worker = lib.Worker(lambda h: (h.acquire(1), h.release(1)), [tiles.cons()])
+        runtime = lib.Runtime(lambda src, fill: fill.fill(src), [tensor(words), source.prod()])
+        return lib.Program(lib.NPU2(), runtime, [worker])
+
+
+def test_a_resizing_forward_sends_its_whole_chunk_in_one_memory_tile_bd():
+    """The memory tile's BD on the forward's output moves the link's buffer (the chunk),
+    not a core object: both memory-tile ends of a chunk over the BD length are refused."""
+    assert not [m for m in violations(resizing_forward(1 << 16)) if "BD length" in m]
+    refused_ends = [m for m in violations(resizing_forward(1 << 17)) if "BD length" in m]
+    chunk_end, tile_end = refused_ends
+    assert "(chunks consumer," in chunk_end and "(tiles producer," in tile_end
+    assert all(" is 131072 (" in m and "limit is 131071." in m for m in refused_ends)
+
+
 def test_core_dims_to_stream_keep_to_three_dims_and_eight_bit_wraps():
     assert violations(streaming(1, 1, obj=(16, 32), dims_to_stream=[(16, 32), (32, 1)])) == []
     four = [(2, 16), (8, 32), (4, 4), (4, 1)]

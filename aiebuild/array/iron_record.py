@@ -374,6 +374,18 @@ class Link:
             handle.bind(self)
         _recording().links.append(self)
 
+    @property
+    def resizes(self) -> bool:
+        """A forward into smaller objects: the link's buffers are the input's (the
+        bigger side, AIEObjectFifoStatefulTransform.cpp createObjectFifoElements), the
+        memory tile streams each whole, in the output's `dims_to_stream` order, and the
+        consumer's DMA cuts the stream into its own objects (mlir-aie v1.4.0
+        programming_examples/basic/vector_scalar_add: a 64-element memory-tile object
+        forwarded as 32-element core objects)."""
+        if self.kind != "split" or len(self.outputs) != 1 or self.offsets != [0]:
+            return False
+        return self.outputs[0].fifo.size < self.inputs[0].fifo.size
+
     def __repr__(self) -> str:
         return f"Link({self.kind} {self.inputs} -> {self.outputs})"
 

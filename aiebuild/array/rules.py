@@ -580,15 +580,16 @@ def _runtime_pattern(
 def _fifo_end_rules(end: Endpoint) -> Iterator[Violation]:
     """A fifo end's BD on a core or memory tile: its length and its dimensions."""
     tile, kind, fifo = end.tile, end.tile.kind, end.fifo
-    what = f"{end}, {fifo.nbytes}-byte objects"
-    if fifo.nbytes % WORD:
+    nbytes = _bd_bytes(end)
+    what = f"{end}, {nbytes}-byte objects"
+    if nbytes % WORD:
         yield Violation(
-            "object length (bytes)", tile, fifo.nbytes, WORD, what,
+            "object length (bytes)", tile, nbytes, WORD, what,
             "make the fifo's objects a multiple of 4 bytes.", alignment=True,
         )  # fmt: skip
-    if fifo.nbytes // WORD > BD_LENGTH_WORDS[kind]:
+    if nbytes // WORD > BD_LENGTH_WORDS[kind]:
         yield Violation(
-            "BD length (32-bit words)", tile, fifo.nbytes // WORD, BD_LENGTH_WORDS[kind], what,
+            "BD length (32-bit words)", tile, nbytes // WORD, BD_LENGTH_WORDS[kind], what,
             "use smaller fifo objects.",
         )  # fmt: skip
     lock_value = end.handle.depth * ((fifo.repeat_count or 1) if end.handle.is_prod else 1)
@@ -607,6 +608,15 @@ def _fifo_end_rules(end: Endpoint) -> Iterator[Violation]:
             )  # fmt: skip
         else:
             yield from _dims_rules(list(dims), fifo.dtype.itemsize, kind, tile, pattern)
+
+
+def _bd_bytes(end: Endpoint) -> int:
+    """What one BD of the end moves: its object, or on the memory-tile side of a
+    resizing forward the link's whole buffer (Link.resizes)."""
+    link = end.handle.endpoint
+    if end.handle.is_prod and isinstance(link, Link) and link.resizes:
+        return link.inputs[0].fifo.nbytes
+    return end.fifo.nbytes
 
 
 def _dims_rules(

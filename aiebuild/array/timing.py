@@ -249,7 +249,9 @@ class _Traffic:
         if link.kind == "join":
             return sum(self.fifo_bytes(h.fifo) for h in link.inputs)
         source = link.inputs[0].fifo  # split or forward: this output's share, repeated
-        share = self.fifo_bytes(source) * fifo.size // source.size
+        share = self.fifo_bytes(source)  # a resizing forward moves all of it
+        if not link.resizes:
+            share = share * fifo.size // source.size
         return share * (fifo.repeat_count or 1)
 
 

@@ -17,8 +17,11 @@ core_rows = 6 input channels. One phase of the runtime sequence per round of m-b
 (`core_rows` of them) keeps 2-3 live tasks per shim; within it each core walks its n
 tiles (the x stream replays its m-block per n tile, a repeat of the shim pattern).
 
-The memory tiles forward the x and w tiles in the kernel's mmul blocks (MR x 8 of x,
-8 x 8 of w, `blocked`), so that each operand is one 512-bit load on the core.
+The shims read x and w in chunks of KC = 256 columns (`chunk_depth`: runs of 512 B, whole
+npu2 bursts), and the memory tiles forward each chunk to the cores as its KC / TK tiles
+(a forward into smaller objects, iron_record.Link.resizes), each in the kernel's mmul
+blocks (MR x 8 of x, 8 x 8 of w, k block major, `blocked`), so that each operand is one
+512-bit load on the core. Memory tile: x and w chunks 2 x 32 KiB per stream.
 
 Tiles: TM = 64 (32 when M is not a multiple of 64), TK = 32, TN = 64. Core memory:
 x 2 x 4 KiB, w 2 x 4 KiB, y 2 x 8 KiB, fp32 accumulator 16 KiB, and for bfp16 the
@@ -27,6 +30,7 @@ scratch of the call's converted operands, (TM + TN) * TK / 8 blocks of 9 bytes =
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,6 +55,9 @@ from aiebuild.ops.common import (
 )
 from aierun.abi import BF16, ArgSpec, Launch
 
+# The shim's contiguous run per row of x and w: the longest npu2 burst, 512 B
+# (timing.SHIM_MAX_BURST_BYTES); a shorter run pays a whole burst's overhead.
+CHUNK_BYTES = 512
 # Every GEMM and GEMV dimension is tiled in blocks of TILE elements on the cores
 # (specs.check_tileable refuses a model that does not divide).
 TILE = 64
@@ -86,11 +93,19 @@ def block_rows(launch: Launch) -> int:
 
 
 def blocked(rows: int, depth: int, block_rows: int) -> list[tuple[int, int]]:
-    """dims_to_stream reading a row-major rows x depth tile as block_rows x MS blocks,
-    block (i, k) after (i, k - 1), each block row-major: the layout gemm.cc's mmuls load."""
+    """dims_to_stream reading a row-major rows x depth chunk as block_rows x MS blocks,
+    k block major (block (i, k) after (i - 1, k)), each block row-major: the layout
+    gemm.cc's mmuls load. Every TK / MS consecutive k blocks are one core tile, so a
+    chunk of depth KC streams as its KC / TK tiles in k order, each in that layout."""
     return [
-        (rows // block_rows, block_rows * depth), (depth // MS, MS), (block_rows, depth), (MS, 1)
+        (depth // MS, MS), (rows // block_rows, block_rows * depth), (block_rows, depth), (MS, 1)
     ]  # fmt: skip
+
+
+def chunk_depth(k: int) -> int:
+    """KC: the k extent of the x and w chunks the shims move into the memory tiles, so
+    that each shim run is CHUNK_BYTES (a whole npu2 burst, timing.py) when K allows."""
+    return math.gcd(k, CHUNK_BYTES // BF16.itemsize)
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -106,6 +121,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     m_rounds = tiles(m, tm * rows, "M (per round of core rows)")
     n_rounds = tiles(n, TN * columns, "N (per round of columns)")
     k_tiles = tiles(k, TK, "K")
+    kc = chunk_depth(k)
     x_ty, w_ty, y_ty = tensor((tm, TK), BF16), tensor((TN, TK), BF16), tensor((tm, TN), BF16)
     acc_ty = tensor((tm * TN,), np.dtype(np.float32))
     obj, suffix = kernel(launch, args).name, f"{tm}x{TK}x{TN}_{mma(launch)}"
@@ -116,15 +132,17 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     mac = lib.Kernel(f"gemm_mac_bf16_{suffix}", obj, [x_ty, w_ty, acc_ty, *scratch])
     store = lib.Kernel(f"gemm_store_bf16_{suffix}", obj, [acc_ty, y_ty])
 
-    # The memory tiles stream each tile to the cores in the kernel's mmul blocks.
+    # The memory tiles receive chunks of KC columns and stream each to the cores as
+    # its KC / TK tiles in the kernel's mmul blocks (a forward into smaller objects).
     x_column = x_columns(columns, rows)
-    x_dims, w_dims = blocked(tm, TK, block_rows(launch)), blocked(TN, TK, MS)
-    x_in = [lib.ObjectFifo(x_ty, name=f"x_in{r}") for r in range(rows)]
-    x_row = [x_in[r].cons().forward(tile=mem_tile(lib, x_column[r]), name=f"x{r}",
-                                    dims_to_stream=x_dims) for r in range(rows)]  # fmt: skip
-    w_in = [lib.ObjectFifo(w_ty, name=f"w_in{c}") for c in range(columns)]
-    w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), name=f"w{c}", dims_to_stream=w_dims)
-             for c in range(columns)]  # fmt: skip
+    x_dims, w_dims = blocked(tm, kc, block_rows(launch)), blocked(TN, kc, MS)
+    x_in = [lib.ObjectFifo(tensor((tm, kc), BF16), name=f"x_in{r}") for r in range(rows)]
+    x_row = [x_in[r].cons().forward(tile=mem_tile(lib, x_column[r]), obj_type=x_ty,
+                                    name=f"x{r}", dims_to_stream=x_dims)
+             for r in range(rows)]  # fmt: skip
+    w_in = [lib.ObjectFifo(tensor((TN, kc), BF16), name=f"w_in{c}") for c in range(columns)]
+    w_col = [w_in[c].cons().forward(tile=mem_tile(lib, c), obj_type=w_ty, name=f"w{c}",
+                                    dims_to_stream=w_dims) for c in range(columns)]  # fmt: skip
     y_out, y_core = joined_columns(lib, "y", columns, rows, (tm, TN), BF16)
 
     def core(xs, ws, ys, acc, zero_fn, mac_fn, store_fn, *q):
@@ -148,12 +166,13 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         for c in range(columns) for r in range(rows)
     ]  # fmt: skip
     x, w, y = (a.shape for a in args)
-    # Phase = round i of m-blocks. x of row r: its m-block's k tiles, replayed for
+    # Phase = round i of m-blocks. x of row r: its m-block's k chunks, replayed for
     # every n tile of the round (stride 0: a repeat); w of column c: its n tiles' k
-    # tiles; y of column c: (rows * tm) rows by its n tiles.
-    x_taps = [[tap(x, (i * rows + r) * tm * k, [n_rounds, k_tiles, tm, TK], [0, TK, k, 1])
+    # chunks; y of column c: (rows * tm) rows by its n tiles.
+    k_chunks = k // kc
+    x_taps = [[tap(x, (i * rows + r) * tm * k, [n_rounds, k_chunks, tm, kc], [0, kc, k, 1])
                for i in range(m_rounds)] for r in range(rows)]  # fmt: skip
-    w_tap = [tap(w, c * n_rounds * TN * k, [n_rounds, k_tiles, TN, TK], [TN * k, TK, k, 1])
+    w_tap = [tap(w, c * n_rounds * TN * k, [n_rounds, k_chunks, TN, kc], [TN * k, kc, k, 1])
              for c in range(columns)]  # fmt: skip
     y_taps = [[tap(y, i * rows * tm * n + c * n_rounds * TN, [1, n_rounds, rows * tm, TN],
                    [0, TN, n, 1]) for i in range(m_rounds)]

@@ -26,8 +26,10 @@ a task, then yields. The semantics follow mlir-aie v1.4.0 (db06374):
 - Memory-tile links (objectfifo.py `split`, `join`, `forward`; section-2e): a split
   cuts every input object at `offsets` into one object of each output fifo, a join
   assembles one output object from one object of every input at `offsets`, a
-  forward is a split into one. Each output (input) of a link is an independent DMA
-  channel of the memory tile, so one may run ahead of another by the depth.
+  forward is a split into one; a forward into smaller objects streams each input
+  object whole and fills consecutive output objects with it (im.Link.resizes).
+  Each output (input) of a link is an independent DMA channel of the memory tile,
+  so one may run ahead of another by the depth.
 - Workers (worker.py `Worker`, `while_true=True`): the traced body runs in a
   `while(true)` loop until the launch ends; `range_` loops (controlflow.py) run
   their traced body `count` times. Buffers (buffer.py) keep their values across
@@ -122,7 +124,11 @@ class FifoState:
         self.produced = 0  # objects the producer side released
         self.released = [0] * len(slots)  # objects each consumer slot released
         self.slots = slots
-        to_stream = stream_order(fifo.dims_to_stream, fifo.size, f"fifo {fifo.name} producer")
+        # A resizing forward applies its output's dims_to_stream to the memory tile's
+        # bigger buffer (resizing_forward), not to the output objects.
+        link = fifo.producer.endpoint if fifo.producer is not None else None
+        to_stream = None if isinstance(link, im.Link) and link.resizes else stream_order(
+            fifo.dims_to_stream, fifo.size, f"fifo {fifo.name} producer")  # fmt: skip
         self.orders = [
             (to_stream, stream_order(h.dims_from_stream, fifo.size, f"fifo {fifo.name} consumer"))
             for h in slots
@@ -389,6 +395,9 @@ def link_processes(link: im.Link, cursors: dict, name: str, scheduler: Scheduler
             for i, h in enumerate(link.inputs)
         ]
     (source,) = link.inputs
+    if link.resizes:
+        return [resizing_forward(cursors[(source, 0)], cursors[(link.outputs[0], 0)], name,
+                                 scheduler)]  # fmt: skip
     return [
         _link_part(cursors[(source, i)], cursors[(h, 0)], link.offsets[i], None, name, scheduler)
         for i, h in enumerate(link.outputs)
@@ -420,6 +429,31 @@ def _link_part(reader: Cursor, writer: Cursor, read_at: int | None, write_at: in
         writer.release(1)
         reader.release(1)
         scheduler.steps += 1
+
+
+def resizing_forward(reader: Cursor, writer: Cursor, name: str, scheduler: Scheduler) -> Process:
+    """A forward into smaller objects (im.Link.resizes): every input object, read in
+    the output fifo's dims_to_stream order, fills the next size_in / size_out output
+    objects one after another."""
+    source_fifo, out_fifo = reader.state.fifo, writer.state.fifo
+    if source_fifo.size % out_fifo.size:
+        raise DataflowError(
+            f"{name}: {source_fifo.size}-element objects do not cut into "
+            f"{out_fifo.size}-element objects of fifo {out_fifo.name}"
+        )
+    order = stream_order(out_fifo.dims_to_stream, source_fifo.size, f"{name} memory tile")
+    while True:
+        while not reader.acquire(1):
+            yield
+        source = reader.array(0).reshape(-1)
+        stream = source if order is None else source[order]
+        for start in range(0, source_fifo.size, out_fifo.size):
+            while not writer.acquire(1):
+                yield
+            writer.array(0).reshape(-1)[...] = stream[start : start + out_fifo.size]
+            writer.release(1)
+            scheduler.steps += 1
+        reader.release(1)
 
 
 @dataclass

@@ -189,6 +189,46 @@ def test_dims_to_stream_reorders_what_the_producer_sends():
     np.testing.assert_array_equal(dst.reshape(4, 8)[:, 4:], src.reshape(4, 8)[:, 4:])
 
 
+def resizing_forward(chunk: int, dims: list | None):
+    """A memory tile forwards 8-element objects as `chunk`-element ones to a worker
+    that tags each object it gets with its running count."""
+    with im.recording() as lib:
+        whole, part = tensor((8,), F32), tensor((chunk,), F32)
+        source = lib.ObjectFifo(whole, name="in")
+        parts = source.cons().forward(obj_type=part, name="parts", dims_to_stream=dims)
+        result = lib.ObjectFifo(part, name="out")
+        worker = streaming(lib, parts, result, lib.Kernel("tag", "k.o", [part, part]), 1)
+        runtime = sequence(lib, 16, 16, [source.prod(), result.cons()], fill_drain)
+        return lib.Program(lib.NPU2(), runtime, [worker])
+
+
+def tagging():
+    calls = iter(range(100))
+
+    def kernel(x, y):
+        y[...] = x + 100 * next(calls)
+
+    return kernel
+
+
+def test_a_forward_into_smaller_objects_cuts_each_object_in_its_stream_order():
+    """dims [(4, 1), (2, 4)] stream an 8-element object as 0 4 1 5 2 6 3 7; the worker
+    gets it as two 4-element objects."""
+    src, dst = np.arange(16, dtype=F32), np.zeros(16, F32)
+    program = resizing_forward(4, [(4, 1), (2, 4)])
+    assert program.links[0].resizes
+    Launch(program, kernels(tag=tagging())).run([src, dst])
+    stream = src.reshape(2, 2, 4).transpose(0, 2, 1).reshape(-1)
+    np.testing.assert_array_equal(dst, stream + 100 * np.repeat(np.arange(4), 4))
+
+
+def test_a_forward_into_objects_that_do_not_divide_it_is_an_error():
+    with pytest.raises(DataflowError, match=r"8-element objects do not cut into 3-element"):
+        Launch(resizing_forward(3, None), kernels(tag=tagging())).run(
+            [np.zeros(16, F32), np.zeros(16, F32)]
+        )
+
+
 def phased(phases: int, drain_extra: int = 0):
     """Phase i fills chunk i and drains its result in its own task group."""
     with im.recording() as lib:
