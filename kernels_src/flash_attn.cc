@@ -17,7 +17,9 @@
 // The key and query block indices live in the state, so the design's core loops
 // stay loops rather than unrolled calls with constant indices.
 //
-// A step works on strips of MR query rows: S = Q K^T and O += P V are bf16 mmul blocks
+// A step first writes the key block's K^T operands into the state (once per block, not
+// once per strip), then works on strips of MR query rows: S = Q K^T and O += P V are
+// bf16 mmul blocks
 // with fp32 accumulation (B), the online softmax between them is fp32 per row.
 // Relies on (B); (L): the exp is bf16-precise, so every softmax weight P is a bf16
 // value already and P enters the P V mmul exactly, as does every rescale factor; the
@@ -47,7 +49,11 @@ static_assert(MS == MT, "the P V mmul takes the Q K^T blocks' keys as its depth"
 static_assert(KEY_GROUPS * (sizeof(Block) + sizeof(Weights)) <= 768,
               "a strip's scores and weights must leave room for the calls in a 1 KiB stack");
 
+static constexpr int KT_BLOCK = MS * MT;  // elements of one K^T operand
 struct State {
+  // The current key block's K^T operands, MT keys by MS head dims each, in the order
+  // (key group, head dims / MS); first, so each is 512-bit aligned for its loads.
+  bfloat16 keys_t[AIEK_BK * AIEK_DH];
   float acc[AIEK_BQ * AIEK_DH];
   float max[AIEK_BQ];
   float sum[AIEK_BQ];
@@ -57,7 +63,8 @@ struct State {
   int query_step;   // query blocks between this core's successive ones
   int query_head;   // this core's block in the queries object it shares
 };
-static_assert(sizeof(State) == (AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 5) * sizeof(float),
+static_assert(sizeof(State) ==
+                  (AIEK_BK * AIEK_DH / 2 + AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 5) * sizeof(float),
               "State must match the design's state buffer");
 
 extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
@@ -86,29 +93,34 @@ static inline aie::mask<MR * MT> causal_mask(int row, int key) {
   return aie::mask<MR * MT>::from_uint32(bits);
 }
 
-// The MS x MT operand K^T of MT keys at head dims [d, d + MS): their rows, transposed.
-static inline aie::vector<bfloat16, MS * MT> keys_transposed(const bfloat16 *keys, int d) {
-  return aie::transpose(load_block<MT, MS>(keys + d, AIEK_DH), MT, MS);
+// The key block's K^T operands: per key group and MS head dims, the MT keys' rows
+// transposed into an MS x MT operand.
+static void transpose_keys(const bfloat16 *k, bfloat16 *keys_t) {
+  for (int g = 0; g < KEY_GROUPS; ++g)
+    for (int d = 0; d < AIEK_DH; d += MS, keys_t += KT_BLOCK)
+      aie::store_v(keys_t,
+                   aie::transpose(load_block<MT, MS>(k + g * MT * AIEK_DH + d, AIEK_DH), MT, MS));
 }
 
-// The scaled scores Q K^T of the strip's MR query rows q against the MT keys.
-static inline Block strip_scores(const bfloat16 *q, const bfloat16 *keys, float scale) {
+// The scaled scores Q K^T of the strip's MR query rows q against the MT keys whose
+// K^T operands start at keys_t.
+static inline Block strip_scores(const bfloat16 *q, const bfloat16 *keys_t, float scale) {
   MMUL dot;
-  dot.mul(load_block<MR, MS>(q, AIEK_DH), keys_transposed(keys, 0));
+  dot.mul(load_block<MR, MS>(q, AIEK_DH), aie::load_v<KT_BLOCK>(keys_t));
   for (int d = MS; d < AIEK_DH; d += MS)
-    dot.mac(load_block<MR, MS>(q + d, AIEK_DH), keys_transposed(keys, d));
+    dot.mac(load_block<MR, MS>(q + d, AIEK_DH), aie::load_v<KT_BLOCK>(keys_t += KT_BLOCK));
   return aie::mul(dot.to_vector<float>(), scale).to_vector<float>();
 }
 
 // Fold `groups` key groups of the block into the strip of MR query rows at `row`: its
 // running max and sum and its rows of acc. `first`: the strip has seen no keys yet.
-static void fold_strip(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, State *s,
+static void fold_strip(const bfloat16 *q, const bfloat16 *v, State *s,
                        int row, int groups, bool diagonal, bool first) {
   const float scale = aie::invsqrt(float(AIEK_DH));
   Block scores[KEY_GROUPS];
   Block block_max = aie::broadcast<float, MR * MT>(-INFINITY);
   for (int g = 0; g < groups; ++g) {
-    scores[g] = strip_scores(q, k + g * MT * AIEK_DH, scale);
+    scores[g] = strip_scores(q, s->keys_t + g * AIEK_DH * MT, scale);
     if (diagonal) scores[g] = aie::select(-INFINITY, scores[g], causal_mask(row, g * MT));
     block_max = aie::max(block_max, scores[g]);
   }
@@ -155,6 +167,7 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
   const int key_block = s->key_block++;
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
   set_round_to_nearest_even();              // the exps round to bf16, fact (R)
+  transpose_keys(k, s->keys_t);
   const bool diagonal = key_block == s->query_block;
   // Queries and keys start together (prefill): every row sees key 0 first, so key
   // block 0 is where every row's history starts, and the only such block.
@@ -163,7 +176,7 @@ extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const
     // On the diagonal a strip sees keys up to its last row: later key groups are
     // wholly masked and skipped.
     const int groups = diagonal ? (row + MR - 1) / MT + 1 : KEY_GROUPS;
-    fold_strip(q + row * AIEK_DH, k, v, s, row, groups, diagonal, first);
+    fold_strip(q + row * AIEK_DH, v, s, row, groups, diagonal, first);
   }
 }
 

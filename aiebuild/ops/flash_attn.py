@@ -22,7 +22,8 @@ in the object in its state (initial values of the core's state buffer), so the
 core's loops stay loops.
 
 Core memory at BLOCK = 32, head_dim 64, 4 core rows: queries 16 KiB, [K; V]
-2 x 8 KiB, o 2 x 4 KiB, state 8.3 KiB = 48.3 KiB of 64."""
+2 x 8 KiB, o 2 x 4 KiB, state 12.3 KiB (4 KiB of it the key block's K^T, built once
+per step for all the block's query strips) = 52.3 KiB of 64."""
 
 from __future__ import annotations
 
@@ -60,10 +61,10 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
 
 
 def initial_state(dim: int, first: int, step: int, head: int) -> np.ndarray:
-    """flash_attn.cc's State: [acc | max | sum | key block, query block, first query
-    block, query block step, head in the queries object], the counters int32 in fp32
-    words."""
-    state = np.zeros(BLOCK * dim + 2 * BLOCK + 5, np.float32)
+    """flash_attn.cc's State: [K^T of the key block (bf16, two a word) | acc | max |
+    sum | key block, query block, first query block, query block step, head in the
+    queries object], the counters int32 in fp32 words."""
+    state = np.zeros(BLOCK * dim // 2 + BLOCK * dim + 2 * BLOCK + 5, np.float32)
     state[-4:].view(np.int32)[:] = (first, first, step, head)
     return state
 
