@@ -321,8 +321,11 @@ def _stream(
         raise
     _print(stream.finish() + "\n")
     tokens = stream.tokens
-    log.info(
+    log.info(  # the run's one console line (the JSON log has every step)
         "run.done",
+        load_s=round(session.prepare_s, 2) if session.prepare_s is not None else None,
+        prompt_tokens=session.last_prompt_tokens,
+        cached_tokens=session.last_reused,
         tokens=len(tokens),
         ttft_ms=round((first - start) * 1e3, 1) if first else None,
         decode_tok_s=round((len(tokens) - 1) / (last - first), 2) if len(tokens) > 1 else None,

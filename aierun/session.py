@@ -105,6 +105,8 @@ class Session:
         # the one the cache holds.
         self.slots: PrefixSlots | None = None
         self.prepared = False
+        self.prepare_s: float | None = None  # seconds prepare took (loading, weights)
+        self.last_prompt_tokens = 0  # the last generate's prompt, cached part included
         self._pin: Path | None = None  # this run's pin of its store entries (prepare)
         self.last_prompt: tuple[int, int] | None = None  # (prompt tokens, bucket)
         self.last_reused = 0  # cached prompt tokens the last generate did not recompute
@@ -145,7 +147,8 @@ class Session:
                 if not spec.bucket:
                     self._warm_up(spec)
         self.prepared = True
-        log.info(
+        self.prepare_s = span.dur_s
+        log.debug(  # in the JSON log; the console's one line per run is the CLI's summary
             "weights.preloaded",
             elfs=len(self._elfs),
             buffers=len(self.buffers.all_buffers()),
@@ -438,6 +441,7 @@ class Session:
             with prof.cpu(flow.TOKENIZE):
                 ids = self.checkpoint.encode_prompt(prompt) if isinstance(prompt, str) else prompt
             ids, capacity = list(ids), len(ids) + n_tokens
+            self.last_prompt_tokens = len(ids)
             self._check_context(len(ids), n_tokens)
             self.last_reused = 0
             if reuse and seq_len is None and self.slots is not None:
@@ -445,7 +449,7 @@ class Session:
             reused = self._reuse(ids, capacity) if reuse and seq_len is None else None
             logits = self._prefill(ids, seq_len, capacity, None) if reused is None else reused
             token = self._choose(logits, sampling, rng, on_logits)
-        log.info(
+        log.debug(
             "prefill.done",
             prompt_tokens=len(ids),
             reused=self.last_reused,
