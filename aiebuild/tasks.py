@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class BuildConfig:
         except ValueError:
             message = f"buckets={buckets!r}: expected prefill lengths like buckets=64,256"
             raise InvalidCommand(message) from None
-        if "model" in given and Path(given["model"]).expanduser().is_dir():
+        if "model" in given and Path(given["model"]).expanduser().exists():
             choices["model"] = str(Path(given["model"]).expanduser().resolve())
         cache = get_var("cache", None) or None
         if cache is not None:
@@ -246,16 +247,28 @@ def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
     return None
 
 
+@contextmanager
+def failing_as_invalid_task() -> Iterator[None]:
+    """Work done while doit makes the task list (no action runs it): a user-caused
+    failure (a bad model, a full disk) becomes InvalidTask, which doit prints as one
+    line without a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        failure = describe(exc)
+        if failure is None:  # a bug: doit shows its traceback
+            raise
+        raise InvalidTask(failure.message or str(exc)) from None
+
+
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
     if config.model is None and not default_model.is_materialized(config.model_dir()):
         # Listed before the `model` task has made the default model (`doit list` on a
         # fresh clone): its ELFs are known only then, and `doit compile` makes it first.
         yield {"name": None, "doc": "build every ELF of the model (after `doit model`)"}
         return
-    try:
+    with failing_as_invalid_task():
         target, store, shape, builds = plan(config)
-    except UserError as exc:  # doit prints InvalidTask as one line, without a traceback
-        raise InvalidTask(str(exc)) from None
     if isinstance(target, Npu2Target):
         yield from object_tasks(target, store, builds)
     cache = config.remote_cache()
@@ -268,7 +281,8 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
             "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
             "verbosity": 2,
         }
-    data = manifest_data(config, target.name, shape, builds)
+    with failing_as_invalid_task():  # the time model builds the kernels it counts
+        data = manifest_data(config, target.name, shape, builds)
     path = manifest_path(config.home, target.name)
     if cache is not None:
         yield {

@@ -1,6 +1,7 @@
-"""A Hugging Face Llama-family checkpoint: shape, weights (memory-mapped), tokenizer.
+"""A Llama-family model directory: shape, weights (memory-mapped), tokenizer.
 
-Weights are read from safetensors files only (memory-mapped). The shape is
+The weights are memory-mapped from safetensors files (a Hugging Face checkpoint) or
+from a GGUF file (a directory `aierun.gguf_model` derived from it). The shape is
 what the build derives ELF specs from and what a manifest is checked against.
 """
 
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from aierun import gguf_model
 from aierun.abi import BF16
 from aierun.errors import UserError
+from aierun.files import holding, publish_dir, staging_dir
 from aierun.tokenizer import FastTokenizer
 
 SUPPORTED_ROPE = ("default", "llama3")
@@ -174,6 +177,14 @@ class _TensorEntry:
     dtype: np.dtype
     shape: tuple[int, ...]
 
+    def read(self) -> np.ndarray:
+        return np.memmap(self.file, dtype=self.dtype, mode="r", offset=self.offset,
+                         shape=self.shape)  # fmt: skip
+
+
+# The block types the quantized kernels read (GGUF's names).
+QUANT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
 
 # The safetensors format caps its JSON header at 100 MB; a larger length is damage.
 MAX_HEADER_BYTES = 100_000_000
@@ -267,22 +278,46 @@ class Checkpoint:
                     f"implies {list(shape)}: the weights and the config do not belong together."
                 )
 
-    def _index_tensors(self) -> dict[str, _TensorEntry]:
+    def _index_tensors(self) -> dict[str, _TensorEntry | gguf_model.GgufTensor]:
+        if (self.path / gguf_model.INDEX).is_file():
+            return dict(gguf_model.tensors(self.path))
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise UserError(f"{self.path} holds no *.safetensors weights (the only format read).")
+            raise UserError(
+                f"{self.path} holds no weights: *.safetensors files, or a GGUF file passed "
+                "as --model FILE.gguf"
+            )
         index: dict[str, _TensorEntry] = {}
         for file in files:
             index.update(_safetensors_entries(file))
         return index
 
     def tensor(self, name: str) -> np.ndarray:
-        """One tensor as bf16: a read-only memory map when the file stores bf16."""
+        """One tensor as bf16: a read-only memory map when the file stores bf16, else
+        its values (a GGUF block type dequantized) rounded to bf16."""
+        array = self._index[self._resolve_tied(name)].read()
+        return array if array.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+
+    def stored_type(self, name: str) -> str:
+        """How the file stores a tensor: a GGUF type name (F32, Q4_1, ...) or, for
+        safetensors, its dtype (bfloat16, float32, ...)."""
         entry = self._index[self._resolve_tied(name)]
-        array = np.memmap(
-            entry.file, dtype=entry.dtype, mode="r", offset=entry.offset, shape=entry.shape
-        )
-        return array if entry.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+        return entry.type if isinstance(entry, gguf_model.GgufTensor) else str(entry.dtype)
+
+    def blocks(self, name: str, qtype: str) -> np.ndarray:
+        """A weight matrix as GGUF blocks of `qtype` (Q4_0, Q4_1, Q8_0), uint8
+        [rows, bytes per row]: the file's own blocks when it stores that type, else the
+        tensor quantized with llama.cpp's reference numerics (the gguf package)."""
+        if qtype not in QUANT_TYPES:
+            raise UserError(f"weight type {qtype!r}: the kernels read {', '.join(QUANT_TYPES)}")
+        entry = self._index[self._resolve_tied(name)]
+        if isinstance(entry, gguf_model.GgufTensor) and entry.type == qtype:
+            return entry.blocks()
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        values = entry.read() if isinstance(entry, gguf_model.GgufTensor) else self.tensor(name)
+        return quantize(np.asarray(values, np.float32), GGMLQuantizationType[qtype])
 
     def _resolve_tied(self, name: str) -> str:
         # A tied checkpoint may store the embedding under either name.
@@ -302,7 +337,8 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        entry = next(iter(self._index.values()))
+        return entry.file.stem if isinstance(entry, gguf_model.GgufTensor) else self.path.name
 
     def nonfinite_output_error(self) -> UserError:
         """Why the model computed NaN or infinite logits, naming the weight tensor that
@@ -393,6 +429,20 @@ def _load_tokenizer(path: Path):
         ) from None
 
 
+def gguf_dir(gguf_file: Path, models_dir: Path) -> Path:
+    """The model directory derived from a GGUF file (config, tokenizer, tensor index;
+    the weights stay in the file), made on first use and again when the file changed."""
+    target = gguf_model.derived_dir(gguf_file, models_dir)
+    if gguf_model.is_current(target):
+        return target
+    with holding(target.parent / f".{target.name}.lock", f"the model directory of {gguf_file}"):
+        if not gguf_model.is_current(target):
+            with staging_dir(target) as staging:
+                gguf_model.derive(gguf_file, staging)
+                publish_dir(staging, target, gguf_model.is_current)
+    return target
+
+
 def resolve_model(model: str | None, models_dir: Path) -> Path:
     """A checkpoint directory for `--model`: None means the embedded default model
     (materialized on first use), else a directory or a Hugging Face model id that is
@@ -402,6 +452,9 @@ def resolve_model(model: str | None, models_dir: Path) -> Path:
     if not model:
         return default_model.materialize(models_dir / default_model.NAME)
     path = Path(model).expanduser()
+    gguf_file = gguf_model.find_gguf(path)
+    if gguf_file is not None:
+        return gguf_dir(gguf_file, models_dir)
     if path.is_dir():
         return path
     try:
