@@ -241,8 +241,9 @@ def tensors(model_dir: Path) -> dict[str, GgufTensor]:
         index = json.loads(index_file.read_text(encoding="utf-8"))
         file = _gguf_file(model_dir, index)
         entries = {
-            name: GgufTensor(file, e["offset"], e["type"], tuple(e["shape"]), e["nbytes"],
-                             e["heads"])  # fmt: skip
+            name: GgufTensor(
+                file, e["offset"], e["type"], tuple(e["shape"]), e["nbytes"], e["heads"]
+            )  # fmt: skip
             for name, e in index["tensors"].items()
         }
     except (OSError, ValueError, KeyError, TypeError) as exc:
