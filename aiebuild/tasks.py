@@ -221,7 +221,7 @@ def build_elf(
     if cache is not None and cache.fetch(store, build.key, plan_bytes(build.spec)):
         return
     start = time.perf_counter()
-    log.info("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
+    log.debug("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
     entry = target.build(build.spec, build.key, store)
     seconds = round(time.perf_counter() - start, 3)
     log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)

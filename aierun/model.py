@@ -337,8 +337,9 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        entry = next(iter(self._index.values()))
-        return entry.file.stem if isinstance(entry, gguf_model.GgufTensor) else self.path.name
+        # A directory derived from a user's GGUF file elsewhere is named by that file.
+        gguf = gguf_model.gguf_file(self.path)
+        return gguf.stem if gguf is not None and gguf.parent != self.path else self.path.name
 
     def nonfinite_output_error(self) -> UserError:
         """Why the model computed NaN or infinite logits, naming the weight tensor that
