@@ -267,3 +267,13 @@ def _check_file(file: Path, index: dict[str, Any], model_dir: Path) -> None:
             f"{file} is {size} bytes, but {model_dir / INDEX} was made from a {index['size']}-"
             f"byte file: delete {model_dir} (it is derived again from the file)"
         )
+
+
+def transformers_location(model_dir: Path) -> tuple[Path, dict[str, str]]:
+    """What to pass transformers' `from_pretrained` for the weights of `model_dir`: the
+    directory itself, or for a model run from a GGUF file that file (transformers
+    reads its blocks itself)."""
+    gguf = gguf_file(model_dir)
+    if gguf is None:
+        return model_dir, {}
+    return gguf.parent, {"gguf_file": gguf.name}

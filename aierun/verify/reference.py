@@ -43,7 +43,7 @@ class Reference:
             raise UserError(f"reference dtype {dtype!r} is not a torch dtype (try bfloat16)")
         self._torch = torch
         self.dtype = dtype
-        location, options = _weights_location(Path(model_dir))
+        location, options = gguf_model.transformers_location(Path(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(
             location, **options, dtype=getattr(torch, dtype)
         ).eval()
@@ -91,12 +91,3 @@ def _import_torch():
             "pip install 'aie-llm[reference]' (a CPU-only torch is enough)."
         ) from exc
     return torch
-
-
-def _weights_location(model_dir: Path) -> tuple[Path, dict[str, str]]:
-    """Where transformers reads the weights: the checkpoint directory, or for a model
-    run from a GGUF file that file, which transformers dequantizes itself."""
-    gguf = gguf_model.gguf_file(model_dir)
-    if gguf is None:
-        return model_dir, {}
-    return gguf.parent, {"gguf_file": gguf.name}
