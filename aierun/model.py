@@ -19,6 +19,16 @@ from aierun.errors import UserError
 from aierun.tokenizer import FastTokenizer
 
 SUPPORTED_ROPE = ("default", "llama3")
+# The Hugging Face architectures this runtime implements, by their config.json
+# `architectures` name, with the model_type each carries. All are RMSNorm, rope, GQA and
+# SwiGLU decoders; they differ in what ModelShape.attention_bias and qk_norm record.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",  # q/k/v projections with a bias
+    "Qwen3ForCausalLM": "qwen3",  # a per-head RMSNorm of q and k before rope
+}
+# Settings that change the computation in a way no ELF implements: refused by name.
+_UNSUPPORTED_FLAGS = ("mlp_bias", "use_sliding_window")
 
 
 def _require_positive(config: dict[str, Any], key: str) -> None:
@@ -43,6 +53,9 @@ class ModelShape:
     rope_scaling: tuple[tuple[str, Any], ...] | None
     tie_embeddings: bool
     max_positions: int
+    family: str = "llama"  # the model_type of SUPPORTED_ARCHITECTURES
+    attention_bias: bool = False  # q/k/v projections add a bias row (Qwen2)
+    qk_norm: bool = False  # q and k of each head are RMS-normalized before rope (Qwen3)
 
     @property
     def kv_dim(self) -> int:
@@ -54,11 +67,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        if config.get("model_type") not in ("llama", None):
-            raise UserError(
-                f"model_type {config.get('model_type')!r} is not a Llama-family model; "
-                "this runtime implements the Llama architecture (RMSNorm, rope, GQA, SwiGLU)."
-            )
+        family = model_family(config)
         heads = config["num_attention_heads"]
         for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
                     "intermediate_size", "vocab_size"):  # fmt: skip
@@ -92,7 +101,14 @@ class ModelShape:
             rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             max_positions=config.get("max_position_embeddings", 2048),
+            family=family,
+            attention_bias=family == "qwen2",
+            qk_norm=family == "qwen3",
         )
+
+    @property
+    def architecture(self) -> str:
+        return next(a for a, f in SUPPORTED_ARCHITECTURES.items() if f == self.family)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +119,30 @@ class ModelShape:
     def from_json(cls, data: dict[str, Any]) -> ModelShape:
         scaling = data.get("rope_scaling")
         return cls(**{**data, "rope_scaling": tuple(sorted(scaling.items())) if scaling else None})
+
+
+def model_family(config: dict[str, Any]) -> str:
+    """The family (model_type) of a config whose architecture this runtime implements;
+    anything else is refused naming it and the supported list, before anything is built."""
+    supported = ", ".join(f"{a} ({t})" for a, t in SUPPORTED_ARCHITECTURES.items())
+    names = config.get("architectures") or []
+    model_type = config.get("model_type")
+    # A config names its class (model_type must agree); a hand-written one may give only
+    # model_type, or nothing (Llama).
+    family = SUPPORTED_ARCHITECTURES.get(names[0]) if names else model_type or "llama"
+    if family not in SUPPORTED_ARCHITECTURES.values() or model_type not in (family, None):
+        raise UserError(
+            f"names architecture {names or None} (model_type {model_type!r}), which this "
+            f"runtime does not implement; supported: {supported}."
+        )
+    if family == "llama" and config.get("attention_bias"):
+        raise UserError("sets attention_bias for a Llama model (a bias on o_proj too), "
+                        f"which no ELF implements; supported: {supported}.")  # fmt: skip
+    for flag in _UNSUPPORTED_FLAGS:
+        if config.get(flag):
+            raise UserError(f"sets {flag}, which no ELF implements; supported: {supported} "
+                            "without it.")  # fmt: skip
+    return family
 
 
 def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
@@ -116,6 +156,10 @@ def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (f, e), "mlp.up_proj.weight": (f, e),
         "mlp.down_proj.weight": (e, f),
     }  # fmt: skip
+    if shape.attention_bias:
+        layer |= {f"self_attn.{n}_proj.bias": (d,) for n, d in (("q", q), ("k", kv), ("v", kv))}
+    if shape.qk_norm:
+        layer |= {f"self_attn.{n}_norm.weight": (shape.head_dim,) for n in "qk"}
     shapes = {"model.embed_tokens.weight": (shape.vocab, e), "model.norm.weight": (e,)}
     if not shape.tie_embeddings:
         shapes["lm_head.weight"] = (shape.vocab, e)
