@@ -274,6 +274,28 @@ def _read_config(file: Path) -> dict[str, Any]:
     return config
 
 
+def shape_of(config_file: Path, config: dict[str, Any]) -> ModelShape:
+    """The shape a config describes; what is missing or unsupported named with the file."""
+    try:
+        return ModelShape.from_config(config)
+    except UserError as exc:
+        raise UserError(f"{config_file} {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{config_file} lacks or garbles a setting a Llama-family model needs ({exc!r}): "
+            "it is not a complete config of a supported family."
+        ) from None
+
+
+def read_shape(path: Path) -> ModelShape:
+    """The shape of the model in a directory from its config.json alone (no weights, no
+    tokenizer): what `doit check` needs to model a model before its weights are fetched."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} has no config.json: it is not a Hugging Face model directory.")
+    return shape_of(config_file, _read_config(config_file))
+
+
 class Checkpoint:
     """A checkpoint directory: config.json, *.safetensors, tokenizer files."""
 
@@ -286,15 +308,7 @@ class Checkpoint:
                 "Pass --model DIR with config.json, *.safetensors and tokenizer.json."
             )
         self.config = _read_config(config_file)
-        try:
-            self.shape = ModelShape.from_config(self.config)
-        except UserError as exc:
-            raise UserError(f"{config_file} {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
-                "it is not a complete Llama-family config."
-            ) from None
+        self.shape = shape_of(config_file, self.config)
         self._index = self._index_tensors()
         self._check_tensor_shapes()
         self._tokenizer = None
