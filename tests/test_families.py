@@ -75,3 +75,34 @@ def test_architecture_outside_the_list_is_refused_naming_it_and_the_list(tmp_pat
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"GemmaForCausalLM.*supported: LlamaForCausalLM.*Qwen3"):
         compile_emu(tmp_path / "home", path, buckets=(32,))
+
+
+@pytest.mark.parametrize("name", ["Qwen2.5-0.5B", "Qwen3-0.6B", "Llama-3.2-3B", "Qwen3-8B"])
+def test_published_configs_give_the_family_and_its_tensors(name):
+    from aiebuild.specs import model_specs
+    from aierun.model import ModelShape, tensor_shapes
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS[name])
+    tensors = tensor_shapes(shape)
+    assert ("model.layers.0.self_attn.q_proj.bias" in tensors) == name.startswith("Qwen2")
+    assert ("model.layers.0.self_attn.k_norm.weight" in tensors) == name.startswith("Qwen3")
+    ops = {launch.op for spec in model_specs(shape, [64]) for launch in spec.launches}
+    assert ("bias" in ops) == shape.attention_bias
+    if shape.qk_norm:
+        assert tensors["model.layers.0.self_attn.q_norm.weight"] == (128,)
+
+
+@pytest.mark.slow
+def test_check_models_a_model_from_its_config_alone(tmp_path, capsys):
+    from aiebuild import tasks
+
+    config = {**SMALL, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+              "head_dim": 128, "tie_word_embeddings": True}  # fmt: skip
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    tasks.check_designs(tasks.BuildConfig(tmp_path / "home", str(tmp_path / "model"), (32,), "emu"))
+    out = capsys.readouterr().out
+    assert "PASS" in out
+    assert "rms_gemms_rope.s32" in out and "modeled npu2 ms" in out
+    assert "Qwen3ForCausalLM, 2 layers: prefill of 32 tokens" in out
