@@ -11,4 +11,4 @@ from aierun.ops.numerics import to_bf16
 
 def final_norm(last: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """The final RMSNorm of the last hidden row [1, E] (fp32), as the LM head's bf16 input."""
-    return to_bf16(rmsnorm({"eps": eps, "E": last.shape[-1]}, last, weight)[0])
+    return to_bf16(rmsnorm({"eps": eps}, last, weight)[0])
