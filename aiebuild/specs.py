@@ -76,6 +76,13 @@ def check_tileable(shape: ModelShape) -> None:
                 f"{label} = {value} is not a multiple of {TILE}: the GEMM/GEMV kernels tile "
                 f"every matrix dimension in blocks of {TILE}, so this model cannot be compiled."
             )
+    rows = attention.block(shape.head_dim)
+    if attention.BLOCK_ELEMENTS % shape.head_dim or rows % attention.KEY_GROUP:
+        raise UserError(
+            f"head_dim (Dh) = {shape.head_dim}: flash_attn's blocks hold "
+            f"{attention.BLOCK_ELEMENTS} elements, whole rows of Dh in a multiple of "
+            f"{attention.KEY_GROUP} rows (Dh 64, 128 or 256), so this model cannot be compiled."
+        )
     if shape.n_heads % shape.n_kv_heads:
         raise UserError(
             f"num_attention_heads ({shape.n_heads}) is not a multiple of num_key_value_heads "

@@ -106,3 +106,14 @@ def test_check_models_a_model_from_its_config_alone(tmp_path, capsys):
     assert "PASS" in out
     assert "rms_gemms_rope.s32" in out and "modeled npu2 ms" in out
     assert "Qwen3ForCausalLM, 2 layers: prefill of 32 tokens" in out
+
+
+def test_a_head_dim_flash_attn_cannot_block_is_refused_naming_it():
+    from aiebuild.specs import check_tileable
+    from aierun.model import ModelShape
+    from tools.random_llama import CONFIGS
+
+    config = {**CONFIGS["Qwen3-0.6B"], "head_dim": 192}
+    with pytest.raises(UserError, match=r"head_dim \(Dh\) = 192: flash_attn's blocks"):
+        check_tileable(ModelShape.from_config(config))
+    check_tileable(ModelShape.from_config({**config, "head_dim": 256}))

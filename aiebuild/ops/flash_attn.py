@@ -56,6 +56,7 @@ from aierun.abi import BF16, ArgSpec, Launch
 # and the core memory above: at head_dim 128 (Llama 3 3B/8B, Qwen3) 32-row blocks would
 # need 91 KiB of a core's 64 (queries 32, [K; V] 2 x 16, o 2 x 8, state 24.3 KiB).
 BLOCK_ELEMENTS = 32 * 64
+KEY_GROUP = 8  # flash_attn.cc MT: block rows come in whole mmul groups of 8 keys
 
 
 def block(head_dim: int) -> int:
