@@ -36,7 +36,7 @@ from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
 from aierun.errors import UserError, describe, os_error_message
 from aierun.files import remove_stale_temporaries, sha256_text, write_json_atomic
-from aierun.model import Checkpoint, ModelShape, resolve_model
+from aierun.model import Checkpoint, ModelShape, read_shape, resolve_model
 
 log = structlog.get_logger("aiebuild.compile")
 
@@ -385,13 +385,34 @@ def check_designs(config: BuildConfig) -> None:
     """`doit check`: record, place and check every launch of every ELF of the model
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
-    shape = Checkpoint(config.model_dir()).shape
+    shape = read_shape(config.model_dir())  # config.json alone: no weights needed
     specs = model_specs(shape, config.buckets)
     checks = placed.check_specs(specs)
     print(rules.table(checks))
     rules.refuse_violations(checks)
     print(f"PASS: every launch of the {len(specs)} ELFs is within the NPU2 limits above "
           "(the limit of each column in its header).")  # fmt: skip
+    print()
+    print(modeled_table(shape, specs))
+
+
+def modeled_table(shape: ModelShape, specs: list[ElfSpec]) -> str:
+    """Per ELF its modeled npu2 time (aiebuild/array/timing.py) and the slowest launch's
+    bound; then per bucket a prompt's prefill and a decode token of the whole model."""
+    times = {spec.instance: placed.elf_time(spec) for spec in specs}
+    lines = [f"{'ELF':<22}  {'modeled npu2 ms':>15}  slowest launch: bound"]
+    for name, elf in times.items():
+        slowest = max(elf.launches, key=lambda launch: launch.seconds)
+        lines.append(f"{name:<22}  {elf.ms:>15.3f}  {slowest.label}: {slowest.bound}")
+    for bucket in sorted({spec.bucket for spec in specs if spec.bucket}):
+        ms = {s.name: times[s.instance].ms for s in specs if s.bucket in (0, bucket)}
+        phases = placed.phase_ms(ms, shape.n_layers)
+        lines.append(
+            f"{shape.architecture}, {shape.n_layers} layers: prefill of {bucket} tokens "
+            f"{phases['prefill']:.1f} ms modeled ({1e3 * bucket / phases['prefill']:.0f} tok/s); "
+            f"decode {phases['decode']:.2f} ms per token ({1e3 / phases['decode']:.1f} tok/s)"
+        )
+    return "\n".join(lines)
 
 
 class StderrReporter(ConsoleReporter):

@@ -22,6 +22,16 @@ from aierun.files import holding, publish_dir, staging_dir
 from aierun.tokenizer import FastTokenizer
 
 SUPPORTED_ROPE = ("default", "llama3")
+# The Hugging Face architectures this runtime implements, by their config.json
+# `architectures` name, with the model_type each carries. All are RMSNorm, rope, GQA and
+# SwiGLU decoders; they differ in what ModelShape.attention_bias and qk_norm record.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",  # q/k/v projections with a bias
+    "Qwen3ForCausalLM": "qwen3",  # a per-head RMSNorm of q and k before rope
+}
+# Settings that change the computation in a way no ELF implements: refused by name.
+_UNSUPPORTED_FLAGS = ("mlp_bias", "use_sliding_window")
 
 
 def _require_positive(config: dict[str, Any], key: str) -> None:
@@ -46,6 +56,9 @@ class ModelShape:
     rope_scaling: tuple[tuple[str, Any], ...] | None
     tie_embeddings: bool
     max_positions: int
+    family: str = "llama"  # the model_type of SUPPORTED_ARCHITECTURES
+    attention_bias: bool = False  # q/k/v projections add a bias row (Qwen2)
+    qk_norm: bool = False  # q and k of each head are RMS-normalized before rope (Qwen3)
 
     @property
     def kv_dim(self) -> int:
@@ -57,11 +70,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        if config.get("model_type") not in ("llama", None):
-            raise UserError(
-                f"model_type {config.get('model_type')!r} is not a Llama-family model; "
-                "this runtime implements the Llama architecture (RMSNorm, rope, GQA, SwiGLU)."
-            )
+        family = model_family(config)
         heads = config["num_attention_heads"]
         for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
                     "intermediate_size", "vocab_size"):  # fmt: skip
@@ -95,7 +104,14 @@ class ModelShape:
             rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             max_positions=config.get("max_position_embeddings", 2048),
+            family=family,
+            attention_bias=family == "qwen2",
+            qk_norm=family == "qwen3",
         )
+
+    @property
+    def architecture(self) -> str:
+        return next(a for a, f in SUPPORTED_ARCHITECTURES.items() if f == self.family)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -106,6 +122,30 @@ class ModelShape:
     def from_json(cls, data: dict[str, Any]) -> ModelShape:
         scaling = data.get("rope_scaling")
         return cls(**{**data, "rope_scaling": tuple(sorted(scaling.items())) if scaling else None})
+
+
+def model_family(config: dict[str, Any]) -> str:
+    """The family (model_type) of a config whose architecture this runtime implements;
+    anything else is refused naming it and the supported list, before anything is built."""
+    supported = ", ".join(f"{a} ({t})" for a, t in SUPPORTED_ARCHITECTURES.items())
+    names = config.get("architectures") or []
+    model_type = config.get("model_type")
+    # A config names its class (model_type must agree); a hand-written one may give only
+    # model_type, or nothing (Llama).
+    family = SUPPORTED_ARCHITECTURES.get(names[0]) if names else model_type or "llama"
+    if family not in SUPPORTED_ARCHITECTURES.values() or model_type not in (family, None):
+        raise UserError(
+            f"names architecture {names or None} (model_type {model_type!r}), which this "
+            f"runtime does not implement; supported: {supported}."
+        )
+    if family == "llama" and config.get("attention_bias"):
+        raise UserError("sets attention_bias for a Llama model (a bias on o_proj too), "
+                        f"which no ELF implements; supported: {supported}.")  # fmt: skip
+    for flag in _UNSUPPORTED_FLAGS:
+        if config.get(flag):
+            raise UserError(f"sets {flag}, which no ELF implements; supported: {supported} "
+                            "without it.")  # fmt: skip
+    return family
 
 
 def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
@@ -119,6 +159,10 @@ def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (f, e), "mlp.up_proj.weight": (f, e),
         "mlp.down_proj.weight": (e, f),
     }  # fmt: skip
+    if shape.attention_bias:
+        layer |= {f"self_attn.{n}_proj.bias": (d,) for n, d in (("q", q), ("k", kv), ("v", kv))}
+    if shape.qk_norm:
+        layer |= {f"self_attn.{n}_norm.weight": (shape.head_dim,) for n in "qk"}
     shapes = {"model.embed_tokens.weight": (shape.vocab, e), "model.norm.weight": (e,)}
     if not shape.tie_embeddings:
         shapes["lm_head.weight"] = (shape.vocab, e)
@@ -241,6 +285,28 @@ def _read_config(file: Path) -> dict[str, Any]:
     return config
 
 
+def shape_of(config_file: Path, config: dict[str, Any]) -> ModelShape:
+    """The shape a config describes; what is missing or unsupported named with the file."""
+    try:
+        return ModelShape.from_config(config)
+    except UserError as exc:
+        raise UserError(f"{config_file} {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{config_file} lacks or garbles a setting a Llama-family model needs ({exc!r}): "
+            "it is not a complete config of a supported family."
+        ) from None
+
+
+def read_shape(path: Path) -> ModelShape:
+    """The shape of the model in a directory from its config.json alone (no weights, no
+    tokenizer): what `doit check` needs to model a model before its weights are fetched."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} has no config.json: it is not a Hugging Face model directory.")
+    return shape_of(config_file, _read_config(config_file))
+
+
 class Checkpoint:
     """A checkpoint directory: config.json, *.safetensors, tokenizer files."""
 
@@ -253,15 +319,7 @@ class Checkpoint:
                 "Pass --model DIR with config.json, *.safetensors and tokenizer.json."
             )
         self.config = _read_config(config_file)
-        try:
-            self.shape = ModelShape.from_config(self.config)
-        except UserError as exc:
-            raise UserError(f"{config_file} {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
-                "it is not a complete Llama-family config."
-            ) from None
+        self.shape = shape_of(config_file, self.config)
         self._index = self._index_tensors()
         self._check_tensor_shapes()
         self._tokenizer = None
