@@ -384,9 +384,13 @@ def test_a_refusal_names_the_elf_and_the_launch(rule, monkeypatch):
 def test_doit_check_passes_for_the_default_model(model_dir, tmp_path, capsys):
     config = tasks.BuildConfig(tmp_path, str(model_dir), (64, 256, 2048), "emu")
     tasks.check_designs(config)  # raises RulesError naming every violation
-    *table, verdict = capsys.readouterr().out.splitlines()
+    limits, timing = capsys.readouterr().out.split("\n\n")  # the rules table, the time table
+    *table, verdict = limits.splitlines()
     assert table[0].split()[:3] == ["ELF", "launches", "cores"]
     assert "(/16)" in table[0] and "(/64 KiB)" in table[0]  # the limits beside the counts
     instances = {spec.instance for spec in model_specs(Checkpoint(model_dir).shape)}
     assert {line.split()[0] for line in table[1:]} == instances
     assert verdict.startswith(f"PASS: every launch of the {len(instances)} ELFs")
+    header = timing.index("ELF ")  # after the log lines of any host kernel compiled for it
+    timed = timing[header:].splitlines()[1 : len(instances) + 1]
+    assert {line.split()[0] for line in timed} == instances
