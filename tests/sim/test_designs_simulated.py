@@ -20,6 +20,7 @@ from aierun.abi import ArgSpec, ElfSpec, Launch, Role, parse_binding
 from aierun.artifacts import ArtifactSet
 from aierun.devices.emu import EmuDevice
 from aierun.model import Checkpoint, ModelShape
+from aierun.ops.decode_attn import PAD, query_rows
 
 SHAPE = ModelShape(
     n_layers=1, hidden=128, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, vocab=1000,
@@ -54,11 +55,18 @@ SPECS = one_launch_specs()
 
 
 def random_inputs(spec: ElfSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Normal values; decode attention's query rows carry a length of `2/3` of its
+    context (a partial key block, and stale positions after it)."""
     rng = np.random.default_rng(seed)
-    return {
+    inputs = {
         arg.name: rng.standard_normal(arg.shape, np.float32).astype(arg.np_dtype)
         for arg in spec.args_with(Role.INPUT)
     }
+    (launch, *_) = spec.launches
+    if launch.op == "decode_attn":
+        query = inputs["query"]
+        query_rows(query[:, :-PAD].copy(), len(query), 2 * launch.params["context"] // 3 + 1, query)
+    return inputs
 
 
 def on_emu(spec: ElfSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,7 +96,7 @@ def simulated(spec: ElfSpec, inputs, kernels: HostKernels | None = None):
 #   order (emu models the kernels' lane-order sums and bf16 exp), so bit-exact;
 # - gemm, gemv: the fp32 dot products are summed in the mmul / vector lanes' order,
 #   not BLAS's; the rounded bf16 result can then land one bf16 step away;
-# - flash_attn: the online softmax rescales its running sums block by block (emu
+# - flash_attn, decode_attn: the online softmax rescales its running sums block by block (emu
 #   normalizes once), so values near zero differ in many bf16 steps: bounded
 #   relative to the output's scale, and by the cosine.
 MAX_ULP = {"rmsnorm": 0, "rope": 0, "add": 0, "silu_mul": 0, "kv_store": 0, "gemm": 1, "gemv": 1}
@@ -104,7 +112,7 @@ def test_op_design_simulated_matches_emu(key):
     for name in expected:
         diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
         assert diff.nonfinite == 0, (name, diff)
-        if op == "flash_attn":
+        if op in ("flash_attn", "decode_attn"):
             assert diff.max_abs <= FLASH_RELATIVE * diff.scale and diff.cosine >= FLASH_COSINE
         else:
             assert diff.max_ulp <= MAX_ULP[op], (name, diff)
