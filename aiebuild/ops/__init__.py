@@ -31,7 +31,17 @@ import dataclasses
 from pathlib import Path
 
 from aiebuild.array import iron_record
-from aiebuild.ops import common, decode_attn, eltwise, flash_attn, gemm, gemv, kv_store, rmsnorm, rope
+from aiebuild.ops import (
+    common,
+    decode_attn,
+    eltwise,
+    flash_attn,
+    gemm,
+    gemv,
+    kv_store,
+    rmsnorm,
+    rope,
+)
 from aiebuild.ops.common import KernelObject, Op
 from aiebuild.sim.compare import Tolerance
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding

@@ -49,7 +49,6 @@ from aiebuild.ops.common import (
     tiles,
 )
 from aierun.abi import BF16, ArgSpec, Launch
-from aierun.ops.decode_attn import PAD
 
 KV_OBJECT_BYTES = 16 * 1024  # one [K; V] block: depth 2 of it is half a core's memory
 F32 = np.dtype(np.float32)
@@ -129,8 +128,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
                     Stream(1, kv_in.prod(tile=shim_tile(lib, c)), walks),
                     Stream(2, o_out.cons(tile=shim_tile(lib, c)), drains, drain=True)]  # fmt: skip
         state = state_buffer(lib, f"state_{c}", np.zeros(state_words(launch), F32))
-        workers.append(lib.Worker(core, [q_in.cons(), kv_in.cons(), o_out.prod(), state,
-                                         start, fold, finish], tile=core_tile(lib, c, 0)))  # fmt: skip
+        handles = [q_in.cons(), kv_in.cons(), o_out.prod(), state, start, fold, finish]
+        workers.append(lib.Worker(core, handles, tile=core_tile(lib, c, 0)))
     return stream_program(args, streams, workers)
 
 
