@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiebuild import ops
-from aiebuild.ops import eltwise, gemm, gemv, kv_store, rmsnorm, rope
+from aiebuild.ops import decode_attn, eltwise, gemm, gemv, kv_store, rmsnorm, rope
 from aiebuild.ops import flash_attn as attention
 from aiebuild.ops.gemm import TILE
 from aierun.abi import (
     FLASH_ATTN,
+    KV_CACHE,
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
@@ -29,6 +30,7 @@ from aierun.abi import (
 )
 from aierun.errors import UserError
 from aierun.model import ModelShape
+from aierun.ops.decode_attn import PAD
 
 DEFAULT_BUCKETS = (64, 256, 2048)
 LM_HEAD_PARTITIONS = 8
@@ -211,9 +213,33 @@ def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
     return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
 
 
-def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
-    launches = tuple(_o_ffn_launches(shape, 1, "gemv"))
-    return _elf(O_GEMV_FFN, "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
+def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
+    """Positions the device's KV cache holds by default: twice the longest prompt a
+    bucket takes (room to answer it), within the model's context."""
+    return min(2 * max(buckets), shape.max_positions)
+
+
+def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
+    """One layer's device-resident KV cache: keys then values, per KV head, fp32 (the
+    type the decode kernel and emu compute on without converting)."""
+    return (2, shape.n_kv_heads, context, shape.head_dim)
+
+
+def o_gemv_ffn(shape: ModelShape, context: int) -> ElfSpec:
+    """Decode attention over the device's KV cache (which the host appended this
+    position's K/V to), then the O projection and the FFN: attention goes here, not
+    into rms_gemv_rope, because the position's K/V must be in the cache first."""
+    group = shape.n_heads // shape.n_kv_heads
+    params = decode_attn.params(shape.n_heads, shape.n_kv_heads, shape.head_dim, context)
+    attend = Launch("decode_attn", params, ("query", KV_CACHE), ("attn_out",), "GQA decode")
+    args = (
+        _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
+        _arg(KV_CACHE, kv_cache_shape(shape, context), IN, dtype=F32),
+        _arg("attn_out", (1, shape.q_dim), MID),
+        *(arg for arg in _o_ffn_args(shape, 1) if arg.name != "attn_out"),
+    )
+    launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
+    return _elf(O_GEMV_FFN, "decode", 0, args, launches)
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
@@ -238,8 +264,11 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
-def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:
-    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode."""
+def model_specs(
+    shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS, context: int | None = None
+) -> list[ElfSpec]:
+    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode,
+    whose KV cache holds `context` positions (default: decode_context)."""
     check_tileable(shape)
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
@@ -253,4 +282,5 @@ def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> 
     specs = []
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
-    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape), lm_head_gemv(shape)]
+    context = decode_context(shape, buckets) if context is None else context
+    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape, context), lm_head_gemv(shape)]

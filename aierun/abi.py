@@ -40,6 +40,8 @@ class Role(StrEnum):
 # gives them and the runtime calls them by: prefill ELFs per bucket, then decode's.
 RMS_GEMMS_ROPE, FLASH_ATTN, O_FFN = "rms_gemms_rope", "flash_attn", "o_ffn"
 RMS_GEMV_ROPE, O_GEMV_FFN, LM_HEAD_GEMV = "rms_gemv_rope", "o_gemv_ffn", "lm_head_gemv"
+# The decode ELF's argument the host binds to its device-resident KV cache of a layer.
+KV_CACHE = "kv_cache"
 
 HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
 HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)

@@ -199,7 +199,7 @@ def llama_rows(
 
     shape = ModelShape.from_config(LLAMA_3_2_1B)
     rows, modeled, nominal = [], {}, {}
-    for spec in model_specs(shape, [seq_len]):
+    for spec in model_specs(shape, [seq_len], context=seq_len):  # decode at the 2048th position
         spec = with_mma(spec, mma)
         elf = placed.elf_time(spec)
         modeled[spec.name], nominal[spec.name] = elf.ms, elf.at_nominal_ms
