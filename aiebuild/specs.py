@@ -220,8 +220,9 @@ def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
 
 
 def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
-    """One layer's device-resident KV cache: keys then values, per KV head, fp32 (the
-    type the decode kernel and emu compute on without converting)."""
+    """One layer's device-resident KV cache: keys then values, per KV head, in bf16:
+    the projections write K and V as bf16, so a wider cache would hold the same values
+    in twice the DDR bytes the decode attention streams every step."""
     return (2, shape.n_kv_heads, context, shape.head_dim)
 
 
@@ -234,7 +235,7 @@ def o_gemv_ffn(shape: ModelShape, context: int) -> ElfSpec:
     attend = Launch("decode_attn", params, ("query", KV_CACHE), ("attn_out",), "GQA decode")
     args = (
         _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
-        _arg(KV_CACHE, kv_cache_shape(shape, context), IN, dtype=F32),
+        _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
         _arg("attn_out", (1, shape.q_dim), MID),
         *(arg for arg in _o_ffn_args(shape, 1) if arg.name != "attn_out"),
     )

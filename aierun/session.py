@@ -121,9 +121,9 @@ class Session:
     # -- prepare -------------------------------------------------------------
     @property
     def kv_bytes_per_position(self) -> int:
-        """Memory one cached position takes: fp32 K and V of every layer."""
-        shape = self.shape
-        return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 4
+        """Memory one cached position takes: K and V of every layer, in the cache's dtype."""
+        shape, itemsize = self.shape, self.spec(O_GEMV_FFN).arg(KV_CACHE).np_dtype.itemsize
+        return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * itemsize
 
     @property
     def context(self) -> int:

@@ -3,7 +3,8 @@
 
 One core per KV head and column (core row 0; a column takes kv_heads / columns heads in
 turn): it holds the head's group of query heads together and folds every key block of
-the compiled context C into an online softmax, fp32 throughout. Per column c:
+the compiled context C into an online softmax (bf16 operands, fp32 accumulation and
+softmax). Per column c:
 - shim c's first input channel streams, per KV head, its group's query rows and the
   length (the host-written `query` operand, aierun/ops/decode_attn.py) as one object
   that stays for the head's whole key walk (depth 1);
@@ -20,8 +21,8 @@ operand is what changes per call without rewriting instructions. So the DMAs mov
 whole compiled context every step and the kernel skips the blocks past the length:
 the time model prices a step at the full context.
 
-Core memory at Dh 64 (BK 32), G 4: [K; V] 2 x 16 KiB, queries 2 x 1.1 KiB, out 2 x 0.5
-KiB, state 1 KiB = 36.3 KiB of 64."""
+Core memory at Dh 64 (BK 64), G 4: [K; V] 2 x 16 KiB, queries 2 x 1.1 KiB, out 2 x 0.5
+KiB, state 1.5 KiB = 36.8 KiB of 64."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ F32 = np.dtype(np.float32)
 
 def block_keys(head_dim: int) -> int:
     """Keys per block: as many as fit one [K; V] object of KV_OBJECT_BYTES."""
-    return KV_OBJECT_BYTES // (2 * head_dim * F32.itemsize)
+    return KV_OBJECT_BYTES // (2 * head_dim * BF16.itemsize)
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
@@ -68,9 +69,11 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
 
 
 def state_words(launch: Launch) -> int:
-    """decode_attn.cc's State: acc [G*Dh] | max [G] | sum [G] | key block, length."""
+    """decode_attn.cc's State: bf16 queries [G*Dh] (two a word) | acc [G*Dh] | max [G] |
+    sum [G] | key block, length."""
     group = launch.params["heads"] // launch.params["kv_heads"]
-    return group * launch.params["head_dim"] + 2 * group + 2
+    rows = group * launch.params["head_dim"]
+    return rows // 2 + rows + 2 * group + 2
 
 
 def _runs(blocks: int) -> list[tuple[int, int]]:
@@ -89,7 +92,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     per_column, blocks = kv_heads // columns, tiles(context, keys, "the decode context")
     query, cache, out = args
     row = query.shape[1]
-    query_ty, kv_ty = tensor((row,), F32), tensor((2 * keys * dim,), F32)
+    query_ty, kv_ty = tensor((row,), F32), tensor((2 * keys * dim,), BF16)
     out_ty, state_ty = tensor((group * dim,), BF16), tensor((state_words(launch),), F32)
     suffix, obj = f"{dim}_{group}x{keys}", kernel(launch, args).name
     start = lib.Kernel(f"decode_attn_init_{suffix}", obj, [query_ty, state_ty])

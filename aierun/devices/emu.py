@@ -136,6 +136,19 @@ class EmuBuffer(Buffer):
     def sync_from_device(self) -> None:
         pass  # emulated DDR is host memory
 
+    def sync_range_to_device(self, offset: int, nbytes: int) -> None:
+        """Refresh only that range of a current fp32 image: appending a position to the
+        KV cache then converts one row, not the whole cache, per step."""
+        if self._static or self._f32 is self._host or self._f32_version != self._version:
+            self.sync_to_device()
+            return
+        itemsize = self.spec.np_dtype.itemsize
+        rows = slice(offset // itemsize, (offset + nbytes) // itemsize)
+        self._f32.reshape(-1)[rows] = self._host.reshape(-1)[rows]
+        self._version += 1
+        self._f32_version = self._version
+        self._bfp16 = None
+
     def as_f32(self) -> np.ndarray:
         """The contents as fp32 (exact for bf16), refreshed only when the bytes
         changed: weights are converted once, which is what makes the emulation fast."""

@@ -16,7 +16,7 @@ from aierun.devices.base import Buffer, Device
 @dataclass(frozen=True)
 class HeldKV:
     """Positions [0, length) of every layer's cache, in host memory that owns them
-    ([layers, 2, Hkv, length, Dh] fp32): a cached prefix kept aside (prefix slots)."""
+    ([layers, 2, Hkv, length, Dh], the cache's dtype): a cached prefix kept aside."""
 
     values: np.ndarray
 
@@ -27,7 +27,7 @@ class HeldKV:
 
 class KVCache:
     """Per layer one device buffer, the decode ELF's `kv_cache` argument
-    [2, Hkv, C, Dh] fp32 (keys then values, each KV head's positions together, as
+    [2, Hkv, C, Dh] (keys then values, each KV head's positions together, as
     the decode kernel streams them). Positions are valid up to where the host last
     wrote them; each decode call passes its own length, so nothing is erased when a
     shorter prefix is reused: every later position is stored before it is read."""
@@ -47,9 +47,9 @@ class KVCache:
     def keep_prompt(self, layer: int, k: np.ndarray, v: np.ndarray, length: int) -> None:
         """Positions [0, length) from k, v [Hkv, >= length, Dh] (the prefill ELF's
         cache buffers, widened and placed per head by its kv_store launch)."""
-        buffer = self.buffers[layer]
-        np.copyto(buffer.host[0, :, :length], k[:, :length])
-        np.copyto(buffer.host[1, :, :length], v[:, :length])
+        buffer = self.buffers[layer]  # fp32 of bf16 values: narrowed exactly
+        np.copyto(buffer.host[0, :, :length], k[:, :length], "unsafe")
+        np.copyto(buffer.host[1, :, :length], v[:, :length], "unsafe")
         self._synced(buffer, 0, length)
 
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:

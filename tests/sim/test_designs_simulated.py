@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aiebuild import ops, placed
-from aiebuild.ops import kv_store
+from aiebuild.ops import decode_attn, kv_store
 from aiebuild.ops.common import contiguous
 from aiebuild.sim import dataflow
 from aiebuild.sim.compare import DEFAULT_TOLERANCE, compare
@@ -208,3 +208,40 @@ def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_m
     assert set(captured) == set(ArtifactSet.open(emu_manifest).instances)
     for capture in captured.values():
         assert all(np.abs(v).max() > 0 for v in capture.outputs.values()), capture.spec.instance
+
+
+def decode_attn_spec(context: int) -> ElfSpec:
+    params = decode_attn.params(4, 2, 64, context)
+    launch = Launch("decode_attn", params, ("query", "kv_cache"), ("attn_out",))
+    args = (ArgSpec("query", (2, 2 * 64 + PAD), "f32", Role.INPUT),
+            ArgSpec("kv_cache", (2, 2, context, 64), "bf16", Role.INPUT),
+            ArgSpec("attn_out", (1, 4 * 64), "bf16", Role.OUTPUT))  # fmt: skip
+    return ElfSpec("decode_attn_long", "decode", 0, args, (launch,))
+
+
+def within_flash_bound(spec: ElfSpec, inputs, kernels: HostKernels | None = None) -> bool:
+    diff = compare(simulated(spec, inputs, kernels)["attn_out"], on_emu(spec, inputs)["attn_out"])
+    return diff.max_abs <= FLASH_RELATIVE * diff.scale and diff.cosine >= FLASH_COSINE
+
+
+def test_decode_attn_walks_a_long_context_in_phases_and_reads_only_the_length(tmp_path):
+    """65 key blocks per KV head: two phases (64 pattern iterations, then 1), the
+    length inside the last block; a kernel that attends past the length is caught."""
+    spec = decode_attn_spec(65 * decode_attn.block_keys(64))
+    (launch,) = spec.launches
+    program = ops.record(spec, launch)
+    walks = [t.tap.sizes[0] for t in program.runtime.transfers() if t.tap.sizes[1] == 2]
+    assert walks == [64, 64, 1, 1]  # phase by phase, both columns (a KV head each)
+    (check,) = placed.check_specs([spec])
+    assert check.report.violations == []
+    inputs = random_inputs(spec)  # a length of 2/3 of the context: stale keys after it
+    inputs["query"][:, 2 * 64] = 64 * decode_attn.block_keys(64) + 5  # into the last block
+    assert within_flash_bound(spec, inputs)
+    (obj,) = ops.kernel_objects(spec)
+    source = obj.source.read_text()
+    cut = "if (first >= s->length) return;"
+    assert cut in source, "the decode_attn kernel changed: update the mutation"
+    mutated = tmp_path / obj.source.name
+    mutated.write_text(source.replace(cut, "s->length = 1 << 30;"))
+    wrong = replace(obj, source=mutated)
+    assert not within_flash_bound(spec, inputs, HostKernels([wrong]))
