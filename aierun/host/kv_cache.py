@@ -55,12 +55,11 @@ class KVCache:
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Positions [start, start + len(k)) from rows [rows, Hkv*Dh] (the decode ELF
         rms_gemv_rope's outputs)."""
-        buffer = self.buffers[layer]
+        buffer, stop = self.buffers[layer], start + len(k)
         _, heads, _, dim = buffer.spec.shape
-        for kind, rows in enumerate((k, v)):
-            target = buffer.host[kind, :, start : start + len(rows)]
-            np.copyto(target, rows.reshape(len(rows), heads, dim).swapaxes(0, 1), "unsafe")
-        self._synced(buffer, start, start + len(k))
+        rows = np.stack((k, v)).reshape(2, len(k), heads, dim).swapaxes(1, 2)
+        np.copyto(buffer.host[:, :, start:stop], rows, "unsafe")  # one copy: host work per step
+        self._synced(buffer, start, stop)
 
     def detached(self, length: int) -> HeldKV:
         """A host copy of positions [0, length) of every layer."""
