@@ -130,7 +130,7 @@ def task_simulate():
     from aiebuild.sim import run  # needs a C++ compiler only when it runs
 
     buckets = CONFIG.buckets if get_var("buckets", "") else run.DEFAULT_BUCKETS
-    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu")
+    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu", weights=CONFIG.weights)
     return {
         "actions": [(run.task_action, (config, get_var("elf", "")))],
         "task_dep": ["model"],

@@ -20,6 +20,7 @@ from aierun.abi import (
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ArgSpec,
@@ -55,6 +56,14 @@ def _arg(
     **kw,
 ) -> ArgSpec:
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
+
+
+def _matrix(name: str, rows: int, k: int, source: str, weights: str, **kw) -> ArgSpec:
+    """A GEMV/GEMM weight [rows, k] in type `weights`: bf16, or a GGUF block type in
+    the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
+    shape = gemv.weight_shape(rows, k, weights)
+    layout = kw.pop("layout", gemv.weight_layout(k, weights))
+    return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
 
 
 def _elf(*fields) -> ElfSpec:
@@ -119,14 +128,16 @@ def _rms_projections_rope(shape: ModelShape, rows: int, matmul: str) -> list[Lau
     ]
 
 
-def _projection_args(shape: ModelShape, rows: int, rope_role: Role) -> list[ArgSpec]:
+def _projection_args(
+    shape: ModelShape, rows: int, rope_role: Role, weights: str = "bf16"
+) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
         _arg("x", (rows, e), IN, dtype=F32),
         _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
-        _arg("wq", (q, e), W, LAYER + "self_attn.q_proj.weight"),
-        _arg("wk", (kv, e), W, LAYER + "self_attn.k_proj.weight"),
-        _arg("wv", (kv, e), W, LAYER + "self_attn.v_proj.weight"),
+        _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", weights),
+        _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", weights),
+        _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", weights),
         _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None, F32),
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
@@ -151,10 +162,10 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
     )  # fmt: skip
 
 
-def rms_gemv_rope(shape: ModelShape) -> ElfSpec:
+def rms_gemv_rope(shape: ModelShape, weights: str = "bf16") -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, IN)),
+        tuple(_projection_args(shape, 1, IN, weights)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
 
@@ -187,16 +198,16 @@ def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
     ]
 
 
-def _o_ffn_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+def _o_ffn_args(shape: ModelShape, rows: int, weights: str = "bf16") -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
-        _arg("wo", (e, shape.q_dim), W, LAYER + "self_attn.o_proj.weight"),
+        _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", weights),
         _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
-        _arg("w_gate", (f, e), W, LAYER + "mlp.gate_proj.weight"),
-        _arg("w_up", (f, e), W, LAYER + "mlp.up_proj.weight"),
-        _arg("w_down", (e, f), W, LAYER + "mlp.down_proj.weight"),
+        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", weights),
+        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", weights),
+        _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", weights),
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
@@ -211,9 +222,9 @@ def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
     return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
 
 
-def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
+def o_gemv_ffn(shape: ModelShape, weights: str = "bf16") -> ElfSpec:
     launches = tuple(_o_ffn_launches(shape, 1, "gemv"))
-    return _elf(O_GEMV_FFN, "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
+    return _elf(O_GEMV_FFN, "decode", 0, tuple(_o_ffn_args(shape, 1, weights)), launches)
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
@@ -222,7 +233,9 @@ def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int
     return -(-per_partition // TILE) * TILE
 
 
-def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
+def lm_head_gemv(
+    shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS, weights: str = "bf16"
+) -> ElfSpec:
     """One GEMV over the partitioned rows (w_lm is [P, rows, E], contiguous): one
     launch spreads them over every column's shim channels, with no reconfiguration
     between partitions."""
@@ -230,7 +243,15 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
     args = (
         _arg("x", (1, e), IN),
-        _arg("w_lm", (partitions, rows, e), W, source, layout="partitioned_rows"),
+        _matrix(
+            "w_lm",
+            rows,
+            e,
+            source,
+            weights,
+            lead=(partitions,),
+            layout="partitioned_rows" if weights == "bf16" else gemv.weight_layout(e, weights),
+        ),
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
     launch = Launch("gemv", gemv.params(1, e, partitions * rows), ("x", "w_lm"), ("logits",),
@@ -238,8 +259,16 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
-def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:
-    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode."""
+WEIGHT_TYPES = ("bf16", *QUANT_DTYPES)
+
+
+def model_specs(
+    shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS, weights: str = "bf16"
+) -> list[ElfSpec]:
+    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode.
+    `weights`: the decode GEMVs' weight type (the prefill GEMMs read bf16 so far)."""
+    if weights not in WEIGHT_TYPES:
+        raise UserError(f"weights={weights} is none of {', '.join(WEIGHT_TYPES)}")
     check_tileable(shape)
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
@@ -253,4 +282,5 @@ def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> 
     specs = []
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
-    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape), lm_head_gemv(shape)]
+    decode = [rms_gemv_rope(shape, weights), o_gemv_ffn(shape, weights)]
+    return specs + [*decode, lm_head_gemv(shape, weights=weights)]

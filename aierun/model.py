@@ -284,6 +284,15 @@ class Checkpoint:
         )
         return array if entry.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
 
+    def blocks(self, name: str, qtype: str) -> np.ndarray:
+        """One tensor as GGUF blocks of type `qtype` (q4_0, q4_1 or q8_0): uint8
+        [rows, bytes per row], rows in the checkpoint's order, quantized from its values
+        with llama.cpp's reference numerics (the gguf package)."""
+        import gguf  # only a quantized compile needs it
+
+        kind = gguf.GGMLQuantizationType[qtype.upper()]
+        return gguf.quants.quantize(np.asarray(self.tensor(name), np.float32), kind)
+
     def _resolve_tied(self, name: str) -> str:
         # A tied checkpoint may store the embedding under either name.
         if name not in self._index and self.shape.tie_embeddings:

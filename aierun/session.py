@@ -24,6 +24,7 @@ from aierun.abi import (
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ElfSpec,
@@ -41,6 +42,7 @@ from aierun.host.norm import final_norm
 from aierun.host.prefix_slots import PrefixSlots, common_prefix
 from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table
+from aierun.ops.quant import quantized_weight
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
 from aierun.registry import Reference, open_pulled
@@ -179,9 +181,13 @@ class Session:
         self.device.stage(handle, spec, buffers)
         self.device.run(handle, spec, buffers)
 
-    def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    def _weight_source(
+        self, source: str, layout: str, shape: tuple[int, ...], dtype: str
+    ) -> np.ndarray:
         if source == "rope":
             return self._rope[: shape[0]]
+        if dtype in QUANT_DTYPES:
+            return quantized_weight(self.checkpoint.blocks(source, dtype), dtype, layout, shape)
         tensor = self.checkpoint.tensor(source)
         if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
             padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)
