@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aierun.abi import BF16
+from aierun.abi import BF16, QUANT_DTYPES
 from aierun.errors import UserError
 from aierun.tokenizer import FastTokenizer
 
@@ -290,6 +290,12 @@ class Checkpoint:
         with llama.cpp's reference numerics (the gguf package)."""
         import gguf  # only a quantized compile needs it
 
+        if qtype not in QUANT_DTYPES:
+            raise UserError(
+                f"tensor {name!r} is wanted in type {qtype}, which the NPU kernels do not "
+                f"read: requantize the model with llama.cpp to Q4_0, Q4_1 or Q8_0, or "
+                "compile with weights=bf16."
+            )
         kind = gguf.GGMLQuantizationType[qtype.upper()]
         return gguf.quants.quantize(np.asarray(self.tensor(name), np.float32), kind)
 

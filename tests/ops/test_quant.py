@@ -69,3 +69,21 @@ def test_an_unsupported_weight_type_is_refused_by_name():
         specs.model_specs(SHAPE, (64,), "q4_k")
     with pytest.raises(UserError, match="q4_k"):
         quant.qtype("q4_k")
+
+
+def test_a_checkpoint_refuses_a_block_type_the_kernels_cannot_read(model_dir):
+    from aierun.model import Checkpoint
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    with pytest.raises(UserError, match=r"up_proj.*q4_k.*llama\.cpp.*weights=bf16"):
+        Checkpoint(model_dir).blocks(name, "q4_k")
+
+
+def test_a_checkpoint_quantizes_with_ggufs_reference(model_dir):
+    from aierun.model import Checkpoint
+
+    checkpoint = Checkpoint(model_dir)
+    name = "model.layers.0.self_attn.k_proj.weight"
+    values = np.asarray(checkpoint.tensor(name), np.float32)
+    expected = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_1)
+    assert np.array_equal(checkpoint.blocks(name, "q4_1"), expected)
