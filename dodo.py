@@ -29,7 +29,7 @@ DOIT_CONFIG = {
     # the default: `doit`, `doit run` and `doit generate --prompt ...` all generate.
     "default_tasks": ["generate"],
     "dep_file": str(BUILD / ".doit.db"),
-    "backend": "sqlite3",
+    "backend": "sqlite3",  # aiebuild/doit_db.py replaces it (pyproject.toml)
     "verbosity": 2,
     "reporter": tasks.StderrReporter,
 }
@@ -39,7 +39,7 @@ CONFIG = tasks.BuildConfig.from_vars(BUILD, get_var)
 
 
 def task_model():
-    """Materialize the embedded default model (SmolLM2-135M-Instruct) as bf16 safetensors."""
+    """Make the embedded default model's directory (SmolLM2-135M-Instruct, read from its GGUF)."""
     if CONFIG.model:  # the user's own checkpoint: nothing to make
         return {"actions": [], "uptodate": [True]}
     target = BUILD / "models" / default_model.NAME

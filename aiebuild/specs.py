@@ -85,6 +85,13 @@ def check_tileable(shape: ModelShape) -> None:
                 f"{label} = {value} is not a multiple of {TILE}: the GEMM/GEMV kernels tile "
                 f"every matrix dimension in blocks of {TILE}, so this model cannot be compiled."
             )
+    rows = attention.block(shape.head_dim)
+    if attention.BLOCK_ELEMENTS % shape.head_dim or rows % attention.KEY_GROUP:
+        raise UserError(
+            f"head_dim (Dh) = {shape.head_dim}: flash_attn's blocks hold "
+            f"{attention.BLOCK_ELEMENTS} elements, whole rows of Dh in a multiple of "
+            f"{attention.KEY_GROUP} rows (Dh 64, 128 or 256), so this model cannot be compiled."
+        )
     if shape.n_heads % shape.n_kv_heads:
         raise UserError(
             f"num_attention_heads ({shape.n_heads}) is not a multiple of num_key_value_heads "
@@ -115,17 +122,65 @@ def _matmul(op: str, label: str, m: int, k: int, n: int, inputs: tuple[str, str]
 
 
 def _rms_projections_rope(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
+    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope."""
     e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
+    norm = Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",))
+    launches = [norm]
+    for name, label, n in (("q", "gemm Q", q), ("k", "gemm K", kv), ("v", "gemm V", kv)):
+        stages = _epilogue(shape, rows, name)
+        launches.append(_matmul(matmul, label, rows, e, n, ("xn", f"w{name}"),
+                                stages[0].inputs[0] if stages else name))  # fmt: skip
+        launches += stages
     return [
-        Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",)),
-        _matmul(matmul, "gemm Q", rows, e, q, ("xn", "wq"), "q"),
-        _matmul(matmul, "gemm K", rows, e, kv, ("xn", "wk"), "k"),
-        _matmul(matmul, "gemm V", rows, e, kv, ("xn", "wv"), "v"),
+        *launches,
         Launch("rope", rope.params(rows, shape.n_heads, dh), ("q", "rope"), ("q_roped",), "rope Q"),
         Launch(
             "rope", rope.params(rows, shape.n_kv_heads, dh), ("k", "rope"), ("k_roped",), "rope K"
         ),
     ]
+
+
+def _stages(shape: ModelShape, name: str) -> list[str]:
+    """The epilogue of projection `name`: Qwen2's bias row (q, k, v), then Qwen3's
+    per-head RMSNorm (q, k)."""
+    return ["bias"] * shape.attention_bias + ["norm"] * (shape.qk_norm and name != "v")
+
+
+def _stage_names(shape: ModelShape, name: str) -> list[str]:
+    """What the projection and each epilogue stage write; the last is `name` itself,
+    the tensor rope (q, k) or flash_attn and the KV cache (v) read."""
+    stages = _stages(shape, name)
+    return [f"{name}_{stage}_in" for stage in stages] + [name]
+
+
+def _epilogue(shape: ModelShape, rows: int, name: str) -> list[Launch]:
+    heads = shape.n_heads if name == "q" else shape.n_kv_heads
+    width, names = heads * shape.head_dim, _stage_names(shape, name)
+    launches = []
+    for i, stage in enumerate(_stages(shape, name)):
+        io = (names[i], names[i + 1])
+        if stage == "bias":
+            params = eltwise.bias_params(rows, width)
+            launches.append(Launch("bias", params, (io[0], f"b{name}"), io[1:], f"bias {name}"))
+        else:  # rmsnorm over the rows * heads rows of Dh the tensor is
+            params = rmsnorm.params(rows * heads, shape.head_dim, shape.rms_eps)
+            launches.append(Launch("rmsnorm", params, (io[0], f"{name}_norm"), io[1:],
+                                   f"{name} norm"))  # fmt: skip
+    return launches
+
+
+def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+    """The epilogues' weights and the projections' outputs they read."""
+    widths = {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
+    args = []
+    for name, width in widths.items():
+        if shape.attention_bias:
+            args.append(_arg(f"b{name}", (width,), W, LAYER + f"self_attn.{name}_proj.bias"))
+        if "norm" in _stages(shape, name):
+            source = LAYER + f"self_attn.{name}_norm.weight"
+            args.append(_arg(f"{name}_norm", (shape.head_dim,), W, source))
+        args += [_arg(n, (rows, width), MID) for n in _stage_names(shape, name)[:-1]]
+    return args
 
 
 def _projection_args(
@@ -142,6 +197,7 @@ def _projection_args(
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
         _arg("k", (rows, kv), MID),
+        *_epilogue_args(shape, rows),
         _arg("q_roped", (rows, q), OUT),
         _arg("k_roped", (rows, kv), OUT),
         _arg("v", (rows, kv), OUT),

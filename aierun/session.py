@@ -10,6 +10,7 @@ verification.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from aierun.host.kv_cache import KVCache, decode_attention
 from aierun.host.norm import final_norm
 from aierun.host.prefix_slots import PrefixSlots, common_prefix
 from aierun.host.sampling import GREEDY, Sampling, sample
-from aierun.model import Checkpoint, resolve_model, rope_table
+from aierun.model import Checkpoint, resolve_model, rope_table, tensor_shapes
 from aierun.ops.quant import quantized_weight
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
@@ -132,6 +133,8 @@ class Session:
 
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
+        weights = sum(math.prod(dims) for dims in tensor_shapes(self.shape).values())
+        self.device.check_capacity(weights)
         self._pin = self.artifacts.pin()  # a `doit cache gc=1` meanwhile keeps them
         with self.profiler.in_phase("prepare") as span:
             self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")

@@ -190,3 +190,16 @@ def test_an_unwritable_bfp16_cache_only_converts(tmp_path):
     weight = np.full((2, 8), 0.75, BF16)
     values = emu.Bfp16Cache(blocked / "cache").converted(weight)
     np.testing.assert_array_equal(values, to_bfp16(weight.astype(np.float32)).astype(BF16))
+
+
+def test_a_model_larger_than_free_memory_is_refused_saying_what_it_needs(monkeypatch):
+    from aierun.errors import UserError
+    from aierun.model import ModelShape, tensor_shapes
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS["Llama-3.1-8B"])
+    weights = sum(int(np.prod(dims)) for dims in tensor_shapes(shape).values())
+    monkeypatch.setattr(emu, "available_memory", lambda: 24 * 10**9)
+    with pytest.raises(UserError, match=r"8\.03 G weights .* about 48\.2 GB .* 24\.0 GB"):
+        EmuDevice().check_capacity(weights)
+    EmuDevice().check_capacity(weights // 4)  # a 2B model fits in 24 GB

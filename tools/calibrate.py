@@ -210,15 +210,7 @@ def llama_rows(
             spec.instance, f"{elf.ms:.2f}", f"{SEED.elf_ms[spec.name]:.1f}", f"{floor_ms:.2f}",
             f"{elf.ms / floor_ms:.1f}x", f"{slowest.label}: {slowest.bound}",
         ))  # fmt: skip
-    return rows, _phases(modeled, shape.n_layers), _phases(nominal, shape.n_layers)
-
-
-def _phases(ms: dict[str, float], layers: int) -> dict[str, float]:
-    return {
-        "prefill": layers * sum(ms[n] for n in ("rms_gemms_rope", "flash_attn", "o_ffn"))
-        + ms["lm_head_gemv"],
-        "decode": layers * (ms["rms_gemv_rope"] + ms["o_gemv_ffn"]) + ms["lm_head_gemv"],
-    }
+    return rows, placed.phase_ms(modeled, shape.n_layers), placed.phase_ms(nominal, shape.n_layers)
 
 
 def markdown(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

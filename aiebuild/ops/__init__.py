@@ -42,7 +42,7 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         rmsnorm.OP, gemm.OP, gemv.OP, rope.OP, flash_attn.OP, eltwise.ADD, eltwise.SILU_MUL,
-        kv_store.OP,
+        kv_store.OP, eltwise.BIAS,
     )
 }  # fmt: skip
 

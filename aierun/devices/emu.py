@@ -28,7 +28,7 @@ import numpy as np
 from aierun import paths
 from aierun.abi import BF16, HOST_WRITTEN, QUANT_DTYPES, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
-from aierun.errors import DeviceError
+from aierun.errors import DeviceError, UserError
 from aierun.ops import OPS, numerics, quant
 from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
@@ -194,9 +194,36 @@ class QuantBuffer(Buffer):
         return self._blocks
 
 
+# Host memory the emulator holds per weight element: its fp32 image (EmuBuffer) and, for
+# the GEMM weights, the bf16 copy of their bfp16 conversion: 6 bytes (the LM head, read
+# by a GEMV only, takes 4; the estimate errs high by that).
+EMU_BYTES_PER_WEIGHT = 6
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class EmuDevice(Device):
     name = "emu"
     targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
+
+    def check_capacity(self, weight_elements: int) -> None:
+        needed, available = weight_elements * EMU_BYTES_PER_WEIGHT, available_memory()
+        if available is not None and needed > available:
+            raise UserError(
+                f"the emu device holds each of this model's {weight_elements / 1e9:.2f} G "
+                f"weights as fp32 plus a bf16 GEMM operand: it needs about {needed / 1e9:.1f}"
+                f" GB of memory and {available / 1e9:.1f} GB is available. Run the model on "
+                "an NPU (--device npu), or on a machine with that much free memory."
+            )
 
     def __init__(self, bfp16_cache: Path | None = None) -> None:
         self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")

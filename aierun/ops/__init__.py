@@ -26,4 +26,5 @@ OPS: dict[str, OpFn] = {
     "add": eltwise.add,
     "silu_mul": eltwise.silu_mul,
     "kv_store": kv_store.kv_store,
+    "bias": eltwise.add,  # the row broadcasts over the rows, as the kernel adds it per row
 }

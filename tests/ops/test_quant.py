@@ -75,7 +75,7 @@ def test_a_checkpoint_refuses_a_block_type_the_kernels_cannot_read(model_dir):
     from aierun.model import Checkpoint
 
     name = "model.layers.0.mlp.up_proj.weight"
-    with pytest.raises(UserError, match=r"up_proj.*q4_k.*llama\.cpp.*weights=bf16"):
+    with pytest.raises(UserError, match=r"(?i)up_proj.*q4_k.*llama\.cpp.*weights=bf16"):
         Checkpoint(model_dir).blocks(name, "q4_k")
 
 
