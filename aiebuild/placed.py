@@ -142,3 +142,16 @@ def npu2_model(specs: Iterable[ElfSpec]) -> dict[str, Any]:
     "launches": [{"label", "ms", "bound"}]}): what the manifest records beside the
     artifacts for the runtime's profile report."""
     return {spec.instance: elf_time(spec).summary() for spec in specs}
+
+
+PREFILL_ELFS = ("rms_gemms_rope", "flash_attn", "o_ffn")
+DECODE_ELFS = ("rms_gemv_rope", "o_gemv_ffn")
+
+
+def phase_ms(ms: dict[str, float], layers: int) -> dict[str, float]:
+    """A prompt's prefill and one decode token from the per-ELF times of one bucket (by
+    ELF name): each layer calls its phase's ELFs once, then the LM head once."""
+    return {
+        "prefill": layers * sum(ms[n] for n in PREFILL_ELFS) + ms["lm_head_gemv"],
+        "decode": layers * sum(ms[n] for n in DECODE_ELFS) + ms["lm_head_gemv"],
+    }

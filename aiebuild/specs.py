@@ -21,6 +21,7 @@ from aierun.abi import (
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ArgSpec,
@@ -59,6 +60,14 @@ def _arg(
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
 
 
+def _matrix(name: str, rows: int, k: int, source: str, weights: str, **kw) -> ArgSpec:
+    """A GEMV/GEMM weight [rows, k] in type `weights`: bf16, or a GGUF block type in
+    the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
+    shape = gemv.weight_shape(rows, k, weights)
+    layout = kw.pop("layout", gemv.weight_layout(k, weights))
+    return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
+
+
 def _elf(*fields) -> ElfSpec:
     """An ElfSpec with each launch's FLOPs and DDR bytes filled in (ops.with_work)."""
     return ops.with_work(ElfSpec(*fields))
@@ -78,6 +87,13 @@ def check_tileable(shape: ModelShape) -> None:
                 f"{label} = {value} is not a multiple of {TILE}: the GEMM/GEMV kernels tile "
                 f"every matrix dimension in blocks of {TILE}, so this model cannot be compiled."
             )
+    rows = attention.block(shape.head_dim)
+    if attention.BLOCK_ELEMENTS % shape.head_dim or rows % attention.KEY_GROUP:
+        raise UserError(
+            f"head_dim (Dh) = {shape.head_dim}: flash_attn's blocks hold "
+            f"{attention.BLOCK_ELEMENTS} elements, whole rows of Dh in a multiple of "
+            f"{attention.KEY_GROUP} rows (Dh 64, 128 or 256), so this model cannot be compiled."
+        )
     if shape.n_heads % shape.n_kv_heads:
         raise UserError(
             f"num_attention_heads ({shape.n_heads}) is not a multiple of num_key_value_heads "
@@ -108,12 +124,17 @@ def _matmul(op: str, label: str, m: int, k: int, n: int, inputs: tuple[str, str]
 
 
 def _rms_projections_rope(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
+    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope."""
     e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
+    norm = Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",))
+    launches = [norm]
+    for name, label, n in (("q", "gemm Q", q), ("k", "gemm K", kv), ("v", "gemm V", kv)):
+        stages = _epilogue(shape, rows, name)
+        launches.append(_matmul(matmul, label, rows, e, n, ("xn", f"w{name}"),
+                                stages[0].inputs[0] if stages else name))  # fmt: skip
+        launches += stages
     return [
-        Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",)),
-        _matmul(matmul, "gemm Q", rows, e, q, ("xn", "wq"), "q"),
-        _matmul(matmul, "gemm K", rows, e, kv, ("xn", "wk"), "k"),
-        _matmul(matmul, "gemm V", rows, e, kv, ("xn", "wv"), "v"),
+        *launches,
         Launch("rope", rope.params(rows, shape.n_heads, dh), ("q", "rope"), ("q_roped",), "rope Q"),
         Launch(
             "rope", rope.params(rows, shape.n_kv_heads, dh), ("k", "rope"), ("k_roped",), "rope K"
@@ -121,18 +142,64 @@ def _rms_projections_rope(shape: ModelShape, rows: int, matmul: str) -> list[Lau
     ]
 
 
-def _projection_args(shape: ModelShape, rows: int, rope_role: Role) -> list[ArgSpec]:
+def _stages(shape: ModelShape, name: str) -> list[str]:
+    """The epilogue of projection `name`: Qwen2's bias row (q, k, v), then Qwen3's
+    per-head RMSNorm (q, k)."""
+    return ["bias"] * shape.attention_bias + ["norm"] * (shape.qk_norm and name != "v")
+
+
+def _stage_names(shape: ModelShape, name: str) -> list[str]:
+    """What the projection and each epilogue stage write; the last is `name` itself,
+    the tensor rope (q, k) or flash_attn and the KV cache (v) read."""
+    stages = _stages(shape, name)
+    return [f"{name}_{stage}_in" for stage in stages] + [name]
+
+
+def _epilogue(shape: ModelShape, rows: int, name: str) -> list[Launch]:
+    heads = shape.n_heads if name == "q" else shape.n_kv_heads
+    width, names = heads * shape.head_dim, _stage_names(shape, name)
+    launches = []
+    for i, stage in enumerate(_stages(shape, name)):
+        io = (names[i], names[i + 1])
+        if stage == "bias":
+            params = eltwise.bias_params(rows, width)
+            launches.append(Launch("bias", params, (io[0], f"b{name}"), io[1:], f"bias {name}"))
+        else:  # rmsnorm over the rows * heads rows of Dh the tensor is
+            params = rmsnorm.params(rows * heads, shape.head_dim, shape.rms_eps)
+            launches.append(Launch("rmsnorm", params, (io[0], f"{name}_norm"), io[1:],
+                                   f"{name} norm"))  # fmt: skip
+    return launches
+
+
+def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+    """The epilogues' weights and the projections' outputs they read."""
+    widths = {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
+    args = []
+    for name, width in widths.items():
+        if shape.attention_bias:
+            args.append(_arg(f"b{name}", (width,), W, LAYER + f"self_attn.{name}_proj.bias"))
+        if "norm" in _stages(shape, name):
+            source = LAYER + f"self_attn.{name}_norm.weight"
+            args.append(_arg(f"{name}_norm", (shape.head_dim,), W, source))
+        args += [_arg(n, (rows, width), MID) for n in _stage_names(shape, name)[:-1]]
+    return args
+
+
+def _projection_args(
+    shape: ModelShape, rows: int, rope_role: Role, weights: str = "bf16"
+) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
         _arg("x", (rows, e), IN, dtype=F32),
         _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
-        _arg("wq", (q, e), W, LAYER + "self_attn.q_proj.weight"),
-        _arg("wk", (kv, e), W, LAYER + "self_attn.k_proj.weight"),
-        _arg("wv", (kv, e), W, LAYER + "self_attn.v_proj.weight"),
+        _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", weights),
+        _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", weights),
+        _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", weights),
         _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None, F32),
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
         _arg("k", (rows, kv), MID),
+        *_epilogue_args(shape, rows),
         _arg("q_roped", (rows, q), OUT),
         _arg("k_roped", (rows, kv), OUT),
         _arg("v", (rows, kv), OUT),
@@ -153,10 +220,10 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
     )  # fmt: skip
 
 
-def rms_gemv_rope(shape: ModelShape) -> ElfSpec:
+def rms_gemv_rope(shape: ModelShape, weights: str = "bf16") -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, IN)),
+        tuple(_projection_args(shape, 1, IN, weights)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
 
@@ -189,16 +256,16 @@ def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
     ]
 
 
-def _o_ffn_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+def _o_ffn_args(shape: ModelShape, rows: int, weights: str = "bf16") -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
-        _arg("wo", (e, shape.q_dim), W, LAYER + "self_attn.o_proj.weight"),
+        _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", weights),
         _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
-        _arg("w_gate", (f, e), W, LAYER + "mlp.gate_proj.weight"),
-        _arg("w_up", (f, e), W, LAYER + "mlp.up_proj.weight"),
-        _arg("w_down", (e, f), W, LAYER + "mlp.down_proj.weight"),
+        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", weights),
+        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", weights),
+        _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", weights),
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
@@ -226,7 +293,7 @@ def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
     return (2, shape.n_kv_heads, context, shape.head_dim)
 
 
-def o_gemv_ffn(shape: ModelShape, context: int) -> ElfSpec:
+def o_gemv_ffn(shape: ModelShape, context: int, weights: str = "bf16") -> ElfSpec:
     """Decode attention over the device's KV cache (which the host appended this
     position's K/V to), then the O projection and the FFN: attention goes here, not
     into rms_gemv_rope, because the position's K/V must be in the cache first."""
@@ -237,7 +304,7 @@ def o_gemv_ffn(shape: ModelShape, context: int) -> ElfSpec:
         _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
         _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
         _arg("attn_out", (1, shape.q_dim), MID),
-        *(arg for arg in _o_ffn_args(shape, 1) if arg.name != "attn_out"),
+        *(arg for arg in _o_ffn_args(shape, 1, weights) if arg.name != "attn_out"),
     )
     launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
     return _elf(O_GEMV_FFN, "decode", 0, args, launches)
@@ -249,7 +316,9 @@ def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int
     return -(-per_partition // TILE) * TILE
 
 
-def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
+def lm_head_gemv(
+    shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS, weights: str = "bf16"
+) -> ElfSpec:
     """One GEMV over the partitioned rows (w_lm is [P, rows, E], contiguous): one
     launch spreads them over every column's shim channels, with no reconfiguration
     between partitions."""
@@ -257,7 +326,15 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
     args = (
         _arg("x", (1, e), IN),
-        _arg("w_lm", (partitions, rows, e), W, source, layout="partitioned_rows"),
+        _matrix(
+            "w_lm",
+            rows,
+            e,
+            source,
+            weights,
+            lead=(partitions,),
+            layout="partitioned_rows" if weights == "bf16" else gemv.weight_layout(e, weights),
+        ),
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
     launch = Launch("gemv", gemv.params(1, e, partitions * rows), ("x", "w_lm"), ("logits",),
@@ -265,11 +342,20 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
+WEIGHT_TYPES = ("bf16", *QUANT_DTYPES)
+
+
 def model_specs(
-    shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS, context: int | None = None
+    shape: ModelShape,
+    buckets: Iterable[int] = DEFAULT_BUCKETS,
+    weights: str = "bf16",
+    context: int | None = None,
 ) -> list[ElfSpec]:
     """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode,
-    whose KV cache holds `context` positions (default: decode_context)."""
+    whose KV cache holds `context` positions (default: decode_context). `weights`: the
+    decode GEMVs' weight type (the prefill GEMMs read bf16 so far)."""
+    if weights not in WEIGHT_TYPES:
+        raise UserError(f"weights={weights} is none of {', '.join(WEIGHT_TYPES)}")
     check_tileable(shape)
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
@@ -284,4 +370,5 @@ def model_specs(
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
     context = decode_context(shape, buckets) if context is None else context
-    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape, context), lm_head_gemv(shape)]
+    decode = [rms_gemv_rope(shape, weights), o_gemv_ffn(shape, context, weights)]
+    return specs + [*decode, lm_head_gemv(shape, weights=weights)]

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from aiebuild.npu2 import toolchain
 from aiebuild.npu2.target import Npu2Target
 from aiebuild.ops.common import KernelObject
 from aiebuild.remote_cache import RemoteCache
-from aiebuild.specs import DEFAULT_BUCKETS, model_specs
+from aiebuild.specs import DEFAULT_BUCKETS, WEIGHT_TYPES, model_specs
 from aiebuild.store import Store
 from aiebuild.targets import EmuTarget, Target, entry_key, plan_bytes
 from aierun import ARTIFACT_SCHEMA, default_model
@@ -35,7 +36,7 @@ from aierun.abi import ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
 from aierun.errors import UserError, describe, os_error_message
 from aierun.files import remove_stale_temporaries, sha256_text, write_json_atomic
-from aierun.model import Checkpoint, ModelShape, resolve_model
+from aierun.model import Checkpoint, ModelShape, read_shape, resolve_model
 
 log = structlog.get_logger("aiebuild.compile")
 
@@ -51,6 +52,9 @@ class BuildConfig:
     choices: dict[str, str] = field(default_factory=dict, compare=False)
     # `cache=HOST/REPO`: an OCI registry as a remote cache of entries (this run only).
     cache: str | None = None
+    # `weights=`: the decode GEMVs' weight type (aiebuild/specs.py WEIGHT_TYPES), or
+    # "gguf" (each tensor in its file's type); None: the checkpoint's default, bf16.
+    weights: str | None = None
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
@@ -70,7 +74,7 @@ class BuildConfig:
         except ValueError:
             message = f"buckets={buckets!r}: expected prefill lengths like buckets=64,256"
             raise InvalidCommand(message) from None
-        if "model" in given and Path(given["model"]).expanduser().is_dir():
+        if "model" in given and Path(given["model"]).expanduser().exists():
             choices["model"] = str(Path(given["model"]).expanduser().resolve())
         cache = get_var("cache", None) or None
         if cache is not None:
@@ -79,7 +83,11 @@ class BuildConfig:
             except UserError as exc:
                 raise InvalidCommand(str(exc)) from None
         target = choices.get("target", "auto")
-        return cls(home, choices.get("model"), parsed, target, choices, cache)
+        weights = choices.get("weights")
+        if weights not in (None, "gguf", *WEIGHT_TYPES):
+            raise InvalidCommand(f"weights={weights}: expected gguf or one of "
+                                 f"{', '.join(WEIGHT_TYPES)}")  # fmt: skip
+        return cls(home, choices.get("model"), parsed, target, choices, cache, weights)
 
     def remote_cache(self) -> RemoteCache | None:
         return RemoteCache.parse(self.cache) if self.cache else None
@@ -93,7 +101,7 @@ class BuildConfig:
 
 
 # Build choices a doit run remembers for the next ones, in <build>/config.json.
-CHOICES = ("model", "buckets", "target")
+CHOICES = ("model", "buckets", "target", "weights")
 CHOICES_FILE = "config.json"
 
 
@@ -185,12 +193,23 @@ def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]
     # npu2 keeps its object cache and work directories in the build home.
     target = get_target(select_target(config.target), config.home)
     shape = Checkpoint(config.model_dir()).shape
-    specs = model_specs(shape, config.buckets)
+    specs = model_specs(shape, config.buckets, weight_type(config))
     # Every target: an emu build also proves the npu2 designs legal, before any compile.
     placed.require_legal(specs)
     fingerprint = target.fingerprint()
     builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in specs]
     return target, Store(config.home, target.name), shape, builds
+
+
+def weight_type(config: BuildConfig) -> str:
+    """The weight type the specs take: a safetensors checkpoint has no file types to
+    keep, so `gguf` asks for something it cannot mean here."""
+    if config.weights == "gguf":
+        raise UserError(
+            f"weights=gguf keeps each tensor in its GGUF file's type, but {config.model_dir()} "
+            f"is a safetensors checkpoint: pass weights= one of {', '.join(WEIGHT_TYPES)}."
+        )
+    return config.weights or "bf16"
 
 
 def manifest_data(config: BuildConfig, target: str, shape: ModelShape, builds: list[ElfBuild]):
@@ -220,7 +239,7 @@ def build_elf(
     if cache is not None and cache.fetch(store, build.key, plan_bytes(build.spec)):
         return
     start = time.perf_counter()
-    log.info("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
+    log.debug("compile.start", elf=build.spec.instance, key=build.key[:12], target=target.name)
     entry = target.build(build.spec, build.key, store)
     seconds = round(time.perf_counter() - start, 3)
     log.info("compile.finish", elf=build.spec.instance, key=build.key[:12], seconds=seconds)
@@ -246,16 +265,28 @@ def _run_cleanly(function: Callable[..., Any], *args: Any) -> TaskFailed | None:
     return None
 
 
+@contextmanager
+def failing_as_invalid_task() -> Iterator[None]:
+    """Work done while doit makes the task list (no action runs it): a user-caused
+    failure (a bad model, a full disk) becomes InvalidTask, which doit prints as one
+    line without a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        failure = describe(exc)
+        if failure is None:  # a bug: doit shows its traceback
+            raise
+        raise InvalidTask(failure.message or str(exc)) from None
+
+
 def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
     if config.model is None and not default_model.is_materialized(config.model_dir()):
         # Listed before the `model` task has made the default model (`doit list` on a
         # fresh clone): its ELFs are known only then, and `doit compile` makes it first.
         yield {"name": None, "doc": "build every ELF of the model (after `doit model`)"}
         return
-    try:
+    with failing_as_invalid_task():
         target, store, shape, builds = plan(config)
-    except UserError as exc:  # doit prints InvalidTask as one line, without a traceback
-        raise InvalidTask(str(exc)) from None
     if isinstance(target, Npu2Target):
         yield from object_tasks(target, store, builds)
     cache = config.remote_cache()
@@ -268,7 +299,8 @@ def compile_tasks(config: BuildConfig) -> Iterator[dict[str, Any]]:
             "doc": f"{build.spec.name} ({build.spec.phase}) for {target.name}",
             "verbosity": 2,
         }
-    data = manifest_data(config, target.name, shape, builds)
+    with failing_as_invalid_task():  # the time model builds the kernels it counts
+        data = manifest_data(config, target.name, shape, builds)
     path = manifest_path(config.home, target.name)
     if cache is not None:
         yield {
@@ -371,13 +403,34 @@ def check_designs(config: BuildConfig) -> None:
     """`doit check`: record, place and check every launch of every ELF of the model
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
-    shape = Checkpoint(config.model_dir()).shape
-    specs = model_specs(shape, config.buckets)
+    shape = read_shape(config.model_dir())  # config.json alone: no weights needed
+    specs = model_specs(shape, config.buckets, weight_type(config))
     checks = placed.check_specs(specs)
     print(rules.table(checks))
     rules.refuse_violations(checks)
     print(f"PASS: every launch of the {len(specs)} ELFs is within the NPU2 limits above "
           "(the limit of each column in its header).")  # fmt: skip
+    print()
+    print(modeled_table(shape, specs))
+
+
+def modeled_table(shape: ModelShape, specs: list[ElfSpec]) -> str:
+    """Per ELF its modeled npu2 time (aiebuild/array/timing.py) and the slowest launch's
+    bound; then per bucket a prompt's prefill and a decode token of the whole model."""
+    times = {spec.instance: placed.elf_time(spec) for spec in specs}
+    lines = [f"{'ELF':<22}  {'modeled npu2 ms':>15}  slowest launch: bound"]
+    for name, elf in times.items():
+        slowest = max(elf.launches, key=lambda launch: launch.seconds)
+        lines.append(f"{name:<22}  {elf.ms:>15.3f}  {slowest.label}: {slowest.bound}")
+    for bucket in sorted({spec.bucket for spec in specs if spec.bucket}):
+        ms = {s.name: times[s.instance].ms for s in specs if s.bucket in (0, bucket)}
+        phases = placed.phase_ms(ms, shape.n_layers)
+        lines.append(
+            f"{shape.architecture}, {shape.n_layers} layers: prefill of {bucket} tokens "
+            f"{phases['prefill']:.1f} ms modeled ({1e3 * bucket / phases['prefill']:.0f} tok/s); "
+            f"decode {phases['decode']:.2f} ms per token ({1e3 / phases['decode']:.1f} tok/s)"
+        )
+    return "\n".join(lines)
 
 
 class StderrReporter(ConsoleReporter):

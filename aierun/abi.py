@@ -21,7 +21,13 @@ import ml_dtypes
 import numpy as np
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-DTYPES: dict[str, np.dtype] = {"bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32)}
+# GGUF block-quantized weights are bytes of the device layout (aierun/ops/quant.py): an
+# argument of such a type is [rows, bytes per row] of uint8.
+QUANT_DTYPES = ("q4_0", "q4_1", "q8_0")
+DTYPES: dict[str, np.dtype] = {
+    "bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32),
+    **dict.fromkeys(QUANT_DTYPES, np.dtype(np.uint8)),
+}  # fmt: skip
 
 
 class Role(StrEnum):

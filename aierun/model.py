@@ -1,6 +1,7 @@
-"""A Hugging Face Llama-family checkpoint: shape, weights (memory-mapped), tokenizer.
+"""A Llama-family model directory: shape, weights (memory-mapped), tokenizer.
 
-Weights are read from safetensors files only (memory-mapped). The shape is
+The weights are memory-mapped from safetensors files (a Hugging Face checkpoint) or
+from a GGUF file (a directory `aierun.gguf_model` derived from it). The shape is
 what the build derives ELF specs from and what a manifest is checked against.
 """
 
@@ -14,11 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from aierun import gguf_model
 from aierun.abi import BF16
 from aierun.errors import UserError
+from aierun.files import holding, publish_dir, staging_dir
 from aierun.tokenizer import FastTokenizer
 
 SUPPORTED_ROPE = ("default", "llama3")
+# The Hugging Face architectures this runtime implements, by their config.json
+# `architectures` name, with the model_type each carries. All are RMSNorm, rope, GQA and
+# SwiGLU decoders; they differ in what ModelShape.attention_bias and qk_norm record.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",  # q/k/v projections with a bias
+    "Qwen3ForCausalLM": "qwen3",  # a per-head RMSNorm of q and k before rope
+}
+# Settings that change the computation in a way no ELF implements: refused by name.
+_UNSUPPORTED_FLAGS = ("mlp_bias", "use_sliding_window")
 
 
 def _require_positive(config: dict[str, Any], key: str) -> None:
@@ -43,6 +56,9 @@ class ModelShape:
     rope_scaling: tuple[tuple[str, Any], ...] | None
     tie_embeddings: bool
     max_positions: int
+    family: str = "llama"  # the model_type of SUPPORTED_ARCHITECTURES
+    attention_bias: bool = False  # q/k/v projections add a bias row (Qwen2)
+    qk_norm: bool = False  # q and k of each head are RMS-normalized before rope (Qwen3)
 
     @property
     def kv_dim(self) -> int:
@@ -54,11 +70,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        if config.get("model_type") not in ("llama", None):
-            raise UserError(
-                f"model_type {config.get('model_type')!r} is not a Llama-family model; "
-                "this runtime implements the Llama architecture (RMSNorm, rope, GQA, SwiGLU)."
-            )
+        family = model_family(config)
         heads = config["num_attention_heads"]
         for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
                     "intermediate_size", "vocab_size"):  # fmt: skip
@@ -92,7 +104,14 @@ class ModelShape:
             rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             max_positions=config.get("max_position_embeddings", 2048),
+            family=family,
+            attention_bias=family == "qwen2",
+            qk_norm=family == "qwen3",
         )
+
+    @property
+    def architecture(self) -> str:
+        return next(a for a, f in SUPPORTED_ARCHITECTURES.items() if f == self.family)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +122,30 @@ class ModelShape:
     def from_json(cls, data: dict[str, Any]) -> ModelShape:
         scaling = data.get("rope_scaling")
         return cls(**{**data, "rope_scaling": tuple(sorted(scaling.items())) if scaling else None})
+
+
+def model_family(config: dict[str, Any]) -> str:
+    """The family (model_type) of a config whose architecture this runtime implements;
+    anything else is refused naming it and the supported list, before anything is built."""
+    supported = ", ".join(f"{a} ({t})" for a, t in SUPPORTED_ARCHITECTURES.items())
+    names = config.get("architectures") or []
+    model_type = config.get("model_type")
+    # A config names its class (model_type must agree); a hand-written one may give only
+    # model_type, or nothing (Llama).
+    family = SUPPORTED_ARCHITECTURES.get(names[0]) if names else model_type or "llama"
+    if family not in SUPPORTED_ARCHITECTURES.values() or model_type not in (family, None):
+        raise UserError(
+            f"names architecture {names or None} (model_type {model_type!r}), which this "
+            f"runtime does not implement; supported: {supported}."
+        )
+    if family == "llama" and config.get("attention_bias"):
+        raise UserError("sets attention_bias for a Llama model (a bias on o_proj too), "
+                        f"which no ELF implements; supported: {supported}.")  # fmt: skip
+    for flag in _UNSUPPORTED_FLAGS:
+        if config.get(flag):
+            raise UserError(f"sets {flag}, which no ELF implements; supported: {supported} "
+                            "without it.")  # fmt: skip
+    return family
 
 
 def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
@@ -116,6 +159,10 @@ def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (f, e), "mlp.up_proj.weight": (f, e),
         "mlp.down_proj.weight": (e, f),
     }  # fmt: skip
+    if shape.attention_bias:
+        layer |= {f"self_attn.{n}_proj.bias": (d,) for n, d in (("q", q), ("k", kv), ("v", kv))}
+    if shape.qk_norm:
+        layer |= {f"self_attn.{n}_norm.weight": (shape.head_dim,) for n in "qk"}
     shapes = {"model.embed_tokens.weight": (shape.vocab, e), "model.norm.weight": (e,)}
     if not shape.tie_embeddings:
         shapes["lm_head.weight"] = (shape.vocab, e)
@@ -174,6 +221,14 @@ class _TensorEntry:
     dtype: np.dtype
     shape: tuple[int, ...]
 
+    def read(self) -> np.ndarray:
+        return np.memmap(self.file, dtype=self.dtype, mode="r", offset=self.offset,
+                         shape=self.shape)  # fmt: skip
+
+
+# The block types the quantized kernels read (GGUF's names).
+QUANT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
 
 # The safetensors format caps its JSON header at 100 MB; a larger length is damage.
 MAX_HEADER_BYTES = 100_000_000
@@ -230,6 +285,28 @@ def _read_config(file: Path) -> dict[str, Any]:
     return config
 
 
+def shape_of(config_file: Path, config: dict[str, Any]) -> ModelShape:
+    """The shape a config describes; what is missing or unsupported named with the file."""
+    try:
+        return ModelShape.from_config(config)
+    except UserError as exc:
+        raise UserError(f"{config_file} {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{config_file} lacks or garbles a setting a Llama-family model needs ({exc!r}): "
+            "it is not a complete config of a supported family."
+        ) from None
+
+
+def read_shape(path: Path) -> ModelShape:
+    """The shape of the model in a directory from its config.json alone (no weights, no
+    tokenizer): what `doit check` needs to model a model before its weights are fetched."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} has no config.json: it is not a Hugging Face model directory.")
+    return shape_of(config_file, _read_config(config_file))
+
+
 class Checkpoint:
     """A checkpoint directory: config.json, *.safetensors, tokenizer files."""
 
@@ -242,15 +319,7 @@ class Checkpoint:
                 "Pass --model DIR with config.json, *.safetensors and tokenizer.json."
             )
         self.config = _read_config(config_file)
-        try:
-            self.shape = ModelShape.from_config(self.config)
-        except UserError as exc:
-            raise UserError(f"{config_file} {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{config_file} lacks or garbles a setting a Llama model needs ({exc!r}): "
-                "it is not a complete Llama-family config."
-            ) from None
+        self.shape = shape_of(config_file, self.config)
         self._index = self._index_tensors()
         self._check_tensor_shapes()
         self._tokenizer = None
@@ -267,22 +336,51 @@ class Checkpoint:
                     f"implies {list(shape)}: the weights and the config do not belong together."
                 )
 
-    def _index_tensors(self) -> dict[str, _TensorEntry]:
+    def _index_tensors(self) -> dict[str, _TensorEntry | gguf_model.GgufTensor]:
+        if (self.path / gguf_model.INDEX).is_file():
+            return dict(gguf_model.tensors(self.path))
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise UserError(f"{self.path} holds no *.safetensors weights (the only format read).")
+            raise UserError(
+                f"{self.path} holds no weights: *.safetensors files, or a GGUF file passed "
+                "as --model FILE.gguf"
+            )
         index: dict[str, _TensorEntry] = {}
         for file in files:
             index.update(_safetensors_entries(file))
         return index
 
     def tensor(self, name: str) -> np.ndarray:
-        """One tensor as bf16: a read-only memory map when the file stores bf16."""
+        """One tensor as bf16: a read-only memory map when the file stores bf16, else
+        its values (a GGUF block type dequantized) rounded to bf16."""
+        array = self._index[self._resolve_tied(name)].read()
+        return array if array.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+
+    def stored_type(self, name: str) -> str:
+        """How the file stores a tensor: a GGUF type name (F32, Q4_1, ...) or, for
+        safetensors, its dtype (bfloat16, float32, ...)."""
         entry = self._index[self._resolve_tied(name)]
-        array = np.memmap(
-            entry.file, dtype=entry.dtype, mode="r", offset=entry.offset, shape=entry.shape
-        )
-        return array if entry.dtype == BF16 else np.asarray(array, np.float32).astype(BF16)
+        return entry.type if isinstance(entry, gguf_model.GgufTensor) else str(entry.dtype)
+
+    def blocks(self, name: str, qtype: str) -> np.ndarray:
+        """A weight matrix as GGUF blocks of `qtype` (Q4_0, Q4_1, Q8_0), uint8
+        [rows, bytes per row]: the file's own blocks when it stores that type, else the
+        tensor quantized with llama.cpp's reference numerics (the gguf package)."""
+        qtype = qtype.upper()  # the build's weights= spelling is lowercase
+        if qtype not in QUANT_TYPES:
+            raise UserError(
+                f"tensor {name!r} is wanted in type {qtype}, which the NPU kernels do not "
+                f"read: requantize the model with llama.cpp to {', '.join(QUANT_TYPES)}, or "
+                "compile with weights=bf16."
+            )
+        entry = self._index[self._resolve_tied(name)]
+        if isinstance(entry, gguf_model.GgufTensor) and entry.type == qtype:
+            return entry.blocks()
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        values = entry.read() if isinstance(entry, gguf_model.GgufTensor) else self.tensor(name)
+        return quantize(np.asarray(values, np.float32), GGMLQuantizationType[qtype])
 
     def _resolve_tied(self, name: str) -> str:
         # A tied checkpoint may store the embedding under either name.
@@ -302,7 +400,9 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        # A directory derived from a user's GGUF file elsewhere is named by that file.
+        gguf = gguf_model.gguf_file(self.path)
+        return gguf.stem if gguf is not None and gguf.parent != self.path else self.path.name
 
     def nonfinite_output_error(self) -> UserError:
         """Why the model computed NaN or infinite logits, naming the weight tensor that
@@ -393,6 +493,20 @@ def _load_tokenizer(path: Path):
         ) from None
 
 
+def gguf_dir(gguf_file: Path, models_dir: Path) -> Path:
+    """The model directory derived from a GGUF file (config, tokenizer, tensor index;
+    the weights stay in the file), made on first use and again when the file changed."""
+    target = gguf_model.derived_dir(gguf_file, models_dir)
+    if gguf_model.is_current(target):
+        return target
+    with holding(target.parent / f".{target.name}.lock", f"the model directory of {gguf_file}"):
+        if not gguf_model.is_current(target):
+            with staging_dir(target) as staging:
+                gguf_model.derive(gguf_file, staging)
+                publish_dir(staging, target, gguf_model.is_current)
+    return target
+
+
 def resolve_model(model: str | None, models_dir: Path) -> Path:
     """A checkpoint directory for `--model`: None means the embedded default model
     (materialized on first use), else a directory or a Hugging Face model id that is
@@ -402,6 +516,9 @@ def resolve_model(model: str | None, models_dir: Path) -> Path:
     if not model:
         return default_model.materialize(models_dir / default_model.NAME)
     path = Path(model).expanduser()
+    gguf_file = gguf_model.find_gguf(path)
+    if gguf_file is not None:
+        return gguf_dir(gguf_file, models_dir)
     if path.is_dir():
         return path
     try:

@@ -10,6 +10,7 @@ verification.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from aierun.abi import (
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ElfSpec,
@@ -41,8 +43,9 @@ from aierun.host.kv_cache import KVCache
 from aierun.host.norm import final_norm
 from aierun.host.prefix_slots import PrefixSlots, common_prefix
 from aierun.host.sampling import GREEDY, Sampling, sample
-from aierun.model import Checkpoint, resolve_model, rope_table
+from aierun.model import Checkpoint, resolve_model, rope_table, tensor_shapes
 from aierun.ops.decode_attn import query_rows
+from aierun.ops.quant import quantized_weight
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
 from aierun.registry import Reference, open_pulled
@@ -133,6 +136,8 @@ class Session:
 
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
+        weights = sum(math.prod(dims) for dims in tensor_shapes(self.shape).values())
+        self.device.check_capacity(weights)
         self._pin = self.artifacts.pin()  # a `doit cache gc=1` meanwhile keeps them
         with self.profiler.in_phase("prepare") as span:
             self.checkpoint.tokenizer  # noqa: B018  (loads once, here rather than in "tokenize")
@@ -184,9 +189,13 @@ class Session:
         self.device.stage(handle, spec, buffers)
         self.device.run(handle, spec, buffers)
 
-    def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    def _weight_source(
+        self, source: str, layout: str, shape: tuple[int, ...], dtype: str
+    ) -> np.ndarray:
         if source == "rope":
             return self._rope[: shape[0]]
+        if dtype in QUANT_DTYPES:
+            return quantized_weight(self.checkpoint.blocks(source, dtype), dtype, layout, shape)
         tensor = self.checkpoint.tensor(source)
         if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
             padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)

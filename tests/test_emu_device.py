@@ -26,7 +26,7 @@ def tiny_gemm_elf() -> ElfSpec:
     return ElfSpec("tiny", "decode", 0, args, (launch,))
 
 
-def weights(source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+def weights(source: str, layout: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.full(shape, 0.5, BF16)
 
 
@@ -120,7 +120,7 @@ def test_a_bfp16_gemm_converts_its_weights_once_and_computes_as_the_kernel(monke
     monkeypatch.setattr(numerics, "to_bfp16", counting(numerics.to_bfp16, conversions))
     monkeypatch.setattr(emu, "to_bfp16", numerics.to_bfp16)
     monkeypatch.setattr(matmul, "to_bfp16", numerics.to_bfp16)
-    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager = BufferManager(device, lambda source, layout, shape, dtype: w)
     manager.preload([spec], range(1))  # the weight is converted as it is written
     elf = device.load(spec, {})
     for _ in range(3):
@@ -157,7 +157,7 @@ def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
     spec, device = ElfSpec("gate_up", "prefill", 2, args, launches), EmuDevice()
     elf = device.load(spec, {})  # loaded before the weights are written, as prepare does
     w = np.random.default_rng(4).standard_normal((3, 16)).astype(BF16)
-    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager = BufferManager(device, lambda source, layout, shape, dtype: w)
     manager.preload([spec], range(1))
     conversions = []
     monkeypatch.setattr(emu, "to_bfp16", counting(numerics.to_bfp16, conversions))
@@ -190,3 +190,16 @@ def test_an_unwritable_bfp16_cache_only_converts(tmp_path):
     weight = np.full((2, 8), 0.75, BF16)
     values = emu.Bfp16Cache(blocked / "cache").converted(weight)
     np.testing.assert_array_equal(values, to_bfp16(weight.astype(np.float32)).astype(BF16))
+
+
+def test_a_model_larger_than_free_memory_is_refused_saying_what_it_needs(monkeypatch):
+    from aierun.errors import UserError
+    from aierun.model import ModelShape, tensor_shapes
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS["Llama-3.1-8B"])
+    weights = sum(int(np.prod(dims)) for dims in tensor_shapes(shape).values())
+    monkeypatch.setattr(emu, "available_memory", lambda: 24 * 10**9)
+    with pytest.raises(UserError, match=r"8\.03 G weights .* about 48\.2 GB .* 24\.0 GB"):
+        EmuDevice().check_capacity(weights)
+    EmuDevice().check_capacity(weights // 4)  # a 2B model fits in 24 GB

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,20 +394,17 @@ def test_full_disk_while_unpacking(tmp_path, bundle, tiny):
     the_next_run_works(tiny, bundle, tmp_path / "home")
 
 
-def fake_converted_copy(home: Path, model_dir: Path, size: int = 64) -> Path:
-    """A marked default-model copy in `home` (its weights: `size` bytes of the real file)."""
+def converted_copy(home: Path, model_dir: Path) -> Path:
+    """A marked default-model directory in `home`: a copy of the real one."""
     copy = home / "models" / default_model.NAME
-    copy.mkdir(parents=True)
-    for name in default_model.CHECKPOINT_FILES:
-        with (model_dir / name).open("rb") as source:
-            (copy / name).write_bytes(source.read(size))
+    shutil.copytree(model_dir, copy)  # copy2 keeps the GGUF's time: the index stays valid
     (copy / default_model.MARKER).write_text(json.dumps(default_model._marker()))
     return copy
 
 
 def test_full_disk_while_materializing_the_default_model(tmp_path, model_dir, built):
     """Sharing a converted copy into a full home: ENOSPC named, no staging left."""
-    source = fake_converted_copy(tmp_path / "first", model_dir, size=4 * 2**20)
+    source = converted_copy(tmp_path / "first", model_dir)
     script = (
         "import sys; from pathlib import Path; from aierun import paths;"
         f"paths.model_homes = lambda: [Path({str(source.parents[1])!r})];"
@@ -419,6 +417,44 @@ def test_full_disk_while_materializing_the_default_model(tmp_path, model_dir, bu
         )  # fmt: skip
         refused(result, 2, r"cannot use .*full/models: No space left on device; free")
         assert half_written(home / "models") == []
+
+
+@pytest.mark.slow
+def test_full_disk_while_compiling(tmp_path, tiny):
+    """The time model builds the kernels it counts while doit makes its task list: a
+    full build directory is one line naming it, not a traceback."""
+    with mounted_tmpfs(tmp_path / "full", "size=200k") as build:
+        result = doit(build, "compile", f"model={tiny}", "target=emu", "buckets=64")
+    err = result.stderr
+    assert result.returncode != 0 and "Traceback" not in err, err
+    assert re.search(rf"cannot use {build}/\S+: No space left on device; free some", err), err
+
+
+def fill(directory: Path) -> None:
+    """Write a file until the file system is full."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_is_not_called_a_corrupted_dependency_file(tmp_path):
+    """doit's sqlite3 backend calls a full disk a corrupted file and says to delete it."""
+    from doit.dependency import JSONCodec
+    from doit.exceptions import InvalidCommand
+
+    from aiebuild.doit_db import DependencyFile
+
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as build:
+        db = DependencyFile(str(build / ".doit.db"), JSONCodec())
+        fill(build)
+        db.set("compile:x", "result", "y" * 100_000)
+        with pytest.raises(InvalidCommand, match=r"doit's record of what is built: .*free some"):
+            db.dump()
 
 
 # -- damaged checkpoints ---------------------------------------------------------
@@ -650,7 +686,7 @@ def test_aierun_inside_a_checkout_finds_its_build(tmp_path, tiny, built):
 
 
 def test_a_new_home_shares_the_converted_default_model(tmp_path, monkeypatch, model_dir):
-    copy = fake_converted_copy(tmp_path / "first", model_dir)
+    copy = converted_copy(tmp_path / "first", model_dir)
     monkeypatch.setattr(paths, "model_homes", lambda: [tmp_path / "first"])
 
     def no_conversion(*_):

@@ -13,6 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM  # noqa: E402
 
+from aierun import gguf_model  # noqa: E402
+
 PROMPT = "What is the capital of France?"
 DECODE_STEPS = 8
 # The first answer token of PROMPT is a near-tie in the fp32 reference ("The" 25.36 over
@@ -29,7 +31,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def reference(model_dir):
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    location, options = gguf_model.transformers_location(model_dir)
+    return AutoModelForCausalLM.from_pretrained(location, **options, dtype=torch.float32).eval()
 
 
 def reference_last_logits(reference, ids: list[int]) -> np.ndarray:

@@ -52,7 +52,7 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         rmsnorm.OP, gemm.OP, gemv.OP, rope.OP, flash_attn.OP, eltwise.ADD, eltwise.SILU_MUL,
-        kv_store.OP, decode_attn.OP,
+        kv_store.OP, decode_attn.OP, eltwise.BIAS,
     )
 }  # fmt: skip
 

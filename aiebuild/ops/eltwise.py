@@ -1,7 +1,12 @@
 """Elementwise launches (aierun/ops/eltwise.py, kernels_src/eltwise.cc): the residual
 add (bf16 + fp32 residual -> fp32) and SwiGLU's silu(gate) * up. The flat elements
 are split into one consecutive run per column; each column's core streams its run of
-both operands from its shim in chunks and the results back."""
+both operands from its shim in chunks and the results back.
+
+`bias` (Qwen2's q/k/v projections) adds one bias row to every row of a projection's
+output with the same add kernel, a call per row: the rows are split as rmsnorm's, and
+the bias row (bf16, as the checkpoint stores it: exact, and half the core memory of
+fp32), streamed once from shim 0, is broadcast to every core and stays resident."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from aiebuild.ops.common import (
     streaming_core,
     tensor,
 )
+from aiebuild.ops.rmsnorm import row_cores
 from aierun.abi import ArgSpec, Launch
 from aierun.errors import UserError
 
@@ -41,21 +47,30 @@ def chunk(launch: Launch) -> int:
     return size
 
 
-def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
+def _object(size: int, args: list[ArgSpec]) -> KernelObject:
     """-D CHUNK and whether each operand (a, b, result) is fp32 rather than bf16."""
     wide = {f"{name}_F32": arg.dtype == "f32" for name, arg in zip("ABC", args, strict=True)}
-    return kernel_object("eltwise.cc", {"CHUNK": chunk(launch), **wide})
+    return kernel_object("eltwise.cc", {"CHUNK": size, **wide})
 
 
-def symbol(name: str, launch: Launch, args: list[ArgSpec]) -> str:
+def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
+    return _object(chunk(launch), args)
+
+
+def bias_kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
+    """The add kernel over one whole row (the bias row's length)."""
+    return _object(launch.params["cols"], args)
+
+
+def symbol(name: str, size: int, args: list[ArgSpec]) -> str:
     """As kernels_src/eltwise.cc composes it, e.g. add_bf16_f32_f32_64."""
-    return "_".join([name, *(a.dtype for a in args), str(chunk(launch))])
+    return "_".join([name, *(a.dtype for a in args), str(size)])
 
 
 def _binary(launch: Launch, args: list[ArgSpec], name: str) -> Any:
     lib = iron()
     size, (columns, _) = chunk(launch), array(launch)
-    op = lib.Kernel(symbol(name, launch, args), kernel(launch, args).name,
+    op = lib.Kernel(symbol(name, size, args), kernel(launch, args).name,
                     [tensor((size,), a.np_dtype) for a in args])  # fmt: skip
     chunks = launch.params["rows"] * launch.params["cols"] // size
     handles, streams = row_streams(lib, args, columns, chunks, ["a", "b", "out"], [(size,)] * 3)
@@ -73,6 +88,37 @@ def design_silu_mul(launch: Launch, args: list[ArgSpec]) -> Any:
     return _binary(launch, args, "silu_mul")
 
 
+def design_bias(launch: Launch, args: list[ArgSpec]) -> Any:
+    lib = iron()
+    range_ = lib.range_
+    rows, n = launch.params["rows"], launch.params["cols"]
+    columns, _ = array(launch)
+    row = (n,)
+    add = lib.Kernel(symbol("add", n, args), bias_kernel(launch, args).name,
+                     [tensor(row, a.np_dtype) for a in args])  # fmt: skip
+    handles, streams = row_streams(lib, args, columns, rows, ["x", "b", "y"], [row] * 3,
+                                   resident={1: tensor(row, args[1].np_dtype)})  # fmt: skip
+
+    def core(x, b, y, add_fn):
+        bias = b.acquire(1)
+        for _ in range_(rows // columns):
+            add_fn(x.acquire(1), bias, y.acquire(1))
+            x.release(1)
+            y.release(1)
+        b.release(1)
+
+    workers = [lib.Worker(core, [*handles[c], add], tile=core_tile(lib, c, 0))
+               for c in range(columns)]  # fmt: skip
+    return stream_program(args, streams, workers)
+
+
+def bias_params(rows: int, cols: int) -> dict[str, int]:
+    """Whole rows per column, one core per column (as rmsnorm)."""
+    if cols % LANES:
+        raise UserError(f"bias: rows of {cols} elements do not split into {LANES}-lane steps")
+    return {"rows": rows, "cols": cols, **row_cores(rows)}
+
+
 def params(rows: int, cols: int) -> dict[str, int]:
     """Equal runs of whole vectors per column."""
     vectors = rows * cols // LANES
@@ -87,5 +133,6 @@ def _flops_per_element(count: int):
 
 
 ADD = Op("add", design_add, kernel, _flops_per_element(1))
+BIAS = Op("bias", design_bias, bias_kernel, _flops_per_element(1))
 # exp, add, reciprocal, two products per element
 SILU_MUL = Op("silu_mul", design_silu_mul, kernel, _flops_per_element(5))

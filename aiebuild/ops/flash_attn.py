@@ -21,9 +21,9 @@ columns * core_rows / group blocks per round; the kernel keeps these and its hea
 in the object in its state (initial values of the core's state buffer), so the
 core's loops stay loops.
 
-Core memory at BLOCK = 32, head_dim 64, 4 core rows: queries 16 KiB, [K; V]
-2 x 8 KiB, o 2 x 4 KiB, state 12.3 KiB (4 KiB of it the key block's K^T, built once
-per step for all the block's query strips) = 52.3 KiB of 64."""
+Core memory at head_dim 64 (32-row blocks; `block` keeps these bytes at 128), 4 core
+rows: queries 16 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB, state 12.3 KiB (4 KiB of it the
+key block's K^T, built once per step for all the block's query strips) = 52.3 KiB of 64."""
 
 from __future__ import annotations
 
@@ -51,20 +51,30 @@ from aiebuild.ops.common import (
 )
 from aierun.abi import BF16, ArgSpec, Launch
 
-BLOCK = 32  # query and key rows per block
+# Query and key rows per block: 32 at head_dim 64. A larger head dim takes fewer rows, so
+# that every block object (queries, [K; V], o) and the state keep the bytes of 32 x 64
+# and the core memory above: at head_dim 128 (Llama 3 3B/8B, Qwen3) 32-row blocks would
+# need 91 KiB of a core's 64 (queries 32, [K; V] 2 x 16, o 2 x 8, state 24.3 KiB).
+BLOCK_ELEMENTS = 32 * 64
+KEY_GROUP = 8  # flash_attn.cc MT: block rows come in whole mmul groups of 8 keys
+
+
+def block(head_dim: int) -> int:
+    """Rows per query and key block at this head dim."""
+    return BLOCK_ELEMENTS // head_dim
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    return kernel_object(
-        "flash_attn.cc", {"DH": launch.params["head_dim"], "BQ": BLOCK, "BK": BLOCK}
-    )
+    rows = block(launch.params["head_dim"])
+    return kernel_object("flash_attn.cc", {"DH": launch.params["head_dim"], "BQ": rows, "BK": rows})
 
 
 def initial_state(dim: int, first: int, step: int, head: int) -> np.ndarray:
     """flash_attn.cc's State: [K^T of the key block (bf16, two a word) | acc | max |
     sum | key block, query block, first query block, query block step, head in the
     queries object], the counters int32 in fp32 words."""
-    state = np.zeros(BLOCK * dim // 2 + BLOCK * dim + 2 * BLOCK + 5, np.float32)
+    rows = block(dim)
+    state = np.zeros(rows * dim // 2 + rows * dim + 2 * rows + 5, np.float32)
     state[-4:].view(np.int32)[:] = (first, first, step, head)
     return state
 
@@ -75,6 +85,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     p = launch.params
     heads, kv_heads, dim = p["heads"], p["kv_heads"], p["head_dim"]
     columns, rows = array(launch)
+    BLOCK = block(dim)  # noqa: N806 (the kernel's block rows, as the -D name)
     group, blocks = heads // kv_heads, tiles(p["S"], BLOCK, "S (the prefill bucket)")
     step = columns * rows // group  # query blocks per round
     rounds = tiles(blocks, step, "query blocks (per round of the array)")
@@ -143,7 +154,7 @@ def params(heads: int, kv_heads: int, head_dim: int, s: int) -> dict[str, int | 
     """Causal attention over `s` positions: the query heads of one KV group over core
     rows, successive query blocks over columns (core rows divide the group, whole
     groups per round, whole rounds per KV head)."""
-    group, blocks = heads // kv_heads, s // BLOCK
+    group, blocks = heads // kv_heads, s // block(head_dim)
     core_rows = largest_divisor(group, CORE_ROWS)
     fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
             and blocks % (c * core_rows // group) == 0]  # fmt: skip
@@ -171,7 +182,7 @@ def visible_share(launch: Launch) -> float:
     8 rounds of 8 over 64 blocks)."""
     p = launch.params
     columns, rows = array(launch)
-    group, blocks = p["heads"] // p["kv_heads"], p["S"] // BLOCK
+    group, blocks = p["heads"] // p["kv_heads"], p["S"] // block(p["head_dim"])
     step = columns * rows // group
     rounds = blocks // step
     return sum((r + 1) * step for r in range(rounds)) / (rounds * blocks)

@@ -76,6 +76,9 @@ class Device(ABC):
     # Artifact targets whose ELFs this device can execute.
     targets: tuple[str, ...]
 
+    def check_capacity(self, weight_elements: int) -> None:  # noqa: B027 (no limit by default)
+        """Refuse, before any weight is loaded, a model this device cannot hold."""
+
     @abstractmethod
     def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
         """A buffer for one argument. `bfp16_operand`: some launch reads this static

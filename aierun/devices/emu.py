@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from aierun import paths
-from aierun.abi import BF16, HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
+from aierun.abi import BF16, HOST_WRITTEN, QUANT_DTYPES, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
-from aierun.errors import DeviceError
-from aierun.ops import OPS, numerics
+from aierun.errors import DeviceError, UserError
+from aierun.ops import OPS, numerics, quant
 from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
 
@@ -180,14 +180,70 @@ class EmuBuffer(Buffer):
         self.written = True
 
 
+class QuantBuffer(Buffer):
+    """A weight in a GGUF block type: the device layout's bytes (aierun/ops/quant.py),
+    and its values decoded once when written (int8 quants, fp32 scales), which the
+    emulated GEMV reads: no fp32 image of the weight."""
+
+    def __init__(self, spec: ArgSpec, label: str):
+        super().__init__(spec, label)
+        self._host = np.zeros(spec.shape, np.uint8)
+        self._blocks: quant.Blocks | None = None
+
+    @property
+    def host(self) -> np.ndarray:
+        return self._host
+
+    def sync_to_device(self) -> None:
+        rows = self._host.reshape(-1, self._host.shape[-1])
+        tn, tk = quant.parse_layout(self.spec.layout)
+        self._blocks = quant.from_device(rows, self.spec.dtype, tn, tk)
+
+    def sync_from_device(self) -> None:
+        pass  # emulated DDR is host memory
+
+    def as_blocks(self) -> quant.Blocks:
+        assert self._blocks is not None, "read before written"
+        return self._blocks
+
+
+# Host memory the emulator holds per weight element: its fp32 image (EmuBuffer) and, for
+# the GEMM weights, the bf16 copy of their bfp16 conversion: 6 bytes (the LM head, read
+# by a GEMV only, takes 4; the estimate errs high by that).
+EMU_BYTES_PER_WEIGHT = 6
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class EmuDevice(Device):
     name = "emu"
     targets = ("emu", "npu2")  # an npu2 artifact carries its launch plan too
 
+    def check_capacity(self, weight_elements: int) -> None:
+        needed, available = weight_elements * EMU_BYTES_PER_WEIGHT, available_memory()
+        if available is not None and needed > available:
+            raise UserError(
+                f"the emu device holds each of this model's {weight_elements / 1e9:.2f} G "
+                f"weights as fp32 plus a bf16 GEMM operand: it needs about {needed / 1e9:.1f}"
+                f" GB of memory and {available / 1e9:.1f} GB is available. Run the model on "
+                "an NPU (--device npu), or on a machine with that much free memory."
+            )
+
     def __init__(self, bfp16_cache: Path | None = None) -> None:
         self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")
 
-    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> EmuBuffer:
+    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
+        if spec.dtype in QUANT_DTYPES:
+            return QuantBuffer(spec, label)
         return EmuBuffer(spec, label, bfp16_operand, self._cache)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
@@ -226,6 +282,8 @@ class EmuDevice(Device):
                 f"{operand.name!r} ({spec.arg(operand.name).role}, buffer {buffer.label}) "
                 "which nothing has written: the NPU would compute on stale memory here."
             )
+        if isinstance(buffer, QuantBuffer):
+            return buffer.as_blocks()  # read whole: only a GEMV's weight is quantized
         values = buffer.as_bfp16() if bfp16 else buffer.as_f32()  # type: ignore[attr-defined]
         return values if operand.index is None else values[operand.index]
 

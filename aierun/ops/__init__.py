@@ -27,4 +27,5 @@ OPS: dict[str, OpFn] = {
     "silu_mul": eltwise.silu_mul,
     "kv_store": kv_store.kv_store,
     "decode_attn": decode_attn.decode_attn,
+    "bias": eltwise.add,  # the row broadcasts over the rows, as the kernel adds it per row
 }

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from aierun import gguf_model
 from aierun.errors import UserError
 
 log = structlog.get_logger("aierun.verify.reference")
@@ -42,8 +43,9 @@ class Reference:
             raise UserError(f"reference dtype {dtype!r} is not a torch dtype (try bfloat16)")
         self._torch = torch
         self.dtype = dtype
+        location, options = gguf_model.transformers_location(Path(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype)
+            location, **options, dtype=getattr(torch, dtype)
         ).eval()
         log.info("reference.loaded", model=Path(model_dir).name, dtype=dtype)
 

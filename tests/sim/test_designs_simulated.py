@@ -30,11 +30,11 @@ SHAPE = ModelShape(
 BUCKET = 64
 
 
-def one_launch_specs() -> dict[str, ElfSpec]:
+def one_launch_specs(weights: str = "bf16") -> dict[str, ElfSpec]:
     """Each distinct launch of the model's ELFs as an ELF of its own: what it reads is
     an input, what it writes an output."""
     found: dict[str, ElfSpec] = {}
-    for spec in model_specs(SHAPE, (BUCKET,)):
+    for spec in model_specs(SHAPE, (BUCKET,), weights):
         for launch in spec.launches:
             reads = [parse_binding(b)[0] for b in launch.inputs]
             writes = [parse_binding(b)[0] for b in launch.outputs]
@@ -245,3 +245,35 @@ def test_decode_attn_walks_a_long_context_in_phases_and_reads_only_the_length(tm
     mutated.write_text(source.replace(cut, "s->length = 1 << 30;"))
     wrong = replace(obj, source=mutated)
     assert not within_flash_bound(spec, inputs, HostKernels([wrong]))
+
+
+def quantized_gemv_specs(weights: str) -> list[ElfSpec]:
+    """The decode GEMVs of the model's ELFs with weights of a GGUF block type."""
+    return [s for key, s in one_launch_specs(weights).items() if key.startswith("gemv-")]
+
+
+def quantized_inputs(spec: ElfSpec, weights: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random bf16 activations and a weight quantized by llama.cpp's reference (gguf)."""
+    import gguf
+
+    from aierun.ops.quant import quantized_weight
+
+    inputs = random_inputs(spec, seed)
+    w = next(a for a in spec.args if a.dtype == weights)
+    rows, k = int(np.prod(w.shape[:-1])), spec.launches[0].params["K"]
+    values = np.random.default_rng(seed + 1).standard_normal((rows, k), np.float32)
+    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[weights.upper()])
+    inputs[w.name] = quantized_weight(blocks, weights, w.layout, w.shape)
+    return inputs
+
+
+@pytest.mark.parametrize("weights", ["q4_0", "q4_1", "q8_0"])
+def test_quantized_gemv_kernel_is_bit_identical_to_emu(weights):
+    specs = quantized_gemv_specs(weights)
+    assert specs and all(any(a.dtype == weights for a in s.args) for s in specs)
+    for spec in specs:
+        inputs = quantized_inputs(spec, weights)
+        expected, ours = on_emu(spec, inputs), simulated(spec, inputs)
+        for name in expected:
+            diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
+            assert diff.nonfinite == 0 and diff.max_abs == 0, (spec.name, name, diff)

@@ -18,7 +18,7 @@ import pytest
 from aiebuild.ops import flash_attn as flash_attn_design
 from aiebuild.ops import gemm, gemv
 from aiebuild.ops.common import KERNELS_SRC, KernelObject, kernel_object
-from aiebuild.ops.flash_attn import BLOCK as ATTN_BLOCK
+from aiebuild.ops.flash_attn import block
 from aiebuild.sim import host_kernels
 from aiebuild.sim.dataflow import stream_order
 from aiebuild.sim.host_kernels import (
@@ -90,7 +90,7 @@ GEMM_BFP16 = {**GEMM, "MMA": "bfp16"}
 # One bfp16 block per output: the kernel's only fp32 rounding is in the store.
 GEMM_ONE_BLOCK = {"TM": 16, "TK": 8, "TN": 16, "MMA": "bfp16"}
 GEMV = {"K": 1024, "TN": gemv.TN, "TK": gemv.TK_MAX}  # aiebuild/ops/gemv.py
-FA = {"DH": 64, "BQ": ATTN_BLOCK, "BK": ATTN_BLOCK}  # aiebuild/ops/flash_attn.py
+FA = {"DH": 64, "BQ": block(64), "BK": block(64)}  # aiebuild/ops/flash_attn.py
 RMSNORM = {"E": 128, "EPS": 1e-5}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aierun import logs
+from aierun import gguf_model, logs
 from aierun.model import Checkpoint
 
 clock = time.perf_counter
@@ -69,8 +69,9 @@ def run_hf(checkpoint: Checkpoint, dtype_name: str, ids: list[int], decode: int)
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     start = clock()
+    location, options = gguf_model.transformers_location(checkpoint.path)
     model = AutoModelForCausalLM.from_pretrained(
-        checkpoint.path, dtype=dtype, attn_implementation="eager"
+        location, **options, dtype=dtype, attn_implementation="eager"
     ).eval()
     loaded = clock()
     with torch.inference_mode():
