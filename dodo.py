@@ -130,7 +130,7 @@ def task_simulate():
     from aiebuild.sim import run  # needs a C++ compiler only when it runs
 
     buckets = CONFIG.buckets if get_var("buckets", "") else run.DEFAULT_BUCKETS
-    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu")
+    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu", weights=CONFIG.weights)
     return {
         "actions": [(run.task_action, (config, get_var("elf", "")))],
         "task_dep": ["model"],
@@ -204,12 +204,14 @@ def task_bench():
 def task_calibrate():
     """The npu2 time model against the published NPU2 measurements, and the modeled
     Llama-3.2-1B ELFs at seq_len 2048 beside mlir-air's measured example (`doit calibrate mma=bf16`,
-    `doit calibrate json=PATH` to write the points)."""
+    `doit calibrate json=PATH` to write the points, weights=q4_0 for quantized decode)."""
     command = [sys.executable, "-m", "tools.calibrate", "--llama"]
     if get_var("json", None):
         command += ["--json", get_var("json", None)]
     if get_var("mma", None):
         command += ["--mma", get_var("mma", None)]
+    if get_var("weights", None):  # the decode GEMVs' weight type: weights=q4_0
+        command += ["--weights", get_var("weights", None)]
     return {
         "actions": [CmdAction(command, cwd=ROOT, shell=False)],
         "uptodate": [False],

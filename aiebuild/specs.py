@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiebuild import ops
-from aiebuild.ops import eltwise, gemm, gemv, kv_store, rmsnorm, rope
+from aiebuild.ops import decode_attn, eltwise, gemm, gemv, kv_store, rmsnorm, rope
 from aiebuild.ops import flash_attn as attention
 from aiebuild.ops.gemm import TILE
 from aierun.abi import (
     FLASH_ATTN,
+    KV_CACHE,
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ArgSpec,
@@ -29,6 +31,7 @@ from aierun.abi import (
 )
 from aierun.errors import UserError
 from aierun.model import ModelShape
+from aierun.ops.decode_attn import PAD
 
 DEFAULT_BUCKETS = (64, 256, 2048)
 LM_HEAD_PARTITIONS = 8
@@ -55,6 +58,14 @@ def _arg(
     **kw,
 ) -> ArgSpec:
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
+
+
+def _matrix(name: str, rows: int, k: int, source: str, weights: str, **kw) -> ArgSpec:
+    """A GEMV/GEMM weight [rows, k] in type `weights`: bf16, or a GGUF block type in
+    the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
+    shape = gemv.weight_shape(rows, k, weights)
+    layout = kw.pop("layout", gemv.weight_layout(k, weights))
+    return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
 
 
 def _elf(*fields) -> ElfSpec:
@@ -174,14 +185,16 @@ def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
     return args
 
 
-def _projection_args(shape: ModelShape, rows: int, rope_role: Role) -> list[ArgSpec]:
+def _projection_args(
+    shape: ModelShape, rows: int, rope_role: Role, weights: str = "bf16"
+) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
         _arg("x", (rows, e), IN, dtype=F32),
         _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
-        _arg("wq", (q, e), W, LAYER + "self_attn.q_proj.weight"),
-        _arg("wk", (kv, e), W, LAYER + "self_attn.k_proj.weight"),
-        _arg("wv", (kv, e), W, LAYER + "self_attn.v_proj.weight"),
+        _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", weights),
+        _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", weights),
+        _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", weights),
         _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None, F32),
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
@@ -207,10 +220,10 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
     )  # fmt: skip
 
 
-def rms_gemv_rope(shape: ModelShape) -> ElfSpec:
+def rms_gemv_rope(shape: ModelShape, weights: str = "bf16") -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, IN)),
+        tuple(_projection_args(shape, 1, IN, weights)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
 
@@ -243,16 +256,16 @@ def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
     ]
 
 
-def _o_ffn_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
+def _o_ffn_args(shape: ModelShape, rows: int, weights: str = "bf16") -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
-        _arg("wo", (e, shape.q_dim), W, LAYER + "self_attn.o_proj.weight"),
+        _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", weights),
         _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
-        _arg("w_gate", (f, e), W, LAYER + "mlp.gate_proj.weight"),
-        _arg("w_up", (f, e), W, LAYER + "mlp.up_proj.weight"),
-        _arg("w_down", (e, f), W, LAYER + "mlp.down_proj.weight"),
+        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", weights),
+        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", weights),
+        _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", weights),
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
@@ -267,9 +280,34 @@ def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
     return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
 
 
-def o_gemv_ffn(shape: ModelShape) -> ElfSpec:
-    launches = tuple(_o_ffn_launches(shape, 1, "gemv"))
-    return _elf(O_GEMV_FFN, "decode", 0, tuple(_o_ffn_args(shape, 1)), launches)
+def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
+    """Positions the device's KV cache holds by default: twice the longest prompt a
+    bucket takes (room to answer it), within the model's context."""
+    return min(2 * max(buckets), shape.max_positions)
+
+
+def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
+    """One layer's device-resident KV cache: keys then values, per KV head, in bf16:
+    the projections write K and V as bf16, so a wider cache would hold the same values
+    in twice the DDR bytes the decode attention streams every step."""
+    return (2, shape.n_kv_heads, context, shape.head_dim)
+
+
+def o_gemv_ffn(shape: ModelShape, context: int, weights: str = "bf16") -> ElfSpec:
+    """Decode attention over the device's KV cache (which the host appended this
+    position's K/V to), then the O projection and the FFN: attention goes here, not
+    into rms_gemv_rope, because the position's K/V must be in the cache first."""
+    group = shape.n_heads // shape.n_kv_heads
+    params = decode_attn.params(shape.n_heads, shape.n_kv_heads, shape.head_dim, context)
+    attend = Launch("decode_attn", params, ("query", KV_CACHE), ("attn_out",), "GQA decode")
+    args = (
+        _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
+        _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
+        _arg("attn_out", (1, shape.q_dim), MID),
+        *(arg for arg in _o_ffn_args(shape, 1, weights) if arg.name != "attn_out"),
+    )
+    launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
+    return _elf(O_GEMV_FFN, "decode", 0, args, launches)
 
 
 def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int:
@@ -278,7 +316,9 @@ def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int
     return -(-per_partition // TILE) * TILE
 
 
-def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> ElfSpec:
+def lm_head_gemv(
+    shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS, weights: str = "bf16"
+) -> ElfSpec:
     """One GEMV over the partitioned rows (w_lm is [P, rows, E], contiguous): one
     launch spreads them over every column's shim channels, with no reconfiguration
     between partitions."""
@@ -286,7 +326,15 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
     args = (
         _arg("x", (1, e), IN),
-        _arg("w_lm", (partitions, rows, e), W, source, layout="partitioned_rows"),
+        _matrix(
+            "w_lm",
+            rows,
+            e,
+            source,
+            weights,
+            lead=(partitions,),
+            layout="partitioned_rows" if weights == "bf16" else gemv.weight_layout(e, weights),
+        ),
         _arg("logits", (partitions, rows), OUT, dtype=F32),
     )
     launch = Launch("gemv", gemv.params(1, e, partitions * rows), ("x", "w_lm"), ("logits",),
@@ -294,8 +342,20 @@ def lm_head_gemv(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> Elf
     return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
-def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> list[ElfSpec]:
-    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode."""
+WEIGHT_TYPES = ("bf16", *QUANT_DTYPES)
+
+
+def model_specs(
+    shape: ModelShape,
+    buckets: Iterable[int] = DEFAULT_BUCKETS,
+    weights: str = "bf16",
+    context: int | None = None,
+) -> list[ElfSpec]:
+    """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode,
+    whose KV cache holds `context` positions (default: decode_context). `weights`: the
+    decode GEMVs' weight type (the prefill GEMMs read bf16 so far)."""
+    if weights not in WEIGHT_TYPES:
+        raise UserError(f"weights={weights} is none of {', '.join(WEIGHT_TYPES)}")
     check_tileable(shape)
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
@@ -309,4 +369,6 @@ def model_specs(shape: ModelShape, buckets: Iterable[int] = DEFAULT_BUCKETS) -> 
     specs = []
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
-    return specs + [rms_gemv_rope(shape), o_gemv_ffn(shape), lm_head_gemv(shape)]
+    context = decode_context(shape, buckets) if context is None else context
+    decode = [rms_gemv_rope(shape, weights), o_gemv_ffn(shape, context, weights)]
+    return specs + [*decode, lm_head_gemv(shape, weights=weights)]

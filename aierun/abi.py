@@ -21,7 +21,13 @@ import ml_dtypes
 import numpy as np
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-DTYPES: dict[str, np.dtype] = {"bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32)}
+# GGUF block-quantized weights are bytes of the device layout (aierun/ops/quant.py): an
+# argument of such a type is [rows, bytes per row] of uint8.
+QUANT_DTYPES = ("q4_0", "q4_1", "q8_0")
+DTYPES: dict[str, np.dtype] = {
+    "bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32),
+    **dict.fromkeys(QUANT_DTYPES, np.dtype(np.uint8)),
+}  # fmt: skip
 
 
 class Role(StrEnum):
@@ -40,6 +46,8 @@ class Role(StrEnum):
 # gives them and the runtime calls them by: prefill ELFs per bucket, then decode's.
 RMS_GEMMS_ROPE, FLASH_ATTN, O_FFN = "rms_gemms_rope", "flash_attn", "o_ffn"
 RMS_GEMV_ROPE, O_GEMV_FFN, LM_HEAD_GEMV = "rms_gemv_rope", "o_gemv_ffn", "lm_head_gemv"
+# The decode ELF's argument the host binds to its device-resident KV cache of a layer.
+KV_CACHE = "kv_cache"
 
 HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
 HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from aierun import ARTIFACT_SCHEMA, OLDER_SCHEMA
-from aierun.abi import ElfSpec
+from aierun.abi import KV_CACHE, ElfSpec
 from aierun.errors import UserError
 from aierun.files import process_alive, sha256_file, write_json_atomic
 from aierun.model import ModelShape
@@ -137,8 +137,8 @@ def _check_sizes(spec: ElfSpec, shape: ModelShape, plan: Path) -> None:
     """Refuse, before anything is allocated from it, a plan whose bucket or buffers are
     larger than its model can need: a bundle must not make the runtime allocate what it
     likes. No argument of one call holds more than a bucket's rows (one for decode) of
-    the model's widest row (its vocabulary, padded to whole tiles per partition), and no
-    weight more than the largest tensor."""
+    the model's widest row (its vocabulary, padded to whole tiles per partition), no
+    weight more than the largest tensor, and the KV cache no more than the context's."""
     if not 0 <= spec.bucket <= shape.max_positions:
         raise ArtifactError(f"{plan}: bucket {spec.bucket} exceeds the model's "
                             f"{shape.max_positions} positions: {REBUILD}.")  # fmt: skip
@@ -147,6 +147,8 @@ def _check_sizes(spec: ElfSpec, shape: ModelShape, plan: Path) -> None:
     for arg in spec.args:
         elements = math.prod(arg.shape)
         limit = largest_weight if arg.source else max(spec.bucket, 1) * widest
+        if arg.name == KV_CACHE:  # K and V of the model's whole context, at most
+            limit = 2 * shape.kv_dim * shape.max_positions
         if elements > limit:
             raise ArtifactError(
                 f"{plan}: argument {arg.name!r} declares {list(arg.shape)} ({elements} "

@@ -28,8 +28,8 @@ from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
 
 OUTPUT_SLOTS = 2
-# (source name with the layer filled in, layout, shape) -> host array to preload
-SourceResolver = Callable[[str, str, tuple[int, ...]], np.ndarray]
+# (source name with the layer filled in, layout, shape, dtype) -> host array to preload
+SourceResolver = Callable[[str, str, tuple[int, ...], str], np.ndarray]
 
 
 class BindingError(UserError):
@@ -119,7 +119,7 @@ class BufferManager:
         return nbytes
 
     def _resolved(self, spec: ElfSpec, arg: ArgSpec, source: str) -> np.ndarray:
-        array = self.resolve_source(source, arg.layout, arg.shape)
+        array = self.resolve_source(source, arg.layout, arg.shape, arg.dtype)
         _check(spec, arg, array.shape, array.dtype)
         return array
 

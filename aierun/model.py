@@ -366,8 +366,13 @@ class Checkpoint:
         """A weight matrix as GGUF blocks of `qtype` (Q4_0, Q4_1, Q8_0), uint8
         [rows, bytes per row]: the file's own blocks when it stores that type, else the
         tensor quantized with llama.cpp's reference numerics (the gguf package)."""
+        qtype = qtype.upper()  # the build's weights= spelling is lowercase
         if qtype not in QUANT_TYPES:
-            raise UserError(f"weight type {qtype!r}: the kernels read {', '.join(QUANT_TYPES)}")
+            raise UserError(
+                f"tensor {name!r} is wanted in type {qtype}, which the NPU kernels do not "
+                f"read: requantize the model with llama.cpp to {', '.join(QUANT_TYPES)}, or "
+                "compile with weights=bf16."
+            )
         entry = self._index[self._resolve_tied(name)]
         if isinstance(entry, gguf_model.GgufTensor) and entry.type == qtype:
             return entry.blocks()

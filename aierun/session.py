@@ -22,9 +22,11 @@ from aierun import logs, paths
 from aierun.abi import (
     BF16,
     FLASH_ATTN,
+    KV_CACHE,
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
+    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ElfSpec,
@@ -37,11 +39,13 @@ from aierun.devices import open_device
 from aierun.devices.base import Buffer, Device
 from aierun.errors import UserError
 from aierun.host.embedding import EmbeddingTable, pad_prompt
-from aierun.host.kv_cache import KVCache, decode_attention
+from aierun.host.kv_cache import KVCache
 from aierun.host.norm import final_norm
 from aierun.host.prefix_slots import PrefixSlots, common_prefix
 from aierun.host.sampling import GREEDY, Sampling, sample
 from aierun.model import Checkpoint, resolve_model, rope_table, tensor_shapes
+from aierun.ops.decode_attn import query_rows
+from aierun.ops.quant import quantized_weight
 from aierun.profiling import flow
 from aierun.profiling.recorder import KernelCall, Profiler, clock
 from aierun.registry import Reference, open_pulled
@@ -61,11 +65,6 @@ class CallObserver(Protocol):
     def before_run(self, spec: ElfSpec, buffers: dict[str, Buffer]) -> None: ...
 
     def after_run(self, spec: ElfSpec, buffers: dict[str, Buffer]) -> None: ...
-
-
-# Positions the KV cache made at prepare holds after any prompt (whose own positions
-# stay in the prefill ELF's cache buffers): decoding this many tokens never grows it.
-DECODE_HEADROOM = 256
 
 
 class Session:
@@ -97,7 +96,7 @@ class Session:
         self._embed: EmbeddingTable | None = None  # read into memory at prepare
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
         self._pad_id = _pad_token(checkpoint.config)
-        self.kv = KVCache(self.shape.n_layers, self.shape.n_kv_heads, self.shape.head_dim, 0)
+        self.kv: KVCache | None = None  # the device's KV cache, allocated at prepare
         self.position = 0
         # The tokens whose K/V the cache holds, at positions [0, position): what a later
         # prompt may share (prefix reuse, `generate(..., reuse=True)`).
@@ -125,9 +124,15 @@ class Session:
     # -- prepare -------------------------------------------------------------
     @property
     def kv_bytes_per_position(self) -> int:
-        """Host memory one cached position takes: fp32 K and V of every layer."""
-        shape = self.shape
-        return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 4
+        """Memory one cached position takes: K and V of every layer, in the cache's dtype."""
+        shape, itemsize = self.shape, self.spec(O_GEMV_FFN).arg(KV_CACHE).np_dtype.itemsize
+        return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * itemsize
+
+    @property
+    def context(self) -> int:
+        """Positions a generation may take: the model's context, within what the
+        decode ELF's KV cache was compiled to hold."""
+        return min(self.shape.max_positions, self.spec(O_GEMV_FFN).arg(KV_CACHE).shape[2])
 
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
@@ -145,7 +150,9 @@ class Session:
                 )
             self.buffers.preload((spec for spec, _ in self._elfs.values()), layers)
             self._embed = EmbeddingTable(self.checkpoint.tensor("model.embed_tokens.weight"))
-            self.kv.grow(min(DECODE_HEADROOM, self.shape.max_positions))
+            self.kv = KVCache.allocate(
+                self.device, self.spec(O_GEMV_FFN).arg(KV_CACHE), self.shape.n_layers
+            )
             for spec, _ in reversed(self._elfs.values()):  # every generation calls these
                 if not spec.bucket:
                     self._warm_up(spec)
@@ -182,9 +189,13 @@ class Session:
         self.device.stage(handle, spec, buffers)
         self.device.run(handle, spec, buffers)
 
-    def _weight_source(self, source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    def _weight_source(
+        self, source: str, layout: str, shape: tuple[int, ...], dtype: str
+    ) -> np.ndarray:
         if source == "rope":
             return self._rope[: shape[0]]
+        if dtype in QUANT_DTYPES:
+            return quantized_weight(self.checkpoint.blocks(source, dtype), dtype, layout, shape)
         tensor = self.checkpoint.tensor(source)
         if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
             padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)
@@ -295,8 +306,6 @@ class Session:
                     x = self._prefill_layer(layer, bucket, n, x)
                 if on_layer is not None:
                     on_layer(layer, x.read_rows(0, n).copy())
-        # Room for the positions the caller will reach (`capacity`: prompt and decode).
-        self.kv.grow(min(max(capacity, n + 1), self.shape.max_positions))
         logits = self._logits(x, row=n - 1)
         self.tokens, self.position = list(ids), n
         self._prefill_s[bucket] = clock() - start
@@ -316,10 +325,8 @@ class Session:
         if shared == 0 or not self._decode_pays(len(ids) - shared, len(ids)):
             return None
         self.last_reused = shared
-        self.kv.truncate(shared)
-        del self.tokens[shared:]
+        del self.tokens[shared:]  # the cache's later positions are stored before read
         self.position = shared
-        self.kv.grow(min(max(capacity, len(ids) + 1), self.shape.max_positions))
         for token in ids[shared:]:
             logits = self._decode(token)
         return logits
@@ -336,7 +343,8 @@ class Session:
         if slot is None or usable <= held or not self._decode_pays(len(ids) - usable, len(ids)):
             return
         slots.take(slot)
-        self.kv, self.tokens, self.position = slot.kv, list(slot.tokens), len(slot.tokens)
+        self.kv.restore(slot.kv)
+        self.tokens, self.position = list(slot.tokens), len(slot.tokens)
         log.debug("prefix.slot", tokens=len(slot.tokens), shared=shared, kept=len(slots))
 
     def _decode_pays(self, steps: int, n: int) -> bool:
@@ -362,7 +370,7 @@ class Session:
     def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
         s = f".s{bucket}"
         proj = self.call(RMS_GEMMS_ROPE + s, layer, read=("k_cache", "v_cache"), x=x)
-        # Its kv_store launch wrote K/V as the cache decode reads: the host keeps views.
+        # Its kv_store launch wrote K/V per head in fp32: copied into the decode cache.
         with self.profiler.cpu(flow.KV_CACHE_EXTRACT, layer):
             self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)
         attn = self.call(
@@ -380,10 +388,8 @@ class Session:
 
     def _decode(self, token: int) -> np.ndarray:
         pos, prof, start = self.position, self.profiler, clock()
-        if pos >= self.shape.max_positions:
-            raise UserError(f"the context is full ({self.shape.max_positions} positions)")
-        if pos >= self.kv.capacity:
-            self.kv.grow(min(max(2 * self.kv.capacity, 64), self.shape.max_positions))
+        if pos >= self.context:
+            raise UserError(f"the context is full ({self.context} positions)")
         with prof.cpu(flow.EMBED_LOOKUP):
             x = self._embedded(RMS_GEMV_ROPE, np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
@@ -401,11 +407,15 @@ class Session:
 
     def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
         proj = self.call(RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row)
-        with self.profiler.cpu(flow.DECODE_ATTENTION, layer):  # appends this K/V, then attends
-            attn_out = decode_attention(
-                self.kv, layer, pos, proj["q_roped"].host, proj["k_roped"].host, proj["v"].host
-            )
-        return self.call(O_GEMV_FFN, layer, attn_out=attn_out, x=proj["x"])["y"]
+        # The host appends this position's K/V to the device's cache and hands the
+        # attention its query rows and length; the attention runs in o_gemv_ffn.
+        with self.profiler.cpu(flow.KV_APPEND, layer):
+            self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
+            query = self.buffers.input_buffer(self.spec(O_GEMV_FFN), "query")
+            heads = self.shape.n_kv_heads
+            query.write_with(lambda rows: query_rows(proj["q_roped"].host, heads, pos + 1, rows))
+        kv = self.kv.buffers[layer]
+        return self.call(O_GEMV_FFN, layer, query=query, kv_cache=kv, x=proj["x"])["y"]
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
@@ -470,15 +480,25 @@ class Session:
     def _check_context(self, prompt: int, n_tokens: int) -> None:
         """Refuse before any work a generation the context cannot hold: the prompt and
         every new token but the last (which is produced, never fed back) take a position."""
-        most = self.shape.max_positions
+        most = self.context
         if prompt + n_tokens - 1 > most:
             room = most - prompt + 1
             advice = f"ask for {room} tokens or fewer" if room > 0 else "shorten the prompt"
             raise UserError(
                 f"the prompt's {prompt} tokens and {n_tokens} new ones need "
-                f"{prompt + n_tokens - 1} positions; the model's context is {most} "
-                f"(max_position_embeddings): {advice}"
+                f"{prompt + n_tokens - 1} positions; the context is {most} "
+                f"({self._context_limit()}): {advice}"
             )
+
+    def _context_limit(self) -> str:
+        """What sets the context: the model's max_position_embeddings or, below it,
+        the positions the compiled KV cache holds."""
+        if self.context == self.shape.max_positions:
+            return "max_position_embeddings"
+        return (
+            f"the KV cache the decode ELF was compiled with; the model's "
+            f"max_position_embeddings is {self.shape.max_positions}"
+        )
 
     def _choose(
         self,

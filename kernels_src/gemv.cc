@@ -6,9 +6,17 @@
 // core's k loop is a loop, not K / TK unrolled calls. Every load is a 512-bit vector
 // (32 bf16 of w or x, 16 fp32 of the state); a row's lanes are reduced once, on the
 // block's last call, which writes y (bf16, or fp32 for the LM head logits).
+// -D AIEK_WFMT=<0 bf16 | 1 q4_0 | 2 q4_1 | 3 q8_0> the weights' format (aierun/ops/quant.py
+// WFMT): a quantized w tile is one record of the device layout (aierun/ops/quant.py), the
+// step's TN rows of quants, then their fp32 block scales (and q4_1's minimums); each
+// block of 32 adds d * (x * q) (and m * x) to the row's lane sums, exactly as the
+// emulation does. Entry points gemv_<bf16|q4_0|q4_1|q8_0>_<K>x<TN>x<TK>_<bf16|f32>.
 // Relies on (S) for the per-row reduction order, (R) for the bf16 variant's rounding.
 #include "aie_kernel_common.h"
 
+#ifndef AIEK_WFMT
+#define AIEK_WFMT 0
+#endif
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_K, x, AIEK_TN, x, AIEK_TK)
 static constexpr int LANES = 32;   // bf16 per 512-bit load
 static constexpr int HALF = 16;    // fp32 per 512-bit load
@@ -24,6 +32,9 @@ struct State {
 static_assert(sizeof(State) == (AIEK_TN * (LANES + 1) + 1) * sizeof(float),
               "State must match the design");
 
+#if AIEK_WFMT == 0
+#define AIEK_FMT bf16
+using w_t = bfloat16;
 static inline void accumulate(const bfloat16 *x, const bfloat16 *w, State *s) {
   const bfloat16 *xt = x + s->k_tile * AIEK_TK;
   const bool first = s->k_tile == 0;
@@ -35,6 +46,58 @@ static inline void accumulate(const bfloat16 *x, const bfloat16 *w, State *s) {
     aie::store_v(s->partial[n], acc.to_vector<float>());
   }
 }
+#else
+using w_t = std::uint8_t;  // one record of the device layout
+static constexpr int BLOCK = 32;  // values per GGUF block: one vector of lanes
+static constexpr int BLOCKS = AIEK_TK / BLOCK;
+static_assert(LANES == BLOCK, "a block is one vector of lane sums");
+#if AIEK_WFMT == 3
+#define AIEK_FMT q8_0
+static constexpr int BITS = 8;
+// q8_0: 32 int8 quants, widened to bf16 exactly.
+static inline aie::vector<bfloat16, BLOCK> quants(const std::uint8_t *q) {
+  return aie::to_float<bfloat16>(aie::load_v<BLOCK>(reinterpret_cast<const int8 *>(q)), 0);
+}
+#else
+static constexpr int BITS = 4;
+// q4_0 keeps q - 8 as int4, q4_1 q as uint4: unpacked to 8 bits, then widened to bf16.
+#if AIEK_WFMT == 1
+#define AIEK_FMT q4_0
+using nibble_t = int4;
+#else
+#define AIEK_FMT q4_1
+using nibble_t = uint4;
+#endif
+static inline aie::vector<bfloat16, BLOCK> quants(const std::uint8_t *q) {
+  return aie::to_float<bfloat16>(
+      aie::unpack(aie::load_v<BLOCK>(reinterpret_cast<const nibble_t *>(q))), 0);
+}
+#endif
+static constexpr int ROW_BYTES = AIEK_TK * BITS / 8;  // one row's quants in the record
+static constexpr int QUANT_BYTES = AIEK_TN * ROW_BYTES;
+
+static inline void accumulate(const bfloat16 *x, const std::uint8_t *w, State *s) {
+  const bfloat16 *xt = x + s->k_tile * AIEK_TK;
+  const float *d = reinterpret_cast<const float *>(w + QUANT_BYTES);  // [TN][BLOCKS]
+  const bool first = s->k_tile == 0;
+  for (int n = 0; n < AIEK_TN; ++n) {
+    aie::accum<accfloat, LANES> acc = aie::zeros<accfloat, LANES>();
+    if (!first) acc.from_vector(aie::load_v<LANES>(s->partial[n]));
+    for (int b = 0; b < BLOCKS; ++b) {
+      const aie::vector<bfloat16, BLOCK> xb = aie::load_v<BLOCK>(xt + b * BLOCK);
+      // x * q is exact in fp32; d * (x * q) too for 4-bit q (aierun/ops/quant.py).
+      const aie::accum<accfloat, BLOCK> xq =
+          aie::mul(quants(w + n * ROW_BYTES + b * BLOCK * BITS / 8), xb);
+      acc = aie::mac(acc, xq.to_vector<float>(), d[n * BLOCKS + b]);
+#if AIEK_WFMT == 2
+      const float *m = d + AIEK_TN * BLOCKS;  // q4_1's block minimums, after the scales
+      acc = aie::mac(acc, aie::accum<accfloat, BLOCK>(xb).to_vector<float>(), m[n * BLOCKS + b]);
+#endif
+    }
+    aie::store_v(s->partial[n], acc.to_vector<float>());
+  }
+}
+#endif
 
 template <typename out_t>
 static inline void finish(out_t *y, State *s) {
@@ -46,16 +109,14 @@ static inline void finish(out_t *y, State *s) {
   for (int n = 0; n < AIEK_TN; n += HALF) store_as<HALF>(y + n, aie::load_v<HALF>(s->sums + n));
 }
 
-extern "C" void AIEK_CAT(AIEK_CAT(gemv_bf16_, AIEK_SUFFIX), _bf16)(const bfloat16 *x,
-                                                                   const bfloat16 *w,
-                                                                   bfloat16 *y, State *s) {
+#define AIEK_ENTRY(out) AIEK_CAT(AIEK_CAT(AIEK_CAT(AIEK_CAT(gemv_, AIEK_FMT), _), AIEK_SUFFIX), out)
+
+extern "C" void AIEK_ENTRY(_bf16)(const bfloat16 *x, const w_t *w, bfloat16 *y, State *s) {
   accumulate(x, w, s);
   finish(y, s);
 }
 
-extern "C" void AIEK_CAT(AIEK_CAT(gemv_bf16_, AIEK_SUFFIX), _f32)(const bfloat16 *x,
-                                                                  const bfloat16 *w, float *y,
-                                                                  State *s) {
+extern "C" void AIEK_ENTRY(_f32)(const bfloat16 *x, const w_t *w, float *y, State *s) {
   accumulate(x, w, s);
   finish(y, s);
 }

@@ -10,10 +10,14 @@ from aierun.verify.gate import _answer
 
 
 def test_more_new_tokens_than_the_context_holds_is_refused_before_any_work(session):
-    most = session.shape.max_positions
+    # The test build's KV cache holds twice its largest bucket, less than the model's
+    # context: that is the limit, and the message says both.
+    most = session.context
+    assert most == 2 * session.artifacts.buckets[-1] < session.shape.max_positions
     ids = session.checkpoint.encode_prompt("Hi")
     held = (list(session.tokens), session.position)
-    with pytest.raises(UserError, match=rf"need {len(ids) + 100_000 - 1} positions; .* {most}"):
+    limit = rf"the context is {most} \(the KV cache .* max_position_embeddings is "
+    with pytest.raises(UserError, match=rf"need {len(ids) + 100_000 - 1} positions; {limit}"):
         next(session.generate(ids, 100_000))
     assert (session.tokens, session.position) == held  # nothing was prefilled
     # Exactly the context: the prompt and every new token but the last take a position.

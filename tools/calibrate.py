@@ -186,12 +186,13 @@ def with_mma(spec: ElfSpec, mma: str | None) -> ElfSpec:
 
 
 def llama_rows(
-    seq_len: int = 2048, mma: str | None = None
+    seq_len: int = 2048, mma: str | None = None, weights: str = "bf16"
 ) -> tuple[list[tuple[str, ...]], dict[str, float], dict[str, float]]:
     """Per ELF of Llama-3.2-1B at `seq_len`: modeled, the seed's measured, the floor
     (aierun/profiling/roofline.py) and what bounds the slowest launch; and the per-phase
     sums at the turbo and at the nominal clock.
-    `mma` overrides the GEMMs' matmul mode (bf16 or bfp16) to compare the two."""
+    `mma` overrides the GEMMs' matmul mode (bf16 or bfp16) to compare the two;
+    `weights` is the decode GEMVs' weight type (aiebuild/specs.py WEIGHT_TYPES)."""
     from aiebuild.specs import model_specs
     from aierun.model import ModelShape
     from aierun.profiling.roofline import NPU2_RATES, elf_cost
@@ -199,7 +200,9 @@ def llama_rows(
 
     shape = ModelShape.from_config(LLAMA_3_2_1B)
     rows, modeled, nominal = [], {}, {}
-    for spec in model_specs(shape, [seq_len]):
+    for spec in model_specs(
+        shape, [seq_len], weights, context=seq_len
+    ):  # decode at the 2048th position
         spec = with_mma(spec, mma)
         elf = placed.elf_time(spec)
         modeled[spec.name], nominal[spec.name] = elf.ms, elf.at_nominal_ms
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama", action="store_true", help="also model Llama-3.2-1B")
     parser.add_argument("--mma", choices=("bf16", "bfp16"), help="the GEMMs' matmul mode")
+    parser.add_argument("--weights", default="bf16", help="the decode GEMVs' weight type")
     parser.add_argument("--json", type=Path, help="write the points to this file")
     args = parser.parse_args(argv)
     rows = calibration()
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(calibration_json(rows), indent=2) + "\n")
     if args.llama:
-        table, phases, nominal = llama_rows(mma=args.mma)
+        table, phases, nominal = llama_rows(mma=args.mma, weights=args.weights)
         columns = ("ELF", "modeled ms", "seed ms", "floor ms", "modeled / floor", "bound")
         print()
         print(markdown(columns, table))

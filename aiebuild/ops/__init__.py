@@ -31,7 +31,17 @@ import dataclasses
 from pathlib import Path
 
 from aiebuild.array import iron_record
-from aiebuild.ops import common, eltwise, flash_attn, gemm, gemv, kv_store, rmsnorm, rope
+from aiebuild.ops import (
+    common,
+    decode_attn,
+    eltwise,
+    flash_attn,
+    gemm,
+    gemv,
+    kv_store,
+    rmsnorm,
+    rope,
+)
 from aiebuild.ops.common import KernelObject, Op
 from aiebuild.sim.compare import Tolerance
 from aierun.abi import ArgSpec, ElfSpec, Launch, parse_binding
@@ -42,7 +52,7 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         rmsnorm.OP, gemm.OP, gemv.OP, rope.OP, flash_attn.OP, eltwise.ADD, eltwise.SILU_MUL,
-        kv_store.OP, eltwise.BIAS,
+        kv_store.OP, decode_attn.OP, eltwise.BIAS,
     )
 }  # fmt: skip
 

@@ -13,7 +13,14 @@ state buffer that also counts the k tiles, so the core's k loop stays a loop), r
 each row once and writes it as bf16 or, for the LM head logits, fp32 (the output
 argument's dtype). A step's rows are TK = 256 bf16, 512 B: whole shim bursts.
 A run longer than the 64 iterations a shim pattern allows is moved in several
-phases. Core memory at K = 8192: x 16 KiB, w 2 x 8 KiB, state 2.1 KiB, y < 1 KiB."""
+phases. Core memory at K = 8192: x 16 KiB, w 2 x 8 KiB, state 2.1 KiB, y < 1 KiB.
+
+Weights in a GGUF block type (the w argument's dtype q4_0, q4_1 or q8_0) are preloaded
+in the layout of aierun/ops/quant.py: one record per (TN-row block, k step) holding
+the step's quants and then its fp32 block scales, so a core step is one contiguous
+run of whole 512-B bursts (q4_0 2560 B, q4_1 3072 B, q8_0 4608 B at TK = 256) and a
+stream's run of blocks is one linear transfer. The core dequantizes each block of 32
+as it multiplies (kernels_src/gemv.cc AIEK_WFMT)."""
 
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from aiebuild.ops.common import (
 )
 from aiebuild.ops.gemm import flops
 from aierun.abi import BF16, ArgSpec, Launch
+from aierun.ops import quant
 
 TN = 16  # output rows per core step
 # Columns of w per core step: 256 bf16 = 512 B, the longest shim burst on npu2, so each
@@ -64,15 +72,34 @@ def state_floats() -> int:
     return TN * (LANES + 1) + 1
 
 
+def weight_layout(k: int, dtype: str) -> str:
+    """The ArgSpec layout of a GEMV weight of this type (rows as the checkpoint's for
+    bf16, the records of aierun/ops/quant.py for a block type)."""
+    return "rowmajor" if dtype == "bf16" else quant.layout(TN, tk(k))
+
+
+def weight_shape(rows: int, k: int, dtype: str) -> tuple[int, int]:
+    """A weight argument's shape: [rows, K] bf16, or [rows, bytes per row] of blocks."""
+    return (rows, k) if dtype == "bf16" else (rows, quant.device_row_bytes(dtype, k))
+
+
+def record_bytes(k: int, dtype: str) -> int:
+    """Bytes of w one core step reads (a TN x TK tile)."""
+    if dtype == "bf16":
+        return TN * tk(k) * BF16.itemsize
+    return TN * quant.device_row_bytes(dtype, tk(k))
+
+
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     k = launch.params["K"]
-    return kernel_object("gemv.cc", {"K": k, "TN": TN, "TK": tk(k)})
+    params = {"K": k, "TN": TN, "TK": tk(k), "WFMT": quant.WFMT[args[1].dtype]}
+    return kernel_object("gemv.cc", params)
 
 
-def symbol(launch: Launch, out_dtype: str) -> str:
+def symbol(launch: Launch, w_dtype: str, out_dtype: str) -> str:
     """The object has a bf16-output and an fp32-output entry point (LM head logits)."""
     k = launch.params["K"]
-    return f"gemv_bf16_{k}x{TN}x{tk(k)}_{out_dtype}"
+    return f"gemv_{w_dtype}_{k}x{TN}x{tk(k)}_{out_dtype}"
 
 
 def stream_cores(columns: int, blocks: int) -> list[tuple[int, int]]:
@@ -99,10 +126,12 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     k_tiles, blocks = tiles(k, TK, "K"), tiles(n, TN, "N")
     cores = stream_cores(columns, blocks)
     stream_runs = runs(blocks, len(cores))
-    x_ty, w_ty = tensor((k,), BF16), tensor((TN, TK), BF16)
+    record = record_bytes(k, w.dtype)
+    x_ty = tensor((k,), BF16)
+    w_ty = tensor((TN, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
     y_ty = tensor((TN,), y.np_dtype)
     state_ty = tensor((state_floats(),), np.dtype(np.float32))
-    gemv = lib.Kernel(symbol(launch, y.dtype), kernel(launch, args).name,
+    gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), kernel(launch, args).name,
                       [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
     x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
     w_in = [lib.ObjectFifo(w_ty, name=f"w{s}") for s in range(len(cores))]
@@ -139,6 +168,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         return moves + [None] * (phases - len(moves))
 
     def w_tap(piece: range) -> Any:
+        if w.dtype != "bf16":  # the records of a run lie one after another
+            at, run = w_at + piece.start * k_tiles * record, k_tiles * record
+            return tap(w.shape, at, [1, len(piece), k_tiles, record], [0, run, record, 1])
         return tap(w.shape, w_at + piece.start * TN * k, [len(piece), k_tiles, TN, TK],
                    [TN * k, TK, k, 1])  # fmt: skip
 

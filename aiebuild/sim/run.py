@@ -193,7 +193,8 @@ def simulate(config: BuildConfig, elf_filter: str = "") -> list[ElfResult]:
     selected ELF through the model."""
     model = config.model_dir()
     # A build home of its own: the user's emu manifest (other buckets) stays as it is.
-    own = BuildConfig(config.home / "simulate" / "emu", str(model), config.buckets, "emu")
+    own = BuildConfig(config.home / "simulate" / "emu", str(model), config.buckets, "emu",
+                      weights=config.weights)  # fmt: skip
     manifest = compile_all(own)
     checkpoint = Checkpoint(model)
     captured = capture_calls(checkpoint, manifest)

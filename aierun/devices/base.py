@@ -65,6 +65,11 @@ class Buffer(ABC):
         """Sync `nbytes` at byte `offset` back; devices that cannot do less sync all."""
         self.sync_from_device()
 
+    def sync_range_to_device(self, offset: int, nbytes: int) -> None:
+        """Push `nbytes` at byte `offset` (written in place through `host`) to the
+        device; devices that cannot do less push all."""
+        self.sync_to_device()
+
 
 class Device(ABC):
     name: str

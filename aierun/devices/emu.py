@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from aierun import paths
-from aierun.abi import BF16, HOST_WRITTEN, ArgSpec, ElfSpec, Role, parse_binding
+from aierun.abi import BF16, HOST_WRITTEN, QUANT_DTYPES, ArgSpec, ElfSpec, Role, parse_binding
 from aierun.devices.base import Buffer, Device
 from aierun.errors import DeviceError, UserError
-from aierun.ops import OPS, numerics
+from aierun.ops import OPS, numerics, quant
 from aierun.ops.numerics import Bfp16Operand, to_bf16, to_bfp16
 
 
@@ -136,6 +136,19 @@ class EmuBuffer(Buffer):
     def sync_from_device(self) -> None:
         pass  # emulated DDR is host memory
 
+    def sync_range_to_device(self, offset: int, nbytes: int) -> None:
+        """Refresh only that range of a current fp32 image: appending a position to the
+        KV cache then converts one row, not the whole cache, per step."""
+        if self._static or self._f32 is self._host or self._f32_version != self._version:
+            self.sync_to_device()
+            return
+        itemsize = self.spec.np_dtype.itemsize
+        rows = slice(offset // itemsize, (offset + nbytes) // itemsize)
+        self._f32.reshape(-1)[rows] = self._host.reshape(-1)[rows]
+        self._version += 1
+        self._f32_version = self._version
+        self._bfp16 = None
+
     def as_f32(self) -> np.ndarray:
         """The contents as fp32 (exact for bf16), refreshed only when the bytes
         changed: weights are converted once, which is what makes the emulation fast."""
@@ -165,6 +178,33 @@ class EmuBuffer(Buffer):
         target[...] = rounded.reshape(target.shape)
         self._version += 1
         self.written = True
+
+
+class QuantBuffer(Buffer):
+    """A weight in a GGUF block type: the device layout's bytes (aierun/ops/quant.py),
+    and its values decoded once when written (int8 quants, fp32 scales), which the
+    emulated GEMV reads: no fp32 image of the weight."""
+
+    def __init__(self, spec: ArgSpec, label: str):
+        super().__init__(spec, label)
+        self._host = np.zeros(spec.shape, np.uint8)
+        self._blocks: quant.Blocks | None = None
+
+    @property
+    def host(self) -> np.ndarray:
+        return self._host
+
+    def sync_to_device(self) -> None:
+        rows = self._host.reshape(-1, self._host.shape[-1])
+        tn, tk = quant.parse_layout(self.spec.layout)
+        self._blocks = quant.from_device(rows, self.spec.dtype, tn, tk)
+
+    def sync_from_device(self) -> None:
+        pass  # emulated DDR is host memory
+
+    def as_blocks(self) -> quant.Blocks:
+        assert self._blocks is not None, "read before written"
+        return self._blocks
 
 
 # Host memory the emulator holds per weight element: its fp32 image (EmuBuffer) and, for
@@ -201,7 +241,9 @@ class EmuDevice(Device):
     def __init__(self, bfp16_cache: Path | None = None) -> None:
         self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")
 
-    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> EmuBuffer:
+    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
+        if spec.dtype in QUANT_DTYPES:
+            return QuantBuffer(spec, label)
         return EmuBuffer(spec, label, bfp16_operand, self._cache)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
@@ -240,6 +282,8 @@ class EmuDevice(Device):
                 f"{operand.name!r} ({spec.arg(operand.name).role}, buffer {buffer.label}) "
                 "which nothing has written: the NPU would compute on stale memory here."
             )
+        if isinstance(buffer, QuantBuffer):
+            return buffer.as_blocks()  # read whole: only a GEMV's weight is quantized
         values = buffer.as_bfp16() if bfp16 else buffer.as_f32()  # type: ignore[attr-defined]
         return values if operand.index is None else values[operand.index]
 

@@ -92,6 +92,9 @@ class NpuBuffer(Buffer):
     def sync_range_from_device(self, offset: int, nbytes: int) -> None:
         self._live_bo().sync(self._from_device, nbytes, offset)
 
+    def sync_range_to_device(self, offset: int, nbytes: int) -> None:
+        self._live_bo().sync(self._to_device, nbytes, offset)
+
     def release(self) -> None:
         """Drop the mapping and the BO; the host view must not be used after this."""
         self._host = None

@@ -1,158 +1,84 @@
-"""The host's side of decode attention: the K/V cache decode reads, and one decode
-step's attention over it (the CPU op `decode_attention`)."""
+"""The KV cache in device memory: what the host writes into it (a prompt's positions,
+each decode position, a kept prefix put back) and the host copies of it that
+prefix slots keep. Decode attention itself runs on the device (the launch
+`decode_attn` of the decode ELF o_gemv_ffn)."""
 
 from __future__ import annotations
 
-from functools import cache
+from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from aierun.ops.numerics import to_bf16
+from aierun.abi import ArgSpec
+from aierun.devices.base import Buffer, Device
 
 
-class KVCache:
-    """The K/V of every layer that decode attention reads, per KV head.
+@dataclass(frozen=True)
+class HeldKV:
+    """Positions [0, length) of every layer's cache, in host memory that owns them
+    ([layers, 2, Hkv, length, Dh], the cache's dtype): a cached prefix kept aside."""
 
-    Each layer's positions come in two parts, both fp32 laid out [Hkv, positions, Dh]:
-    one head's keys and values are each one contiguous matrix, of the type numpy's
-    BLAS multiplies. The prompt's positions stay where the prefill ELF wrote them
-    (its `kv_store` launch widens them and places each head's rows): `keep_prompt`
-    takes views of those device buffers, nothing is copied or converted. The
-    positions decode appends after the prompt go to a host array of the same layout
-    (`store`), widened once as they are stored. Every array is touched when
-    allocated, so no call faults its pages in."""
-
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int):
-        self.prompt: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
-        self.prompt_length = 0
-        self.appended = _touched((2, layers, kv_heads, capacity, head_dim))
-
-    @property
-    def capacity(self) -> int:
-        """Positions (the prompt's and appended ones) it holds before it must grow."""
-        return self.prompt_length + self.appended.shape[3]
-
-    def grow(self, capacity: int) -> None:
-        """Hold `capacity` positions, keeping what was appended."""
-        if capacity <= self.capacity:
-            return
-        old = self.appended
-        kinds, layers, heads, room, dim = old.shape
-        room += capacity - self.capacity
-        self.appended = _touched((kinds, layers, heads, room, dim))
-        self.appended[..., : old.shape[3], :] = old
-
-    def keep_prompt(self, layer: int, k: np.ndarray, v: np.ndarray, length: int) -> None:
-        """The prompt's positions [0, length) of `layer`: views k, v [Hkv, >= length, Dh]
-        (the device's cache buffers), kept as they are. Positions stored after them
-        (`store`) are appended."""
-        self.prompt[layer] = (k, v)
-        self.prompt_length = length
-
-    def truncate(self, length: int) -> None:
-        """Keep positions [0, length) only (a cached prefix a new prompt shares). Inside
-        the prompt this only shortens it: the views stay, and positions after `length`
-        go to the host array. Nothing is erased: every later position is stored
-        before it is attended to."""
-        self.prompt_length = min(self.prompt_length, length)
-
-    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Positions [start, start + len(k)) after the prompt, from rows shaped
-        [rows, Hkv*Dh] (the decode ELF's outputs)."""
-        first = start - self.prompt_length
-        if first < 0:
-            raise ValueError(f"position {start} is inside the prompt ({self.prompt_length})")
-        self.grow(start + len(k))
-        _, _, heads, _, dim = self.appended.shape
-        for kind, rows in enumerate((k, v)):
-            target = self.appended[kind, layer, :, first : first + len(rows)]
-            np.copyto(target, rows.reshape(len(rows), heads, dim).swapaxes(0, 1))
-
-    def parts(self, layer: int, length: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Positions [0, length) of `layer`, as (keys, values) [Hkv, L_i, Dh] per part."""
-        prompt = min(self.prompt_length, length)
-        found = []
-        if prompt:
-            keys, values = self.prompt[layer]
-            found.append((keys[:, :prompt], values[:, :prompt]))
-        if length > prompt:
-            rows = slice(0, length - prompt)
-            found.append((self.appended[0, layer, :, rows], self.appended[1, layer, :, rows]))
-        return found
-
-    def detached(self, length: int) -> KVCache:
-        """A copy of positions [0, length) that owns its memory (no views of device
-        buffers, which the next prefill overwrites): a cached prefix kept aside."""
-        layers, (_, _, heads, _, dim) = len(self.prompt), self.appended.shape
-        copy = KVCache(layers, heads, dim, length)
-        for layer in range(layers):
-            start = 0
-            for keys, values in self.parts(layer, length):
-                stop = start + keys.shape[1]
-                copy.appended[0, layer, :, start:stop] = keys
-                copy.appended[1, layer, :, start:stop] = values
-                start = stop
-        return copy
+    values: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        """Host memory it owns (the prompt's device buffers are not counted)."""
-        return self.appended.nbytes
-
-    def attend(self, layer: int, q: np.ndarray, length: int) -> np.ndarray:
-        """One query row q [1, H*Dh] against positions [0, length) -> fp32 [1, H*Dh].
-
-        The exact softmax in fp32 (numpy's exp): this runs on the host CPU, whose
-        arithmetic is fp32, not on the NPU. On one BLAS thread: these GEMMs are small,
-        and handing half of one to a second thread costs more than it saves (on a busy
-        machine, a whole scheduler time slice while that thread waits for a core)."""
-        with _blas().limit(limits=1, user_api="blas"):
-            return self._attend(layer, q, length)
-
-    def _attend(self, layer: int, q: np.ndarray, length: int) -> np.ndarray:
-        parts = self.parts(layer, length)
-        kv_heads, _, dim = parts[0][0].shape
-        group = q.shape[-1] // (kv_heads * dim)
-        queries = q.reshape(kv_heads, group, dim).astype(np.float32)  # [Hkv, G, Dh]
-        scores = np.empty((kv_heads, group, length), np.float32)  # C order: rows reduce fast
-        start = 0
-        for keys, _ in parts:
-            stop = start + keys.shape[1]
-            # A group's query heads in one GEMM per KV head, its keys the untransposed
-            # left operand (3x faster than queries @ keys^T: BLAS packs the keys first).
-            scores[..., start:stop] = (keys @ queries.transpose(0, 2, 1)).transpose(0, 2, 1)
-            start = stop
-        scores *= np.float32(1.0 / np.sqrt(dim))
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        out = np.zeros((kv_heads, group, dim), np.float32)
-        start = 0
-        for _, values in parts:
-            stop = start + values.shape[1]
-            out += scores[..., start:stop] @ values
-            start = stop
-        out /= scores.sum(axis=-1, keepdims=True)
-        return out.reshape(1, kv_heads * group * dim)
+        return self.values.nbytes
 
 
-def _touched(shape: tuple[int, ...]) -> np.ndarray:
-    """Zeros whose pages are already mapped: np.zeros maps them lazily, so every later
-    store into a new page (one per head and position) would take a page fault."""
-    array = np.empty(shape, np.float32)
-    array.fill(0)
-    return array
+class KVCache:
+    """Per layer one device buffer, the decode ELF's `kv_cache` argument
+    [2, Hkv, C, Dh] (keys then values, each KV head's positions together, as
+    the decode kernel streams them). Positions are valid up to where the host last
+    wrote them; each decode call passes its own length, so nothing is erased when a
+    shorter prefix is reused: every later position is stored before it is read."""
 
+    def __init__(self, buffers: list[Buffer]):
+        self.buffers = buffers
 
-@cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
+    @classmethod
+    def allocate(cls, device: Device, arg: ArgSpec, layers: int) -> KVCache:
+        return cls([device.alloc(arg, f"{arg.name}@{layer}") for layer in range(layers)])
 
+    @property
+    def capacity(self) -> int:
+        """Positions each layer's buffer holds (the decode ELF's compiled context)."""
+        return self.buffers[0].spec.shape[2]
 
-def decode_attention(
-    kv: KVCache, layer: int, pos: int, q: np.ndarray, k: np.ndarray, v: np.ndarray
-) -> np.ndarray:
-    """Append position `pos`'s K/V [1, Hkv*Dh] to the cache, then attend its query
-    [1, H*Dh] to positions [0, pos]; the bf16 input of the O projection."""
-    kv.store(layer, pos, k, v)
-    return to_bf16(kv.attend(layer, q, pos + 1))
+    def keep_prompt(self, layer: int, k: np.ndarray, v: np.ndarray, length: int) -> None:
+        """Positions [0, length) from k, v [Hkv, >= length, Dh] (the prefill ELF's
+        cache buffers, widened and placed per head by its kv_store launch)."""
+        buffer = self.buffers[layer]  # fp32 of bf16 values: narrowed exactly
+        np.copyto(buffer.host[0, :, :length], k[:, :length], "unsafe")
+        np.copyto(buffer.host[1, :, :length], v[:, :length], "unsafe")
+        self._synced(buffer, 0, length)
+
+    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Positions [start, start + len(k)) from rows [rows, Hkv*Dh] (the decode ELF
+        rms_gemv_rope's outputs)."""
+        buffer, stop = self.buffers[layer], start + len(k)
+        _, heads, _, dim = buffer.spec.shape
+        rows = np.stack((k, v)).reshape(2, len(k), heads, dim).swapaxes(1, 2)
+        np.copyto(buffer.host[:, :, start:stop], rows, "unsafe")  # one copy: host work per step
+        self._synced(buffer, start, stop)
+
+    def detached(self, length: int) -> HeldKV:
+        """A host copy of positions [0, length) of every layer."""
+        for buffer in self.buffers:
+            buffer.sync_from_device()
+        return HeldKV(np.stack([buffer.host[:, :, :length] for buffer in self.buffers]))
+
+    def restore(self, held: HeldKV) -> None:
+        """Put a kept prefix back at positions [0, its length)."""
+        length = held.values.shape[3]
+        for buffer, values in zip(self.buffers, held.values, strict=True):
+            np.copyto(buffer.host[:, :, :length], values)
+            self._synced(buffer, 0, length)
+
+    @staticmethod
+    def _synced(buffer: Buffer, start: int, stop: int) -> None:
+        """Push positions [start, stop) of every (kind, head) row to the device."""
+        kinds, heads, context, dim = buffer.spec.shape
+        row, size = dim * buffer.spec.np_dtype.itemsize, (stop - start)
+        for stretch in range(kinds * heads):
+            buffer.sync_range_to_device((stretch * context + start) * row, size * row)
+        buffer.written = True

@@ -2,7 +2,7 @@
 session holds, so requests that alternate between conversations (several clients of
 one server) each find their prefix again instead of prefilling it.
 
-A slot is the token ids it holds and a KVCache that owns its memory. The cache is an
+A slot is the token ids it holds and a host copy of their K/V (HeldKV). The cache is an
 LRU bounded both by a count and by bytes; what does not fit is dropped, oldest first.
 """
 
@@ -12,13 +12,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aierun.host.kv_cache import KVCache
+from aierun.host.kv_cache import HeldKV, KVCache
 
 
 @dataclass(frozen=True)
 class Slot:
     tokens: tuple[int, ...]
-    kv: KVCache
+    kv: HeldKV
 
 
 class PrefixSlots:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aierun.ops import attention, eltwise, kv_store, matmul, norm, rope
+from aierun.ops import attention, decode_attn, eltwise, kv_store, matmul, norm, rope
 
 # op name -> emulation(params, *inputs as float32) -> outputs as float32 (pre-rounding)
 OpFn = Callable[..., tuple[np.ndarray, ...]]
@@ -26,5 +26,6 @@ OPS: dict[str, OpFn] = {
     "add": eltwise.add,
     "silu_mul": eltwise.silu_mul,
     "kv_store": kv_store.kv_store,
+    "decode_attn": decode_attn.decode_attn,
     "bias": eltwise.add,  # the row broadcasts over the rows, as the kernel adds it per row
 }

@@ -23,7 +23,7 @@ UNTIMED = "untimed"
 # Host ops in blues, ELFs in warm colours: the dataflow's host-blue / device-yellow.
 STEP_COLORS = {
     "tokenize": "#93c5fd", "eos_pad": "#a5b4fc", "embed_lookup": "#3b82f6",
-    "kv_cache_extract": "#1d4ed8", "decode_attention": "#0891b2",
+    "kv_cache_extract": "#1d4ed8", "kv_append": "#0891b2",
     "final_rms_norm": "#6366f1", "sample": "#14b8a6",
     "rms_gemms_rope": "#fbbf24", "flash_attn": "#ef4444", "o_ffn": "#ea580c",
     "lm_head_gemv": "#a16207", "rms_gemv_rope": "#f472b6", "o_gemv_ffn": "#be123c",

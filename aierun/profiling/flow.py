@@ -43,7 +43,9 @@ class Flow:
 # The host's steps, by the names the Session times them under (`Profiler.cpu`).
 TOKENIZE, EOS_PAD, EMBED_LOOKUP = "tokenize", "eos_pad", "embed_lookup"
 KV_CACHE_EXTRACT = "kv_cache_extract"  # keeping the K/V cache the prefill's kv_store wrote
-DECODE_ATTENTION, FINAL_RMS_NORM, SAMPLE = "decode_attention", "final_rms_norm", "sample"
+# appending the position's K/V to the device's cache, writing the attention's query rows
+KV_APPEND = "kv_append"
+FINAL_RMS_NORM, SAMPLE = "final_rms_norm", "sample"
 
 
 def _cpu(name: str, branch_of: str | None = None) -> Step:
@@ -65,6 +67,6 @@ PREFILL_FLOW = Flow(
 DECODE_FLOW = Flow(
     "decode",
     (_cpu(EMBED_LOOKUP),),
-    (_elf(RMS_GEMV_ROPE), _cpu(DECODE_ATTENTION), _elf(O_GEMV_FFN)),
+    (_elf(RMS_GEMV_ROPE), _cpu(KV_APPEND), _elf(O_GEMV_FFN)),
     TAIL,
 )

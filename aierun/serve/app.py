@@ -66,7 +66,7 @@ class Api:
         self.api_key = api_key
         self.max_tokens = max_tokens
         self.keepalive_s = keepalive_s
-        self.context = session.shape.max_positions
+        self.context = session.context
         # A prompt is prefilled in one bucket, so the largest bounds it (chunked prefill,
         # which would lift that to the whole context, is not built yet).
         self.max_prompt = min(session.artifacts.buckets[-1], self.context - 1)

@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url=f"http://{host}:{port}",
             model=session.checkpoint.name,
             buckets=list(session.artifacts.buckets),
-            context=session.shape.max_positions,
+            context=session.context,
             queue=args.queue,
             prefix_slots=args.slots,
             slot_mb=args.slot_mb,

@@ -11,6 +11,7 @@ from transformers.models.llama import modeling_llama  # noqa: E402
 from aierun.model import ModelShape, rope_table  # noqa: E402
 from aierun.ops import OPS  # noqa: E402
 from aierun.ops.attention import attend  # noqa: E402
+from aierun.ops.decode_attn import PAD, query_rows  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -106,3 +107,22 @@ def test_blocked_attention_equals_one_block():
     blocked = attend(q, k, v, heads, kv_heads, dim, causal=True, block=64)
     whole = attend(q, k, v, heads, kv_heads, dim, causal=True, block=seq)
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_attention_over_the_cache_matches_sdpa_on_its_first_positions():
+    """One query row against the first `length` cached positions (the rest is stale
+    memory the op must not read): PyTorch's attention of that row over exactly those."""
+    heads, kv_heads, dim, context, length = 6, 2, 64, 96, 37
+    q, cache = rand(1, heads * dim), rand(2, kv_heads, context, dim)
+    cache[:, :, length:] = 1e4  # would dominate any softmax that saw it
+    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim, "context": context}
+    query = query_rows(q, kv_heads, length, np.zeros((kv_heads, 3 * dim + PAD), np.float32))
+    (ours,) = OPS["decode_attn"](params, query, cache)
+    keys, values = (torch.from_numpy(cache[i, :, :length])[None] for i in (0, 1))
+    queries = torch.from_numpy(q.reshape(1, heads, 1, dim))
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        queries, keys, values, enable_gqa=True
+    )[0].numpy().reshape(1, heads * dim)  # fmt: skip
+    # bf16-precise exps, as flash_attn's (above)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2**-7 * np.abs(values).max().item())
+    assert not np.allclose(ours, 0, atol=1e-3)

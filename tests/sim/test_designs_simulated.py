@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aiebuild import ops, placed
-from aiebuild.ops import kv_store
+from aiebuild.ops import decode_attn, kv_store
 from aiebuild.ops.common import contiguous
 from aiebuild.sim import dataflow
 from aiebuild.sim.compare import DEFAULT_TOLERANCE, compare
@@ -20,6 +20,7 @@ from aierun.abi import ArgSpec, ElfSpec, Launch, Role, parse_binding
 from aierun.artifacts import ArtifactSet
 from aierun.devices.emu import EmuDevice
 from aierun.model import Checkpoint, ModelShape
+from aierun.ops.decode_attn import PAD, query_rows
 
 SHAPE = ModelShape(
     n_layers=1, hidden=128, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, vocab=1000,
@@ -29,11 +30,11 @@ SHAPE = ModelShape(
 BUCKET = 64
 
 
-def one_launch_specs() -> dict[str, ElfSpec]:
+def one_launch_specs(weights: str = "bf16") -> dict[str, ElfSpec]:
     """Each distinct launch of the model's ELFs as an ELF of its own: what it reads is
     an input, what it writes an output."""
     found: dict[str, ElfSpec] = {}
-    for spec in model_specs(SHAPE, (BUCKET,)):
+    for spec in model_specs(SHAPE, (BUCKET,), weights):
         for launch in spec.launches:
             reads = [parse_binding(b)[0] for b in launch.inputs]
             writes = [parse_binding(b)[0] for b in launch.outputs]
@@ -54,11 +55,18 @@ SPECS = one_launch_specs()
 
 
 def random_inputs(spec: ElfSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Normal values; decode attention's query rows carry a length of `2/3` of its
+    context (a partial key block, and stale positions after it)."""
     rng = np.random.default_rng(seed)
-    return {
+    inputs = {
         arg.name: rng.standard_normal(arg.shape, np.float32).astype(arg.np_dtype)
         for arg in spec.args_with(Role.INPUT)
     }
+    (launch, *_) = spec.launches
+    if launch.op == "decode_attn":
+        query = inputs["query"]
+        query_rows(query[:, :-PAD].copy(), len(query), 2 * launch.params["context"] // 3 + 1, query)
+    return inputs
 
 
 def on_emu(spec: ElfSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,7 +96,7 @@ def simulated(spec: ElfSpec, inputs, kernels: HostKernels | None = None):
 #   order (emu models the kernels' lane-order sums and bf16 exp), so bit-exact;
 # - gemm, gemv: the fp32 dot products are summed in the mmul / vector lanes' order,
 #   not BLAS's; the rounded bf16 result can then land one bf16 step away;
-# - flash_attn: the online softmax rescales its running sums block by block (emu
+# - flash_attn, decode_attn: the online softmax rescales its running sums block by block (emu
 #   normalizes once), so values near zero differ in many bf16 steps: bounded
 #   relative to the output's scale, and by the cosine.
 MAX_ULP = {"rmsnorm": 0, "rope": 0, "add": 0, "silu_mul": 0, "kv_store": 0, "gemm": 1, "gemv": 1}
@@ -104,7 +112,7 @@ def test_op_design_simulated_matches_emu(key):
     for name in expected:
         diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
         assert diff.nonfinite == 0, (name, diff)
-        if op == "flash_attn":
+        if op in ("flash_attn", "decode_attn"):
             assert diff.max_abs <= FLASH_RELATIVE * diff.scale and diff.cosine >= FLASH_COSINE
         else:
             assert diff.max_ulp <= MAX_ULP[op], (name, diff)
@@ -200,3 +208,72 @@ def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_m
     assert set(captured) == set(ArtifactSet.open(emu_manifest).instances)
     for capture in captured.values():
         assert all(np.abs(v).max() > 0 for v in capture.outputs.values()), capture.spec.instance
+
+
+def decode_attn_spec(context: int) -> ElfSpec:
+    params = decode_attn.params(4, 2, 64, context)
+    launch = Launch("decode_attn", params, ("query", "kv_cache"), ("attn_out",))
+    args = (ArgSpec("query", (2, 2 * 64 + PAD), "f32", Role.INPUT),
+            ArgSpec("kv_cache", (2, 2, context, 64), "bf16", Role.INPUT),
+            ArgSpec("attn_out", (1, 4 * 64), "bf16", Role.OUTPUT))  # fmt: skip
+    return ElfSpec("decode_attn_long", "decode", 0, args, (launch,))
+
+
+def within_flash_bound(spec: ElfSpec, inputs, kernels: HostKernels | None = None) -> bool:
+    diff = compare(simulated(spec, inputs, kernels)["attn_out"], on_emu(spec, inputs)["attn_out"])
+    return diff.max_abs <= FLASH_RELATIVE * diff.scale and diff.cosine >= FLASH_COSINE
+
+
+def test_decode_attn_walks_a_long_context_in_phases_and_reads_only_the_length(tmp_path):
+    """65 key blocks per KV head: two phases (64 pattern iterations, then 1), the
+    length inside the last block; a kernel that attends past the length is caught."""
+    spec = decode_attn_spec(65 * decode_attn.block_keys(64))
+    (launch,) = spec.launches
+    program = ops.record(spec, launch)
+    walks = [t.tap.sizes[0] for t in program.runtime.transfers() if t.tap.sizes[1] == 2]
+    assert walks == [64, 64, 1, 1]  # phase by phase, both columns (a KV head each)
+    (check,) = placed.check_specs([spec])
+    assert check.report.violations == []
+    inputs = random_inputs(spec)  # a length of 2/3 of the context: stale keys after it
+    inputs["query"][:, 2 * 64] = 64 * decode_attn.block_keys(64) + 5  # into the last block
+    assert within_flash_bound(spec, inputs)
+    (obj,) = ops.kernel_objects(spec)
+    source = obj.source.read_text()
+    cut = "if (first >= s->length) return;"
+    assert cut in source, "the decode_attn kernel changed: update the mutation"
+    mutated = tmp_path / obj.source.name
+    mutated.write_text(source.replace(cut, "s->length = 1 << 30;"))
+    wrong = replace(obj, source=mutated)
+    assert not within_flash_bound(spec, inputs, HostKernels([wrong]))
+
+
+def quantized_gemv_specs(weights: str) -> list[ElfSpec]:
+    """The decode GEMVs of the model's ELFs with weights of a GGUF block type."""
+    return [s for key, s in one_launch_specs(weights).items() if key.startswith("gemv-")]
+
+
+def quantized_inputs(spec: ElfSpec, weights: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random bf16 activations and a weight quantized by llama.cpp's reference (gguf)."""
+    import gguf
+
+    from aierun.ops.quant import quantized_weight
+
+    inputs = random_inputs(spec, seed)
+    w = next(a for a in spec.args if a.dtype == weights)
+    rows, k = int(np.prod(w.shape[:-1])), spec.launches[0].params["K"]
+    values = np.random.default_rng(seed + 1).standard_normal((rows, k), np.float32)
+    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[weights.upper()])
+    inputs[w.name] = quantized_weight(blocks, weights, w.layout, w.shape)
+    return inputs
+
+
+@pytest.mark.parametrize("weights", ["q4_0", "q4_1", "q8_0"])
+def test_quantized_gemv_kernel_is_bit_identical_to_emu(weights):
+    specs = quantized_gemv_specs(weights)
+    assert specs and all(any(a.dtype == weights for a in s.args) for s in specs)
+    for spec in specs:
+        inputs = quantized_inputs(spec, weights)
+        expected, ours = on_emu(spec, inputs), simulated(spec, inputs)
+        for name in expected:
+            diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
+            assert diff.nonfinite == 0 and diff.max_abs == 0, (spec.name, name, diff)

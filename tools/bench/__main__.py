@@ -25,9 +25,9 @@ HOST_REPS = 5
 ENGINES = ("emu", "hf-bf16", "hf-fp32")
 PROMPT_TOKENS = 128  # the engines' prompt, and the emu's prefill bucket
 DECODE_TOKENS = {"default": 16, "llama-1b": 8}
-HOST_OPS = ("decode_attention", "eos_pad", "embed_lookup", "kv_cache_extract", "final_rms_norm")
+HOST_OPS = ("kv_append", "eos_pad", "embed_lookup", "kv_cache_extract", "final_rms_norm")
 OP_NAMES = {
-    "decode_attention": "decode_attention / layer",
+    "kv_append": "kv_append / layer (the seed: its host decode_attention)",
     "kv_cache_extract": "kv_cache_extract / layer",
     "all": "prefill host ops in all (no tokenize)",
 }
@@ -113,8 +113,9 @@ def checks(result: dict) -> list[tuple[str, float, float]]:
     """The issue's targets as (what, measured, limit): measured <= limit is met."""
     found = []
     for row in result.get("host", []):
-        if row["op"] == "decode_attention" and row["context"] == max(CONTEXTS):
-            found.append((f"decode_attention ours/seed at {row['context']}", row["ratio"], 0.2))
+        if row["op"] == "kv_append" and row["context"] == max(CONTEXTS):
+            found.append((f"kv_append ours / seed's decode_attention at {row['context']}",
+                          row["ratio"], 0.2))  # fmt: skip
         if row["op"] == "all":
             found.append((f"prefill host ops ours/seed at {row['context']}", row["ratio"], 1 / 3))
     for label, engines in result.get("engines", {}).items():

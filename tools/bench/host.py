@@ -20,13 +20,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aierun.abi import BF16
+from aiebuild.specs import kv_cache_shape
+from aierun.abi import BF16, ArgSpec, Role
+from aierun.devices.emu import EmuDevice
 from aierun.host.embedding import EmbeddingTable, pad_prompt
-from aierun.host.kv_cache import KVCache, decode_attention
+from aierun.host.kv_cache import KVCache
 from aierun.host.norm import final_norm
 from aierun.model import ModelShape
+from aierun.ops.decode_attn import PAD, query_rows
 from aierun.ops.kv_store import per_head
-from aierun.session import DECODE_HEADROOM
 from tools.bench import seed_way
 
 PAD_ID = 128001
@@ -129,11 +131,20 @@ def prefill_seed(shape, table, inputs, norm) -> tuple[dict[str, float], tuple]:
 
 
 def decode_ours_seed(shape, kv, caches, inputs, context: int) -> list[tuple[float, float]]:
-    """decode_attention at position `context` of every layer: (ours, the seed's way) ms."""
+    """The host's work between a layer's two decode ELFs at position `context`: ours
+    appends the K/V to the device's cache and writes the attention's query rows (the
+    attention runs on the device), the seed's way attends on the host; ms each."""
     q, k, v = inputs.q, inputs.k_row, inputs.v_row
+    group = shape.n_heads // shape.n_kv_heads
+    rows = np.zeros((shape.n_kv_heads, group * shape.head_dim + PAD), np.float32)
+
+    def append(layer: int) -> None:
+        kv.store(layer, context, k, v)
+        query_rows(q, shape.n_kv_heads, context + 1, rows)
+
     pairs = []
     for layer in range(shape.n_layers):
-        ours = elapsed_ms(decode_attention, kv, layer, context, q, k, v)
+        ours = elapsed_ms(append, layer)
         seed = elapsed_ms(
             seed_way.decode_attention,
             caches[0][layer], caches[1][layer], context, q[0], k[0], v[0], shape.n_heads,
@@ -144,7 +155,8 @@ def decode_ours_seed(shape, kv, caches, inputs, context: int) -> list[tuple[floa
 
 def measure_context(shape, table_bf16, ours_table, norm, context, reps, rng) -> list[dict]:
     inputs = Inputs(shape, context, rng)
-    kv = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, DECODE_HEADROOM)
+    arg = ArgSpec("kv_cache", kv_cache_shape(shape, context + 1), "f32", Role.INPUT)
+    kv = KVCache.allocate(EmuDevice(), arg, shape.n_layers)
     x = np.zeros((context, shape.hidden), np.float32)
     samples: dict[str, list[tuple[float, float]]] = {}
     for _ in range(reps):
@@ -152,7 +164,7 @@ def measure_context(shape, table_bf16, ours_table, norm, context, reps, rng) -> 
         seeds, caches = prefill_seed(shape, table_bf16, inputs, norm)
         for op in ours:
             samples.setdefault(op, []).append((ours[op], seeds[op]))
-        samples.setdefault("decode_attention", []).extend(
+        samples.setdefault("kv_append", []).extend(
             decode_ours_seed(shape, kv, caches, inputs, context)
         )
     medians = {

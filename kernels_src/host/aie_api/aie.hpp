@@ -87,7 +87,7 @@ inline constexpr bool is_accum_tag = std::is_same_v<T, accfloat>;
 
 template <typename T, unsigned N>
 constexpr unsigned bits_of() {
-  return N * sizeof(T) * 8;
+  return N * element_bits<T>;
 }
 
 // A lane-wise float operation as aie2/add.hpp forms it: "There are no adders for
@@ -153,8 +153,51 @@ template <unsigned N, typename T>
 vector<std::remove_const_t<T>, N> load_v(T *p) {
   detail::count::access(false, detail::bits_of<std::remove_const_t<T>, N>());
   vector<std::remove_const_t<T>, N> v;
-  for (unsigned i = 0; i < N; ++i) v[i] = p[i];
+  if constexpr (detail::is_nibble<std::remove_const_t<T>>) {
+    // Two lanes per byte, lane 2i in the low nibble; int4 lanes are sign-extended.
+    const auto *bytes = reinterpret_cast<const std::uint8_t *>(p);
+    for (unsigned i = 0; i < N; ++i) {
+      const int nibble = (bytes[i / 2] >> (4 * (i % 2))) & 15;
+      v[i] = std::is_same_v<std::remove_const_t<T>, int4> && nibble >= 8 ? nibble - 16 : nibble;
+    }
+  } else {
+    for (unsigned i = 0; i < N; ++i) v[i] = p[i];
+  }
   return v;
+}
+
+// int4 / uint4 lanes widened to int8 / uint8: one unpack per 512 bits of the result
+// (aie_api aie2/vector.hpp unpack_sign, the VUNPACK of each native part).
+template <unsigned N>
+vector<int8, N> unpack(const vector<int4, N> &v) {
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<int8, N>(), 512));
+  vector<int8, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = int8(int(v[i]));
+  return out;
+}
+
+template <unsigned N>
+vector<uint8, N> unpack(const vector<uint4, N> &v) {
+  detail::count::add(detail::count::alu, detail::count::units(detail::bits_of<uint8, N>(), 512));
+  vector<uint8, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = uint8(int(v[i]));
+  return out;
+}
+
+// Integer lanes to bf16, v * 2^-shift (exact for 8-bit lanes). Counted as aie_api
+// aie2p/elementary.hpp Fix2Float expands it for lanes of at most 16 bits: the lanes
+// up-shifted into an acc32 accumulator, a broadcast magic constant added (acc32 add),
+// the same constant subtracted as accfloat, the result shifted back to bf16.
+template <typename TR, typename T, unsigned N>
+  requires(std::same_as<TR, bfloat16> && (std::same_as<T, int8> || std::same_as<T, uint8>))
+vector<TR, N> to_float(const vector<T, N> &v, int shift = 0) {
+  const std::uint64_t ops = detail::count::fp32_ops(N);
+  detail::count::add(detail::count::convert, 2 * ops);
+  detail::count::add(detail::count::alu, 2 * ops);
+  detail::count::add(detail::count::move);
+  vector<TR, N> out;
+  for (unsigned i = 0; i < N; ++i) out[i] = TR(std::ldexp(float(v[i]), -shift));
+  return out;
 }
 
 template <typename T, unsigned N>

@@ -114,5 +114,23 @@ static_assert(sizeof(bfloat16) == 2 && std::is_trivially_copyable_v<bfloat16>);
 
 // Accumulator tags (global, as in aie_api): accfloat is fp32 lanes; accauto lets mmul
 // pick (fp32 for bfloat16 operands).
+// The integer lanes of the quantized weights' kernels (gemv.cc): int8 / uint8 as the
+// built-in types, int4 / uint4 one lane per object here (aie_api packs two per byte in
+// memory, lane 2i in the low nibble; load_v reads them packed).
+using int8 = std::int8_t;
+using uint8 = std::uint8_t;
+struct int4 {
+  std::int8_t value;
+  int4() = default;
+  constexpr int4(int v) : value(std::int8_t(v)) {}
+  constexpr operator int() const { return value; }
+};
+struct uint4 {
+  std::uint8_t value;
+  uint4() = default;
+  constexpr uint4(int v) : value(std::uint8_t(v)) {}
+  constexpr operator int() const { return value; }
+};
+
 struct accfloat {};
 struct accauto {};

@@ -13,13 +13,26 @@ namespace aie {
 
 namespace detail {
 template <typename T>
-inline constexpr bool is_element = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
+inline constexpr bool is_float_element = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
+template <typename T>
+inline constexpr bool is_nibble = std::is_same_v<T, int4> || std::is_same_v<T, uint4>;
+template <typename T>
+inline constexpr bool is_int_element =
+    is_nibble<T> || std::is_same_v<T, int8> || std::is_same_v<T, uint8>;
+template <typename T>
+inline constexpr bool is_element = is_float_element<T> || is_int_element<T>;
+// Bits of one lane in memory and in a register (a nibble is 4).
+template <typename T>
+inline constexpr unsigned element_bits = is_nibble<T> ? 4 : sizeof(T) * 8;
 
 // aie_api leaves a default-constructed vector or accumulator undefined; the host model
 // fills it with NaN, so a kernel that reads one before writing it shows it.
 template <typename T>
 inline T poison() {
-  return T(std::numeric_limits<float>::quiet_NaN());
+  if constexpr (is_float_element<T>)
+    return T(std::numeric_limits<float>::quiet_NaN());
+  else
+    return T(5);  // integer lanes have no NaN: a value no test expects
 }
 }  // namespace detail
 
@@ -28,8 +41,9 @@ inline T poison() {
 // the host model covers float and bfloat16 lanes, the types our kernels compute in.
 template <typename T, unsigned N>
 class vector {
-  static_assert(detail::is_element<T>, "the host aie_api models float and bfloat16 vectors");
-  static_assert(N * sizeof(T) * 8 >= 128 && (N & (N - 1)) == 0,
+  static_assert(detail::is_element<T>,
+                "the host aie_api models float, bfloat16 and 8- and 4-bit integer vectors");
+  static_assert(N * detail::element_bits<T> >= 128 && (N & (N - 1)) == 0,
                 "AIE2P vectors are 128, 256, 512 or 1024 bits, or several of the largest");
 
  public:
