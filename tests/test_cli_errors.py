@@ -26,8 +26,12 @@ def run(model_dir, emu_manifest, capsys):
     [
         (("--seq-len", "96"), r"not a compiled prefill bucket .* buckets=64,96,128"),
         (("--seq-len", "100"), r"not a compiled .* a prefill bucket is a multiple of 32"),
-        (("--n-tokens", "100000"), r"positions; the model's context is 8192 .*: ask for "),
-        (("--prompt", "word " * 300), r"largest compiled prefill bucket holds 128"),
+        (
+            ("--n-tokens", "100000"),
+            r"positions; the context is 256 \(the KV cache .* is 8192\): ask for ",
+        ),
+        # Longer than the largest bucket (128), within the compiled context (256).
+        (("--prompt", "word " * 150), r"largest compiled prefill bucket holds 128"),
         (("--device", "gpu"), r"unknown device 'gpu'"),
         (("--temperature", "-1"), r"--temperature must be >= 0"),
         (("--top-p", "0"), r"--top-p in \(0, 1\]"),

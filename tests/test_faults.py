@@ -555,8 +555,8 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 def test_a_signal_during_generation_keeps_the_text_ends_the_line_and_says_why(
     tiny, built, home, signum, code, message
 ):
-    # Up to the tiny model's context (256): long enough to still run at the signal.
-    args = run_args(tiny, built)[:-2] + ["--n-tokens", "200", "--seq-len", "64"]
+    # Up to the compiled context (twice the bucket, 64): long enough to still run at the signal.
+    args = run_args(tiny, built)[:-2] + ["--n-tokens", "96", "--seq-len", "64"]
     process = subprocess.Popen(
         [sys.executable, "-m", "aierun.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
