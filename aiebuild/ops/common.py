@@ -348,3 +348,20 @@ def streaming_core(steps: int):
                 fifo.release(1)
 
     return core
+
+
+def resident_row_core(rows: int):
+    """A worker body for kernels called once per streamed row with one operand resident
+    for the whole launch (a norm's weight, a bias row): acquired once, then `rows` calls
+    (worker args: the row fifo, the resident fifo, the output fifo, the kernel)."""
+    range_ = iron().range_
+
+    def core(x, resident, y, kernel_fn):
+        held = resident.acquire(1)
+        for _ in range_(rows):
+            kernel_fn(x.acquire(1), held, y.acquire(1))
+            x.release(1)
+            y.release(1)
+        resident.release(1)
+
+    return core

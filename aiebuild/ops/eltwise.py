@@ -22,6 +22,7 @@ from aiebuild.ops.common import (
     iron,
     kernel_object,
     output_elements,
+    resident_row_core,
     row_streams,
     stream_program,
     streaming_core,
@@ -90,7 +91,6 @@ def design_silu_mul(launch: Launch, args: list[ArgSpec]) -> Any:
 
 def design_bias(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    range_ = lib.range_
     rows, n = launch.params["rows"], launch.params["cols"]
     columns, _ = array(launch)
     row = (n,)
@@ -99,14 +99,7 @@ def design_bias(launch: Launch, args: list[ArgSpec]) -> Any:
     handles, streams = row_streams(lib, args, columns, rows, ["x", "b", "y"], [row] * 3,
                                    resident={1: tensor(row, args[1].np_dtype)})  # fmt: skip
 
-    def core(x, b, y, add_fn):
-        bias = b.acquire(1)
-        for _ in range_(rows // columns):
-            add_fn(x.acquire(1), bias, y.acquire(1))
-            x.release(1)
-            y.release(1)
-        b.release(1)
-
+    core = resident_row_core(rows // columns)
     workers = [lib.Worker(core, [*handles[c], add], tile=core_tile(lib, c, 0))
                for c in range(columns)]  # fmt: skip
     return stream_program(args, streams, workers)

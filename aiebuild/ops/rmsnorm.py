@@ -17,6 +17,7 @@ from aiebuild.ops.common import (
     iron,
     kernel_object,
     output_elements,
+    resident_row_core,
     row_streams,
     stream_program,
     tensor,
@@ -36,7 +37,6 @@ def symbol(launch: Launch, args: list[ArgSpec]) -> str:
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
-    range_ = lib.range_
     rows, e = launch.params["rows"], launch.params["E"]
     columns, _ = array(launch)
     row_ty = (e,)
@@ -48,15 +48,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         resident={1: tensor(row_ty, BF16)},
     )  # fmt: skip
 
-    def core(x, w, y, rmsnorm):
-        weight = w.acquire(1)
-        for _ in range_(rows // columns):
-            values, result = x.acquire(1), y.acquire(1)
-            rmsnorm(values, weight, result)
-            x.release(1)
-            y.release(1)
-        w.release(1)
-
+    core = resident_row_core(rows // columns)
     workers = [lib.Worker(core, [*handles[c], norm], tile=core_tile(lib, c, 0))
                for c in range(columns)]  # fmt: skip
     return stream_program(args, streams, workers)
