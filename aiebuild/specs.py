@@ -15,13 +15,13 @@ from aiebuild import ops
 from aiebuild.ops import decode_attn, eltwise, gemm, gemv, kv_store, rmsnorm, rope
 from aiebuild.ops import flash_attn as attention
 from aiebuild.ops.gemm import TILE
+from aiebuild.weights import LM_HEAD, WeightTypes, uniform
 from aierun.abi import (
     FLASH_ATTN,
     KV_CACHE,
     LM_HEAD_GEMV,
     O_FFN,
     O_GEMV_FFN,
-    QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     ArgSpec,
@@ -47,6 +47,7 @@ W, C, IN, MID, OUT, CACHE = (
 # - the logits are the GEMV's fp32 accumulators (bf16 logits tie top candidates).
 F32 = "f32"
 LAYER = "model.layers.{layer}."
+BF16_TYPES = uniform("bf16")
 
 
 def _arg(
@@ -60,9 +61,10 @@ def _arg(
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
 
 
-def _matrix(name: str, rows: int, k: int, source: str, weights: str, **kw) -> ArgSpec:
-    """A GEMV/GEMM weight [rows, k] in type `weights`: bf16, or a GGUF block type in
-    the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
+def _matrix(name: str, rows: int, k: int, source: str, types: WeightTypes, **kw) -> ArgSpec:
+    """A GEMV/GEMM weight [rows, k] of a layer in its type in `types`: bf16, or a GGUF
+    block type in the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
+    weights = types[source.removeprefix(LAYER) if source.startswith(LAYER) else LM_HEAD]
     shape = gemv.weight_shape(rows, k, weights)
     layout = kw.pop("layout", gemv.weight_layout(k, weights))
     return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
@@ -186,15 +188,15 @@ def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
 
 
 def _projection_args(
-    shape: ModelShape, rows: int, rope_role: Role, weights: str = "bf16"
+    shape: ModelShape, rows: int, rope_role: Role, types: WeightTypes = BF16_TYPES
 ) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
         _arg("x", (rows, e), IN, dtype=F32),
         _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
-        _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", weights),
-        _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", weights),
-        _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", weights),
+        _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", types),
+        _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", types),
+        _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", types),
         _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None, F32),
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
@@ -220,10 +222,10 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
     )  # fmt: skip
 
 
-def rms_gemv_rope(shape: ModelShape, weights: str = "bf16") -> ElfSpec:
+def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, IN, weights)),
+        tuple(_projection_args(shape, 1, IN, types)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
 
@@ -256,16 +258,16 @@ def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
     ]
 
 
-def _o_ffn_args(shape: ModelShape, rows: int, weights: str = "bf16") -> list[ArgSpec]:
+def _o_ffn_args(shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES) -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
-        _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", weights),
+        _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", types),
         _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
-        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", weights),
-        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", weights),
-        _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", weights),
+        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", types),
+        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", types),
+        _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", types),
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
@@ -293,7 +295,7 @@ def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
     return (2, shape.n_kv_heads, context, shape.head_dim)
 
 
-def o_gemv_ffn(shape: ModelShape, context: int, weights: str = "bf16") -> ElfSpec:
+def o_gemv_ffn(shape: ModelShape, context: int, types: WeightTypes = BF16_TYPES) -> ElfSpec:
     """Decode attention over the device's KV cache (which the host appended this
     position's K/V to), then the O projection and the FFN: attention goes here, not
     into rms_gemv_rope, because the position's K/V must be in the cache first."""
@@ -304,7 +306,7 @@ def o_gemv_ffn(shape: ModelShape, context: int, weights: str = "bf16") -> ElfSpe
         _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
         _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
         _arg("attn_out", (1, shape.q_dim), MID),
-        *(arg for arg in _o_ffn_args(shape, 1, weights) if arg.name != "attn_out"),
+        *(arg for arg in _o_ffn_args(shape, 1, types) if arg.name != "attn_out"),
     )
     launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
     return _elf(O_GEMV_FFN, "decode", 0, args, launches)
@@ -317,12 +319,12 @@ def lm_head_rows(shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS) -> int
 
 
 def lm_head_gemv(
-    shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS, weights: str = "bf16"
+    shape: ModelShape, partitions: int = LM_HEAD_PARTITIONS, types: WeightTypes = BF16_TYPES
 ) -> ElfSpec:
     """One GEMV over the partitioned rows (w_lm is [P, rows, E], contiguous): one
     launch spreads them over every column's shim channels, with no reconfiguration
     between partitions."""
-    rows, e = lm_head_rows(shape, partitions), shape.hidden
+    rows, e, weights = lm_head_rows(shape, partitions), shape.hidden, types[LM_HEAD]
     source = "model.embed_tokens.weight" if shape.tie_embeddings else "lm_head.weight"
     args = (
         _arg("x", (1, e), IN),
@@ -331,7 +333,7 @@ def lm_head_gemv(
             rows,
             e,
             source,
-            weights,
+            types,
             lead=(partitions,),
             layout="partitioned_rows" if weights == "bf16" else gemv.weight_layout(e, weights),
         ),
@@ -342,20 +344,17 @@ def lm_head_gemv(
     return _elf(LM_HEAD_GEMV, "lm_head", 0, args, (launch,), {"vocab": shape.vocab})
 
 
-WEIGHT_TYPES = ("bf16", *QUANT_DTYPES)
-
-
 def model_specs(
     shape: ModelShape,
     buckets: Iterable[int] = DEFAULT_BUCKETS,
-    weights: str = "bf16",
+    weights: str | WeightTypes = "bf16",
     context: int | None = None,
 ) -> list[ElfSpec]:
     """Every ELF the runtime needs for this model: prefill ELFs per bucket, then decode,
     whose KV cache holds `context` positions (default: decode_context). `weights`: the
-    decode GEMVs' weight type (the prefill GEMMs read bf16 so far)."""
-    if weights not in WEIGHT_TYPES:
-        raise UserError(f"weights={weights} is none of {', '.join(WEIGHT_TYPES)}")
+    decode GEMVs' weight type, one for all or per matrix (aiebuild/weights.py; the
+    prefill GEMMs read bf16 so far)."""
+    types = uniform(weights) if isinstance(weights, str) else weights
     check_tileable(shape)
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
@@ -370,5 +369,5 @@ def model_specs(
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
     context = decode_context(shape, buckets) if context is None else context
-    decode = [rms_gemv_rope(shape, weights), o_gemv_ffn(shape, context, weights)]
-    return specs + [*decode, lm_head_gemv(shape, weights=weights)]
+    decode = [rms_gemv_rope(shape, types), o_gemv_ffn(shape, context, types)]
+    return specs + [*decode, lm_head_gemv(shape, types=types)]

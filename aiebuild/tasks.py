@@ -23,12 +23,13 @@ from doit.exceptions import InvalidCommand, InvalidTask, TaskFailed
 from doit.reporter import ConsoleReporter
 
 from aiebuild import placed
+from aiebuild import weights as weight_choice
 from aiebuild.array import rules
 from aiebuild.npu2 import toolchain
 from aiebuild.npu2.target import Npu2Target
 from aiebuild.ops.common import KernelObject
 from aiebuild.remote_cache import RemoteCache
-from aiebuild.specs import DEFAULT_BUCKETS, WEIGHT_TYPES, model_specs
+from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
 from aiebuild.targets import EmuTarget, Target, entry_key, plan_bytes
 from aierun import ARTIFACT_SCHEMA, default_model
@@ -52,8 +53,9 @@ class BuildConfig:
     choices: dict[str, str] = field(default_factory=dict, compare=False)
     # `cache=HOST/REPO`: an OCI registry as a remote cache of entries (this run only).
     cache: str | None = None
-    # `weights=`: the decode GEMVs' weight type (aiebuild/specs.py WEIGHT_TYPES), or
-    # "gguf" (each tensor in its file's type); None: the checkpoint's default, bf16.
+    # `weights=`: the decode GEMVs' weight type (aiebuild/weights.py WEIGHT_TYPES), or
+    # "gguf" (each matrix in its file's type); None: the model's default (gguf for a
+    # GGUF file, else bf16).
     weights: str | None = None
 
     @classmethod
@@ -84,10 +86,14 @@ class BuildConfig:
                 raise InvalidCommand(str(exc)) from None
         target = choices.get("target", "auto")
         weights = choices.get("weights")
-        if weights not in (None, "gguf", *WEIGHT_TYPES):
+        if weights not in (None, weight_choice.GGUF, *weight_choice.WEIGHT_TYPES):
             raise InvalidCommand(f"weights={weights}: expected gguf or one of "
-                                 f"{', '.join(WEIGHT_TYPES)}")  # fmt: skip
+                                 f"{', '.join(weight_choice.WEIGHT_TYPES)}")  # fmt: skip
         return cls(home, choices.get("model"), parsed, target, choices, cache, weights)
+
+    def weight_types(self, shape: ModelShape) -> weight_choice.WeightTypes:
+        """The decode GEMVs' type per matrix that `weights=` means at this model."""
+        return weight_choice.choose(self.weights, self.model_dir(), shape)
 
     def remote_cache(self) -> RemoteCache | None:
         return RemoteCache.parse(self.cache) if self.cache else None
@@ -193,23 +199,12 @@ def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]
     # npu2 keeps its object cache and work directories in the build home.
     target = get_target(select_target(config.target), config.home)
     shape = Checkpoint(config.model_dir()).shape
-    specs = model_specs(shape, config.buckets, weight_type(config))
+    specs = model_specs(shape, config.buckets, config.weight_types(shape))
     # Every target: an emu build also proves the npu2 designs legal, before any compile.
     placed.require_legal(specs)
     fingerprint = target.fingerprint()
     builds = [ElfBuild(s, entry_key(target, s, fingerprint)) for s in specs]
     return target, Store(config.home, target.name), shape, builds
-
-
-def weight_type(config: BuildConfig) -> str:
-    """The weight type the specs take: a safetensors checkpoint has no file types to
-    keep, so `gguf` asks for something it cannot mean here."""
-    if config.weights == "gguf":
-        raise UserError(
-            f"weights=gguf keeps each tensor in its GGUF file's type, but {config.model_dir()} "
-            f"is a safetensors checkpoint: pass weights= one of {', '.join(WEIGHT_TYPES)}."
-        )
-    return config.weights or "bf16"
 
 
 def manifest_data(config: BuildConfig, target: str, shape: ModelShape, builds: list[ElfBuild]):
@@ -404,7 +399,7 @@ def check_designs(config: BuildConfig) -> None:
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
     shape = read_shape(config.model_dir())  # config.json alone: no weights needed
-    specs = model_specs(shape, config.buckets, weight_type(config))
+    specs = model_specs(shape, config.buckets, config.weight_types(shape))
     checks = placed.check_specs(specs)
     print(rules.table(checks))
     rules.refuse_violations(checks)
