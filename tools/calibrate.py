@@ -192,7 +192,7 @@ def llama_rows(
     (aierun/profiling/roofline.py) and what bounds the slowest launch; and the per-phase
     sums at the turbo and at the nominal clock.
     `mma` overrides the GEMMs' matmul mode (bf16 or bfp16) to compare the two;
-    `weights` is the decode GEMVs' weight type (aiebuild/specs.py WEIGHT_TYPES)."""
+    `weights` is the decode GEMVs' weight type (aiebuild/weights.py WEIGHT_TYPES)."""
     from aiebuild.specs import model_specs
     from aierun.model import ModelShape
     from aierun.profiling.roofline import NPU2_RATES, elf_cost
