@@ -310,3 +310,16 @@ def test_a_launch_that_does_not_fit_its_elf_is_refused(bindings, message):
     child = ChildModule("l0_rmsnorm", NORM.mlir, bindings)
     with pytest.raises(StitchError, match=re.escape(message)):
         stitch([child], NORM_GEMM_ARGS, "mini")
+
+
+def test_a_weight_in_gguf_blocks_is_bound_as_the_bytes_iron_types_it():
+    # IRON types a numpy uint8 tensor as memref<...xui8>: the host's q4_0 weight
+    # [2, 4096] of block bytes binds as the same bytes, viewed flat.
+    text = fixture("gemv_flat.mlir").replace("memref<128x64xbf16>", "memref<8192xui8>")
+    child = ChildModule("l0_gemv", text, ("x", "w", "y"))
+    args = (arg("x", (1, 64), Role.INPUT), arg("w", (2, 4096), Role.WEIGHT, "q4_0"),
+            arg("y", (128,), Role.OUTPUT, "f32"))  # fmt: skip
+    assert (
+        "memref.reinterpret_cast %arg1 to offset: [0], sizes: [8192], strides: [1] : "
+        "memref<2x4096xui8> to memref<8192xui8>"
+    ) in stitch([child], args, "one").mlir

@@ -53,9 +53,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from aierun.abi import ArgSpec, parse_binding
+from aierun.abi import QUANT_DTYPES, ArgSpec, parse_binding
 
-MLIR_ELEMENT = {"bf16": "bf16", "f32": "f32", "i32": "i32"}
+# A GGUF block type is bytes: IRON types numpy uint8 as MLIR ui8 (mlir-aie db06374
+# python/helpers/util.py line 60, `np.uint8: T.ui8`).
+MLIR_ELEMENT = {"bf16": "bf16", "f32": "f32", "i32": "i32", **dict.fromkeys(QUANT_DTYPES, "ui8")}
 RESET_PAD = "reset_pad"  # an empty device: configuring it is a reset and nothing else
 _DEVICE = re.compile(r"aie\.device\((?P<kind>[\w]+)\)\s*(?:@(?P<name>[\w$.]+))?\s*\{")
 _SEQUENCE = re.compile(
