@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from aierun.abi import QUANT_DTYPES
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
+from aierun.ops import quant
 
 INDEX = "gguf.json"
 INDEX_SCHEMA = 1
@@ -64,6 +66,11 @@ class GgufTensor:
 
         if self.type in PLAIN_TYPES:
             values = self.raw().view(PLAIN_TYPES[self.type]).reshape(self.shape)
+        elif self.type.lower() in QUANT_DTYPES:  # the kernels' block types: vectorized
+            # (the same values as the gguf package's row-by-row dequantization,
+            # tests/ops/test_quant.py, in a tenth of the time)
+            blocks = quant.from_gguf(self.raw(), self.type.lower())
+            values = quant.dequantized(blocks).reshape(self.shape)
         else:
             values = dequantize(self.raw(), GGMLQuantizationType[self.type]).reshape(self.shape)
         return _unpermute(values, self.heads)

@@ -155,16 +155,36 @@ def gemv(x: np.ndarray, values: Blocks) -> np.ndarray:
     blocks, then the pairwise lane reduction (fact S)."""
     n, k = values.q.shape
     xs = to_bf16(np.asarray(x, np.float32).reshape(-1)).reshape(-1, BLOCK)
-    lanes = np.zeros((n, BLOCK), np.float32)
-    for b in range(k // BLOCK):
-        product = values.q[:, b * BLOCK : (b + 1) * BLOCK].astype(np.float32) * xs[b]
-        lanes += values.d[:, b, None] * product
-        if values.m is not None:
-            lanes += values.m[:, b, None] * xs[b]
+    lanes = np.empty((n, BLOCK), np.float32)
+    for start in range(0, n, GEMV_ROWS):
+        rows = slice(start, start + GEMV_ROWS)
+        m = None if values.m is None else values.m[rows]
+        lanes[rows] = _lane_sums(values.q[rows], values.d[rows], m, xs)
     while lanes.shape[1] > 1:
         half = lanes.shape[1] // 2
         lanes = lanes[:, :half] + lanes[:, half:]
     return lanes[:, 0]
+
+
+# Rows per batch of the emulated GEMV: its fp32 temporaries (~1 MB) stay in the cache.
+GEMV_ROWS = 512
+
+
+def _lane_sums(q: np.ndarray, d: np.ndarray, m: np.ndarray | None, xs: np.ndarray) -> np.ndarray:
+    """The 32 lane sums of some rows. Every block's terms at once, block-major (each an
+    elementwise fp32 product, as the kernel computes it); only their sums follow the
+    kernel's order, block after block."""
+    blocks = xs.shape[0]
+    terms = q.reshape(len(q), blocks, BLOCK).transpose(1, 0, 2).astype(np.float32)
+    terms *= xs[:, None, :]
+    terms *= d.T[..., None]
+    offsets = None if m is None else m.T[..., None] * xs[:, None, :]
+    lanes = np.zeros((len(q), BLOCK), np.float32)
+    for b in range(blocks):
+        lanes += terms[b]
+        if offsets is not None:
+            lanes += offsets[b]
+    return lanes
 
 
 def quantized_weight(

@@ -22,7 +22,10 @@ from tools.random_llama import LLAMA_3_2_1B, write_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXTS = (128, 512, 2048)
 HOST_REPS = 5
-ENGINES = ("emu", "hf-bf16", "hf-fp32")
+HF_ENGINES = ("hf-bf16", "hf-fp32")
+# The emu runs each model at two weight choices (`doit compile weights=`): the default
+# model as it ships (its GGUF's own types) and in bf16; Llama-3.2-1B in bf16 and Q4_0.
+EMU_WEIGHTS = {"default": ("gguf", "bf16"), "llama-1b": ("bf16", "q4_0")}
 PROMPT_TOKENS = 128  # the engines' prompt, and the emu's prefill bucket
 DECODE_TOKENS = {"default": 16, "llama-1b": 8}
 HOST_OPS = ("kv_append", "eos_pad", "embed_lookup", "kv_cache_extract", "final_rms_norm")
@@ -42,16 +45,18 @@ def models(build: Path) -> dict[str, Path]:
     return {"default": default, "llama-1b": llama}
 
 
-def emu_manifest(build: Path, model: Path) -> Path:
-    """Emu artifacts with the one bucket the engines use, in a home of the bench's own
-    (the checkout's build/targets belongs to `doit compile`)."""
+def emu_manifest(build: Path, model: Path, weights: str) -> Path:
+    """Emu artifacts with the one bucket the engines use and the weights in `weights`,
+    in a home of the bench's own (the checkout's build/targets belongs to `doit compile`)."""
     from aiebuild.tasks import BuildConfig, compile_all
 
-    home = build / "bench" / "homes" / model.name
-    return compile_all(BuildConfig(home, str(model), (PROMPT_TOKENS,), "emu"))
+    home = build / "bench" / "homes" / f"{model.name}-{weights}"
+    return compile_all(BuildConfig(home, str(model), (PROMPT_TOKENS,), "emu", weights=weights))
 
 
-def run_engine(engine: str, model: Path, decode: int, manifest: Path, threads: int) -> dict:
+def run_engine(
+    engine: str, model: Path, decode: int, threads: int, manifest: Path | None = None
+) -> dict:
     """One engine in a process of its own, with `threads` BLAS / OpenMP threads (both
     engines get the same: on a shared machine a second thread that waits for a core
     costs a scheduler slice on every small GEMM, in numpy's BLAS and in torch alike)."""
@@ -59,8 +64,8 @@ def run_engine(engine: str, model: Path, decode: int, manifest: Path, threads: i
     command = [
         sys.executable, "-m", "tools.bench.engine", engine, str(model),
         "--prompt-tokens", str(PROMPT_TOKENS), "--decode-tokens", str(decode),
-        "--manifest", str(manifest),
     ]  # fmt: skip
+    command += ["--manifest", str(manifest)] if manifest else []
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{engine} on {model.name} failed:\n{done.stderr[-3000:]}")
@@ -70,14 +75,15 @@ def run_engine(engine: str, model: Path, decode: int, manifest: Path, threads: i
 def bench_engines(build: Path, threads: int) -> dict:
     results = {}
     for label, model in models(build).items():
-        manifest = emu_manifest(build, model)
-        results[label] = {
-            engine: run_engine(engine, model, DECODE_TOKENS[label], manifest, threads)
-            for engine in ENGINES
-        }
-        emu = results[label]["emu"]
-        layers = emu["prefill_layer_ms"]
-        emu["first_layer_over_median"] = layers[0] / statistics.median(layers)
+        decode, results[label] = DECODE_TOKENS[label], {}
+        for weights in EMU_WEIGHTS[label]:
+            manifest = emu_manifest(build, model, weights)
+            emu = run_engine("emu", model, decode, threads, manifest)
+            layers = emu["prefill_layer_ms"]
+            emu["first_layer_over_median"] = layers[0] / statistics.median(layers)
+            results[label][f"emu-{weights}"] = emu
+        for engine in HF_ENGINES:
+            results[label][engine] = run_engine(engine, model, decode, threads)
         print(f"  {label}: done", file=sys.stderr)
     return results
 
@@ -104,9 +110,11 @@ def print_engines(results: dict) -> None:
             print(f"| {label} | {engine} | {r['prefill_ms']:.0f} | {r['tpot_ms']:.1f} | "
                   f"{r['tpot_ms'] / reference:.2f} | {r['peak_rss_mb']:.0f} | "
                   f"{r['prepare_s']:.1f} |")  # fmt: skip
-    print("\nFirst prefill layer / median layer (emu):",
-          ", ".join(f"{label} {e['emu']['first_layer_over_median']:.2f}"
-                    for label, e in results.items()))  # fmt: skip
+    print("\nFirst prefill layer / median layer (emu):", ", ".join(
+        f"{label} {engine} {r['first_layer_over_median']:.2f}"
+        for label, engines in results.items()
+        for engine, r in engines.items() if engine.startswith("emu")
+    ))  # fmt: skip
 
 
 def checks(result: dict) -> list[tuple[str, float, float]]:
@@ -119,15 +127,18 @@ def checks(result: dict) -> list[tuple[str, float, float]]:
         if row["op"] == "all":
             found.append((f"prefill host ops ours/seed at {row['context']}", row["ratio"], 1 / 3))
     for label, engines in result.get("engines", {}).items():
-        emu = engines["emu"]
-        found.append(
-            (f"{label}: first prefill layer / median", emu["first_layer_over_median"], 1.5)
-        )
+        for weights in EMU_WEIGHTS[label]:
+            layer = engines[f"emu-{weights}"]["first_layer_over_median"]
+            found.append((f"{label} emu-{weights}: first prefill layer / median", layer, 1.5))
     if "engines" in result:
         llama = result["engines"]["llama-1b"]
-        tpot = llama["emu"]["tpot_ms"] / llama["hf-bf16"]["tpot_ms"]
-        found.append(("llama-1b: emu TPOT / transformers bf16 TPOT", tpot, 1.0))
-        found.append(("llama-1b: emu peak RSS (MB)", llama["emu"]["peak_rss_mb"], 8192))
+        bf16, q4 = llama["emu-bf16"], llama["emu-q4_0"]
+        tpot = bf16["tpot_ms"] / llama["hf-bf16"]["tpot_ms"]
+        found.append(("llama-1b: emu bf16 TPOT / transformers bf16 TPOT", tpot, 1.0))
+        found.append(("llama-1b: emu bf16 peak RSS (MB)", bf16["peak_rss_mb"], 8192))
+        # Q4_0 keeps a quarter of bf16's weight bytes: its peak RSS must be the smaller.
+        found.append(("llama-1b: emu Q4_0 / bf16 peak RSS", q4["peak_rss_mb"] / bf16["peak_rss_mb"],
+                      1.0))  # fmt: skip
     return found
 
 
