@@ -228,6 +228,7 @@ class _TensorEntry:
 
 # The block types the quantized kernels read (GGUF's names).
 QUANT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+QUANTIZE_ROWS = 1024  # rows per call of the gguf quantizer (Checkpoint.blocks)
 
 
 # The safetensors format caps its JSON header at 100 MB; a larger length is damage.
@@ -380,7 +381,15 @@ class Checkpoint:
         from gguf.quants import quantize
 
         values = entry.read() if isinstance(entry, gguf_model.GgufTensor) else self.tensor(name)
-        return quantize(np.asarray(values, np.float32), GGMLQuantizationType[qtype])
+        # Blocks lie along rows, so rows quantize alone: a batch at a time keeps the
+        # quantizer's fp32 temporaries small (the whole Llama-3.2-1B LM head at once
+        # took several GB).
+        rows = values.reshape(-1, values.shape[-1])
+        kind = GGMLQuantizationType[qtype]
+        return np.concatenate([
+            quantize(np.asarray(rows[i : i + QUANTIZE_ROWS], np.float32), kind)
+            for i in range(0, len(rows), QUANTIZE_ROWS)
+        ])  # fmt: skip
 
     def _resolve_tied(self, name: str) -> str:
         # A tied checkpoint may store the embedding under either name.

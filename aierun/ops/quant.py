@@ -130,7 +130,9 @@ def from_device(data: np.ndarray, name: str, tn: int, tk: int) -> Blocks:
     if kind.bits == 4:
         low, high = raw & 15, raw >> 4
         nibbles = np.stack([low, high], axis=-1).reshape(*raw.shape[:3], tk).astype(np.int8)
-        q = nibbles - 16 * (nibbles >= 8) if name == "q4_0" else nibbles
+        # q4_0's nibbles are signed int4: (n ^ 8) - 8 sign-extends them, in int8
+        # (a bool mask times 16 would widen the whole weight to int64)
+        q = (nibbles ^ np.int8(8)) - np.int8(8) if name == "q4_0" else nibbles
     else:
         q = raw.view(np.int8)
     q = q.transpose(0, 2, 1, 3).reshape(n, k)

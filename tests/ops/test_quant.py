@@ -37,6 +37,8 @@ def test_device_layout_keeps_every_value_and_tiles_whole_bursts(name):
     assert np.array_equal(back.q, there.q) and np.array_equal(back.d, there.d)
     assert (back.m is None) == (there.m is None)
     assert back.m is None or np.array_equal(back.m, there.m)
+    # The emulator keeps the decoded quants of every weight: one byte each, not eight.
+    assert back.q.dtype == there.q.dtype == np.int8
     assert gemv.record_bytes(512, name) % 512 == 0  # a core step reads whole shim bursts
 
 
