@@ -49,6 +49,19 @@ def bfp16_read_sources(specs: Iterable[ElfSpec]) -> frozenset[str]:
     )
 
 
+def plain_read_sources(specs: Iterable[ElfSpec]) -> frozenset[tuple[str, str]]:
+    """The static data (by source and dtype) that some launch reads as it is, not as a
+    bfp16 operand: what a device must keep in its plain form."""
+    return frozenset(
+        (arg.source, arg.dtype)
+        for spec in specs
+        for launch in spec.launches
+        if launch.params.get("mma") != "bfp16"
+        for arg in (spec.arg(parse_binding(b)[0]) for b in launch.inputs)
+        if arg.source
+    )
+
+
 class BufferManager:
     def __init__(self, device: Device, resolve_source: SourceResolver):
         self.device = device
@@ -63,6 +76,7 @@ class BufferManager:
         self._fixed_sets: dict[tuple[str, int | None, int], dict[str, Buffer]] = {}
         self.preloaded_bytes = 0
         self._bfp16_sources: frozenset[str] = frozenset()
+        self._plain_sources: frozenset[tuple[str, str]] = frozenset()
 
     # -- prepare -------------------------------------------------------------
     def preload(self, specs: Iterable[ElfSpec], layers: range) -> None:
@@ -72,6 +86,7 @@ class BufferManager:
         all of its readers (`bfp16_read_sources`)."""
         specs = list(specs)
         self._bfp16_sources = bfp16_read_sources(specs)
+        self._plain_sources = plain_read_sources(specs)
         for spec in specs:
             self._preload(spec, layers)
 
@@ -93,8 +108,7 @@ class BufferManager:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
         key = (source, arg.layout, arg.shape)
         if key not in self._weights:
-            bfp16 = arg.source in self._bfp16_sources
-            buffer = self.device.alloc(arg, source, bfp16_operand=bfp16)
+            buffer = self.device.alloc(arg, source, **self._reads(arg))
             self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
             self._weights[key] = buffer
         return self._weights[key]
@@ -102,13 +116,19 @@ class BufferManager:
     def _const(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
         key = (spec.instance, arg.name)
         if key not in self._consts:
-            label, bfp16 = f"{spec.instance}:{arg.name}", arg.source in self._bfp16_sources
-            buffer = self.device.alloc(arg, label, bfp16_operand=bfp16)
+            buffer = self.device.alloc(arg, f"{spec.instance}:{arg.name}", **self._reads(arg))
             self.preloaded_bytes += self._write_static(
                 buffer, self._resolved(spec, arg, arg.source)
             )
             self._consts[key] = buffer
         return self._consts[key]
+
+    def _reads(self, arg: ArgSpec) -> dict[str, bool]:
+        """How the launches read a static argument (Device.alloc's flags)."""
+        return {
+            "bfp16_operand": arg.source in self._bfp16_sources,
+            "plain_read": (arg.source, arg.dtype) in self._plain_sources,
+        }
 
     @staticmethod
     def _write_static(buffer: Buffer, array: np.ndarray) -> int:

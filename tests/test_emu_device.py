@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -182,6 +183,27 @@ def test_bfp16_weights_are_converted_once_and_read_back_from_the_cache(tmp_path)
     assert not np.array_equal(other, first)
     entry.write_bytes(b"damaged")  # a damaged entry is converted again
     np.testing.assert_array_equal(cache.converted(weight), first)
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_a_weight_only_bfp16_gemms_read_keeps_no_fp32_image(tmp_path, with_cache):
+    weight = np.random.default_rng(0).standard_normal((512, 1024)).astype(BF16)
+    spec = ArgSpec("w", weight.shape, "bf16", Role.WEIGHT)
+    cache = emu.Bfp16Cache(tmp_path) if with_cache else None
+
+    def held(plain_read: bool) -> tuple[int, np.ndarray]:
+        tracemalloc.start()
+        buffer = emu.EmuBuffer(spec, "w", bfp16_operand=True, cache=cache, plain_read=plain_read)
+        buffer.write(weight)
+        operand = buffer.as_bfp16()
+        kept = tracemalloc.get_traced_memory()[0] - operand.nbytes
+        tracemalloc.stop()
+        return kept, operand
+
+    both, plain = held(True)
+    only, bfp16 = held(False)
+    np.testing.assert_array_equal(bfp16, plain)  # the same operand either way
+    assert both - only >= weight.size * 4  # without its fp32 image
 
 
 def test_an_unwritable_bfp16_cache_only_converts(tmp_path):

@@ -80,9 +80,12 @@ class Device(ABC):
         """Refuse, before any weight is loaded, a model this device cannot hold."""
 
     @abstractmethod
-    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
+    def alloc(
+        self, spec: ArgSpec, label: str, bfp16_operand: bool = False, plain_read: bool = True
+    ) -> Buffer:
         """A buffer for one argument. `bfp16_operand`: some launch reads this static
-        data as a bfp16 mmul operand (a device may keep it in that form as well)."""
+        data as a bfp16 mmul operand (a device may keep it in that form as well);
+        `plain_read`: some launch reads it as it is (else only in the bfp16 form)."""
 
     @abstractmethod
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> Any:

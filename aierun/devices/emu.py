@@ -85,6 +85,7 @@ class EmuBuffer(Buffer):
         label: str,
         bfp16_operand: bool = False,
         cache: Bfp16Cache | None = None,
+        plain_read: bool = True,
     ):
         super().__init__(spec, label)
         self._bfp16_operand = bfp16_operand  # a bfp16 GEMM reads it: convert when written
@@ -98,7 +99,11 @@ class EmuBuffer(Buffer):
         # cost the emulator a third more memory. Its bf16 host view is a staging array
         # that lives from the write to the sync.
         self._static = spec.role in (Role.WEIGHT, Role.CONST) and spec.dtype != "f32"
-        self._f32 = np.empty(spec.shape, np.float32)
+        # Static data that only bfp16 GEMMs read (a quantized model's prefill weights:
+        # its decode GEMVs read blocks) keeps only that form: no fp32 image.
+        self._f32: np.ndarray | None = None
+        if plain_read or not self._static or not bfp16_operand:
+            self._f32 = np.empty(spec.shape, np.float32)
         if not self._static:  # static data is touched by its write, at prepare
             self._f32.fill(0)
         self._host: np.ndarray | None = None
@@ -115,17 +120,19 @@ class EmuBuffer(Buffer):
     @property
     def host(self) -> np.ndarray:
         if self._host is None:  # static data: stage its bf16 image for the host
-            dtype = self.spec.np_dtype
+            dtype, image = self.spec.np_dtype, self._f32
             self._host = (
-                self._f32.astype(dtype) if self.written else np.empty(self._f32.shape, dtype)
-            )
+                image.astype(dtype) if self.written and image is not None
+                else np.empty(self.spec.shape, dtype)
+            )  # fmt: skip
         return self._host
 
     def sync_to_device(self) -> None:
         self._version += 1  # the host changed the bytes: the fp32 image is stale
         self._bfp16 = None
         if self._static:  # convert at prepare, not inside the first call; drop the staging
-            self.as_f32()
+            if self._f32 is not None:
+                self.as_f32()
             if self._bfp16_operand and self._cache is not None:
                 self._bfp16 = self._cache.converted(self._host)
                 self._bfp16_version = self._version
@@ -152,6 +159,7 @@ class EmuBuffer(Buffer):
     def as_f32(self) -> np.ndarray:
         """The contents as fp32 (exact for bf16), refreshed only when the bytes
         changed: weights are converted once, which is what makes the emulation fast."""
+        assert self._f32 is not None, f"{self.label} is read only as a bfp16 operand"
         stale = self._f32_version != self._version
         if stale and self._host is not None and self._f32 is not self._host:
             np.copyto(self._f32, self._host, casting="unsafe")
@@ -163,7 +171,8 @@ class EmuBuffer(Buffer):
         converted once per version of the bytes: static data once, an activation once
         however many GEMMs read it (gate and up share theirs)."""
         if self._bfp16 is None or self._bfp16_version != self._version:
-            values = to_bfp16(self.as_f32())
+            source = self._host if self._f32 is None else self.as_f32()
+            values = to_bfp16(np.asarray(source, np.float32))
             self._bfp16 = values.astype(BF16) if self._static else values
             self._bfp16_version = self._version
         if self._static:
@@ -241,10 +250,12 @@ class EmuDevice(Device):
     def __init__(self, bfp16_cache: Path | None = None) -> None:
         self._cache = Bfp16Cache(bfp16_cache or paths.home() / "cache" / "emu-bfp16")
 
-    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> Buffer:
+    def alloc(
+        self, spec: ArgSpec, label: str, bfp16_operand: bool = False, plain_read: bool = True
+    ) -> Buffer:
         if spec.dtype in QUANT_DTYPES:
             return QuantBuffer(spec, label)
-        return EmuBuffer(spec, label, bfp16_operand, self._cache)
+        return EmuBuffer(spec, label, bfp16_operand, self._cache, plain_read)
 
     def load(self, spec: ElfSpec, files: dict[str, Any]) -> EmuElf:
         unknown = {launch.op for launch in spec.launches} - set(OPS)

@@ -155,7 +155,9 @@ class NpuDevice(Device):
         log.info("npu.open", xrt=self.xrt_version, context_limit=self.context_limit)
 
     # -- the Device interface --------------------------------------------------
-    def alloc(self, spec: ArgSpec, label: str, bfp16_operand: bool = False) -> NpuBuffer:
+    def alloc(
+        self, spec: ArgSpec, label: str, bfp16_operand: bool = False, plain_read: bool = True
+    ) -> NpuBuffer:
         # The NPU's kernels convert their bfp16 operands themselves: no second form.
         bo = self._xrt.ext.bo(self._open(), spec.nbytes)
         buffer = NpuBuffer(spec, label, bo, self._directions)
