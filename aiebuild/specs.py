@@ -17,6 +17,7 @@ from aiebuild.ops import flash_attn as attention
 from aiebuild.ops.gemm import TILE
 from aiebuild.weights import LM_HEAD, WeightTypes, uniform
 from aierun.abi import (
+    BUCKET_MULTIPLE,
     FLASH_ATTN,
     KV_CACHE,
     LM_HEAD_GEMV,
@@ -359,6 +360,13 @@ def model_specs(
     buckets = sorted(set(buckets))
     if not buckets or buckets[0] < 1:
         raise UserError(f"prefill buckets must be positive lengths, got {buckets}")
+    untileable = [b for b in buckets if b % BUCKET_MULTIPLE]
+    if untileable:
+        raise UserError(
+            f"prefill buckets {untileable} are not multiples of {BUCKET_MULTIPLE} (the prefill "
+            f"kernels take rows in blocks of {BUCKET_MULTIPLE}): round them, e.g. "
+            f"buckets={','.join(str(-(-b // BUCKET_MULTIPLE) * BUCKET_MULTIPLE) for b in buckets)}"
+        )
     too_long = [b for b in buckets if b > shape.max_positions]
     if too_long:
         raise UserError(

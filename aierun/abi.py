@@ -23,6 +23,9 @@ import numpy as np
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # GGUF block-quantized weights are bytes of the device layout (aierun/ops/quant.py): an
 # argument of such a type is [rows, bytes per row] of uint8.
+# Prefill buckets are multiples of 32 rows: a flash-attention block and the GEMMs' row
+# tile (the build refuses others; the runtime names them).
+BUCKET_MULTIPLE = 32
 QUANT_DTYPES = ("q4_0", "q4_1", "q8_0")
 DTYPES: dict[str, np.dtype] = {
     "bf16": BF16, "f32": np.dtype(np.float32), "i32": np.dtype(np.int32),

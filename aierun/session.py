@@ -21,6 +21,7 @@ import structlog
 from aierun import logs, paths
 from aierun.abi import (
     BF16,
+    BUCKET_MULTIPLE,
     FLASH_ATTN,
     KV_CACHE,
     LM_HEAD_GEMV,
@@ -520,9 +521,8 @@ class Session:
             self._pin.unlink(missing_ok=True)
 
 
-# The compiler's prefill buckets are multiples of 32 (a flash-attention block, the
-# GEMMs' row tile); it suggests powers of two from 64 up.
-BUCKET_MULTIPLE = 32
+# The compiler suggests powers of two from 64 up (its buckets are multiples of
+# abi.BUCKET_MULTIPLE).
 MIN_BUCKET = 64
 
 

@@ -13,7 +13,9 @@ from aiebuild.array.placement import TileId
 from aiebuild.ops import common
 from aiebuild.specs import model_specs
 from aierun.abi import BF16
+from aierun.errors import UserError
 from aierun.model import Checkpoint
+from tests.sim.test_designs_simulated import SHAPE
 
 I32 = np.dtype(np.int32)
 
@@ -394,3 +396,10 @@ def test_doit_check_passes_for_the_default_model(model_dir, tmp_path, capsys):
     header = timing.index("ELF ")  # after the log lines of any host kernel compiled for it
     timed = timing[header:].splitlines()[1 : len(instances) + 1]
     assert {line.split()[0] for line in timed} == instances
+
+
+def test_a_bucket_the_prefill_kernels_cannot_tile_is_refused_with_rounded_ones():
+    # Named as a bucket (not as the decode context it would double into), with advice
+    # the compiler accepts.
+    with pytest.raises(UserError, match=r"buckets \[100\] are not multiples of 32.*=64,128$"):
+        model_specs(SHAPE, (64, 100))
