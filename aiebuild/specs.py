@@ -290,10 +290,14 @@ def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
 
 
 def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
-    """One layer's device-resident KV cache: keys then values, per KV head, in bf16:
-    the projections write K and V as bf16, so a wider cache would hold the same values
-    in twice the DDR bytes the decode attention streams every step."""
-    return (2, shape.n_kv_heads, context, shape.head_dim)
+    """One layer's device-resident KV cache: per KV head its keys then its values, in
+    bf16 (the projections write K and V as bf16, so a wider cache would hold the same
+    values in twice the DDR bytes the decode attention streams every step). The head
+    goes first so that the decode attention's pattern steps from a key block to its
+    value block by C*Dh elements: a shim dimension strides at most 2^20 words
+    (aiebuild/array/rules.py), which the order [2, Hkv, C, Dh] exceeded at
+    Llama-3.2-3B's 4096 positions (Hkv*C*Dh = 4M elements)."""
+    return (shape.n_kv_heads, 2, context, shape.head_dim)
 
 
 def o_gemv_ffn(shape: ModelShape, context: int, types: WeightTypes = BF16_TYPES) -> ElfSpec:

@@ -21,7 +21,7 @@ def random_bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def device_kv(positions: int) -> KVCache:
-    arg = ArgSpec("kv_cache", (2, KV_HEADS, positions, DIM), "f32", Role.INPUT)
+    arg = ArgSpec("kv_cache", (KV_HEADS, 2, positions, DIM), "f32", Role.INPUT)
     return KVCache.allocate(EmuDevice(), arg, LAYERS)
 
 
@@ -37,8 +37,8 @@ def test_the_prompt_and_decode_positions_land_per_head_in_the_device_buffer():
     assert cache.buffers[1].written and cache.capacity == 9
     for head in range(KV_HEADS):
         columns = slice(head * DIM, (head + 1) * DIM)
-        np.testing.assert_array_equal(held[0, head, :7], k[:, columns].astype(np.float32))
-        np.testing.assert_array_equal(held[1, head, :7], v[:, columns].astype(np.float32))
+        np.testing.assert_array_equal(held[head, 0, :7], k[:, columns].astype(np.float32))
+        np.testing.assert_array_equal(held[head, 1, :7], v[:, columns].astype(np.float32))
     assert not held[:, :, 7:].any()  # nothing past what was stored
 
 

@@ -79,7 +79,7 @@ def test_reuse_is_chosen_when_the_measured_decode_steps_cost_less(session, monke
 
 
 def test_slots_keep_the_newest_within_their_count_and_bytes():
-    kv = KVCache.allocate(EmuDevice(), ArgSpec("kv_cache", (2, 1, 8, 2), "f32", Role.INPUT), 1)
+    kv = KVCache.allocate(EmuDevice(), ArgSpec("kv_cache", (1, 2, 8, 2), "f32", Role.INPUT), 1)
     slots = PrefixSlots(count=2, max_bytes=10**6)
     for tokens in ([1, 2, 3], [1, 5], [7, 8]):
         slots.keep(tokens, kv)

@@ -403,3 +403,15 @@ def test_a_bucket_the_prefill_kernels_cannot_tile_is_refused_with_rounded_ones()
     # the compiler accepts.
     with pytest.raises(UserError, match=r"buckets \[100\] are not multiples of 32.*=64,128$"):
         model_specs(SHAPE, (64, 100))
+
+
+@pytest.mark.parametrize("config", ["Llama-3.2-3B", "Llama-3.1-8B", "Qwen3-8B"])
+def test_the_decode_attention_of_the_larger_models_keeps_its_strides_legal(config):
+    # Their default context (2 x 2048) with 8 KV heads: the cache's K -> V step once
+    # strode past a shim dimension's 2^20 words.
+    from aiebuild.specs import decode_context, o_gemv_ffn
+    from aierun.model import ModelShape
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS[config])
+    placed.require_legal([o_gemv_ffn(shape, decode_context(shape, [2048]))])

@@ -9,7 +9,7 @@ softmax). Per column c:
   length (the host-written `query` operand, aierun/ops/decode_attn.py) as one object
   that stays for the head's whole key walk (depth 1);
 - its second streams the head's [K; V] key blocks straight from the cache
-  [2, Hkv, C, Dh] (one 4-d pattern per block run: K and V of a block are one object,
+  [Hkv, 2, C, Dh] (one 4-d pattern per block run: K and V of a block are one object,
   so the core's second input channel takes both);
 - its output channel drains the group's bf16 rows to their place in attn_out.
 
@@ -122,9 +122,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         for h in range(c * per_column, (c + 1) * per_column):
             for first, count in runs:
                 fills.append(contiguous(query.shape, h * row, row) if first == 0 else None)
-                walks.append(tap(cache.shape, h * context * dim + first * keys * dim,
+                walks.append(tap(cache.shape, 2 * h * context * dim + first * keys * dim,
                                  [count, 2, keys, dim],
-                                 [keys * dim, kv_heads * context * dim, dim, 1]))  # fmt: skip
+                                 [keys * dim, context * dim, dim, 1]))  # fmt: skip
                 last = first + count == blocks
                 drains.append(contiguous(out.shape, h * group * dim, group * dim) if last else None)
         streams += [Stream(0, q_in.prod(tile=shim_tile(lib, c)), fills),

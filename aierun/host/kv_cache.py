@@ -16,7 +16,7 @@ from aierun.devices.base import Buffer, Device
 @dataclass(frozen=True)
 class HeldKV:
     """Positions [0, length) of every layer's cache, in host memory that owns them
-    ([layers, 2, Hkv, length, Dh], the cache's dtype): a cached prefix kept aside."""
+    ([layers, Hkv, 2, length, Dh], the cache's dtype): a cached prefix kept aside."""
 
     values: np.ndarray
 
@@ -27,7 +27,7 @@ class HeldKV:
 
 class KVCache:
     """Per layer one device buffer, the decode ELF's `kv_cache` argument
-    [2, Hkv, C, Dh] (keys then values, each KV head's positions together, as
+    [Hkv, 2, C, Dh] (per KV head its keys then its values, positions together, as
     the decode kernel streams them). Positions are valid up to where the host last
     wrote them; each decode call passes its own length, so nothing is erased when a
     shorter prefix is reused: every later position is stored before it is read."""
@@ -48,16 +48,17 @@ class KVCache:
         """Positions [0, length) from k, v [Hkv, >= length, Dh] (the prefill ELF's
         cache buffers, widened and placed per head by its kv_store launch)."""
         buffer = self.buffers[layer]  # fp32 of bf16 values: narrowed exactly
-        np.copyto(buffer.host[0, :, :length], k[:, :length], "unsafe")
-        np.copyto(buffer.host[1, :, :length], v[:, :length], "unsafe")
+        np.copyto(buffer.host[:, 0, :length], k[:, :length], "unsafe")
+        np.copyto(buffer.host[:, 1, :length], v[:, :length], "unsafe")
         self._synced(buffer, 0, length)
 
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Positions [start, start + len(k)) from rows [rows, Hkv*Dh] (the decode ELF
         rms_gemv_rope's outputs)."""
         buffer, stop = self.buffers[layer], start + len(k)
-        _, heads, _, dim = buffer.spec.shape
-        rows = np.stack((k, v)).reshape(2, len(k), heads, dim).swapaxes(1, 2)
+        heads, _, _, dim = buffer.spec.shape
+        # [2, rows, Hkv, Dh] -> [Hkv, 2, rows, Dh]
+        rows = np.stack((k, v)).reshape(2, len(k), heads, dim).transpose(2, 0, 1, 3)
         np.copyto(buffer.host[:, :, start:stop], rows, "unsafe")  # one copy: host work per step
         self._synced(buffer, start, stop)
 
@@ -76,9 +77,9 @@ class KVCache:
 
     @staticmethod
     def _synced(buffer: Buffer, start: int, stop: int) -> None:
-        """Push positions [start, stop) of every (kind, head) row to the device."""
-        kinds, heads, context, dim = buffer.spec.shape
+        """Push positions [start, stop) of every (head, kind) row to the device."""
+        heads, kinds, context, dim = buffer.spec.shape
         row, size = dim * buffer.spec.np_dtype.itemsize, (stop - start)
-        for stretch in range(kinds * heads):
+        for stretch in range(heads * kinds):
             buffer.sync_range_to_device((stretch * context + start) * row, size * row)
         buffer.written = True

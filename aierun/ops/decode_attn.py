@@ -4,8 +4,8 @@ launch `decode_attn`: kernels_src/decode_attn.cc, aiebuild/ops/decode_attn.py).
 Its operands are what the host leaves for it each step: `query` [Hkv, G*Dh + PAD] fp32,
 per KV head its group's query rows widened from bf16, then the number of positions to
 attend as a float in the row's first pad word (the kernel reads it there: the length
-changes per call, the design's loops do not); `kv_cache` [2, Hkv, C, Dh] fp32, keys
-then values per KV head, positions [0, length) valid. The output is bf16 [1, H*Dh].
+changes per call, the design's loops do not); `kv_cache` [Hkv, 2, C, Dh] fp32, per KV
+head its keys then its values, positions [0, length) valid. The output is bf16 [1, H*Dh].
 
 As flash_attn's emulation (aierun/ops/attention.py), the softmax is taken over whole
 rows with the kernel's bf16-precise exp: it differs from the kernel by the online
@@ -37,7 +37,7 @@ def decode_attn(params: dict, query: np.ndarray, kv_cache: np.ndarray) -> tuple[
     if length == 0:  # nothing cached: the kernel's empty sum gives zeros
         return (np.zeros((1, kv_heads * group * dim), np.float32),)
     q = query[:, : group * dim].reshape(kv_heads, group, dim)
-    keys, values = kv_cache[0, :, :length], kv_cache[1, :, :length]  # [Hkv, L, Dh]
+    keys, values = kv_cache[:, 0, :length], kv_cache[:, 1, :length]  # [Hkv, L, Dh]
     scores = (q @ keys.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(dim))  # [Hkv, G, L]
     weights = exp_bf16(scores - scores.max(axis=-1, keepdims=True))
     out = (weights @ values) / weights.sum(axis=-1, keepdims=True)

@@ -113,12 +113,12 @@ def test_decode_attention_over_the_cache_matches_sdpa_on_its_first_positions():
     """One query row against the first `length` cached positions (the rest is stale
     memory the op must not read): PyTorch's attention of that row over exactly those."""
     heads, kv_heads, dim, context, length = 6, 2, 64, 96, 37
-    q, cache = rand(1, heads * dim), rand(2, kv_heads, context, dim)
+    q, cache = rand(1, heads * dim), rand(kv_heads, 2, context, dim)
     cache[:, :, length:] = 1e4  # would dominate any softmax that saw it
     params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim, "context": context}
     query = query_rows(q, kv_heads, length, np.zeros((kv_heads, 3 * dim + PAD), np.float32))
     (ours,) = OPS["decode_attn"](params, query, cache)
-    keys, values = (torch.from_numpy(cache[i, :, :length])[None] for i in (0, 1))
+    keys, values = (torch.from_numpy(cache[:, i, :length])[None] for i in (0, 1))
     queries = torch.from_numpy(q.reshape(1, heads, 1, dim))
     expected = torch.nn.functional.scaled_dot_product_attention(
         queries, keys, values, enable_gqa=True
