@@ -33,7 +33,8 @@ from aierun.files import write_json_atomic
 from aierun.ops import quant
 
 INDEX = "gguf.json"
-INDEX_SCHEMA = 1
+# 2: the index records the GGUF file's sha256 (a copy without its mtime is still current)
+INDEX_SCHEMA = 2
 # The GGUF architectures whose tensors are read, and whether llama.cpp permuted the
 # rows of their Q/K projections.
 PERMUTED_QK = {"llama": True}
@@ -117,12 +118,23 @@ def is_current(model_dir: Path) -> bool:
         stat = _gguf_file(model_dir, index).stat()
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return (
-        index.get("schema") == INDEX_SCHEMA
-        and index.get("size") == stat.st_size
-        and index.get("mtime_ns") == stat.st_mtime_ns
-        and all((model_dir / name).is_file() for name in ("config.json", "tokenizer.json"))
+    if index.get("schema") != INDEX_SCHEMA or index.get("size") != stat.st_size:
+        return False
+    if not all((model_dir / name).is_file() for name in ("config.json", "tokenizer.json")):
+        return False
+    # The same mtime: the same file. A copied directory (`cp -r`, scp) keeps the bytes
+    # but not the mtime: then the contents decide.
+    return index.get("mtime_ns") == stat.st_mtime_ns or index.get("sha256") == _sha256(
+        _gguf_file(model_dir, index)
     )
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def derive(gguf_file: Path, out: Path, file_ref: str | None = None) -> None:
@@ -147,7 +159,8 @@ def derive(gguf_file: Path, out: Path, file_ref: str | None = None) -> None:
     tensors = _tensor_index(reader, arch, config)
     write_json_atomic(out / INDEX, {
         "schema": INDEX_SCHEMA, "file": file_ref or str(gguf_file.resolve()),
-        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "architecture": arch,
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(gguf_file),
+        "architecture": arch,
         "tensors": tensors,
     })  # fmt: skip
 

@@ -103,7 +103,13 @@ def test_a_gguf_file_is_a_model_derived_once(tmp_path, model_dir, fast_metadata)
     assert checkpoint.name == "mine"
     reference = Checkpoint(model_dir)
     assert np.array_equal(checkpoint.tensor(Q_PROJ), reference.tensor(Q_PROJ))
-    os.utime(file, ns=(0, 0))  # the file changed: its directory is derived again
+    os.utime(file, ns=(0, 0))  # a copy that lost its mtime: the same bytes, still current
+    assert resolve_model(str(file), models) == derived and len(fast_metadata) == 1
+    with file.open("r+b") as stream:  # the file changed: its directory is derived again
+        stream.seek(-1, os.SEEK_END)
+        last = stream.read(1)
+        stream.seek(-1, os.SEEK_END)
+        stream.write(bytes([last[0] ^ 1]))
     assert resolve_model(str(file), models) == derived and len(fast_metadata) == 2
 
 
