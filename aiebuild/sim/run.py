@@ -259,7 +259,18 @@ def table(results: list[ElfResult]) -> str:
             lines.append(f"{head[0]:<22} {name:<10} {cells} {head[1]}  {verdict}")
             first = False
         lines += [f"    {problem}" for problem in result.problems]
-    return "\n".join(lines)
+    return "\n".join([*lines, LEGEND])
+
+
+LEGEND = "\n".join(
+    (
+        "Each output against emu's: the largest absolute difference, the same in bf16 steps at",
+        "emu's value (max ulp: a large count is a tiny value's, near a zero), the cosine. An ELF",
+        "passes on its ops' stated bounds (aiebuild/ops/<op>.py): equality where the kernel",
+        "computes in emu's order, a stated bound where it does not (the attention's online",
+        "softmax, sums of fp32 partials).",
+    )
+)
 
 
 # Prefill buckets `doit simulate` runs when buckets= is not given (CI's setting).
