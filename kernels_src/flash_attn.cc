@@ -218,9 +218,8 @@ extern "C" void AIEK_CAT(flash_attn_finish_, AIEK_SUFFIX)(State *s, bfloat16 *ou
   set_round_to_nearest_even();
   for (int i = 0; i < QS; ++i) {
     const float *acc = s->acc + i * (DG + 1) * OP;
-    Lanes inverse;
-    for (int c = 0; c < N8; ++c) inverse[c] = aie::inv(acc[DG * OP + c]);  // scalar inv (L)
-    const Block scale = per_column(inverse);
+    // The sums block's first row, one scalar inv per query (L).
+    const Block scale = per_column(aie::inv(aie::load_v<N8>(acc + DG * OP)));
     for (int d = 0; d < DG; ++d) {
       // O^T's block back to 8 queries x 8 head dims, rounded once to bf16.
       const aie::accum<accfloat, OP> o(aie::mul(aie::load_v<OP>(acc + d * OP), scale));
