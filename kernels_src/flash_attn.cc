@@ -24,7 +24,7 @@
 // queries by 8 keys). A query's max, sum and rescale are then lane-wise over the rows
 // of a block, with no per-row reductions. Q is converted once per query block, K and
 // V^T once per key block (for all the block's strips of 8 queries); P once per 8 x 8
-// block. The sum of a query's weights is one more O^T row block: ones x P^T, the same
+// block, as its bfp16 value and the bfp16 value of its rest (store_weights). The sum of a query's weights is one more O^T row block: ones x P^T, the same
 // bfp16 weights the outputs take. The softmax: the scaled, max-subtracted scores in one
 // fp32 multiply-accumulate, the bf16 exp2 (L), the rescale of the fp32 accumulators
 // once per key block. Relies on (B), (L), (M) for the fp32 products, (R) for the
@@ -52,7 +52,11 @@ struct Operands {
   bfp16ebs8 queries[QS * DG * OP / N8];  // (strip, head dims): 8 queries x 8 dims
   bfp16ebs8 keys[KG * DG * OP / N8];     // (key group, head dims): 8 keys x 8 dims
   bfp16ebs8 values[DG * KG * OP / N8];   // (head dims, key group): 8 dims x 8 keys
-  bfp16ebs8 weights[KG * OP / N8];       // (key group) of the current strip: 8 queries x 8 keys
+  // The current strip's weights P, per key group 8 queries x 8 keys: their bfp16
+  // value, then the rest P - that value as another bfp16 operand.
+  bfp16ebs8 weights[2 * KG * OP / N8];
+  bfp16ebs8 identity[OP / N8];  // the 8 x 8 identity, to read a bfp16 operand back
+  bfp16ebs8 ones[OP / N8];      // all ones: A of the sums row block
 };
 struct State {
   // Per strip of 8 queries: DG O^T blocks (8 head dims x 8 queries), then the sums
@@ -76,12 +80,14 @@ static inline Operand load_operand(const bfp16ebs8 *p) {
   return v;
 }
 
-// A row-major 8 x 8 bf16 block to a bfp16 operand at p (blocks of 8 along its rows),
-// widened by a product with ones (exact, as gemm.cc) and rounded by the current mode.
-static inline void store_operand(bfp16ebs8 *p, aie::vector<bfloat16, OP> block) {
-  const auto ones = aie::broadcast<bfloat16, OP>(bfloat16(1.0f));
+// A row-major 8 x 8 bf16 block times `sign` (+1 or -1) to a bfp16 operand at p
+// (blocks of 8 along its rows), widened by the product (exact, as gemm.cc) and
+// rounded by the current mode.
+static inline void store_operand(bfp16ebs8 *p, aie::vector<bfloat16, OP> block,
+                                 float sign = 1.0f) {
+  const auto signs = aie::broadcast<bfloat16, OP>(bfloat16(sign));
   aie::block_vector_output_buffer_stream<bfp16ebs8, OP>(p)
-      << aie::mul(block, ones).template to_vector<bfp16ebs8>();
+      << aie::mul(block, signs).template to_vector<bfp16ebs8>();
 }
 
 // An 8 x 8 block of a row-major bf16 matrix of AIEK_DH columns.
@@ -126,6 +132,15 @@ extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(const bfloat16 *q, State
   for (int i = 0; i < QS; ++i)
     for (int d = 0; d < DG; ++d)
       store_operand(ops->queries + (i * DG + d) * N8, rows_block(q + i * N8 * AIEK_DH + d * N8));
+  const auto ones = aie::broadcast<bfloat16, OP>(bfloat16(1.0f));
+  store_operand(ops->ones, ones);
+  // The identity: lanes r * 9 (0, 9, 18, 27 of the first 32-lane half, 36 - 32 = 4,
+  // 13, 22, 31 of the second: masks are 32 lanes wide).
+  aie::vector<bfloat16, OP> identity;
+  for (int h = 0; h < 2; ++h)
+    identity.insert(h, aie::select(bfloat16(0.0f), ones.extract<OP / 2>(h),
+                                   aie::mask<OP / 2>::from_uint32(h ? 0x80402010u : 0x08040201u)));
+  store_operand(ops->identity, identity);
   for (int i = 0; i < QS * (DG + 1) * OP; i += OP) aie::store_v(s->acc + i, aie::zeros<float, OP>());
   for (int r = 0; r < AIEK_BQ; r += N8)
     aie::store_v(s->max + r, aie::broadcast<float, N8>(-INFINITY));
@@ -157,6 +172,20 @@ static Lanes strip_scores(const Operands *ops, State *s, int strip, int groups, 
   return column_max(seen);
 }
 
+// Key group g's weights P^T (8 keys x 8 queries, bf16) as the B operands of P V: P's
+// bfp16 value, then the rest P - value, read back through the identity (an exact
+// mmul: one product per lane) and exact in bf16 (the bits of P below the block's
+// scale). One bfp16 operand would round every weight below 2^-7 of its block's
+// largest to zero: at a sharp attention the weights far from the peak, which the
+// spine's decode steps showed (cosine 0.979 against transformers).
+static inline void store_weights(Operands *ops, int g, aie::vector<bfloat16, OP> weights_t) {
+  bfp16ebs8 *value = ops->weights + 2 * g * N8, *rest = value + N8;
+  store_operand(value, aie::transpose(weights_t, N8, N8));
+  MMUL back(aie::mul(weights_t, bfloat16(-1.0f)));  // value^T - P^T = -rest^T
+  back.mac(load_operand(ops->identity), load_operand(value));
+  store_operand(rest, aie::transpose(back.to_vector<bfloat16>(), N8, N8), -1.0f);
+}
+
 // Fold `groups` key groups of the block into strip `strip` of 8 queries: their running
 // max and the strip's O^T and sums blocks. `first`: the strip has seen no keys yet.
 static void fold_strip(Operands *ops, State *s, int strip, int groups, bool diagonal,
@@ -178,17 +207,19 @@ static void fold_strip(Operands *ops, State *s, int strip, int groups, bool diag
     auto weights = aie::exp2<bfloat16>(
         aie::mac(shift, aie::load_v<OP>(s->scores + g * OP), scale).to_vector<float>());
     if (diagonal && g == strip) weights = causal(weights, bfloat16(0.0f));
-    store_operand(ops->weights + g * N8, aie::transpose(weights, N8, N8));
+    store_weights(ops, g, weights);
   }
-  // O^T = O^T * rescale + V^T P^T per 8 head dims, then the sums as ones x P^T.
-  const Operand ones =
-      aie::accum<accfloat, OP>(aie::broadcast<bfloat16, OP>(bfloat16(1.0f))).to_vector<bfp16ebs8>();
+  // O^T = O^T * rescale + V^T P^T per 8 head dims, then the sums as ones x P^T; P as
+  // its bfp16 value and its rest.
+  const Operand ones = load_operand(ops->ones);
   for (int d = 0; d <= DG; ++d) {
     float *out = s->acc + (strip * (DG + 1) + d) * OP;
     MMUL acc(aie::mul(aie::load_v<OP>(out), rescale));
-    for (int g = 0; g < groups; ++g)
-      acc.mac(d < DG ? load_operand(ops->values + (d * KG + g) * N8) : ones,
-              load_operand(ops->weights + g * N8));
+    for (int g = 0; g < groups; ++g) {
+      const Operand a = d < DG ? load_operand(ops->values + (d * KG + g) * N8) : ones;
+      acc.mac(a, load_operand(ops->weights + 2 * g * N8));
+      acc.mac(a, load_operand(ops->weights + (2 * g + 1) * N8));
+    }
     aie::store_v(out, acc.to_vector<float>());
   }
 }

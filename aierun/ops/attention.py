@@ -1,7 +1,8 @@
 """Causal grouped-query attention (kernels_src/flash_attn.cc).
 
 The device kernel multiplies with the native bfp16 8x8x8 mmul (Q and K in blocks of 8
-head dims, P and V in blocks of 8 keys) and keeps an online softmax: per key block
+head dims, P and V in blocks of 8 keys; P as its bfp16 value plus that of its rest,
+so that small weights are not rounded to zero) and keeps an online softmax: per key block
 the exps are taken against the running maximum, 2^(scale s - scale max) in one fp32
 multiply-accumulate and AIE2P's bf16 exp2, and the fp32 accumulators are rescaled by
 a bf16 exp too; a query's sum is that of its bfp16 weights. This emulation takes the
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aierun.ops.numerics import BFP16_BLOCK, LOG2E, exp2_bf16, to_bfp16
+from aierun.ops.numerics import BFP16_BLOCK, LOG2E, exp2_bf16, to_bf16, to_bfp16
 
 Operand = Callable[[np.ndarray], np.ndarray]  # an operand as the matmul sees it
 
@@ -82,10 +83,14 @@ def attend(
 
 def _weights(scores: np.ndarray, scale: np.float32, kernel: bool) -> np.ndarray:
     """The softmax numerators of raw scores against each row's max: the kernel's are
-    2^(fl(scale log2 e) s - fl(scale log2 e) max) in bf16, as bfp16 blocks of 8 keys."""
+    p = 2^(fl(scale log2 e) s - fl(scale log2 e) max) in bf16, as the matmul sees them:
+    p's bfp16 value (blocks of 8 keys) plus the bfp16 value of the rest, bf16(p - value)
+    (flash_attn.cc multiplies both)."""
     if not kernel:
         scaled = scores * scale
         return np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     factor = scale * LOG2E
     top = scores.max(axis=-1, keepdims=True)
-    return _blocks(exp2_bf16(scores * factor - top * factor))
+    weights = exp2_bf16(scores * factor - top * factor)
+    value = _blocks(weights)
+    return value + _blocks(to_bf16(weights - value).astype(np.float32))
