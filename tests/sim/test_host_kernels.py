@@ -399,8 +399,9 @@ def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
     row's final maximum. Each weight is then off by a few half-ulps of bf16 (2^-8), and
     its bfp16 rounding (value and rest: about 2^-14 of its block's largest weight)
     falls elsewhere, in independent directions; the weighted mean of v moves by far
-    less than the worst case: measured <= 2^-8.9 * max|v| here, bounded at 2^-7 *
-    max|v|. A query that sees one key more or less moves by about max|v| / keys, far
+    less than the worst case: measured <= 2^-7.98 * max|v| over 8 seeds of these
+    inputs, bounded at 2^-7.5 * max|v|; without the rest of the weights it is 2^-7.2 to
+    2^-6.0. A query that sees one key more or less moves by about max|v| / keys, far
     above that. The kernel's Q K^T and P V sum in mmul order, not numpy's: they differ in the last
     fp32 bits, which moves an exp's bf16 rounding now and then, inside the bound."""
     heads, kv_heads, seq, dim = 4, 2, 128, FA["DH"]
@@ -410,7 +411,7 @@ def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
     params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim}
     (expected,) = OPS["flash_attn"](params, f32(q), f32(k), f32(v))
     difference = np.abs(f32(ours) - f32(to_bf16(expected)))
-    assert difference.max() <= 2.0**-7 * np.abs(f32(v)).max()
+    assert difference.max() <= 2.0**-7.5 * np.abs(f32(v)).max()
 
 
 @pytest.mark.parametrize("cores", [1, 2])
