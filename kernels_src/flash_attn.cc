@@ -4,59 +4,66 @@
 // Entry points (suffix <DH>_<BQ>x<BK>), state = State below (the design's fp32 state
 // buffer of the same size; its initial value sets the core's first query block, its
 // step and its head in the queries object, see aiebuild/ops/flash_attn.py
-// initial_state):
-//   flash_attn_init_*(state)                 start a query block
-//   flash_attn_step_*(q, kv, state)          fold in the next key block, kv = [K; V]
-//                                            (BK rows each), q = the query blocks of
-//                                            the column's heads, BQ rows each (this
-//                                            core's is q[state.query_head]); blocks
-//                                            above the causal diagonal are skipped
+// initial_state), ops = Operands below (the design's uint8 operand buffer):
+//   flash_attn_init_*(q, state, ops)         start a query block: its queries to bfp16
+//                                            once (q = the query blocks of the column's
+//                                            heads, BQ rows each; this core's is
+//                                            q[state.query_head])
+//   flash_attn_step_*(kv, state, ops)        fold in the next key block, kv = [K; V]
+//                                            (BK rows each); blocks above the causal
+//                                            diagonal are skipped
 //   flash_attn_finish_*(state, out, blocks)  out = bf16(acc / sum); the core's next
 //                                            query block (back to its first after
 //                                            `blocks`: the next KV head)
 // The key and query block indices live in the state, so the design's core loops
 // stay loops rather than unrolled calls with constant indices.
 //
-// A step first writes the key block's K^T operands into the state (once per block, not
-// once per strip), then works on strips of MR query rows: S = Q K^T and O += P V are
-// bf16 mmul blocks
-// with fp32 accumulation (B), the online softmax between them is fp32 per row.
-// Relies on (B); (L): the exp is bf16-precise, so every softmax weight P is a bf16
-// value already and P enters the P V mmul exactly, as does every rescale factor; the
-// reciprocal is aie_api's scalar inv; (M) for the fp32 scaling and rescaling products;
-// (R) for the bf16 exps and output.
+// Every product is the native bfp16 8x8x8 mmul (fact B; as gemm.cc -D AIEK_MMA=bfp16),
+// computed transposed so that each query is a lane: S^T = K Q^T (A: 8 keys by 8 head
+// dims, B: 8 queries by 8 head dims) and O^T = V^T P^T (A: 8 head dims by 8 keys, B: 8
+// queries by 8 keys). A query's max, sum and rescale are then lane-wise over the rows
+// of a block, with no per-row reductions. Q is converted once per query block, K and
+// V^T once per key block (for all the block's strips of 8 queries); P once per 8 x 8
+// block, as its bfp16 value and the bfp16 value of its rest (store_weights). The sum of a query's weights is one more O^T row block: ones x P^T, the same
+// bfp16 weights the outputs take. The softmax: the scaled, max-subtracted scores in one
+// fp32 multiply-accumulate, the bf16 exp2 (L), the rescale of the fp32 accumulators
+// once per key block. Relies on (B), (L), (M) for the fp32 products, (R) for the
+// bf16 exps, the bfp16 conversions and the output.
 #include "aie_kernel_common.h"
+
 #include <cmath>
 
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_DH, _, AIEK_BQ, x, AIEK_BK)
-static constexpr int LANES = 16;
-static constexpr int MR = 4, MS = 8, MT = 8;  // the AIE2P bf16 mmul shape (as gemm.cc)
-using MMUL = aie::mmul<MR, MS, MT, bfloat16, bfloat16, accauto>;
-// A 4 x 8 block of scores, weights or outputs: MR query rows, MT keys or head dims.
-using Block = aie::vector<float, MR * MT>;
-using Weights = aie::vector<bfloat16, MR * MT>;
-static constexpr int KEY_GROUPS = AIEK_BK / MT;
-static_assert(AIEK_BQ % MR == 0 && AIEK_BK % MT == 0 && AIEK_DH % MS == 0 &&
-                  AIEK_DH % LANES == 0 && AIEK_BQ * AIEK_DH % LANES == 0,
-              "blocks must hold whole mmul blocks and vectors");
+static constexpr int N8 = 8;        // rows, depth and columns of the bfp16 mmul
+static constexpr int OP = N8 * N8;  // values of one operand or result block
+using MMUL = aie::mmul<N8, N8, N8, bfp16ebs8, bfp16ebs8, accauto>;
+using Operand = aie::block_vector<bfp16ebs8, OP>;
+using Block = aie::vector<float, OP>;  // an 8 x 8 fp32 block, row-major
+using Lanes = aie::vector<float, N8>;  // one value per query of a strip
+static constexpr int DG = AIEK_DH / N8, KG = AIEK_BK / N8, QS = AIEK_BQ / N8;
+static_assert(AIEK_BQ % N8 == 0 && AIEK_BK % N8 == 0 && AIEK_DH % N8 == 0,
+              "blocks must hold whole 8 x 8 mmul blocks");
 // The diagonal block test compares a key row with a query row of the same block
 // index: it needs square blocks.
 static_assert(AIEK_BQ == AIEK_BK, "the causal mask assumes square blocks");
-// A block of weights (MT keys) is the next mmul's A operand (MS keys).
-static_assert(MS == MT, "the P V mmul takes the Q K^T blocks' keys as its depth");
-// A strip's scores and weights live in registers or spill to the core's stack, 1 KiB
-// unless the design sets another (docs/hardware.md sections 2 and 9): they may take 3/4 of it.
-static_assert(KEY_GROUPS * (sizeof(Block) + sizeof(Weights)) <= 768,
-              "a strip's scores and weights must leave room for the calls in a 1 KiB stack");
 
-static constexpr int KT_BLOCK = MS * MT;  // elements of one K^T operand
+// The bfp16 operands, OP / 8 blocks of 9 bytes each, in operand order.
+struct Operands {
+  bfp16ebs8 queries[QS * DG * OP / N8];  // (strip, head dims): 8 queries x 8 dims
+  bfp16ebs8 keys[KG * DG * OP / N8];     // (key group, head dims): 8 keys x 8 dims
+  bfp16ebs8 values[DG * KG * OP / N8];   // (head dims, key group): 8 dims x 8 keys
+  // The current strip's weights P, per key group 8 queries x 8 keys: their bfp16
+  // value, then the rest P - that value as another bfp16 operand.
+  bfp16ebs8 weights[2 * KG * OP / N8];
+  bfp16ebs8 identity[OP / N8];  // the 8 x 8 identity, to read a bfp16 operand back
+  bfp16ebs8 ones[OP / N8];      // all ones: A of the sums row block
+};
 struct State {
-  // The current key block's K^T operands, MT keys by MS head dims each, in the order
-  // (key group, head dims / MS); first, so each is 512-bit aligned for its loads.
-  bfloat16 keys_t[AIEK_BK * AIEK_DH];
-  float acc[AIEK_BQ * AIEK_DH];
+  // Per strip of 8 queries: DG O^T blocks (8 head dims x 8 queries), then the sums
+  // block (every row the queries' sums).
+  float acc[QS * (DG + 1) * OP];
+  float scores[KG * OP];  // the current strip's S^T blocks (8 keys x 8 queries)
   float max[AIEK_BQ];
-  float sum[AIEK_BQ];
   int key_block;    // index of the next key block of this query block
   int query_block;  // index of the current query block within its head
   int query_first;  // this core's first query block of a head
@@ -64,130 +71,192 @@ struct State {
   int query_head;   // this core's block in the queries object it shares
 };
 static_assert(sizeof(State) ==
-                  (AIEK_BK * AIEK_DH / 2 + AIEK_BQ * AIEK_DH + 2 * AIEK_BQ + 5) * sizeof(float),
+                  (QS * (DG + 1) * OP + KG * OP + AIEK_BQ + 5) * sizeof(float),
               "State must match the design's state buffer");
 
-extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(State *s) {
-  for (int i = 0; i < AIEK_BQ * AIEK_DH; i += LANES)
-    aie::store_v(s->acc + i, aie::zeros<float, LANES>());
-  for (int r = 0; r < AIEK_BQ; ++r) s->max[r] = -INFINITY, s->sum[r] = 0.0f;
-  s->key_block = 0;
+static inline Operand load_operand(const bfp16ebs8 *p) {
+  Operand v;
+  aie::block_vector_input_buffer_stream<bfp16ebs8, OP>(p) >> v;
+  return v;
 }
 
-// A block whose row r holds values[r] in all its lanes.
-static inline Block per_row(const float *values) {
+// A row-major 8 x 8 bf16 block times `sign` (+1 or -1) to a bfp16 operand at p
+// (blocks of 8 along its rows), widened by the product (exact, as gemm.cc) and
+// rounded by the current mode.
+static inline void store_operand(bfp16ebs8 *p, aie::vector<bfloat16, OP> block,
+                                 float sign = 1.0f) {
+  const auto signs = aie::broadcast<bfloat16, OP>(bfloat16(sign));
+  aie::block_vector_output_buffer_stream<bfp16ebs8, OP>(p)
+      << aie::mul(block, signs).template to_vector<bfp16ebs8>();
+}
+
+// An 8 x 8 block of a row-major bf16 matrix of AIEK_DH columns.
+static inline aie::vector<bfloat16, OP> rows_block(const bfloat16 *p) {
+  return load_block<N8, N8>(p, AIEK_DH);
+}
+
+// The block whose every row is `lanes`: a query's value in its column.
+static inline Block per_column(Lanes lanes) {
   Block block;
-  for (int r = 0; r < MR; ++r) block.insert(r, aie::broadcast<float, MT>(values[r]));
+  for (int r = 0; r < N8; ++r) block.insert(r, lanes);
   return block;
 }
 
-// The lanes (r, c) of the block at query row `row` and key `key` of a diagonal block
-// whose key is visible to its query: key + c <= row + r.
-static inline aie::mask<MR * MT> causal_mask(int row, int key) {
+// The lane-wise max over a block's 8 rows.
+static inline Lanes column_max(Block b) {
+  const auto half = aie::max(b.extract<OP / 2>(0), b.extract<OP / 2>(1));
+  const auto quarter = aie::max(half.extract<OP / 4>(0), half.extract<OP / 4>(1));
+  return aie::max(quarter.extract<N8>(0), quarter.extract<N8>(1));
+}
+
+// Lanes (key r, query c) of a diagonal S^T block whose key is visible to its query
+// (r <= c), for the rows 4h .. 4h + 3 of half h.
+static constexpr unsigned visible_half(int h) {
   unsigned bits = 0;
-  for (int r = 0; r < MR; ++r) {
-    const int visible = row + r - key + 1;  // keys of the block's row r, clamped below
-    const unsigned lanes = visible <= 0 ? 0u : visible >= MT ? 0xFFu : (1u << visible) - 1;
-    bits |= lanes << (r * MT);
-  }
-  return aie::mask<MR * MT>::from_uint32(bits);
+  for (int r = 0; r < N8 / 2; ++r) bits |= ((0xFFu << (4 * h + r)) & 0xFFu) << (r * N8);
+  return bits;
+}
+// The diagonal block with its hidden lanes set to `hidden` (masks are 32 lanes wide).
+template <typename T>
+static inline aie::vector<T, OP> causal(aie::vector<T, OP> v, T hidden) {
+  for (int h = 0; h < 2; ++h)
+    v.insert(h, aie::select(hidden, v.template extract<OP / 2>(h),
+                            aie::mask<OP / 2>::from_uint32(visible_half(h))));
+  return v;
 }
 
-// The key block's K^T operands: per key group and MS head dims, the MT keys' rows
-// transposed into an MS x MT operand.
-static void transpose_keys(const bfloat16 *k, bfloat16 *keys_t) {
-  for (int g = 0; g < KEY_GROUPS; ++g)
-    for (int d = 0; d < AIEK_DH; d += MS, keys_t += KT_BLOCK)
-      aie::store_v(keys_t,
-                   aie::transpose(load_block<MT, MS>(k + g * MT * AIEK_DH + d, AIEK_DH), MT, MS));
-}
-
-// The scaled scores Q K^T of the strip's MR query rows q against the MT keys whose
-// K^T operands start at keys_t.
-static inline Block strip_scores(const bfloat16 *q, const bfloat16 *keys_t, float scale) {
-  MMUL dot;
-  dot.mul(load_block<MR, MS>(q, AIEK_DH), aie::load_v<KT_BLOCK>(keys_t));
-  for (int d = MS; d < AIEK_DH; d += MS)
-    dot.mac(load_block<MR, MS>(q + d, AIEK_DH), aie::load_v<KT_BLOCK>(keys_t += KT_BLOCK));
-  return aie::mul(dot.to_vector<float>(), scale).to_vector<float>();
-}
-
-// Fold `groups` key groups of the block into the strip of MR query rows at `row`: its
-// running max and sum and its rows of acc. `first`: the strip has seen no keys yet.
-static void fold_strip(const bfloat16 *q, const bfloat16 *v, State *s,
-                       int row, int groups, bool diagonal, bool first) {
-  const float scale = aie::invsqrt(float(AIEK_DH));
-  Block scores[KEY_GROUPS];
-  Block block_max = aie::broadcast<float, MR * MT>(-INFINITY);
-  for (int g = 0; g < groups; ++g) {
-    scores[g] = strip_scores(q, s->keys_t + g * AIEK_DH * MT, scale);
-    if (diagonal) scores[g] = aie::select(-INFINITY, scores[g], causal_mask(row, g * MT));
-    block_max = aie::max(block_max, scores[g]);
-  }
-  float new_max[MR];  // init's -inf before the first block
-  for (int r = 0; r < MR; ++r) {
-    const float seen = aie::reduce_max(block_max.extract<MT>(r));
-    new_max[r] = seen > s->max[row + r] ? seen : s->max[row + r];
-  }
-  const Block row_max = per_row(new_max);
-  // exp(old max - new max) per row; 0 when nothing was seen (acc and sum are 0 then).
-  const Block rescale =
-      first ? aie::zeros<float, MR * MT>() : exp_bf16(aie::sub(per_row(s->max + row), row_max));
-
-  // P = exp(S - max) as bf16 (its exact value, fact L); masked keys weigh 0 (their
-  // -inf scores are not left to exp2).
-  Weights weights[KEY_GROUPS];
-  aie::accum<accfloat, MR * MT> sums = aie::zeros<accfloat, MR * MT>();
-  for (int g = 0; g < groups; ++g) {
-    weights[g] = exp_to_bf16(aie::sub(scores[g], row_max));
-    if (diagonal) weights[g] = aie::select(bfloat16(0.0f), weights[g], causal_mask(row, g * MT));
-    sums = aie::add(sums, weights[g]);
-  }
-  const Block row_sums = sums.to_vector<float>();
-  for (int r = 0; r < MR; ++r) {
-    s->sum[row + r] = s->sum[row + r] * rescale[r * MT] +
-                      aie::reduce_add(row_sums.extract<MT>(r));
-    s->max[row + r] = new_max[r];
-  }
-
-  // O = O * rescale + P V, per MT head dims: V's rows are the B operand as they are.
-  for (int d = 0; d < AIEK_DH; d += MT) {
-    float *out = s->acc + row * AIEK_DH + d;
-    MMUL acc(aie::mul(load_block<MR, MT>(out, AIEK_DH), rescale));
-    for (int g = 0; g < groups; ++g)
-      acc.mac(weights[g], load_block<MS, MT>(v + g * MT * AIEK_DH + d, AIEK_DH));
-    store_block<MR, MT>(out, AIEK_DH, acc.to_vector<float>());
-  }
-}
-
-extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *q, const bfloat16 *kv,
-                                                        State *s) {
-  const bfloat16 *k = kv, *v = kv + AIEK_BK * AIEK_DH;
+extern "C" void AIEK_CAT(flash_attn_init_, AIEK_SUFFIX)(const bfloat16 *q, State *s,
+                                                        Operands *ops) {
+  set_round_to_nearest_even();  // the bfp16 conversion rounds, fact (R)
   q += s->query_head * AIEK_BQ * AIEK_DH;
+  for (int i = 0; i < QS; ++i)
+    for (int d = 0; d < DG; ++d)
+      store_operand(ops->queries + (i * DG + d) * N8, rows_block(q + i * N8 * AIEK_DH + d * N8));
+  const auto ones = aie::broadcast<bfloat16, OP>(bfloat16(1.0f));
+  store_operand(ops->ones, ones);
+  // The identity: lanes r * 9 (0, 9, 18, 27 of the first 32-lane half, 36 - 32 = 4,
+  // 13, 22, 31 of the second: masks are 32 lanes wide).
+  aie::vector<bfloat16, OP> identity;
+  for (int h = 0; h < 2; ++h)
+    identity.insert(h, aie::select(bfloat16(0.0f), ones.extract<OP / 2>(h),
+                                   aie::mask<OP / 2>::from_uint32(h ? 0x80402010u : 0x08040201u)));
+  store_operand(ops->identity, identity);
+  for (int i = 0; i < QS * (DG + 1) * OP; i += OP) aie::store_v(s->acc + i, aie::zeros<float, OP>());
+  for (int r = 0; r < AIEK_BQ; r += N8)
+    aie::store_v(s->max + r, aie::broadcast<float, N8>(-INFINITY));
+  s->key_block = 0;
+}
+
+// The strip's S^T blocks of its first `groups` key groups into s->scores, masked on
+// the diagonal; their lane-wise max.
+static Lanes strip_scores(const Operands *ops, State *s, int strip, int groups, bool diagonal) {
+  MMUL dot[KG];
+  for (int d = 0; d < DG; ++d) {
+    const Operand queries = load_operand(ops->queries + (strip * DG + d) * N8);
+    // Key groups inner: no MAC takes the previous MAC's accumulator.
+    for (int g = 0; g < groups; ++g) {
+      const Operand keys = load_operand(ops->keys + (g * DG + d) * N8);
+      if (d == 0)
+        dot[g].mul(keys, queries);
+      else
+        dot[g].mac(keys, queries);
+    }
+  }
+  Block seen = aie::broadcast<float, OP>(-INFINITY);
+  for (int g = 0; g < groups; ++g) {
+    Block scores = dot[g].to_vector<float>();
+    if (diagonal && g == strip) scores = causal(scores, -INFINITY);
+    aie::store_v(s->scores + g * OP, scores);
+    seen = aie::max(seen, scores);
+  }
+  return column_max(seen);
+}
+
+// Key group g's weights P^T (8 keys x 8 queries, bf16) as the B operands of P V: P's
+// bfp16 value, then the rest P - value, read back through the identity (an exact
+// mmul: one product per lane) and exact in bf16 (the bits of P below the block's
+// scale). One bfp16 operand would round every weight below 2^-7 of its block's
+// largest to zero: at a sharp attention the weights far from the peak, which the
+// spine's decode steps showed (cosine 0.979 against transformers).
+static inline void store_weights(Operands *ops, int g, aie::vector<bfloat16, OP> weights_t) {
+  bfp16ebs8 *value = ops->weights + 2 * g * N8, *rest = value + N8;
+  store_operand(value, aie::transpose(weights_t, N8, N8));
+  MMUL back(aie::mul(weights_t, bfloat16(-1.0f)));  // value^T - P^T = -rest^T
+  back.mac(load_operand(ops->identity), load_operand(value));
+  store_operand(rest, aie::transpose(back.to_vector<bfloat16>(), N8, N8), -1.0f);
+}
+
+// Fold `groups` key groups of the block into strip `strip` of 8 queries: their running
+// max and the strip's O^T and sums blocks. `first`: the strip has seen no keys yet.
+static void fold_strip(Operands *ops, State *s, int strip, int groups, bool diagonal,
+                       bool first) {
+  // The scale and e^x = 2^(x log2 e) in one fp32 factor (M).
+  const float scale = aie::invsqrt(float(AIEK_DH)) * 1.4426950408889634f;
+  const Lanes old_max = aie::load_v<N8>(s->max + strip * N8);
+  const Lanes new_max = aie::max(old_max, strip_scores(ops, s, strip, groups, diagonal));
+  aie::store_v(s->max + strip * N8, new_max);
+  // 2^(scale (old - new)) per query; 0 when nothing was seen (acc and sums are 0 then).
+  const Block rescale =
+      first ? aie::zeros<float, OP>()
+            : per_column(to_f32(aie::exp2<bfloat16>(
+                  aie::mul(aie::sub(old_max, new_max), scale).to_vector<float>())));
+  // P^T = 2^(scale s - scale max) as bf16, P as the B operand; masked keys weigh 0
+  // (their -inf scores are not left to exp2).
+  const auto shift = aie::mul(per_column(new_max), -scale);
+  for (int g = 0; g < groups; ++g) {
+    auto weights = aie::exp2<bfloat16>(
+        aie::mac(shift, aie::load_v<OP>(s->scores + g * OP), scale).to_vector<float>());
+    if (diagonal && g == strip) weights = causal(weights, bfloat16(0.0f));
+    store_weights(ops, g, weights);
+  }
+  // O^T = O^T * rescale + V^T P^T per 8 head dims, then the sums as ones x P^T; P as
+  // its bfp16 value and its rest.
+  const Operand ones = load_operand(ops->ones);
+  for (int d = 0; d <= DG; ++d) {
+    float *out = s->acc + (strip * (DG + 1) + d) * OP;
+    MMUL acc(aie::mul(aie::load_v<OP>(out), rescale));
+    for (int g = 0; g < groups; ++g) {
+      const Operand a = d < DG ? load_operand(ops->values + (d * KG + g) * N8) : ones;
+      acc.mac(a, load_operand(ops->weights + 2 * g * N8));
+      acc.mac(a, load_operand(ops->weights + (2 * g + 1) * N8));
+    }
+    aie::store_v(out, acc.to_vector<float>());
+  }
+}
+
+extern "C" void AIEK_CAT(flash_attn_step_, AIEK_SUFFIX)(const bfloat16 *kv, State *s,
+                                                        Operands *ops) {
+  const bfloat16 *k = kv, *v = kv + AIEK_BK * AIEK_DH;
   const int key_block = s->key_block++;
   if (key_block > s->query_block) return;  // entirely above the causal diagonal
-  set_round_to_nearest_even();              // the exps round to bf16, fact (R)
-  transpose_keys(k, s->keys_t);
+  set_round_to_nearest_even();              // the exps and conversions round, fact (R)
+  for (int g = 0; g < KG; ++g)
+    for (int d = 0; d < DG; ++d) {
+      const int at = g * N8 * AIEK_DH + d * N8;
+      store_operand(ops->keys + (g * DG + d) * N8, rows_block(k + at));
+      store_operand(ops->values + (d * KG + g) * N8, aie::transpose(rows_block(v + at), N8, N8));
+    }
   const bool diagonal = key_block == s->query_block;
   // Queries and keys start together (prefill): every row sees key 0 first, so key
   // block 0 is where every row's history starts, and the only such block.
   const bool first = key_block == 0;
-  for (int row = 0; row < AIEK_BQ; row += MR) {
-    // On the diagonal a strip sees keys up to its last row: later key groups are
-    // wholly masked and skipped.
-    const int groups = diagonal ? (row + MR - 1) / MT + 1 : KEY_GROUPS;
-    fold_strip(q + row * AIEK_DH, v, s, row, groups, diagonal, first);
-  }
+  // On the diagonal strip i sees key groups up to its own: later ones are wholly
+  // masked and skipped.
+  for (int i = 0; i < QS; ++i) fold_strip(ops, s, i, diagonal ? i + 1 : KG, diagonal, first);
 }
 
 extern "C" void AIEK_CAT(flash_attn_finish_, AIEK_SUFFIX)(State *s, bfloat16 *out, int blocks) {
   set_round_to_nearest_even();
-  for (int r = 0; r < AIEK_BQ; ++r) {
-    const float inverse = aie::inv(s->sum[r]);  // the scalar inv, fact (L)
-    for (int d = 0; d < AIEK_DH; d += LANES)
-      store_as<LANES>(out + r * AIEK_DH + d,
-                      aie::mul(aie::load_v<LANES>(s->acc + r * AIEK_DH + d), inverse)
-                          .to_vector<float>());
+  for (int i = 0; i < QS; ++i) {
+    const float *acc = s->acc + i * (DG + 1) * OP;
+    // The sums block's first row, one scalar inv per query (L).
+    const Block scale = per_column(aie::inv(aie::load_v<N8>(acc + DG * OP)));
+    for (int d = 0; d < DG; ++d) {
+      // O^T's block back to 8 queries x 8 head dims, rounded once to bf16.
+      const aie::accum<accfloat, OP> o(aie::mul(aie::load_v<OP>(acc + d * OP), scale));
+      const auto rows = aie::transpose(o.to_vector<bfloat16>(), N8, N8);
+      store_block<N8, N8>(out + i * N8 * AIEK_DH + d * N8, AIEK_DH, rows);
+    }
   }
   s->query_block += s->query_step;
   if (s->query_block >= blocks) s->query_block = s->query_first;  // the next KV head

@@ -100,8 +100,10 @@ GEMV_NOTE = (
     "model gives ours ~2x its shim bandwidth (the error measures that difference)"
 )
 ATTN_NOTE = (
-    "ours: bf16 4x8x8 emulated mmuls (8 dependent MACs, 33 shuffles/broadcasts a "
-    "block), fp32 softmax, 32x32 blocks; upstream attn_npu2.cc: bfp16 8x8x8, bf16 "
+    "ours: bfp16 8x8x8 mmuls computed transposed (S^T = K Q^T, O^T = V^T P^T, so the "
+    "softmax is lane-wise per query), Q to bfp16 once per query block, K and V^T once per "
+    "key block, bf16 exp2, 32x32 blocks, query blocks over all 32 cores; K and V re-read "
+    "per round in 128-B runs (shim-bound); upstream attn_npu2.cc: bfp16 8x8x8, bf16 "
     "softmax, 64x64 tiles"
 )
 

@@ -8,22 +8,28 @@ the causal diagonal are streamed but skipped by the kernel: every core of the la
 then needs the same K/V stream, which is what lets one stream serve them all.
 
 The runtime sequence has one phase per KV head; the launch's `core_rows` divide the
-head's group of query heads and its `columns` take successive query blocks:
+head's group of query heads (or, with one query head per KV head, take successive
+query blocks too, so the whole array works) and its `columns` take successive query
+blocks:
 - K and V of the KV head enter at the second input channels of shims 0 and 1; the
   memory tile of column 0 joins each K block with its V block into one [K; V] object
   broadcast to every core (a core has 2 input DMA channels: [K; V] and its queries);
 - column c's shim streams, per round, the query blocks of its cores (core_rows
-  consecutive heads of one query block) as one object broadcast to them all (each
-  core reads its head's block in it: depth 1, it stays for the whole key walk), and
-  drains the output blocks its memory tile joins back from its cores.
-Core (c, r) starts at query block (c * core_rows) // group and steps by
+  consecutive heads of one query block, or core_rows consecutive blocks of one head)
+  as one object broadcast to them all (each core converts its block in it to bfp16
+  operands at the start of the round, then releases it: depth 1, the next round's
+  streams in during the key walk), and drains the output blocks its memory tile joins
+  back from its cores.
+Core (c, r) starts at query block (c * core_rows + r) // group and steps by
 columns * core_rows / group blocks per round; the kernel keeps these and its head
 in the object in its state (initial values of the core's state buffer), so the
 core's loops stay loops.
 
 Core memory at head_dim 64 (32-row blocks; `block` keeps these bytes at 128), 4 core
-rows: queries 16 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB, state 12.3 KiB (4 KiB of it the
-key block's K^T, built once per step for all the block's query strips) = 52.3 KiB of 64."""
+rows: queries 16 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB, state 10.1 KiB (the fp32 O^T and
+sums blocks, a strip's scores, the max), bfp16 operands 7.5 KiB (Q once per query
+block, K and V^T once per key block for all its query strips, a strip's weights as
+value and rest, the identity and ones), stack 1 KiB = 58.6 KiB of 64."""
 
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from aiebuild.ops.common import (
     joined_columns,
     kernel_object,
     mem_tile,
+    scratch_buffer,
     shim_tile,
     state_buffer,
     stream_program,
@@ -69,14 +76,29 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     return kernel_object("flash_attn.cc", {"DH": launch.params["head_dim"], "BQ": rows, "BK": rows})
 
 
+MMUL = 8  # flash_attn.cc N8: the bfp16 8x8x8 mmul's rows, depth and columns
+BFP16_BLOCK_BYTES = 9  # 8 int8 mantissas and a shared exponent (bfp16ebs8)
+
+
 def initial_state(dim: int, first: int, step: int, head: int) -> np.ndarray:
-    """flash_attn.cc's State: [K^T of the key block (bf16, two a word) | acc | max |
-    sum | key block, query block, first query block, query block step, head in the
+    """flash_attn.cc's State: [acc (per strip of 8 queries: dim / 8 O^T blocks and a
+    sums block, 64 fp32 each) | the strip's scores (one 8 x 8 block per key group) |
+    max | key block, query block, first query block, query block step, head in the
     queries object], the counters int32 in fp32 words."""
     rows = block(dim)
-    state = np.zeros(rows * dim // 2 + rows * dim + 2 * rows + 5, np.float32)
+    blocks = rows // MMUL * (dim // MMUL + 1) + rows // MMUL
+    state = np.zeros(blocks * MMUL * MMUL + rows + 5, np.float32)
     state[-4:].view(np.int32)[:] = (first, first, step, head)
     return state
+
+
+def operand_bytes(dim: int) -> int:
+    """flash_attn.cc's Operands: the bfp16 operands of the queries, the key block's K
+    and V^T (dim / 8 x rows / 8 operands each), a strip's weights (a value and a rest
+    per key group) and the identity and ones operands."""
+    rows = block(dim)
+    operands = 3 * (rows // MMUL) * (dim // MMUL) + 2 * (rows // MMUL) + 2
+    return operands * MMUL * BFP16_BLOCK_BYTES
 
 
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
@@ -93,9 +115,10 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     suffix, obj = f"{dim}_{BLOCK}x{BLOCK}", kernel(launch, args).name
     state_ty = tensor(initial_state(dim, 0, 1, 0).shape, np.dtype(np.float32))
     queries_ty = tensor((rows, BLOCK, dim), BF16)
-    start = lib.Kernel(f"flash_attn_init_{suffix}", obj, [state_ty])
+    operands_ty = tensor((operand_bytes(dim),), np.dtype(np.uint8))
+    start = lib.Kernel(f"flash_attn_init_{suffix}", obj, [queries_ty, state_ty, operands_ty])
     fold = lib.Kernel(f"flash_attn_step_{suffix}", obj,
-                      [queries_ty, tensor((2 * BLOCK * dim,), BF16), state_ty])  # fmt: skip
+                      [tensor((2 * BLOCK * dim,), BF16), state_ty, operands_ty])  # fmt: skip
     finish = lib.Kernel(f"flash_attn_finish_{suffix}", obj, [state_ty, block_ty, np.int32])
 
     kv = lib.ObjectFifo(tensor((2 * BLOCK * dim,), BF16), name="kv")
@@ -104,15 +127,17 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     q_in = [lib.ObjectFifo(queries_ty, depth=1, name=f"q{c}") for c in range(columns)]
     o_out, o_core = joined_columns(lib, "o", columns, rows, (BLOCK, dim), BF16)
 
-    def core(qs, kvs, out, state, start_fn, fold_fn, finish_fn):
+    def core(qs, kvs, out, state, operands, start_fn, fold_fn, finish_fn):
         for _ in range_(kv_heads * rounds):  # (KV head, round) pairs, in order
-            start_fn(state)
+            # The queries are converted to bfp16 operands at the start: their object
+            # is free for the next round's during the key walk.
             queries = qs.acquire(1)
+            start_fn(queries, state, operands)
+            qs.release(1)
             for _ in range_(blocks):
                 keys_values = kvs.acquire(1)
-                fold_fn(queries, keys_values, state)
+                fold_fn(keys_values, state, operands)
                 kvs.release(1)
-            qs.release(1)
             result = out.acquire(1)
             finish_fn(state, result, blocks)  # steps to this core's next query block
             out.release(1)
@@ -120,7 +145,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [
         lib.Worker(core, [q_in[c].cons(), kv.cons(), o_core[c][r].prod(),
                           state_buffer(lib, f"state_{c}_{r}",
-                                       initial_state(dim, c * rows // group, step, r)),
+                                       initial_state(dim, (c * rows + r) // group, step, r)),
+                          scratch_buffer(lib, f"operands_{c}_{r}", (operand_bytes(dim),),
+                                         np.dtype(np.uint8)),
                           start, fold, finish], tile=core_tile(lib, c, r))
         for c in range(columns) for r in range(rows)
     ]  # fmt: skip
@@ -128,10 +155,13 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
 
     def query_tap(shape: tuple[int, ...], c: int, h: int) -> Any:
         """Column c's query (or output) blocks for KV head h: per round, `rows`
-        consecutive heads of one query block."""
+        consecutive heads of one query block, or (one query head per KV head) `rows`
+        consecutive query blocks of the head."""
         first_block, first_head = c * rows // group, h * group + c * rows % group
-        return tap(shape, first_block * BLOCK * q_row + first_head * dim,
-                   [rounds, rows, BLOCK, dim], [step * BLOCK * q_row, dim, q_row, 1])  # fmt: skip
+        per_core = dim if group > 1 else BLOCK * q_row  # the next head, or block
+        start = first_block * BLOCK * q_row + first_head * dim
+        strides = [step * BLOCK * q_row, per_core, q_row, 1]
+        return tap(shape, start, [rounds, rows, BLOCK, dim], strides)
 
     def kv_tap(shape: tuple[int, ...], h: int) -> Any:
         """KV head h's whole sequence, block by block, replayed for every round."""
@@ -153,9 +183,10 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
 def params(heads: int, kv_heads: int, head_dim: int, s: int) -> dict[str, int | bool]:
     """Causal attention over `s` positions: the query heads of one KV group over core
     rows, successive query blocks over columns (core rows divide the group, whole
-    groups per round, whole rounds per KV head)."""
+    groups per round, whole rounds per KV head); with one query head per KV head
+    (MHA), successive query blocks over the core rows too, so the whole array works."""
     group, blocks = heads // kv_heads, s // block(head_dim)
-    core_rows = largest_divisor(group, CORE_ROWS)
+    core_rows = largest_divisor(group if group > 1 else blocks, CORE_ROWS)
     fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
             and blocks % (c * core_rows // group) == 0]  # fmt: skip
     return {"S": s, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
@@ -169,10 +200,10 @@ def count_args(symbol: str, args: list[Any]) -> list[Any]:
     recorded call starts at a diagonal or above-diagonal block."""
     if not symbol.startswith("flash_attn_step_"):
         return args
-    state = np.array(args[2], np.float32)
+    state = np.array(args[1], np.float32)
     counters = state[-5:].view(np.int32)
     counters[0], counters[1] = 1, 2  # key block 1 of query block 2
-    return [*args[:2], state]
+    return [args[0], state, *args[2:]]
 
 
 def visible_share(launch: Launch) -> float:

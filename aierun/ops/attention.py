@@ -1,11 +1,16 @@
 """Causal grouped-query attention (kernels_src/flash_attn.cc).
 
-The device kernel streams K/V blocks with an online softmax in fp32 whose exp is
-AIE2P's bf16-precise exp2. This emulation takes the same exp (numerics.exp_bf16) in a
-softmax over whole rows, so it differs from the kernel by the online rescaling (each
-block's exps are taken against a running maximum, then rescaled by a bf16 exp too) and
-the summation order, not by the exp's precision. Scores, softmax and the weighted sum
-stay fp32; only the output is written as bf16.
+The device kernel multiplies with the native bfp16 8x8x8 mmul (Q and K in blocks of 8
+head dims, P and V in blocks of 8 keys; P as its bfp16 value plus that of its rest,
+so that small weights are not rounded to zero) and keeps an online softmax: per key block
+the exps are taken against the running maximum, 2^(scale s - scale max) in one fp32
+multiply-accumulate and AIE2P's bf16 exp2, and the fp32 accumulators are rescaled by
+a bf16 exp too; a query's sum is that of its bfp16 weights. This emulation takes the
+same conversions and the same exps, but in a softmax over whole rows against their
+final maximum: it differs from the kernel by the online rescaling (each block's
+weights carry a bf16 rescale factor and are converted to bfp16 at another scale,
+which moves their rounding) and the summation order. Scores, the weighted sum and
+the normalization stay fp32; only the output is written as bf16.
 """
 
 from __future__ import annotations
@@ -14,12 +19,26 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aierun.ops.numerics import exp_bf16
+from aierun.ops.numerics import BFP16_BLOCK, LOG2E, exp2_bf16, to_bf16, to_bfp16
+
+Operand = Callable[[np.ndarray], np.ndarray]  # an operand as the matmul sees it
 
 
 def flash_attn(params: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray]:
     dims = params["heads"], params["kv_heads"], params["head_dim"]
-    return (attend(q, k, v, *dims, causal=True, exp=exp_bf16),)
+    return (attend(q, k, v, *dims, causal=True, kernel=True),)
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    """bfp16 blocks of 8 along the last axis, which is zero-padded to whole blocks
+    (zeros leave a block's exponent as it is)."""
+    pad = -x.shape[-1] % BFP16_BLOCK
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
+    return np.asarray(to_bfp16(padded))[..., : x.shape[-1]]
+
+
+def _exact(x: np.ndarray) -> np.ndarray:
+    return x
 
 
 def attend(
@@ -31,29 +50,47 @@ def attend(
     dim: int,
     causal: bool,
     block: int = 256,
-    exp: Callable[[np.ndarray], np.ndarray] = np.exp,
+    kernel: bool = False,
 ) -> np.ndarray:
     """q [Sq, H*Dh], k/v [Sk, Hkv*Dh] in fp32 -> [Sq, H*Dh]. With `causal`, query i
     sees keys up to Sk - Sq + i (the queries are the last Sq positions).
 
     Queries go in blocks (larger than the kernel's, for numpy's sake): a block only
     scores the keys its rows can see, which skips the masked upper triangle and
-    bounds memory. `exp` is numpy's for the host's decode attention
-    (aierun/host/kv_cache.py), the kernel's bf16-precise one for the NPU's (flash_attn)."""
+    bounds memory. `kernel`: flash_attn.cc's arithmetic (bfp16 operands, the bf16
+    exp2, the sums of the bfp16 weights); otherwise fp32 with numpy's exp, for the
+    host's decode attention (aierun/host/kv_cache.py)."""
     sq, sk = q.shape[0], k.shape[0]
     group = heads // kv_heads
-    qh = q.reshape(sq, kv_heads, group, dim).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
-    kh = k.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
-    vh = v.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 0, 3)  # [Hkv, 1, Sk, Dh]
-    scale = np.float32(1.0 / np.sqrt(dim))
+    operand = _blocks if kernel else _exact
+    # Q and K in blocks of head dims, V^T in blocks of keys (the kernel's operands).
+    qh = operand(q.reshape(sq, kv_heads, group, dim)).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
+    kh = operand(k.reshape(sk, kv_heads, 1, dim)).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
+    vh = operand(v.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 3, 0)).swapaxes(-1, -2)
+    scale = np.float32(1) / np.sqrt(np.float32(dim))
     out = np.empty((kv_heads, group, sq, dim), np.float32)
     for start in range(0, sq, block):
         stop = min(start + block, sq)
         keys = stop + (sk - sq) if causal else sk
-        scores = (qh[:, :, start:stop] @ kh[..., :keys]) * scale
+        scores = qh[:, :, start:stop] @ kh[..., :keys]
         if causal:
             rows = np.arange(start, stop)[:, None] + (sk - sq)
             scores = np.where(np.arange(keys)[None, :] <= rows, scores, np.float32(-np.inf))
-        scores = exp(scores - scores.max(axis=-1, keepdims=True))
-        out[:, :, start:stop] = (scores @ vh[:, :, :keys]) / scores.sum(axis=-1, keepdims=True)
+        weights = _weights(scores, scale, kernel)
+        out[:, :, start:stop] = (weights @ vh[:, :, :keys]) / weights.sum(axis=-1, keepdims=True)
     return out.transpose(2, 0, 1, 3).reshape(sq, heads * dim)
+
+
+def _weights(scores: np.ndarray, scale: np.float32, kernel: bool) -> np.ndarray:
+    """The softmax numerators of raw scores against each row's max: the kernel's are
+    p = 2^(fl(scale log2 e) s - fl(scale log2 e) max) in bf16, as the matmul sees them:
+    p's bfp16 value (blocks of 8 keys) plus the bfp16 value of the rest, bf16(p - value)
+    (flash_attn.cc multiplies both)."""
+    if not kernel:
+        scaled = scores * scale
+        return np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    factor = scale * LOG2E
+    top = scores.max(axis=-1, keepdims=True)
+    weights = exp2_bf16(scores * factor - top * factor)
+    value = _blocks(weights)
+    return value + _blocks(to_bf16(weights - value).astype(np.float32))

@@ -20,9 +20,13 @@ def exp_bf16(values: np.ndarray) -> np.ndarray:
     bf16 (aie_api requires a bfloat16 result on XDNA 2). 2^y is taken exactly (in fp64,
     as the host model of aie_api does) and then rounded to fp32 and to bf16: the
     device's exp2 table is only documented as bf16 out."""
-    scaled = np.asarray(values, dtype=np.float32) * LOG2E
+    return exp2_bf16(np.asarray(values, dtype=np.float32) * LOG2E)
+
+
+def exp2_bf16(values: np.ndarray) -> np.ndarray:
+    """2^x as aie::exp2 on AIE2P computes it, in fp32: taken exactly, rounded to bf16."""
     with np.errstate(over="ignore"):  # beyond fp32's range is inf, as on the device
-        exact = np.exp2(scaled.astype(np.float64)).astype(np.float32)
+        exact = np.exp2(np.asarray(values, dtype=np.float64)).astype(np.float32)
     return to_bf16(exact).astype(np.float32)
 
 

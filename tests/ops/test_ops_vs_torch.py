@@ -86,9 +86,12 @@ def test_causal_gqa_attention_matches_sdpa():
     expected = expected[0].numpy().transpose(1, 0, 2).reshape(seq, heads * dim)
     with_numpy_exp = attend(q, k, v, heads, kv_heads, dim, causal=True)
     np.testing.assert_allclose(with_numpy_exp, expected, rtol=1e-4, atol=1e-5)
-    # The kernel's exp is bf16-precise: each weight and their sum are off by at most a
-    # relative 2^-8 (half a bf16 ulp), so each output moves by at most 2^-7 of max |v|.
-    np.testing.assert_allclose(ours, expected, rtol=0, atol=2**-7 * np.abs(v).max())
+    # The kernel's operands are bfp16 (flash_attn.cc): a value rounds by at most 2^-7 of
+    # its block's largest magnitude, so V moves each output by at most 2^-7 of max |v|;
+    # the weights (bf16 exps, 2^-8 relative; their bfp16 value and rest about 2^-14)
+    # and the bfp16 Q and K under the scores move the convex combination by a few
+    # times that again: 2^-5 of max |v| (seen: 2^-7).
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2**-5 * np.abs(v).max())
 
 
 def test_silu_mul_and_add():

@@ -277,3 +277,26 @@ def test_quantized_gemv_kernel_is_bit_identical_to_emu(weights):
         for name in expected:
             diff = compare(written(spec, name, ours[name]), written(spec, name, expected[name]))
             assert diff.nonfinite == 0 and diff.max_abs == 0, (spec.name, name, diff)
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_mha_flash_attn_spreads_query_blocks_over_core_rows(columns):
+    """One query head per KV head: the core rows take successive query blocks of the
+    head (on one column, two rounds of 4 of its 8 blocks); the simulation matches emu."""
+    from aiebuild.array.geometry import cores
+    from aiebuild.ops import flash_attn
+
+    seq, heads, dim = 256, 2, 64
+    params = flash_attn.params(heads, heads, dim, seq)
+    assert params["core_rows"] == 4 and params["columns"] == 2
+    params = {**params, **cores(columns, 4)}
+    args = (ArgSpec("q", (seq, heads * dim), "bf16", Role.INPUT),
+            ArgSpec("k", (seq, heads * dim), "bf16", Role.INPUT),
+            ArgSpec("v", (seq, heads * dim), "bf16", Role.INPUT),
+            ArgSpec("o", (seq, heads * dim), "bf16", Role.OUTPUT))  # fmt: skip
+    launch = Launch("flash_attn", params, ("q", "k", "v"), ("o",), "MHA")
+    spec = ElfSpec("flash_attn_mha", "prefill", seq, args, (launch,))
+    inputs = random_inputs(spec)
+    diff = compare(simulated(spec, inputs)["o"], on_emu(spec, inputs)["o"])
+    assert diff.nonfinite == 0 and diff.cosine >= FLASH_COSINE
+    assert diff.max_abs <= FLASH_RELATIVE * diff.scale, diff

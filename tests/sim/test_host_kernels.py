@@ -378,14 +378,14 @@ def run_flash_attn(kernel: HostKernel, q, k, v, heads: int, kv_heads: int, cores
 
     for core in range(cores):
         state = flash_attn_design.initial_state(dim, core, cores, 0)  # one head per object
+        operands = np.zeros(flash_attn_design.operand_bytes(dim), np.uint8)
         for head in range(heads):
             kv_head = head // group
             for qb in range(core, blocks, cores):
-                kernel.call(init, state)
-                query = part(q, qb, head).copy()
+                kernel.call(init, part(q, qb, head).copy(), state, operands)
                 for kb in range(blocks):
                     keys_values = np.concatenate([part(k, kb, kv_head), part(v, kb, kv_head)])
-                    kernel.call(step, query, keys_values, state)
+                    kernel.call(step, keys_values, state, operands)
                 rows = np.zeros((block, dim), BF16)
                 kernel.call(finish, state, rows, blocks)
                 part(out, qb, head)[:] = rows
@@ -393,17 +393,17 @@ def run_flash_attn(kernel: HostKernel, q, k, v, heads: int, kv_heads: int, cores
 
 
 def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
-    """Both take the same bf16 exp, but the kernel's online softmax takes each key
-    block's exps against the running maximum and rescales them by another bf16 exp
-    when the maximum grows, where the emulation exps against the row's final maximum.
-    Each weight is off by a few half-ulps of bf16 (2^-8), in independent directions;
-    the weighted mean of v moves by far less than the worst case, (blocks + 1) *
-    2^-7 * max|v|: measured <= 2^-7.9 * max|v| here, bounded at 2^-7 * max|v|. A
-    query that sees one key more or less moves by about max|v| / keys, far above that.
-    The kernel's P V takes P as bf16: no error of its own, each weight being the bf16
-    exp's value already. Its scores sum Q K^T in mmul order, not numpy's: they differ
-    in the last fp32 bits, which moves an exp's bf16 rounding now and then, well
-    inside the same bound."""
+    """Both take the same bfp16 operands and bf16 exps, but the kernel's online softmax
+    takes each key block's exps against the running maximum and rescales them by
+    another bf16 exp when the maximum grows, where the emulation exps against the
+    row's final maximum. Each weight is then off by a few half-ulps of bf16 (2^-8), and
+    its bfp16 rounding (value and rest: about 2^-14 of its block's largest weight)
+    falls elsewhere, in independent directions; the weighted mean of v moves by far
+    less than the worst case: measured <= 2^-7.98 * max|v| over 8 seeds of these
+    inputs, bounded at 2^-7.5 * max|v|; without the rest of the weights it is 2^-7.2 to
+    2^-6.0. A query that sees one key more or less moves by about max|v| / keys, far
+    above that. The kernel's Q K^T and P V sum in mmul order, not numpy's: they differ in the last
+    fp32 bits, which moves an exp's bf16 rounding now and then, inside the bound."""
     heads, kv_heads, seq, dim = 4, 2, 128, FA["DH"]
     q, k = bf16_randn(seq, heads * dim, scale=3.0), bf16_randn(seq, kv_heads * dim, scale=3.0)
     v = bf16_randn(seq, kv_heads * dim)
@@ -411,7 +411,7 @@ def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
     params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim}
     (expected,) = OPS["flash_attn"](params, f32(q), f32(k), f32(v))
     difference = np.abs(f32(ours) - f32(to_bf16(expected)))
-    assert difference.max() <= 2.0**-7 * np.abs(f32(v)).max()
+    assert difference.max() <= 2.0**-7.5 * np.abs(f32(v)).max()
 
 
 @pytest.mark.parametrize("cores", [1, 2])
@@ -422,10 +422,11 @@ def test_flash_attn_within_bound(build, cores):
 @pytest.mark.parametrize(
     "old, new",
     [
-        ("row + r - key + 1", "MT"),  # the diagonal block's partly visible key groups leak
-        ("aie::transpose(load_block<MT, MS>(k + g * MT * AIEK_DH + d, AIEK_DH), MT, MS)",
-         "load_block<MT, MS>(k + g * MT * AIEK_DH + d, AIEK_DH)"),  # K as B, untransposed
-        ("transpose_keys(k, s->keys_t);", ""),  # K^T never written for the block
+        ("(0xFFu << (4 * h + r)) & 0xFFu", "0xFFu"),  # the diagonal block's hidden keys leak
+        ("aie::transpose(rows_block(v + at), N8, N8)", "rows_block(v + at)"),  # V, not V^T
+        ("store_operand(ops->keys + (g * DG + d) * N8, rows_block(k + at));", ""),  # no K
+        ("aie::load_v<OP>(out), rescale", "aie::load_v<OP>(out), 1.0f"),  # never rescaled
+        ("acc.mac(a, load_operand(ops->weights + (2 * g + 1) * N8));", ""),  # P's rest dropped
     ],
 )  # fmt: skip
 def test_mutated_flash_attn_is_caught(build, tmp_path, old, new):
