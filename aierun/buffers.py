@@ -63,9 +63,13 @@ def plain_read_sources(specs: Iterable[ElfSpec]) -> frozenset[tuple[str, str]]:
 
 
 class BufferManager:
-    def __init__(self, device: Device, resolve_source: SourceResolver):
+    def __init__(self, device: Device, resolve_source: SourceResolver, keep_plain: bool = False):
+        """`keep_plain`: every static buffer keeps its plain form, so that its host view
+        reads back what was written (an observer inspecting calls); else data only bfp16
+        GEMMs read is kept only in that form."""
         self.device = device
         self.resolve_source = resolve_source
+        self.keep_plain = keep_plain
         self._weights: dict[tuple[str, str, tuple[int, ...]], Buffer] = {}
         self._consts: dict[tuple[str, str], Buffer] = {}
         self._pooled: dict[tuple[str, str], Buffer] = {}
@@ -127,7 +131,7 @@ class BufferManager:
         """How the launches read a static argument (Device.alloc's flags)."""
         return {
             "bfp16_operand": arg.source in self._bfp16_sources,
-            "plain_read": (arg.source, arg.dtype) in self._plain_sources,
+            "plain_read": self.keep_plain or (arg.source, arg.dtype) in self._plain_sources,
         }
 
     @staticmethod

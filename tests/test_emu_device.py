@@ -206,6 +206,18 @@ def test_a_weight_only_bfp16_gemms_read_keeps_no_fp32_image(tmp_path, with_cache
     assert both - only >= weight.size * 4  # without its fp32 image
 
 
+def test_a_weight_kept_only_in_bfp16_refuses_to_read_back_rather_than_guess():
+    weight = np.random.default_rng(1).standard_normal((64, 64)).astype(BF16)
+    spec = ArgSpec("w", weight.shape, "bf16", Role.WEIGHT)
+    kept = emu.EmuBuffer(spec, "w", bfp16_operand=True, plain_read=True)
+    kept.write(weight)
+    np.testing.assert_array_equal(kept.host, weight)  # what doit simulate captures
+    dropped = emu.EmuBuffer(spec, "w", bfp16_operand=True, plain_read=False)
+    dropped.write(weight)
+    with pytest.raises(RuntimeError, match="only as a bfp16 operand"):
+        dropped.host
+
+
 def test_an_unwritable_bfp16_cache_only_converts(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")

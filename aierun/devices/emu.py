@@ -121,10 +121,12 @@ class EmuBuffer(Buffer):
     def host(self) -> np.ndarray:
         if self._host is None:  # static data: stage its bf16 image for the host
             dtype, image = self.spec.np_dtype, self._f32
-            self._host = (
-                image.astype(dtype) if self.written and image is not None
-                else np.empty(self.spec.shape, dtype)
-            )  # fmt: skip
+            if self.written and image is None:
+                raise RuntimeError(
+                    f"{self.label}: kept only as a bfp16 operand, its written values are "
+                    "gone (allocate it with plain_read=True to read it back)"
+                )
+            self._host = image.astype(dtype) if self.written else np.empty(self.spec.shape, dtype)
         return self._host
 
     def sync_to_device(self) -> None:
