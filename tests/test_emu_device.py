@@ -215,7 +215,7 @@ def test_a_weight_kept_only_in_bfp16_refuses_to_read_back_rather_than_guess():
     dropped = emu.EmuBuffer(spec, "w", bfp16_operand=True, plain_read=False)
     dropped.write(weight)
     with pytest.raises(RuntimeError, match="only as a bfp16 operand"):
-        dropped.host
+        _ = dropped.host
 
 
 def test_an_unwritable_bfp16_cache_only_converts(tmp_path):
