@@ -545,6 +545,18 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 
 
 # -- signals, pipes, encodings, flags ----------------------------------------------
+def signalled_run(args: list[str], home, signum: int) -> tuple[subprocess.CompletedProcess, bytes]:
+    """`aierun` sent `signum` once its answer has started; the result, its first bytes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aierun.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
+    )  # fmt: skip
+    first = process.stdout.read(8)  # generation has started
+    process.send_signal(signum)
+    rest, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, first + rest, err), first
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "message"),
@@ -555,19 +567,19 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 def test_a_signal_during_generation_keeps_the_text_ends_the_line_and_says_why(
     tiny, built, home, signum, code, message
 ):
-    # Up to the compiled context (twice the bucket, 64): long enough to still run at the signal.
+    # Up to the compiled context (twice the bucket, 64). On a loaded machine the run can
+    # end before the signal lands (the tiny model decodes ~900 tokens/s): such a try tests
+    # nothing, so it is repeated; one must have been interrupted.
     args = run_args(tiny, built)[:-2] + ["--n-tokens", "96", "--seq-len", "64"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aierun.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
-    )  # fmt: skip
-    first = process.stdout.read(8)  # generation has started
-    process.send_signal(signum)
-    rest, err = process.communicate(timeout=120)
-    result = subprocess.CompletedProcess(args, process.returncode, first + rest, err)
+    for _ in range(5):
+        result, first = signalled_run(args, home, signum)
+        if result.returncode != 0:
+            break
+    else:
+        pytest.fail("every run ended before the signal reached it")
     refused(result, code, message)
-    assert (first + rest).startswith(first) and len(first) == 8  # the partial answer stays
-    assert (first + rest).endswith(b"\n")  # the line is ended
+    assert len(first) == 8  # the answer had started, and its text stays on stdout
+    assert result.stdout.endswith(b"\n")  # the line is ended
     the_next_run_works(tiny, built, home)
 
 
