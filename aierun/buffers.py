@@ -63,9 +63,12 @@ def plain_read_sources(specs: Iterable[ElfSpec]) -> frozenset[tuple[str, str]]:
 
 
 class BufferManager:
-    def __init__(self, device: Device, resolve_source: SourceResolver):
+    def __init__(self, device: Device, resolve_source: SourceResolver, observed: bool = False):
         self.device = device
         self.resolve_source = resolve_source
+        # A call observer reads the bytes the host wrote (`doit simulate` copies them as
+        # its inputs), so every static buffer keeps its plain form too.
+        self.observed = observed
         self._weights: dict[tuple[str, str, tuple[int, ...]], Buffer] = {}
         self._consts: dict[tuple[str, str], Buffer] = {}
         self._pooled: dict[tuple[str, str], Buffer] = {}
@@ -127,7 +130,7 @@ class BufferManager:
         """How the launches read a static argument (Device.alloc's flags)."""
         return {
             "bfp16_operand": arg.source in self._bfp16_sources,
-            "plain_read": (arg.source, arg.dtype) in self._plain_sources,
+            "plain_read": self.observed or (arg.source, arg.dtype) in self._plain_sources,
         }
 
     @staticmethod

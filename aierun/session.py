@@ -93,7 +93,7 @@ class Session:
         self.device = device
         self.profiler = profiler or Profiler(device=device.name)
         self.observer = observer
-        self.buffers = BufferManager(device, self._weight_source)
+        self.buffers = BufferManager(device, self._weight_source, observed=observer is not None)
         self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
         self._warm: set[str] = set()  # the ELF instances run once on zeros (_warm_up)
         self._rope = rope_table(self.shape, self.shape.max_positions)

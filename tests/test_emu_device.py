@@ -168,6 +168,29 @@ def test_an_activation_two_bfp16_gemms_read_is_converted_once(monkeypatch):
     np.testing.assert_array_equal(buffers["g"].read(), buffers["u"].read())
 
 
+@pytest.mark.parametrize("observed", [True, False])
+def test_an_observed_session_reads_back_the_weights_only_bfp16_gemms_read(observed):
+    """`doit simulate` copies the bytes the host wrote: a weight only a bfp16 GEMM reads
+    then keeps them; unobserved, its bytes are gone and reading them fails loudly (it
+    had handed out uninitialized memory, and the simulated prefill ELFs computed on it)."""
+    args = (
+        ArgSpec("x", (2, 16), "bf16", Role.INPUT),
+        ArgSpec("w", (3, 16), "bf16", Role.WEIGHT, "layers.{layer}.w"),
+        ArgSpec("y", (2, 3), "bf16", Role.OUTPUT),
+    )
+    launch = Launch("gemm", {"M": 2, "K": 16, "N": 3, "mma": "bfp16"}, ("x", "w"), ("y",))
+    spec = ElfSpec("tiny", "prefill", 2, args, (launch,))
+    w = np.random.default_rng(5).standard_normal((3, 16)).astype(BF16)
+    manager = BufferManager(EmuDevice(), lambda *_: w, observed=observed)
+    manager.preload([spec], range(1))
+    buffers, _ = manager.bind(spec, 0, {"x": np.ones((2, 16), BF16)})
+    if observed:
+        np.testing.assert_array_equal(buffers["w"].host, w)
+    else:
+        with pytest.raises(DeviceError, match="only as a bfp16 operand"):
+            buffers["w"].host  # noqa: B018
+
+
 def test_bfp16_weights_are_converted_once_and_read_back_from_the_cache(tmp_path):
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((16, 64)).astype(BF16)

@@ -121,10 +121,12 @@ class EmuBuffer(Buffer):
     def host(self) -> np.ndarray:
         if self._host is None:  # static data: stage its bf16 image for the host
             dtype, image = self.spec.np_dtype, self._f32
-            self._host = (
-                image.astype(dtype) if self.written and image is not None
-                else np.empty(self.spec.shape, dtype)
-            )  # fmt: skip
+            if self.written and image is None:  # its bytes are gone, not to be guessed
+                raise DeviceError(
+                    f"{self.label} is kept only as a bfp16 operand; an observed "
+                    "session (BufferManager observed=True) keeps its bytes"
+                )
+            self._host = image.astype(dtype) if self.written else np.empty(self.spec.shape, dtype)
         return self._host
 
     def sync_to_device(self) -> None:
