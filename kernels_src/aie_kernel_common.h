@@ -78,11 +78,11 @@ static inline aie::vector<float, N> round_bf16(aie::vector<float, N> v) {
 
 // SwiGLU's silu(g) * u per lane, as g * inv(1 + e^-g) * u: the bf16-precise exp and the
 // scalar inv per lane (L), fp32 products (M). eltwise.cc's silu_mul and gemv.cc's
-// SwiGLU epilogue both compute it so.
+// SwiGLU epilogue both compute it so. `one` is 1.0 in every lane, broadcast by the
+// caller once outside its loop.
 template <unsigned N>
-static inline aie::vector<float, N> silu_mul(aie::vector<float, N> gate,
-                                             aie::vector<float, N> up) {
-  const aie::vector<float, N> one = aie::broadcast<float, N>(1.0f);
+static inline aie::vector<float, N> silu_mul(aie::vector<float, N> gate, aie::vector<float, N> up,
+                                             aie::vector<float, N> one) {
   auto sigmoid = aie::inv(aie::add(one, exp_bf16<N>(aie::neg(gate))));
   auto silu = aie::mul(gate, sigmoid).template to_vector<float>();
   return aie::mul(silu, up).template to_vector<float>();

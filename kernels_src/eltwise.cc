@@ -43,6 +43,7 @@ extern "C" void AIEK_CAT5(add_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *a, const
 extern "C" void AIEK_CAT5(silu_mul_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *g, const b_t *u,
                                                                    c_t *c) {
   set_round_to_nearest_even();
+  const aie::vector<float, LANES> one = aie::broadcast<float, LANES>(1.0f);
   for (int i = 0; i < AIEK_CHUNK; i += LANES)  // aie_kernel_common.h silu_mul
-    store_as<LANES>(c + i, silu_mul<LANES>(load_f32<LANES>(g + i), load_f32<LANES>(u + i)));
+    store_as<LANES>(c + i, silu_mul(load_f32<LANES>(g + i), load_f32<LANES>(u + i), one));
 }

@@ -143,6 +143,7 @@ extern "C" void AIEK_ENTRY(_swiglu)(const bfloat16 *x, const w_t *w, bfloat16 *a
   accumulate(x, w, s);
   if (!block_done(s)) return;
   const aie::vector<float, HALF> gate = round_bf16(aie::load_v<HALF>(s->sums));
-  store_as<HALF>(a, silu_mul(gate, round_bf16(aie::load_v<HALF>(s->sums + HALF))));
+  const aie::vector<float, HALF> up = round_bf16(aie::load_v<HALF>(s->sums + HALF));
+  store_as<HALF>(a, silu_mul(gate, up, aie::broadcast<float, HALF>(1.0f)));
 }
 #endif
