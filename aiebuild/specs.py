@@ -304,7 +304,7 @@ def _o_ffn_args(
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
-        *(_arg(n, (rows, f), MID) for n in ("g", "u", "a") if matmul == "gemm" or n == "a"),
+        *(_arg(n, (rows, f), MID) for n in (("g", "u", "a") if matmul == "gemm" else ("a",))),
         _arg("d", (rows, e), MID),
         _arg("y", (rows, e), OUT, dtype=F32),
     ]

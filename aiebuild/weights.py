@@ -3,11 +3,12 @@
 One type for every matrix (bf16, q4_0, q4_1, q8_0), or `gguf`: each matrix in the type
 its GGUF file stores it, the default for a model read from a GGUF file. The decode ELFs
 serve every layer with one spec, so a matrix (q_proj, ..., down_proj) takes one type
-across the layers; the LM head takes its own. Gate and up take one type: the decode
-reads them as one matrix, their rows interleaved (aiebuild/specs.py, the SwiGLU GEMV),
-so where their files' types differ both are requantized. A file type the kernels cannot read
+across the layers; the LM head takes its own. A file type the kernels cannot read
 (K-quants, IQ types, a matrix whose type changes from layer to layer) is requantized to
 Q8_0 from the file's values, the finest block type they read, and the compile says so.
+Gate and up count as one matrix here: the decode reads them as one, their rows
+interleaved (aiebuild/specs.py, the SwiGLU GEMV), so types that differ between them
+requantize both.
 """
 
 from __future__ import annotations
