@@ -25,6 +25,8 @@ from aierun.abi import (
     O_GEMV_FFN,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
+    SOURCE_JOIN,
+    SWIGLU,
     ArgSpec,
     ElfSpec,
     Launch,
@@ -62,12 +64,14 @@ def _arg(
     return ArgSpec(name, tuple(shape), dtype, role, source, **kw)
 
 
-def _matrix(name: str, rows: int, k: int, source: str, types: WeightTypes, **kw) -> ArgSpec:
-    """A GEMV/GEMM weight [rows, k] of a layer in its type in `types`: bf16, or a GGUF
-    block type in the GEMV's device layout (aiebuild/ops/gemv.py, aierun/ops/quant.py)."""
-    weights = types[source.removeprefix(LAYER) if source.startswith(LAYER) else LM_HEAD]
+def _matrix(name: str, rows: int, k: int, matrix: str, types: WeightTypes, **kw) -> ArgSpec:
+    """A GEMV/GEMM weight [rows, k] of a layer in the type `types` gives checkpoint
+    `matrix`: bf16, or a GGUF block type in the GEMV's device layout
+    (aiebuild/ops/gemv.py, aierun/ops/quant.py). Its source is `matrix` unless given."""
+    weights = types[matrix.removeprefix(LAYER) if matrix.startswith(LAYER) else LM_HEAD]
     shape = gemv.weight_shape(rows, k, weights)
     layout = kw.pop("layout", gemv.weight_layout(k, weights))
+    source = kw.pop("source", matrix)
     return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
 
 
@@ -244,6 +248,35 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
     return _elf(FLASH_ATTN, "prefill", bucket, args, (launch,))
 
 
+GATE, UP = LAYER + "mlp.gate_proj.weight", LAYER + "mlp.up_proj.weight"
+
+
+def _swiglu_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
+    """a = silu(hn W_gate^T) * (hn W_up^T): in prefill two GEMMs and silu_mul; in decode
+    one GEMV over gate and up interleaved with silu_mul as its epilogue (two launches,
+    so two reconfigurations of the array, fewer: aiebuild/ops/gemv.py)."""
+    e, f = shape.hidden, shape.ffn
+    if matmul == "gemv":
+        params = gemv.params(rows, e, 2 * f, SWIGLU)
+        return [Launch("gemv", params, ("hn", "w_gate_up"), ("a",), "gemv gate+up SwiGLU")]
+    return [
+        _matmul(matmul, "gemm gate", rows, e, f, ("hn", "w_gate"), "g"),
+        _matmul(matmul, "gemm up", rows, e, f, ("hn", "w_up"), "u"),
+        Launch("silu_mul", eltwise.params(rows, f), ("g", "u"), ("a",)),
+    ]
+
+
+def _swiglu_weights(shape: ModelShape, matmul: str, types: WeightTypes) -> list[ArgSpec]:
+    """The weights of _swiglu_launches: for the GEMV gate and up as one weight [2F, ...],
+    their rows interleaved (in one type: aiebuild/weights.py SWIGLU_PAIR)."""
+    e, f = shape.hidden, shape.ffn
+    if matmul == "gemv":
+        layout = gemv.weight_layout(e, types[GATE.removeprefix(LAYER)], SWIGLU)
+        return [_matrix("w_gate_up", 2 * f, e, GATE, types, layout=layout,
+                        source=GATE + SOURCE_JOIN + UP)]  # fmt: skip
+    return [_matrix("w_gate", f, e, GATE, types), _matrix("w_up", f, e, UP, types)]
+
+
 def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
     e, f, q = shape.hidden, shape.ffn, shape.q_dim
     residual, norm = eltwise.params(rows, e), rmsnorm.params(rows, e, shape.rms_eps)
@@ -251,28 +284,27 @@ def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
         _matmul(matmul, "gemm O", rows, q, e, ("attn_out", "wo"), "o"),
         Launch("add", residual, ("o", "x"), ("h",), "add residual"),
         Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",)),
-        _matmul(matmul, "gemm gate", rows, e, f, ("hn", "w_gate"), "g"),
-        _matmul(matmul, "gemm up", rows, e, f, ("hn", "w_up"), "u"),
-        Launch("silu_mul", eltwise.params(rows, f), ("g", "u"), ("a",)),
+        *_swiglu_launches(shape, rows, matmul),
         _matmul(matmul, "gemm down", rows, f, e, ("a", "w_down"), "d"),
         Launch("add", residual, ("d", "h"), ("y",), "add residual"),
     ]
 
 
-def _o_ffn_args(shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES) -> list[ArgSpec]:
+def _o_ffn_args(
+    shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
+) -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
         _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", types),
         _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
-        _matrix("w_gate", f, e, LAYER + "mlp.gate_proj.weight", types),
-        _matrix("w_up", f, e, LAYER + "mlp.up_proj.weight", types),
+        *_swiglu_weights(shape, matmul, types),
         _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", types),
         _arg("o", (rows, e), MID),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
-        *(_arg(n, (rows, f), MID) for n in ("g", "u", "a")),
+        *(_arg(n, (rows, f), MID) for n in (("g", "u", "a") if matmul == "gemm" else ("a",))),
         _arg("d", (rows, e), MID),
         _arg("y", (rows, e), OUT, dtype=F32),
     ]
@@ -280,7 +312,7 @@ def _o_ffn_args(shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES) -
 
 def o_ffn(shape: ModelShape, bucket: int) -> ElfSpec:
     launches = tuple(_o_ffn_launches(shape, bucket, "gemm"))
-    return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket)), launches)
+    return _elf(O_FFN, "prefill", bucket, tuple(_o_ffn_args(shape, bucket, "gemm")), launches)
 
 
 def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
@@ -311,7 +343,7 @@ def o_gemv_ffn(shape: ModelShape, context: int, types: WeightTypes = BF16_TYPES)
         _arg("query", (shape.n_kv_heads, group * shape.head_dim + PAD), IN, dtype=F32),
         _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
         _arg("attn_out", (1, shape.q_dim), MID),
-        *(arg for arg in _o_ffn_args(shape, 1, types) if arg.name != "attn_out"),
+        *(arg for arg in _o_ffn_args(shape, 1, "gemv", types) if arg.name != "attn_out"),
     )
     launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
     return _elf(O_GEMV_FFN, "decode", 0, args, launches)

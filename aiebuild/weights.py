@@ -6,6 +6,9 @@ serve every layer with one spec, so a matrix (q_proj, ..., down_proj) takes one 
 across the layers; the LM head takes its own. A file type the kernels cannot read
 (K-quants, IQ types, a matrix whose type changes from layer to layer) is requantized to
 Q8_0 from the file's values, the finest block type they read, and the compile says so.
+Gate and up count as one matrix here: the decode reads them as one, their rows
+interleaved (aiebuild/specs.py, the SwiGLU GEMV), so types that differ between them
+requantize both.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ LAYER_MATRICES = (
     "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
     "mlp.down_proj.weight",
 )  # fmt: skip
+# Read by one decode GEMV (gate and up rows interleaved), so kept in one type.
+SWIGLU_PAIR = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 LM_HEAD = "lm_head"
 MATRICES = (*LAYER_MATRICES, LM_HEAD)
 # File types whose values bf16 holds as the kernels read them (F32 rounds once, as the
@@ -71,9 +76,12 @@ def file_types(index: dict[str, gguf_model.GgufTensor], shape: ModelShape) -> We
         lm_head = "model.embed_tokens.weight"
     names = {m: [f"model.layers.{i}.{m}" for i in range(shape.n_layers)] for m in LAYER_MATRICES}
     names[LM_HEAD] = [lm_head]
-    return {
+    gate, up = SWIGLU_PAIR
+    names[gate] += names.pop(up)  # one type for both, as if one matrix
+    types = {
         matrix: _kernel_type(matrix, {index[n].type for n in ns}) for matrix, ns in names.items()
     }
+    return {matrix: types[gate if matrix == up else matrix] for matrix in MATRICES}
 
 
 def _kernel_type(matrix: str, stored: set[str]) -> str:
@@ -82,7 +90,7 @@ def _kernel_type(matrix: str, stored: set[str]) -> str:
         return BF16
     if only is not None and only.lower() in QUANT_DTYPES:
         return only.lower()
-    why = "a type the NPU kernels do not read, or mixed across layers"
+    why = "a type the NPU kernels do not read, or mixed across layers (or gate and up)"
     log.warning("weights.requantized", matrix=matrix, file_types=sorted(stored),
                 to=REQUANTIZED, why=why)  # fmt: skip
     return REQUANTIZED

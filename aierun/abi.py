@@ -81,6 +81,36 @@ class ArgSpec:
         return self.source is not None and "{layer}" in self.source
 
 
+# A weight made of several checkpoint tensors: its source names them joined by
+# SOURCE_JOIN, and its layout `interleave<G>:<inner>` takes G rows of each in turn (G
+# rows of the first, the same G rows of the second, the next G of the first, ...), then
+# lays them out as `inner` (rowmajor, or a block type's records). SwiGLU's decode reads
+# gate and up so in one GEMV (aiebuild/ops/gemv.py): each of its blocks is SWIGLU_GROUP
+# gate rows then the same up rows, and its epilogue writes their silu(g) * u.
+SOURCE_JOIN = "+"
+INTERLEAVE = "interleave"
+SWIGLU = "swiglu"  # the GEMV launch's `epilogue`
+SWIGLU_GROUP = 16
+
+
+def interleaved_layout(group: int, inner: str) -> str:
+    return f"{INTERLEAVE}{group}:{inner}"
+
+
+def split_layout(layout: str) -> tuple[int | None, str]:
+    """(rows per turn, inner layout) of an interleaved layout, else (None, layout)."""
+    if not layout.startswith(INTERLEAVE):
+        return None, layout
+    group, inner = layout.removeprefix(INTERLEAVE).split(":", 1)
+    return int(group), inner
+
+
+def interleave_rows(parts: list[np.ndarray], group: int) -> np.ndarray:
+    """The rows of equally shaped `parts` [N, ...], `group` rows of each in turn."""
+    stacked = np.stack([p.reshape(-1, group, *p.shape[1:]) for p in parts], axis=1)
+    return stacked.reshape(-1, *parts[0].shape[1:])
+
+
 _BINDING = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 
 

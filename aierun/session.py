@@ -30,8 +30,11 @@ from aierun.abi import (
     QUANT_DTYPES,
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
+    SOURCE_JOIN,
     ElfSpec,
     Role,
+    interleave_rows,
+    split_layout,
 )
 from aierun.artifacts import ArtifactError, ArtifactSet, find_manifest
 from aierun.buffers import BufferManager
@@ -196,14 +199,24 @@ class Session:
     ) -> np.ndarray:
         if source == "rope":
             return self._rope[: shape[0]]
+        # A joined source (SwiGLU's gate+up, aierun/abi.py) interleaves its tensors' rows,
+        # as GGUF blocks for a block type: the records then tile the interleaved rows.
+        group, _ = split_layout(layout)
+        parts = [self._rows(part, dtype) for part in source.split(SOURCE_JOIN)]
+        tensor = parts[0] if group is None else interleave_rows(parts, group)
         if dtype in QUANT_DTYPES:
-            return quantized_weight(self.checkpoint.blocks(source, dtype), dtype, layout, shape)
-        tensor = self.checkpoint.tensor(source)
+            return quantized_weight(tensor, dtype, layout, shape)
         if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
             padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)
             padded[: tensor.shape[0]] = tensor
             return padded.reshape(shape)
         return tensor
+
+    def _rows(self, source: str, dtype: str) -> np.ndarray:
+        """A checkpoint matrix as GGUF blocks of a block type, else as bf16 rows."""
+        if dtype in QUANT_DTYPES:
+            return self.checkpoint.blocks(source, dtype)
+        return self.checkpoint.tensor(source)
 
     def spec(self, instance: str) -> ElfSpec:
         """The spec of a loaded ELF (after prepare)."""

@@ -67,6 +67,27 @@ static inline aie::vector<float, N> exp_bf16(aie::vector<float, N> x) {
   return to_f32(exp_to_bf16(x));
 }
 
+// An fp32 vector as a bf16 buffer would hold it: rounded by the current mode (R), widened
+// back exactly.
+template <unsigned N>
+static inline aie::vector<float, N> round_bf16(aie::vector<float, N> v) {
+  aie::accum<accfloat, N> wide;
+  wide.from_vector(v);
+  return to_f32(wide.template to_vector<bfloat16>());
+}
+
+// SwiGLU's silu(g) * u per lane, as g * inv(1 + e^-g) * u: the bf16-precise exp and the
+// scalar inv per lane (L), fp32 products (M). eltwise.cc's silu_mul and gemv.cc's
+// SwiGLU epilogue both compute it so. `one` is 1.0 in every lane, broadcast by the
+// caller once outside its loop.
+template <unsigned N>
+static inline aie::vector<float, N> silu_mul(aie::vector<float, N> gate, aie::vector<float, N> up,
+                                             aie::vector<float, N> one) {
+  auto sigmoid = aie::inv(aie::add(one, exp_bf16<N>(aie::neg(gate))));
+  auto silu = aie::mul(gate, sigmoid).template to_vector<float>();
+  return aie::mul(silu, up).template to_vector<float>();
+}
+
 // A ROWS x COLS block of a row-major matrix with `ld` columns starting at p, as one
 // row-major vector (an mmul operand or result), and back.
 template <unsigned ROWS, unsigned COLS, typename T>

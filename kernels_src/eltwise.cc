@@ -44,11 +44,6 @@ extern "C" void AIEK_CAT5(silu_mul_, AIEK_TYPES, _, AIEK_CHUNK, )(const a_t *g, 
                                                                    c_t *c) {
   set_round_to_nearest_even();
   const aie::vector<float, LANES> one = aie::broadcast<float, LANES>(1.0f);
-  for (int i = 0; i < AIEK_CHUNK; i += LANES) {
-    aie::vector<float, LANES> gate = load_f32<LANES>(g + i);
-    auto e = exp_bf16<LANES>(aie::neg(gate));   // bf16-precise, fact (L)
-    auto sigmoid = aie::inv(aie::add(one, e));  // the scalar inv per lane, fact (L)
-    auto silu = aie::mul(gate, sigmoid).to_vector<float>();
-    store_as<LANES>(c + i, aie::mul(silu, load_f32<LANES>(u + i)).to_vector<float>());
-  }
+  for (int i = 0; i < AIEK_CHUNK; i += LANES)  // aie_kernel_common.h silu_mul
+    store_as<LANES>(c + i, silu_mul(load_f32<LANES>(g + i), load_f32<LANES>(u + i), one));
 }

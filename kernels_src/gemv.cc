@@ -11,11 +11,18 @@
 // step's TN rows of quants, then their fp32 block scales (and q4_1's minimums); each
 // block of 32 adds d * (x * q) (and m * x) to the row's lane sums, exactly as the
 // emulation does. Entry points gemv_<bf16|q4_0|q4_1|q8_0>_<K>x<TN>x<TK>_<bf16|f32>.
-// Relies on (S) for the per-row reduction order, (R) for the bf16 variant's rounding.
+// -D AIEK_SWIGLU=1 (TN = 32) adds gemv_<fmt>_<K>x32x<TK>_swiglu(x, w, a[16], state):
+// SwiGLU's silu(g) * u as the epilogue of a block of 16 gate rows then the same 16 up
+// rows (aierun/abi.py interleave_rows, aierun/ops/matmul.py gemv).
+// Relies on (S) for the per-row reduction order, (R) for the bf16 variant's rounding,
+// (L) and (M) for the epilogue's exp, reciprocal and products.
 #include "aie_kernel_common.h"
 
 #ifndef AIEK_WFMT
 #define AIEK_WFMT 0
+#endif
+#ifndef AIEK_SWIGLU
+#define AIEK_SWIGLU 0
 #endif
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_K, x, AIEK_TN, x, AIEK_TK)
 static constexpr int LANES = 32;   // bf16 per 512-bit load
@@ -99,13 +106,20 @@ static inline void accumulate(const bfloat16 *x, const std::uint8_t *w, State *s
 }
 #endif
 
-template <typename out_t>
-static inline void finish(out_t *y, State *s) {
-  if (++s->k_tile < K_TILES) return;
-  s->k_tile = 0;  // the next row block starts over
+// Counts the k tile; after the block's last one reduces its rows into s->sums (the
+// counter starting over for the next block) and returns true.
+static inline bool block_done(State *s) {
+  if (++s->k_tile < K_TILES) return false;
+  s->k_tile = 0;
   set_round_to_nearest_even();
   for (int n = 0; n < AIEK_TN; ++n)  // one reduction per row and block: lanes, then halves (S)
     s->sums[n] = aie::reduce_add(aie::load_v<LANES>(s->partial[n]));
+  return true;
+}
+
+template <typename out_t>
+static inline void finish(out_t *y, State *s) {
+  if (!block_done(s)) return;
   for (int n = 0; n < AIEK_TN; n += HALF) store_as<HALF>(y + n, aie::load_v<HALF>(s->sums + n));
 }
 
@@ -120,3 +134,16 @@ extern "C" void AIEK_ENTRY(_f32)(const bfloat16 *x, const w_t *w, float *y, Stat
   accumulate(x, w, s);
   finish(y, s);
 }
+
+#if AIEK_SWIGLU
+// A block is HALF gate rows then the same HALF rows of up; a gets their silu(g) * u, g
+// and u first rounded to bf16: the values the separate GEMVs wrote for eltwise.cc.
+static_assert(AIEK_TN == 2 * HALF, "a SwiGLU block is HALF gate rows and HALF up rows");
+extern "C" void AIEK_ENTRY(_swiglu)(const bfloat16 *x, const w_t *w, bfloat16 *a, State *s) {
+  accumulate(x, w, s);
+  if (!block_done(s)) return;
+  const aie::vector<float, HALF> gate = round_bf16(aie::load_v<HALF>(s->sums));
+  const aie::vector<float, HALF> up = round_bf16(aie::load_v<HALF>(s->sums + HALF));
+  store_as<HALF>(a, silu_mul(gate, up, aie::broadcast<float, HALF>(1.0f)));
+}
+#endif

@@ -38,3 +38,24 @@ def test_a_type_the_kernels_cannot_read_or_mixed_across_layers_becomes_q8_0(mode
     types = weights.file_types(index, shape)
     assert types["mlp.down_proj.weight"] == "q8_0" and types["mlp.up_proj.weight"] == "q8_0"
     assert types["self_attn.q_proj.weight"] == "q4_0" and types["lm_head"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("gate", "up", "both"), [("Q4_1", "Q4_0", "q8_0"), ("Q4_0", "Q4_0", "q4_0")]
+)
+def test_gate_and_up_take_one_type(model_dir, gate, up, both):
+    """The decode reads gate and up as one interleaved matrix: types that differ become
+    Q8_0 for both, and one they share is kept."""
+    shape = Checkpoint(model_dir).shape
+    kinds = {"mlp.gate_proj.weight": gate, "mlp.up_proj.weight": up}
+    index = {
+        f"model.layers.{i}.{matrix}": GgufTensor(
+            Path("x"), 0, kinds.get(matrix, "Q4_1"), (1, 32), 0
+        )
+        for i in range(shape.n_layers)
+        for matrix in weights.LAYER_MATRICES
+    }
+    index["model.embed_tokens.weight"] = GgufTensor(Path("x"), 0, "Q8_0", (1, 32), 0)
+    types = weights.file_types(index, shape)
+    assert types["mlp.gate_proj.weight"] == types["mlp.up_proj.weight"] == both
+    assert types["mlp.down_proj.weight"] == "q4_1" and list(types) == list(weights.MATRICES)

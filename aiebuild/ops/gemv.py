@@ -13,14 +13,23 @@ state buffer that also counts the k tiles, so the core's k loop stays a loop), r
 each row once and writes it as bf16 or, for the LM head logits, fp32 (the output
 argument's dtype). A step's rows are TK = 256 bf16, 512 B: whole shim bursts.
 A run longer than the 64 iterations a shim pattern allows is moved in several
-phases. Core memory at K = 8192: x 16 KiB, w 2 x 8 KiB, state 2.1 KiB, y < 1 KiB.
+phases. Core memory at K = 8192: x 16 KiB, w 2 x 8 KiB, state 2.1 KiB, y < 1 KiB
+(with the SwiGLU epilogue's 32-row steps w 2 x 16 KiB, state 4.2 KiB).
 
 Weights in a GGUF block type (the w argument's dtype q4_0, q4_1 or q8_0) are preloaded
 in the layout of aierun/ops/quant.py: one record per (TN-row block, k step) holding
 the step's quants and then its fp32 block scales, so a core step is one contiguous
 run of whole 512-B bursts (q4_0 2560 B, q4_1 3072 B, q8_0 4608 B at TK = 256) and a
 stream's run of blocks is one linear transfer. The core dequantizes each block of 32
-as it multiplies (kernels_src/gemv.cc AIEK_WFMT)."""
+as it multiplies (kernels_src/gemv.cc AIEK_WFMT).
+
+The "swiglu" epilogue (launch param `epilogue`) makes SwiGLU's gate and up GEMVs and
+their silu_mul one launch, saving the two reconfigurations of the array the separate
+launches would cost: w is gate and up with their rows interleaved at preload
+(aierun/abi.py, SWIGLU_GROUP = 16 rows of each in turn), a core step takes 32 rows (16
+of gate, the same 16 of up) and a block writes the 16 values silu(g) * u, g and u
+rounded to bf16 first as the separate GEMVs wrote them (kernels_src/gemv.cc
+AIEK_SWIGLU, aierun/ops/matmul.py gemv). N counts the rows of w, so y has N / 2."""
 
 from __future__ import annotations
 
@@ -50,7 +59,7 @@ from aiebuild.ops.common import (
     whole,
 )
 from aiebuild.ops.gemm import flops
-from aierun.abi import BF16, ArgSpec, Launch
+from aierun.abi import BF16, SWIGLU, SWIGLU_GROUP, ArgSpec, Launch, interleaved_layout
 from aierun.ops import quant
 
 TN = 16  # output rows per core step
@@ -66,16 +75,28 @@ def tk(k: int) -> int:
     return min(TK_MAX, k & -k)
 
 
-def state_floats() -> int:
-    """The kernel's state: TN rows of LANES partial sums, TN staged dot products and the
-    k-tile counter (gemv.cc State)."""
-    return TN * (LANES + 1) + 1
+def step_rows(epilogue: str | None) -> int:
+    """Rows of w per core step: TN, or a group of gate rows and one of up for SwiGLU."""
+    return 2 * SWIGLU_GROUP if epilogue == SWIGLU else TN
 
 
-def weight_layout(k: int, dtype: str) -> str:
+def block_values(epilogue: str | None) -> int:
+    """Values of y a block writes: one per row, or one per gate and up row pair."""
+    return SWIGLU_GROUP if epilogue == SWIGLU else TN
+
+
+def state_floats(rows: int) -> int:
+    """The kernel's state: a step's rows of LANES partial sums each, their staged dot
+    products and the k-tile counter (gemv.cc State)."""
+    return rows * (LANES + 1) + 1
+
+
+def weight_layout(k: int, dtype: str, epilogue: str | None = None) -> str:
     """The ArgSpec layout of a GEMV weight of this type (rows as the checkpoint's for
-    bf16, the records of aierun/ops/quant.py for a block type)."""
-    return "rowmajor" if dtype == "bf16" else quant.layout(TN, tk(k))
+    bf16, the records of aierun/ops/quant.py for a block type); SwiGLU's gate and up
+    rows interleaved first."""
+    rows = "rowmajor" if dtype == "bf16" else quant.layout(step_rows(epilogue), tk(k))
+    return interleaved_layout(SWIGLU_GROUP, rows) if epilogue == SWIGLU else rows
 
 
 def weight_shape(rows: int, k: int, dtype: str) -> tuple[int, int]:
@@ -83,23 +104,26 @@ def weight_shape(rows: int, k: int, dtype: str) -> tuple[int, int]:
     return (rows, k) if dtype == "bf16" else (rows, quant.device_row_bytes(dtype, k))
 
 
-def record_bytes(k: int, dtype: str) -> int:
-    """Bytes of w one core step reads (a TN x TK tile)."""
+def record_bytes(k: int, dtype: str, rows: int) -> int:
+    """Bytes of w one core step reads (a rows x TK tile)."""
     if dtype == "bf16":
-        return TN * tk(k) * BF16.itemsize
-    return TN * quant.device_row_bytes(dtype, tk(k))
+        return rows * tk(k) * BF16.itemsize
+    return rows * quant.device_row_bytes(dtype, tk(k))
 
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
-    k = launch.params["K"]
-    params = {"K": k, "TN": TN, "TK": tk(k), "WFMT": quant.WFMT[args[1].dtype]}
+    k, epilogue = launch.params["K"], launch.params.get("epilogue")
+    params = {"K": k, "TN": step_rows(epilogue), "TK": tk(k), "WFMT": quant.WFMT[args[1].dtype]}
+    if epilogue == SWIGLU:
+        params["SWIGLU"] = True
     return kernel_object("gemv.cc", params)
 
 
 def symbol(launch: Launch, w_dtype: str, out_dtype: str) -> str:
-    """The object has a bf16-output and an fp32-output entry point (LM head logits)."""
-    k = launch.params["K"]
-    return f"gemv_{w_dtype}_{k}x{TN}x{tk(k)}_{out_dtype}"
+    """The object has a bf16-output and an fp32-output entry point (LM head logits),
+    and with the SwiGLU epilogue the `_swiglu` one."""
+    k, epilogue = launch.params["K"], launch.params.get("epilogue")
+    return f"gemv_{w_dtype}_{k}x{step_rows(epilogue)}x{tk(k)}_{epilogue or out_dtype}"
 
 
 def stream_cores(columns: int, blocks: int) -> list[tuple[int, int]]:
@@ -120,17 +144,17 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
     _, w, y = args
-    k, n = launch.params["K"], launch.params["N"]
+    k, n, epilogue = launch.params["K"], launch.params["N"], launch.params.get("epilogue")
     columns, _ = array(launch)
-    TK = tk(k)  # noqa: N806 (the kernel's -D name)
-    k_tiles, blocks = tiles(k, TK, "K"), tiles(n, TN, "N")
+    TK, rows = tk(k), step_rows(epilogue)  # noqa: N806 (the kernel's -D name)
+    k_tiles, blocks = tiles(k, TK, "K"), tiles(n, rows, "N")
     cores = stream_cores(columns, blocks)
     stream_runs = runs(blocks, len(cores))
-    record = record_bytes(k, w.dtype)
+    record, values = record_bytes(k, w.dtype, rows), block_values(epilogue)
     x_ty = tensor((k,), BF16)
-    w_ty = tensor((TN, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
-    y_ty = tensor((TN,), y.np_dtype)
-    state_ty = tensor((state_floats(),), np.dtype(np.float32))
+    w_ty = tensor((rows, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
+    y_ty = tensor((values,), y.np_dtype)
+    state_ty = tensor((state_floats(rows),), np.dtype(np.float32))
     gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), kernel(launch, args).name,
                       [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
     x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
@@ -154,7 +178,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     workers = [
         lib.Worker(body(len(stream_runs[s])), [
             x_in.cons(), w_in[s].cons(), y_out[s].prod(),
-            scratch_buffer(lib, f"state{s}", (state_floats(),), np.dtype(np.float32)), gemv,
+            scratch_buffer(lib, f"state{s}", (state_floats(rows),), np.dtype(np.float32)), gemv,
         ], tile=core_tile(lib, c, r))
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
@@ -171,11 +195,11 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         if w.dtype != "bf16":  # the records of a run lie one after another
             at, run = w_at + piece.start * k_tiles * record, k_tiles * record
             return tap(w.shape, at, [1, len(piece), k_tiles, record], [0, run, record, 1])
-        return tap(w.shape, w_at + piece.start * TN * k, [len(piece), k_tiles, TN, TK],
-                   [TN * k, TK, k, 1])  # fmt: skip
+        return tap(w.shape, w_at + piece.start * rows * k, [len(piece), k_tiles, rows, TK],
+                   [rows * k, TK, k, 1])  # fmt: skip
 
     def y_tap(piece: range) -> Any:
-        return contiguous(y.shape, y_at + piece.start * TN, len(piece) * TN)
+        return contiguous(y.shape, y_at + piece.start * values, len(piece) * values)
 
     streams = [
         Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases)),
@@ -187,11 +211,13 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     return stream_program(args, streams, workers)
 
 
-def params(m: int, k: int, n: int) -> dict[str, int]:
+def params(m: int, k: int, n: int, epilogue: str | None = None) -> dict[str, int | str]:
     """A GEMV's cores: one weight stream per shim input channel but the one that
-    broadcasts x, each feeding one core, as many as there are TN-row output blocks."""
-    streams = min(2 * COLUMNS - 1, n // TN)
-    return {"M": m, "K": k, "N": n, **cores(streams // 2 + 1, 2)}
+    broadcasts x, each feeding one core, as many as there are output blocks. N counts
+    the rows of w (gate's and up's together for the SwiGLU epilogue)."""
+    streams = min(2 * COLUMNS - 1, n // step_rows(epilogue))
+    extra = {} if epilogue is None else {"epilogue": epilogue}
+    return {"M": m, "K": k, "N": n, **cores(streams // 2 + 1, 2), **extra}
 
 
 OP = Op("gemv", design, kernel, flops)

@@ -20,7 +20,7 @@ OpFn = Callable[..., tuple[np.ndarray, ...]]
 OPS: dict[str, OpFn] = {
     "rmsnorm": norm.rmsnorm,
     "gemm": matmul.gemm,
-    "gemv": matmul.gemm,  # the same arithmetic; the NPU kernel differs (M = 1)
+    "gemv": matmul.gemv,  # the GEMM's arithmetic at M = 1, and its epilogue
     "rope": rope.rope,
     "flash_attn": attention.flash_attn,
     "add": eltwise.add,

@@ -4,13 +4,16 @@ Weights keep the Hugging Face [out, in] layout; products of bf16 operands are
 accumulated in fp32 and the tile result is rounded once to bf16. A GEMM whose launch
 says `"mma": "bfp16"` (aiebuild/specs.py GEMM_MMA) multiplies the operands as its
 BFP16-emulated mmul sees them: blocks of 8 along k sharing an exponent. A GEMV over
-GGUF-quantized weights (aierun/ops/quant.py) sums blocks as gemv.cc does.
+GGUF-quantized weights (aierun/ops/quant.py) sums blocks as gemv.cc does. A GEMV whose
+launch says `"epilogue": "swiglu"` reads gate and up rows interleaved (aierun/abi.py)
+and writes silu(g) * u.
 """
 
 import numpy as np
 
-from aierun.ops import quant
-from aierun.ops.numerics import to_bfp16
+from aierun.abi import SWIGLU, SWIGLU_GROUP
+from aierun.ops import eltwise, quant
+from aierun.ops.numerics import to_bf16, to_bfp16
 
 
 def gemm(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tuple[np.ndarray]:
@@ -20,3 +23,15 @@ def gemm(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tupl
         x, weight = to_bfp16(x), to_bfp16(weight)
     # A partitioned weight ([P, rows, K], the LM head) is its rows one after another.
     return (np.asarray(x @ weight.reshape(-1, weight.shape[-1]).T),)
+
+
+def gemv(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tuple[np.ndarray]:
+    """The GEMM's arithmetic at M = 1, then the launch's epilogue: for SwiGLU, each
+    block's gate and up dot products rounded to bf16 first (the values two GEMVs would
+    write), then silu_mul on them (kernels_src/gemv.cc AIEK_SWIGLU)."""
+    (y,) = gemm(params, x, weight)
+    if params.get("epilogue") != SWIGLU:
+        return (y,)
+    pairs = to_bf16(y).astype(np.float32).reshape(-1, 2, SWIGLU_GROUP)
+    (a,) = eltwise.silu_mul(params, pairs[:, 0], pairs[:, 1])
+    return (a.reshape(1, -1),)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aierun.abi import split_layout
 from aierun.errors import UserError
 from aierun.ops.numerics import to_bf16
 
@@ -82,7 +83,9 @@ def layout(tn: int, tk: int) -> str:
 
 
 def parse_layout(name: str) -> tuple[int, int]:
-    tn, tk = name.removeprefix("tiles").split("x")
+    """(TN, TK) of a tiled layout, also inside an interleaved one (aierun/abi.py): its
+    records then hold whichever rows the interleaving put in each TN-row block."""
+    tn, tk = split_layout(name)[1].removeprefix("tiles").split("x")
     return int(tn), int(tk)
 
 

@@ -39,7 +39,7 @@ def test_device_layout_keeps_every_value_and_tiles_whole_bursts(name):
     assert back.m is None or np.array_equal(back.m, there.m)
     # The emulator keeps the decoded quants of every weight: one byte each, not eight.
     assert back.q.dtype == there.q.dtype == np.int8
-    assert gemv.record_bytes(512, name) % 512 == 0  # a core step reads whole shim bursts
+    assert gemv.record_bytes(512, name, gemv.TN) % 512 == 0  # a core step reads whole shim bursts
 
 
 @pytest.mark.parametrize("name", TYPES)

@@ -300,3 +300,30 @@ def test_mha_flash_attn_spreads_query_blocks_over_core_rows(columns):
     diff = compare(simulated(spec, inputs)["o"], on_emu(spec, inputs)["o"])
     assert diff.nonfinite == 0 and diff.cosine >= FLASH_COSINE
     assert diff.max_abs <= FLASH_RELATIVE * diff.scale, diff
+
+
+@pytest.mark.parametrize(
+    ("cut", "paste"),
+    [
+        ("round_bf16(aie::load_v<HALF>(s->sums + HALF))", "aie::load_v<HALF>(s->sums + HALF)"),
+        ("aie::load_v<HALF>(s->sums));", "aie::load_v<HALF>(s->sums + HALF));"),
+    ],
+    ids=["up-unrounded", "gate-read-as-up"],
+)
+def test_the_swiglu_epilogue_is_bit_identical_to_emu_and_a_mutated_one_is_caught(
+    tmp_path, cut, paste
+):
+    """The fused gate+up GEMV writes exactly emu's silu(g) * u; an epilogue that skips
+    the bf16 rounding the separate GEMVs did, or reads the wrong half of its block,
+    does not."""
+    (spec,) = [s for s in quantized_gemv_specs("q4_1") if "SwiGLU" in s.name]
+    inputs, (obj,) = quantized_inputs(spec, "q4_1"), ops.kernel_objects(spec)
+    source = obj.source.read_text()
+    assert source.count(cut) == 1, "the gemv kernel changed: update the mutation"
+    mutated = tmp_path / obj.source.name
+    mutated.write_text(source.replace(cut, paste))
+    expected = on_emu(spec, inputs)["a"]
+    for kernels, equal in ((None, True), (HostKernels([replace(obj, source=mutated)]), False)):
+        ours = simulated(spec, inputs, kernels)["a"]
+        diff = compare(written(spec, "a", ours), written(spec, "a", expected))
+        assert (diff.max_abs == 0) == equal, diff

@@ -343,7 +343,7 @@ def test_gemv(build, out_f32):
     kernel = build(kernel_object("gemv.cc", GEMV))
     x, w = bf16_randn(depth), bf16_randn(rows, depth)
     y = np.zeros(rows, np.float32 if out_f32 else BF16)
-    state = np.zeros(gemv.state_floats(), np.float32)  # gemv.cc State, zeroed by the design
+    state = np.zeros(gemv.state_floats(gemv.TN), np.float32)  # gemv.cc State, zeroed by the design
     for n in range(0, rows, tn):
         block = np.zeros(tn, y.dtype)
         for k in range(0, depth, tk):
