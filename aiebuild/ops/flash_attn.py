@@ -27,9 +27,10 @@ core's loops stay loops.
 
 Core memory at head_dim 64 (32-row blocks; `block` keeps these bytes at 128), 4 core
 rows: queries 16 KiB, [K; V] 2 x 8 KiB, o 2 x 4 KiB, state 10.1 KiB (the fp32 O^T and
-sums blocks, a strip's scores, the max), bfp16 operands 7.5 KiB (Q once per query
-block, K and V^T once per key block for all its query strips, a strip's weights as
-value and rest, the identity and ones), stack 1 KiB = 58.6 KiB of 64."""
+sums blocks, a strip's scores, the max), bfp16 operands 9.7 KiB (Q once per query
+block, K as value and rest and V^T once per key block for all its query strips, a
+strip's weights as value and rest, the identity and ones), stack 1 KiB = 60.9 KiB of
+64."""
 
 from __future__ import annotations
 
@@ -94,10 +95,10 @@ def initial_state(dim: int, first: int, step: int, head: int) -> np.ndarray:
 
 def operand_bytes(dim: int) -> int:
     """flash_attn.cc's Operands: the bfp16 operands of the queries, the key block's K
-    and V^T (dim / 8 x rows / 8 operands each), a strip's weights (a value and a rest
-    per key group) and the identity and ones operands."""
+    (a value and a rest) and V^T (dim / 8 x rows / 8 operands each), a strip's weights
+    (a value and a rest per key group) and the identity and ones operands."""
     rows = block(dim)
-    operands = 3 * (rows // MMUL) * (dim // MMUL) + 2 * (rows // MMUL) + 2
+    operands = 4 * (rows // MMUL) * (dim // MMUL) + 2 * (rows // MMUL) + 2
     return operands * MMUL * BFP16_BLOCK_BYTES
 
 

@@ -37,6 +37,13 @@ def _blocks(x: np.ndarray) -> np.ndarray:
     return np.asarray(to_bfp16(padded))[..., : x.shape[-1]]
 
 
+def _split(x: np.ndarray) -> np.ndarray:
+    """x as the matmul sees it in two bfp16 operands: its bfp16 value plus the bfp16
+    value of its rest, bf16(x - value) (flash_attn.cc store_split, store_weights)."""
+    value = _blocks(x)
+    return value + _blocks(to_bf16(x - value).astype(np.float32))
+
+
 def _exact(x: np.ndarray) -> np.ndarray:
     return x
 
@@ -57,7 +64,8 @@ def attend(
 
     Queries go in blocks (larger than the kernel's, for numpy's sake): a block only
     scores the keys its rows can see, which skips the masked upper triangle and
-    bounds memory. `kernel`: flash_attn.cc's arithmetic (bfp16 operands, the bf16
+    bounds memory. `kernel`: flash_attn.cc's arithmetic (bfp16 operands, K and the
+    weights each as a value and a rest, the bf16
     exp2, the sums of the bfp16 weights); otherwise fp32 with numpy's exp, for the
     host's decode attention (aierun/host/kv_cache.py)."""
     sq, sk = q.shape[0], k.shape[0]
@@ -65,7 +73,9 @@ def attend(
     operand = _blocks if kernel else _exact
     # Q and K in blocks of head dims, V^T in blocks of keys (the kernel's operands).
     qh = operand(q.reshape(sq, kv_heads, group, dim)).transpose(1, 2, 0, 3)  # [Hkv, G, Sq, Dh]
-    kh = operand(k.reshape(sk, kv_heads, 1, dim)).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
+    # K as its value and rest (one bfp16 K is the attention's largest error).
+    keys = _split if kernel else _exact
+    kh = keys(k.reshape(sk, kv_heads, 1, dim)).transpose(1, 2, 3, 0)  # [Hkv, 1, Dh, Sk]
     vh = operand(v.reshape(sk, kv_heads, 1, dim).transpose(1, 2, 3, 0)).swapaxes(-1, -2)
     scale = np.float32(1) / np.sqrt(np.float32(dim))
     out = np.empty((kv_heads, group, sq, dim), np.float32)
@@ -91,6 +101,4 @@ def _weights(scores: np.ndarray, scale: np.float32, kernel: bool) -> np.ndarray:
         return np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     factor = scale * LOG2E
     top = scores.max(axis=-1, keepdims=True)
-    weights = exp2_bf16(scores * factor - top * factor)
-    value = _blocks(weights)
-    return value + _blocks(to_bf16(weights - value).astype(np.float32))
+    return _split(exp2_bf16(scores * factor - top * factor))

@@ -424,7 +424,8 @@ def test_flash_attn_within_bound(build, cores):
     [
         ("(0xFFu << (4 * h + r)) & 0xFFu", "0xFFu"),  # the diagonal block's hidden keys leak
         ("aie::transpose(rows_block(v + at), N8, N8)", "rows_block(v + at)"),  # V, not V^T
-        ("store_operand(ops->keys + (g * DG + d) * N8, rows_block(k + at));", ""),  # no K
+        ("store_split(ops, ops->keys + 2 * (g * DG + d) * N8, rows_block(k + at));", ""),  # no K
+        ("dot[g].mac(load_operand(keys + N8), queries);", ""),  # K's rest dropped
         ("aie::load_v<OP>(out), rescale", "aie::load_v<OP>(out), 1.0f"),  # never rescaled
         ("acc.mac(a, load_operand(ops->weights + (2 * g + 1) * N8));", ""),  # P's rest dropped
     ],
