@@ -269,11 +269,15 @@ class Session:
                 f"the prompt has {n_tokens} tokens, more than the model's context of "
                 f"{self.shape.max_positions} (max_position_embeddings): shorten it"
             )
-        bucket = min(_next_pow2(max(n_tokens, MIN_BUCKET)), self.shape.max_positions)
+        bucket = self._bucket_holding(n_tokens)
         raise UserError(
             f"the prompt has {n_tokens} tokens; the largest compiled prefill bucket holds "
             f"{buckets[-1]}. Shorten the prompt or {self._compile_advice(bucket)}."
         )
+
+    def _bucket_holding(self, n_tokens: int) -> int:
+        """The bucket to compile for a prompt of `n_tokens`: the next power of two."""
+        return min(_next_pow2(max(n_tokens, MIN_BUCKET)), self.shape.max_positions)
 
     def _compile_advice(self, bucket: int) -> str:
         """What to do for a bucket that is not compiled: the command that compiles it,
@@ -305,6 +309,9 @@ class Session:
         n = len(ids)
         if n == 0:
             raise UserError("the prompt is empty")
+        head = self._prefilled_part(n) if seq_len is None and on_layer is None else n
+        if head < n:
+            return self._prefill_then_feed(ids, head, capacity)
         bucket = self.bucket_for(n, seq_len)
         self.warm_up(bucket)
         self.last_prompt = (n, bucket)
@@ -324,6 +331,28 @@ class Session:
         logits = self._logits(x, row=n - 1)
         self.tokens, self.position = list(ids), n
         self._prefill_s[bucket] = clock() - start
+        return logits
+
+    def _prefilled_part(self, n: int) -> int:
+        """How many of a prompt's `n` tokens one prefill takes: all of them, or, for a
+        prompt longer than the largest compiled bucket that the context still holds,
+        that bucket's worth (the rest goes through decode steps)."""
+        largest = self.artifacts.buckets[-1]
+        return largest if largest < n <= self.context else n
+
+    def _prefill_then_feed(self, ids: list[int], head: int, capacity: int) -> np.ndarray:
+        """A prompt longer than every bucket: its first `head` tokens prefilled, the
+        rest fed one decode step each (each appends its K/V and attends to all before
+        it: exactly causal). Far slower per token than a prefill; chunked prefill (flash
+        attention with a past) is what would make it fast."""
+        tail = ids[head:]
+        log.warning(
+            "prefill.tail_as_decode_steps", prompt_tokens=len(ids), prefilled=head,
+            decode_steps=len(tail), faster=self._compile_advice(self._bucket_holding(len(ids))),
+        )  # fmt: skip
+        logits = self._prefill(ids[:head], None, capacity, None)
+        for token in logs.progress(tail, "the prompt's tail as decode steps", len(tail)):
+            logits = self._decode(token)
         return logits
 
     def _reuse(self, ids: list[int], capacity: int) -> np.ndarray | None:

@@ -30,8 +30,8 @@ def run(model_dir, emu_manifest, capsys):
             ("--n-tokens", "100000"),
             r"positions; the context is 256 \(the KV cache .* is 8192\): ask for ",
         ),
-        # Longer than the largest bucket (128), within the compiled context (256).
-        (("--prompt", "word " * 150), r"largest compiled prefill bucket holds 128"),
+        # Longer than the compiled context (256).
+        (("--prompt", "word " * 300), r"positions; the context is 256 .*: shorten the prompt"),
         (("--device", "gpu"), r"unknown device 'gpu'"),
         (("--temperature", "-1"), r"--temperature must be >= 0"),
         (("--top-p", "0"), r"--top-p in \(0, 1\]"),

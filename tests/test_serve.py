@@ -193,7 +193,7 @@ def test_a_prompt_over_the_context_is_refused_with_the_numbers(server):
     body = json.dumps({"messages": long}).encode()
     status, _, answer = _post(server[1] + "/v1/chat/completions", body)
     assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
-    assert "tokens" in answer["error"]["message"] and "128" in answer["error"]["message"]
+    assert "tokens" in answer["error"]["message"] and "holds 256" in answer["error"]["message"]
 
 
 def test_no_body_stops_the_server(server, client):

@@ -67,9 +67,9 @@ class Api:
         self.max_tokens = max_tokens
         self.keepalive_s = keepalive_s
         self.context = session.context
-        # A prompt is prefilled in one bucket, so the largest bounds it (chunked prefill,
-        # which would lift that to the whole context, is not built yet).
-        self.max_prompt = min(session.artifacts.buckets[-1], self.context - 1)
+        # Room for at least one answer token (a prompt longer than the largest bucket
+        # has its tail fed as decode steps: aierun/session.py _prefill_then_feed).
+        self.max_prompt = self.context - 1
         self.created = int(time.time())
         # The worker detokenizes while requests are tokenized here: one tokenizer, one
         # user at a time (the Rust tokenizer refuses concurrent mutable use).
@@ -183,9 +183,9 @@ class Api:
         if n > self.max_prompt:
             raise ApiError(
                 400,
-                f"{param}: the prompt has {n} tokens; this server prefills at most "
-                f"{self.max_prompt} (its largest compiled bucket; the model's context is "
-                f"{self.context}). Shorten it, or compile a larger bucket.",
+                f"{param}: the prompt has {n} tokens; the context holds {self.context} "
+                f"positions, so at most {self.max_prompt} prompt tokens and an answer. "
+                "Shorten it.",
                 param,
                 code="context_length_exceeded",
             )
