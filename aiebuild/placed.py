@@ -19,7 +19,7 @@ from aiebuild.array.core_model import CallCycles
 from aiebuild.array.iron_record import Call, Program
 from aiebuild.array.placement import Placement, place
 from aiebuild.ops.common import KernelObject
-from aierun.abi import ElfSpec, Launch, canonical_json
+from aierun.abi import FLASH_ATTN, ElfSpec, Launch, canonical_json, flash_attn_past_name
 from aierun.errors import UserError
 
 
@@ -155,3 +155,16 @@ def phase_ms(ms: dict[str, float], layers: int) -> dict[str, float]:
         "prefill": layers * sum(ms[n] for n in PREFILL_ELFS) + ms["lm_head_gemv"],
         "decode": layers * sum(ms[n] for n in DECODE_ELFS) + ms["lm_head_gemv"],
     }
+
+
+def chunked_prefill_ms(ms: dict[str, float], layers: int, bucket: int, chunks: int) -> float:
+    """A prompt of `chunks` whole buckets prefilled chunk by chunk, from the per-ELF
+    times by instance: each chunk's layers call its bucket's ELFs, a later chunk's
+    attention the ELF after its past (aiebuild/specs.py flash_attn_past); the LM head
+    runs once, after the last."""
+    total = ms["lm_head_gemv"]
+    for chunk in range(chunks):
+        attention = flash_attn_past_name(chunk * bucket) if chunk else FLASH_ATTN
+        names = (f"rms_gemms_rope.s{bucket}", f"{attention}.s{bucket}", f"o_ffn.s{bucket}")
+        total += layers * sum(ms[n] for n in names)
+    return total

@@ -31,6 +31,7 @@ from aierun.abi import (
     ElfSpec,
     Launch,
     Role,
+    flash_attn_past_name,
 )
 from aierun.errors import UserError
 from aierun.model import ModelShape
@@ -39,8 +40,8 @@ from aierun.ops.decode_attn import PAD
 DEFAULT_BUCKETS = (64, 256, 2048)
 LM_HEAD_PARTITIONS = 8
 
-W, C, IN, MID, OUT, CACHE = (
-    Role.WEIGHT, Role.CONST, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT, Role.CACHE
+W, IN, MID, OUT, CACHE = (
+    Role.WEIGHT, Role.INPUT, Role.INTERMEDIATE, Role.OUTPUT, Role.CACHE
 )  # fmt: skip
 # Precision choices (measured against transformers in fp32 over a prompt set: the
 # mean 1 - cosine of the logits drops about 3x versus bf16 everywhere):
@@ -193,7 +194,7 @@ def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
 
 
 def _projection_args(
-    shape: ModelShape, rows: int, rope_role: Role, types: WeightTypes = BF16_TYPES
+    shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES
 ) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
@@ -202,7 +203,8 @@ def _projection_args(
         _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", types),
         _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", types),
         _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", types),
-        _arg("rope", (rows, shape.head_dim), rope_role, "rope" if rope_role is C else None, F32),
+        # The rows' positions' cos/sin, from the host: a prompt's chunk starts anywhere.
+        _arg("rope", (rows, shape.head_dim), IN, dtype=F32),
         _arg("xn", (rows, e), MID),
         _arg("q", (rows, q), MID),
         _arg("k", (rows, kv), MID),
@@ -221,7 +223,7 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
                    ("k_roped", "v"), ("k_cache", "v_cache"), "KV cache")  # fmt: skip
     return _elf(
         RMS_GEMMS_ROPE, "prefill", bucket,
-        (*_projection_args(shape, bucket, C), _arg("k_cache", cache, CACHE, dtype=F32),
+        (*_projection_args(shape, bucket), _arg("k_cache", cache, CACHE, dtype=F32),
          _arg("v_cache", cache, CACHE, dtype=F32)),
         (*_rms_projections_rope(shape, bucket, "gemm"), store),
     )  # fmt: skip
@@ -230,7 +232,7 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
 def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, IN, types)),
+        tuple(_projection_args(shape, 1, types)),
         tuple(_rms_projections_rope(shape, 1, "gemv")),
     )  # fmt: skip
 
@@ -246,6 +248,28 @@ def flash_attn(shape: ModelShape, bucket: int) -> ElfSpec:
     )
     launch = Launch("flash_attn", params, ("q_roped", "k_roped", "v"), ("attn_out",), "GQA")
     return _elf(FLASH_ATTN, "prefill", bucket, args, (launch,))
+
+
+def flash_attn_past(shape: ModelShape, bucket: int, past: int, context: int) -> ElfSpec:
+    """A later chunk of a prompt longer than every bucket: its `bucket` queries at
+    positions past .. past + bucket - 1 attend to the KV cache, which holds the past's
+    positions and (the host wrote them first) the chunk's own."""
+    s, q = bucket, shape.q_dim
+    params = attention.params(shape.n_heads, shape.n_kv_heads, shape.head_dim, s, past)
+    args = (
+        _arg("q_roped", (s, q), IN),
+        _arg(KV_CACHE, kv_cache_shape(shape, context), IN),
+        _arg("attn_out", (s, q), OUT),
+    )
+    launch = Launch("flash_attn", params, ("q_roped", KV_CACHE), ("attn_out",), "GQA past")
+    return _elf(flash_attn_past_name(past), "prefill", bucket, args, (launch,))
+
+
+def chunk_pasts(buckets: Iterable[int], context: int) -> range:
+    """Where the later chunks of a long prompt start: every multiple of the largest
+    bucket below the context (the earlier chunks fill whole largest buckets)."""
+    largest = max(buckets)
+    return range(largest, context, largest)
 
 
 GATE, UP = LAYER + "mlp.gate_proj.weight", LAYER + "mlp.up_proj.weight"
@@ -319,6 +343,18 @@ def decode_context(shape: ModelShape, buckets: Iterable[int]) -> int:
     """Positions the device's KV cache holds by default: twice the longest prompt a
     bucket takes (room to answer it), within the model's context."""
     return min(2 * max(buckets), shape.max_positions)
+
+
+def check_context(shape: ModelShape, buckets: list[int], context: int) -> None:
+    """Refuse a KV cache the ELFs cannot hold or use (`ctx=`): it takes the largest
+    bucket's prompt, whole blocks of keys, and no more than the model's positions."""
+    largest = max(buckets)
+    if context % BUCKET_MULTIPLE or not largest <= context <= shape.max_positions:
+        raise UserError(
+            f"ctx={context}: the KV cache's positions are a multiple of {BUCKET_MULTIPLE} "
+            f"from the largest bucket ({largest}) to the model's max_position_embeddings "
+            f"({shape.max_positions})"
+        )
 
 
 def kv_cache_shape(shape: ModelShape, context: int) -> tuple[int, ...]:
@@ -413,5 +449,12 @@ def model_specs(
     for bucket in buckets:
         specs += [rms_gemms_rope(shape, bucket), flash_attn(shape, bucket), o_ffn(shape, bucket)]
     context = decode_context(shape, buckets) if context is None else context
+    check_context(shape, buckets, context)
+    specs += [
+        flash_attn_past(shape, bucket, past, context)
+        for past in chunk_pasts(buckets, context)
+        for bucket in buckets
+        if past + bucket <= context
+    ]
     decode = [rms_gemv_rope(shape, types), o_gemv_ffn(shape, context, types)]
     return specs + [*decode, lm_head_gemv(shape, types=types)]

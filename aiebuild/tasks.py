@@ -57,6 +57,9 @@ class BuildConfig:
     # "gguf" (each matrix in its file's type); None: the model's default (gguf for a
     # GGUF file, else bf16).
     weights: str | None = None
+    # `ctx=`: positions the device's KV cache holds (aiebuild/specs.py decode_context
+    # when None), which bounds a prompt and its answer.
+    context: int | None = None
 
     @classmethod
     def from_vars(cls, home: Path, get_var) -> BuildConfig:
@@ -89,7 +92,11 @@ class BuildConfig:
         if weights not in (None, weight_choice.GGUF, *weight_choice.WEIGHT_TYPES):
             raise InvalidCommand(f"weights={weights}: expected gguf or one of "
                                  f"{', '.join(weight_choice.WEIGHT_TYPES)}")  # fmt: skip
-        return cls(home, choices.get("model"), parsed, target, choices, cache, weights)
+        context = choices.get("ctx")
+        if context is not None and not context.isdigit():
+            raise InvalidCommand(f"ctx={context}: expected a number of positions, like ctx=8192")
+        context = int(context) if context is not None else None
+        return cls(home, choices.get("model"), parsed, target, choices, cache, weights, context)
 
     def weight_types(self, shape: ModelShape) -> weight_choice.WeightTypes:
         """The decode GEMVs' type per matrix that `weights=` means at this model."""
@@ -107,7 +114,7 @@ class BuildConfig:
 
 
 # Build choices a doit run remembers for the next ones, in <build>/config.json.
-CHOICES = ("model", "buckets", "target", "weights")
+CHOICES = ("model", "buckets", "target", "weights", "ctx")
 CHOICES_FILE = "config.json"
 
 
@@ -199,7 +206,7 @@ def plan(config: BuildConfig) -> tuple[Target, Store, ModelShape, list[ElfBuild]
     # npu2 keeps its object cache and work directories in the build home.
     target = get_target(select_target(config.target), config.home)
     shape = Checkpoint(config.model_dir()).shape
-    specs = model_specs(shape, config.buckets, config.weight_types(shape))
+    specs = model_specs(shape, config.buckets, config.weight_types(shape), config.context)
     # Every target: an emu build also proves the npu2 designs legal, before any compile.
     placed.require_legal(specs)
     fingerprint = target.fingerprint()
@@ -399,7 +406,7 @@ def check_designs(config: BuildConfig) -> None:
     against the NPU2 hardware rules (aiebuild/array/rules.py); print the per-ELF table and
     fail naming every violation."""
     shape = read_shape(config.model_dir())  # config.json alone: no weights needed
-    specs = model_specs(shape, config.buckets, config.weight_types(shape))
+    specs = model_specs(shape, config.buckets, config.weight_types(shape), config.context)
     checks = placed.check_specs(specs)
     print(rules.table(checks))
     rules.refuse_violations(checks)
@@ -425,7 +432,28 @@ def modeled_table(shape: ModelShape, specs: list[ElfSpec]) -> str:
             f"{phases['prefill']:.1f} ms modeled ({1e3 * bucket / phases['prefill']:.0f} tok/s); "
             f"decode {phases['decode']:.2f} ms per token ({1e3 / phases['decode']:.1f} tok/s)"
         )
+    lines += _chunked_prefill_lines(shape, specs, {i: t.ms for i, t in times.items()})
     return "\n".join(lines)
+
+
+def _chunked_prefill_lines(
+    shape: ModelShape, specs: list[ElfSpec], ms: dict[str, float]
+) -> list[str]:
+    """The modeled prefill of prompts longer than the largest bucket: whole chunks of
+    it, each later one attending to the cache (up to the KV cache's context)."""
+    largest = max(spec.bucket for spec in specs)
+    chunks = 1 + sum(
+        1 for spec in specs if spec.bucket == largest and spec.launches[0].params.get("past")
+    )
+    lines = []
+    for n in range(2, chunks + 1):
+        total = placed.chunked_prefill_ms(ms, shape.n_layers, largest, n)
+        lines.append(
+            f"{shape.architecture}, {shape.n_layers} layers: prefill of {n * largest} tokens "
+            f"in {n} chunks of {largest} {total:.1f} ms modeled "
+            f"({1e3 * n * largest / total:.0f} tok/s)"
+        )
+    return lines
 
 
 class StderrReporter(ConsoleReporter):

@@ -35,7 +35,6 @@ DTYPES: dict[str, np.dtype] = {
 
 class Role(StrEnum):
     WEIGHT = "weight"  # written once at prepare, one buffer per layer
-    CONST = "const"  # written once, shared by all layers (e.g. the rope table)
     INPUT = "input"  # written by the host for every call that passes a new array
     INTERMEDIATE = "intermediate"  # device-only, between launches of one ELF
     SCRATCH = "scratch"  # device-only working memory
@@ -49,10 +48,18 @@ class Role(StrEnum):
 # gives them and the runtime calls them by: prefill ELFs per bucket, then decode's.
 RMS_GEMMS_ROPE, FLASH_ATTN, O_FFN = "rms_gemms_rope", "flash_attn", "o_ffn"
 RMS_GEMV_ROPE, O_GEMV_FFN, LM_HEAD_GEMV = "rms_gemv_rope", "o_gemv_ffn", "lm_head_gemv"
+
+
+def flash_attn_past_name(past: int) -> str:
+    """The attention ELF of a prompt's chunk that starts at position `past` > 0 (one
+    per bucket, like every prefill ELF)."""
+    return f"{FLASH_ATTN}_p{past}"
+
+
 # The decode ELF's argument the host binds to its device-resident KV cache of a layer.
 KV_CACHE = "kv_cache"
 
-HOST_WRITTEN = (Role.WEIGHT, Role.CONST, Role.INPUT)
+HOST_WRITTEN = (Role.WEIGHT, Role.INPUT)
 HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)
 
 

@@ -2,7 +2,6 @@
 
 - weight: one buffer per (tensor, layout), written once at prepare and shared by
   every ELF that reads that tensor (prefill and decode use the same wq).
-- const: one buffer per ELF instance, written once.
 - input: pooled per ELF instance (shared by all layers); written on every call
   unless the caller passes the very array object it passed last time (the rope
   row of a decode step, shared by all layers), so callers must not modify an
@@ -71,7 +70,6 @@ class BufferManager:
         self.resolve_source = resolve_source
         self.keep_plain = keep_plain
         self._weights: dict[tuple[str, str, tuple[int, ...]], Buffer] = {}
-        self._consts: dict[tuple[str, str], Buffer] = {}
         self._pooled: dict[tuple[str, str], Buffer] = {}
         self._outputs: dict[tuple[str, str], list[Buffer]] = {}
         self._caches: dict[tuple[str, str, int | None], Buffer] = {}
@@ -98,8 +96,6 @@ class BufferManager:
         for arg in spec.args_with(Role.WEIGHT):
             for layer in layers if arg.per_layer() else [None]:
                 self._weight(spec, arg, layer)
-        for arg in spec.args_with(Role.CONST):
-            self._const(spec, arg)
         for arg in spec.args_with(Role.INPUT, Role.INTERMEDIATE, Role.SCRATCH):
             self._pool(spec, arg)
         for arg in spec.args_with(Role.OUTPUT):
@@ -116,16 +112,6 @@ class BufferManager:
             self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
             self._weights[key] = buffer
         return self._weights[key]
-
-    def _const(self, spec: ElfSpec, arg: ArgSpec) -> Buffer:
-        key = (spec.instance, arg.name)
-        if key not in self._consts:
-            buffer = self.device.alloc(arg, f"{spec.instance}:{arg.name}", **self._reads(arg))
-            self.preloaded_bytes += self._write_static(
-                buffer, self._resolved(spec, arg, arg.source)
-            )
-            self._consts[key] = buffer
-        return self._consts[key]
 
     def _reads(self, arg: ArgSpec) -> dict[str, bool]:
         """How the launches read a static argument (Device.alloc's flags)."""
@@ -181,8 +167,6 @@ class BufferManager:
             for arg in spec.args:
                 if arg.role is Role.WEIGHT:
                     fixed[arg.name] = self._bound_weight(spec, arg, layer)
-                elif arg.role is Role.CONST:
-                    fixed[arg.name] = self._consts[(spec.instance, arg.name)]
                 elif arg.role is Role.OUTPUT:
                     fixed[arg.name] = self._output(spec, arg, slot)
                 elif arg.role is Role.CACHE:
@@ -243,7 +227,7 @@ class BufferManager:
 
     def all_buffers(self) -> list[Buffer]:
         pools = [b for slots in self._outputs.values() for b in slots]
-        return [*self._weights.values(), *self._consts.values(), *self._pooled.values(), *pools,
+        return [*self._weights.values(), *self._pooled.values(), *pools,
                 *self._caches.values()]  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from aierun.abi import (
     SOURCE_JOIN,
     ElfSpec,
     Role,
+    flash_attn_past_name,
     interleave_rows,
     split_layout,
 )
@@ -98,6 +99,7 @@ class Session:
         self._elfs: dict[str, tuple[ElfSpec, Any]] = {}
         self._warm: set[str] = set()  # the ELF instances run once on zeros (_warm_up)
         self._rope = rope_table(self.shape, self.shape.max_positions)
+        self._chunk_rope: dict[tuple[int, int], np.ndarray] = {}  # _rope_rows
         self._embed: EmbeddingTable | None = None  # read into memory at prepare
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
         self._pad_id = _pad_token(checkpoint.config)
@@ -197,8 +199,6 @@ class Session:
     def _weight_source(
         self, source: str, layout: str, shape: tuple[int, ...], dtype: str
     ) -> np.ndarray:
-        if source == "rope":
-            return self._rope[: shape[0]]
         # A joined source (SwiGLU's gate+up, aierun/abi.py) interleaves its tensors' rows,
         # as GGUF blocks for a block type: the records then tile the interleaved rows.
         group, _ = split_layout(layout)
@@ -269,15 +269,11 @@ class Session:
                 f"the prompt has {n_tokens} tokens, more than the model's context of "
                 f"{self.shape.max_positions} (max_position_embeddings): shorten it"
             )
-        bucket = self._bucket_holding(n_tokens)
+        bucket = min(_next_pow2(max(n_tokens, MIN_BUCKET)), self.shape.max_positions)
         raise UserError(
             f"the prompt has {n_tokens} tokens; the largest compiled prefill bucket holds "
             f"{buckets[-1]}. Shorten the prompt or {self._compile_advice(bucket)}."
         )
-
-    def _bucket_holding(self, n_tokens: int) -> int:
-        """The bucket to compile for a prompt of `n_tokens`: the next power of two."""
-        return min(_next_pow2(max(n_tokens, MIN_BUCKET)), self.shape.max_positions)
 
     def _compile_advice(self, bucket: int) -> str:
         """What to do for a bucket that is not compiled: the command that compiles it,
@@ -309,46 +305,95 @@ class Session:
         n = len(ids)
         if n == 0:
             raise UserError("the prompt is empty")
-        head = self._prefilled_part(n) if seq_len is None and on_layer is None else n
-        if head < n:
-            return self._prefill_then_feed(ids, head, capacity)
+        if seq_len is None and on_layer is None and self.artifacts.buckets[-1] < n <= self.context:
+            return self._prefill_long(ids, capacity)
         bucket = self.bucket_for(n, seq_len)
         self.warm_up(bucket)
         self.last_prompt = (n, bucket)
         self.tokens, self.position = [], 0  # a failure part way leaves no stale cache
         start = clock()
-        prof = self.profiler
-        with prof.cpu(flow.EOS_PAD):
-            padded = pad_prompt(ids, bucket, self._pad_id)
-        with prof.cpu(flow.EMBED_LOOKUP):
-            x = self._embedded(f"{RMS_GEMMS_ROPE}.s{bucket}", padded)
-        with prof.span("layers"):
-            for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
-                with prof.span("layer", layer):
-                    x = self._prefill_layer(layer, bucket, n, x)
-                if on_layer is not None:
-                    on_layer(layer, x.read_rows(0, n).copy())
+        x = self._prefill_chunk(ids, 0, bucket, on_layer)
         logits = self._logits(x, row=n - 1)
         self.tokens, self.position = list(ids), n
         self._prefill_s[bucket] = clock() - start
         return logits
 
-    def _prefilled_part(self, n: int) -> int:
-        """How many of a prompt's `n` tokens one prefill takes: all of them, or, for a
-        prompt longer than the largest compiled bucket that the context still holds,
-        that bucket's worth (the rest goes through decode steps)."""
+    def _prefill_chunk(
+        self, ids: list[int], past: int, bucket: int, on_layer: LayerHook | None = None
+    ) -> Buffer:
+        """`ids`, at positions past .. past + len(ids) - 1, through every layer in one
+        bucket; their K/V go into the cache. Returns the last layer's output rows."""
+        prof, n = self.profiler, len(ids)
+        with prof.cpu(flow.EOS_PAD):
+            padded = pad_prompt(ids, bucket, self._pad_id)
+        with prof.cpu(flow.EMBED_LOOKUP):
+            x = self._embedded(f"{RMS_GEMMS_ROPE}.s{bucket}", padded)
+        rope = self._rope_rows(past, bucket)
+        with prof.span("layers"):
+            for layer in logs.progress(range(self.shape.n_layers), "prefill layers", bucket):
+                with prof.span("layer", layer):
+                    x = self._prefill_layer(layer, bucket, past, x, rope)
+                if on_layer is not None:
+                    on_layer(layer, x.read_rows(0, n).copy())
+        return x
+
+    def _rope_rows(self, past: int, bucket: int) -> np.ndarray:
+        """The rope table's rows of a chunk, one array object per chunk position: the
+        input buffer is written for the first layer and skipped for the others."""
+        key = (past, bucket)
+        if key not in self._chunk_rope:
+            self._chunk_rope[key] = self._rope[past : past + bucket]
+        return self._chunk_rope[key]
+
+    def chunk_plan(self, n: int) -> list[tuple[int, int, int]] | None:
+        """(first position, tokens, bucket) of each chunk a prompt of `n` tokens is
+        prefilled in: whole largest buckets, then the smallest bucket that holds the
+        rest and whose attention ELF after that past was compiled (aiebuild/specs.py
+        flash_attn_past); None when some chunk has no such ELF."""
         largest = self.artifacts.buckets[-1]
-        return largest if largest < n <= self.context else n
+        starts = range(0, n, largest)
+        plan = [(past, min(largest, n - past)) for past in starts]
+        chunks = []
+        for past, length in plan:
+            fits = [b for b in self.artifacts.buckets if b >= length and self._chunk_elf(past, b)]
+            if not fits:
+                return None
+            chunks.append((past, length, fits[0]))
+        return chunks
+
+    def _chunk_elf(self, past: int, bucket: int) -> str | None:
+        """The attention ELF of a chunk at `past` in `bucket`, if it was compiled."""
+        name = f"{flash_attn_past_name(past) if past else FLASH_ATTN}.s{bucket}"
+        return name if name in self._elfs else None
+
+    def _prefill_long(self, ids: list[int], capacity: int) -> np.ndarray:
+        """A prompt longer than every bucket, within the context: prefilled in chunks,
+        each attending to the cache the earlier ones filled (chunk_plan); or, with
+        artifacts that have no attention ELF for some chunk, its first bucket's worth
+        prefilled and the rest fed as decode steps."""
+        plan = self.chunk_plan(len(ids))
+        if plan is None:
+            return self._prefill_then_feed(ids, self.artifacts.buckets[-1], capacity)
+        for _, _, bucket in plan:
+            self.warm_up(bucket)
+        self.last_prompt = (len(ids), plan[0][2])
+        self.tokens, self.position = [], 0
+        for past, length, bucket in plan:
+            log.debug("prefill.chunk", past=past, tokens=length, bucket=bucket)
+            x = self._prefill_chunk(ids[past : past + length], past, bucket)
+        logits = self._logits(x, row=plan[-1][1] - 1)
+        self.tokens, self.position = list(ids), len(ids)
+        return logits
 
     def _prefill_then_feed(self, ids: list[int], head: int, capacity: int) -> np.ndarray:
-        """A prompt longer than every bucket: its first `head` tokens prefilled, the
-        rest fed one decode step each (each appends its K/V and attends to all before
-        it: exactly causal). Far slower per token than a prefill; chunked prefill (flash
-        attention with a past) is what would make it fast."""
+        """A prompt longer than every bucket whose chunks the artifacts cannot take:
+        its first `head` tokens prefilled, the rest fed one decode step each (each
+        appends its K/V and attends to all before it: exactly causal), far slower per
+        token than a prefill."""
         tail = ids[head:]
         log.warning(
             "prefill.tail_as_decode_steps", prompt_tokens=len(ids), prefilled=head,
-            decode_steps=len(tail), faster=self._compile_advice(self._bucket_holding(len(ids))),
+            decode_steps=len(tail), faster="compile the artifacts again with `doit compile`",
         )  # fmt: skip
         logits = self._prefill(ids[:head], None, capacity, None)
         for token in logs.progress(tail, "the prompt's tail as decode steps", len(tail)):
@@ -411,16 +456,26 @@ class Session:
         buffer.write_with(lambda host: self._embed.lookup(ids, host))
         return buffer
 
-    def _prefill_layer(self, layer: int, bucket: int, n: int, x: Any) -> Buffer:
+    def _prefill_layer(
+        self, layer: int, bucket: int, past: int, x: Any, rope: np.ndarray
+    ) -> Buffer:
         s = f".s{bucket}"
-        proj = self.call(RMS_GEMMS_ROPE + s, layer, read=("k_cache", "v_cache"), x=x)
-        # Its kv_store launch wrote K/V per head in fp32: copied into the decode cache.
+        proj = self.call(RMS_GEMMS_ROPE + s, layer, read=("k_cache", "v_cache"), x=x, rope=rope)
+        # Its kv_store launch wrote K/V per head in fp32: copied into the decode cache,
+        # the padding's rows too. A later chunk's attention reads them from the cache;
+        # whatever was there (on the NPU, memory never written) would reach the prompt's
+        # own rows: a masked weight times NaN is NaN, and a bfp16 block takes its
+        # exponent from its largest value. Decode overwrites them before it reads them.
         with self.profiler.cpu(flow.KV_CACHE_EXTRACT, layer):
-            self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, n)
-        attn = self.call(
-            FLASH_ATTN + s, layer,
-            q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
-        )  # fmt: skip
+            self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, bucket, past)
+        if past:  # a later chunk attends to the cache: the past and, just written, itself
+            instance, kv = f"{flash_attn_past_name(past)}{s}", self.kv.buffers[layer]
+            attn = self.call(instance, layer, q_roped=proj["q_roped"], kv_cache=kv)
+        else:
+            attn = self.call(
+                FLASH_ATTN + s, layer,
+                q_roped=proj["q_roped"], k_roped=proj["k_roped"], v=proj["v"],
+            )  # fmt: skip
         # The residual input is already on the device (written for the first call).
         return self.call(O_FFN + s, layer, attn_out=attn["attn_out"], x=proj["x"])["y"]
 

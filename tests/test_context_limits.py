@@ -46,3 +46,33 @@ def test_a_verify_sample_ends_at_its_end_of_turn(checkpoint):
     shown = _answer([*answer, min(stop), *answer], tokenizer, stop)
     assert shown.startswith("'Tokyo.'")
     assert f"{len(answer)} more steps past it checked too" in shown
+
+
+def test_a_larger_kv_cache_compiles_an_attention_elf_per_later_chunk(checkpoint):
+    from aiebuild.specs import model_specs
+
+    specs = model_specs(checkpoint.shape, (64, 128), "bf16", context=384)
+    later = {spec.instance for spec in specs if spec.name.startswith("flash_attn_p")}
+    # Chunks start at 128 and 256; a chunk's bucket must end within the cache.
+    assert later == {"flash_attn_p128.s64", "flash_attn_p128.s128", "flash_attn_p256.s64",
+                     "flash_attn_p256.s128"}  # fmt: skip
+    decode = next(spec for spec in specs if spec.name == "o_gemv_ffn")
+    assert decode.arg("kv_cache").shape[2] == 384
+
+
+@pytest.mark.parametrize("context", [100, 64, 10**6])
+def test_a_kv_cache_the_elfs_cannot_use_is_refused_naming_ctx(checkpoint, context):
+    from aiebuild.specs import model_specs
+
+    with pytest.raises(UserError, match=rf"ctx={context}: .* multiple of 32 from the largest"):
+        model_specs(checkpoint.shape, (64, 128), "bf16", context=context)
+
+
+def test_ctx_that_is_not_a_number_stops_doit_with_one_line(tmp_path):
+    from doit.exceptions import InvalidCommand
+
+    from aiebuild.tasks import BuildConfig
+
+    with pytest.raises(InvalidCommand, match=r"ctx=lots: expected a number of positions"):
+        BuildConfig.from_vars(tmp_path, {"ctx": "lots"}.get)
+    assert BuildConfig.from_vars(tmp_path, {"ctx": "4096"}.get).context == 4096

@@ -466,7 +466,8 @@ def test_doit_compile_for_npu2_in_parallel_rebuilds_only_what_changed(standins, 
     done = doit(checkout, env, *args)
     assert done.returncode == 0, done.stderr
     elfs = len(calls(standins["log"], tool="aiecc"))
-    assert elfs == 6  # three prefill ELFs for one bucket, three decode ELFs
+    # Three prefill ELFs for one bucket, the attention of a later chunk, three decode ELFs.
+    assert elfs == 7
 
     start = len(calls(standins["log"]))
     design = checkout / "aiebuild" / "ops" / "gemv.py"

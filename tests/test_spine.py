@@ -85,17 +85,50 @@ def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(session):
 
 
 @pytest.mark.slow
-def test_a_prompt_longer_than_every_bucket_is_answered_as_transformers_does(
+def test_a_prompt_longer_than_every_bucket_is_prefilled_in_chunks_as_transformers_does(
     session, checkpoint, reference
 ):
-    # The largest bucket's worth prefilled, the rest as decode steps, within the context.
-    largest = max(session.artifacts.buckets)
+    # The largest bucket's worth, then a chunk that attends to the cache it filled.
+    largest, smallest = max(session.artifacts.buckets), min(session.artifacts.buckets)
     text = "The quick brown fox jumps over the lazy dog. " * 20
     ids = checkpoint.encode_prompt(text)[: largest + 20]
     assert largest < len(ids) < session.context
+    assert session.chunk_plan(len(ids)) == [(0, largest, largest), (largest, 20, smallest)]
+    session.profiler.kernels.clear()
     ours = session.prefill(ids)
-    assert session.position == len(ids) and session.last_prompt == (largest, largest)
+    assert session.position == len(ids) and session.last_prompt == (len(ids), largest)
+    ran = {call.elf for call in session.profiler.kernels}
+    assert f"flash_attn_p{largest}.s{smallest}" in ran and f"flash_attn.s{largest}" in ran
     assert_same_choice(ours, reference_last_logits(reference, ids), "the prompt's last token")
+
+
+@pytest.mark.slow
+def test_a_chunk_never_reads_what_the_cache_held_before(session, checkpoint):
+    """The last chunk's padding: its K/V rows are written too, so stale cache memory
+    (NaN here, on the NPU whatever DDR held) reaches no prompt row."""
+    largest = max(session.artifacts.buckets)
+    ids = checkpoint.encode_prompt("word " * 200)[: largest + 5]
+    clean = session.prefill(ids)
+    for buffer in session.kv.buffers:
+        buffer.host[...] = np.nan
+        buffer.sync_range_to_device(0, buffer.host.nbytes)
+    poisoned = session.prefill(ids)
+    np.testing.assert_array_equal(poisoned, clean)
+
+
+def test_without_the_attention_elf_of_a_chunk_the_rest_runs_as_decode_steps(
+    session, checkpoint, monkeypatch
+):
+    largest = max(session.artifacts.buckets)
+    ids = checkpoint.encode_prompt("word " * 200)[: largest + 3]
+    chunked = session.prefill(ids)
+    monkeypatch.setattr(session, "chunk_plan", lambda n: None)  # artifacts without them
+    session.profiler.kernels.clear()
+    fed = session.prefill(ids)
+    assert session.position == len(ids)
+    steps = [call for call in session.profiler.kernels if call.elf == "o_gemv_ffn"]
+    assert len(steps) == 3 * session.shape.n_layers  # the 3 tokens past the largest bucket
+    assert cosine(fed, chunked) >= 0.999
 
 
 @pytest.mark.slow

@@ -223,6 +223,9 @@ def test_flash_attn_steps_move_in_lockstep_with_the_visible_share():
     launch = Launch("flash_attn", params, ("q", "k", "v"), ("o",))
     assert flash_attn.visible_share(launch) == pytest.approx(288 / 512)
     assert flash_attn.idle_share(launch, "flash_attn_step_64_32x32") == pytest.approx(224 / 512)
+    # A chunk after 2048 positions: every round also walks the past's 64 key blocks.
+    past = Launch("flash_attn", flash_attn.params(32, 8, 64, 2048, 2048), ("q", "kv"), ("o",))
+    assert flash_attn.visible_share(past) == pytest.approx((8 * 64 + 288) / (8 * 128))
 
 
 def test_the_manifest_carries_the_modeled_npu2_time_and_no_artifact_does(tmp_path, model_dir):

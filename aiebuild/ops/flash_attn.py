@@ -110,6 +110,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     columns, rows = array(launch)
     BLOCK = block(dim)  # noqa: N806 (the kernel's block rows, as the -D name)
     group, blocks = heads // kv_heads, tiles(p["S"], BLOCK, "S (the prefill bucket)")
+    past = tiles(p["past"], BLOCK, "past (the positions before the chunk)")
+    keys = past + blocks  # key blocks each round walks: the past's, then the chunk's
     step = columns * rows // group  # query blocks per round
     rounds = tiles(blocks, step, "query blocks (per round of the array)")
     block_ty = tensor((BLOCK, dim), BF16)
@@ -135,18 +137,19 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
             queries = qs.acquire(1)
             start_fn(queries, state, operands)
             qs.release(1)
-            for _ in range_(blocks):
+            for _ in range_(keys):
                 keys_values = kvs.acquire(1)
                 fold_fn(keys_values, state, operands)
                 kvs.release(1)
             result = out.acquire(1)
-            finish_fn(state, result, blocks)  # steps to this core's next query block
+            finish_fn(state, result, keys)  # steps to this core's next query block
             out.release(1)
 
     workers = [
         lib.Worker(core, [q_in[c].cons(), kv.cons(), o_core[c][r].prod(),
                           state_buffer(lib, f"state_{c}_{r}",
-                                       initial_state(dim, (c * rows + r) // group, step, r)),
+                                       initial_state(dim, past + (c * rows + r) // group, step,
+                                                     r)),
                           scratch_buffer(lib, f"operands_{c}_{r}", (operand_bytes(dim),),
                                          np.dtype(np.uint8)),
                           start, fold, finish], tile=core_tile(lib, c, r))
@@ -164,34 +167,45 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         strides = [step * BLOCK * q_row, per_core, q_row, 1]
         return tap(shape, start, [rounds, rows, BLOCK, dim], strides)
 
-    def kv_tap(shape: tuple[int, ...], h: int) -> Any:
-        """KV head h's whole sequence, block by block, replayed for every round."""
-        return tap(shape, h * dim, [rounds, blocks, BLOCK, dim], [0, BLOCK * kv_row, kv_row, 1])
+    def kv_tap(shape: tuple[int, ...], h: int, kind: int) -> Any:
+        """KV head h's keys (kind 0) or values (1), block by block, replayed for every
+        round: from the rows K and V of the chunk, or with a past from the device's KV
+        cache [Hkv, 2, C, Dh] (the past's positions and the chunk's, the host wrote)."""
+        if past:
+            start = (2 * h + kind) * shape[2] * dim
+            return tap(shape, start, [rounds, keys, BLOCK, dim], [0, BLOCK * dim, dim, 1])
+        return tap(shape, h * dim, [rounds, keys, BLOCK, dim], [0, BLOCK * kv_row, kv_row, 1])
 
     phases = range(kv_heads)
-    q, k, v, o = (a.shape for a in args)
+    q, o = args[0].shape, args[-1].shape
+    k, v = (args[1].shape,) * 2 if past else (args[1].shape, args[2].shape)
+    k_arg, v_arg, o_arg = (1, 1, 2) if past else (1, 2, 3)
     streams = [
         *(Stream(0, q_in[c].prod(tile=shim_tile(lib, c)), [query_tap(q, c, h) for h in phases])
           for c in range(columns)),
-        Stream(1, k_in.prod(tile=shim_tile(lib, 0)), [kv_tap(k, h) for h in phases]),
-        Stream(2, v_in.prod(tile=shim_tile(lib, 1)), [kv_tap(v, h) for h in phases]),
-        *(Stream(3, o_out[c].cons(tile=shim_tile(lib, c)), [query_tap(o, c, h) for h in phases],
-                 drain=True) for c in range(columns)),
+        Stream(k_arg, k_in.prod(tile=shim_tile(lib, 0)), [kv_tap(k, h, 0) for h in phases]),
+        Stream(v_arg, v_in.prod(tile=shim_tile(lib, 1)), [kv_tap(v, h, 1) for h in phases]),
+        *(Stream(o_arg, o_out[c].cons(tile=shim_tile(lib, c)),
+                 [query_tap(o, c, h) for h in phases], drain=True) for c in range(columns)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
 
 
-def params(heads: int, kv_heads: int, head_dim: int, s: int) -> dict[str, int | bool]:
-    """Causal attention over `s` positions: the query heads of one KV group over core
-    rows, successive query blocks over columns (core rows divide the group, whole
-    groups per round, whole rounds per KV head); with one query head per KV head
-    (MHA), successive query blocks over the core rows too, so the whole array works."""
+def params(
+    heads: int, kv_heads: int, head_dim: int, s: int, past: int = 0
+) -> dict[str, int | bool]:
+    """Causal attention of `s` queries at positions past .. past + s - 1 over every
+    position up to theirs (`past` > 0: a chunk of a longer prompt, its keys and values
+    read from the KV cache): the query heads of one KV group over core rows,
+    successive query blocks over columns (core rows divide the group, whole groups
+    per round, whole rounds per KV head); with one query head per KV head (MHA),
+    successive query blocks over the core rows too, so the whole array works."""
     group, blocks = heads // kv_heads, s // block(head_dim)
     core_rows = largest_divisor(group if group > 1 else blocks, CORE_ROWS)
     fits = [c for c in range(1, COLUMNS + 1) if (c * core_rows) % group == 0
             and blocks % (c * core_rows // group) == 0]  # fmt: skip
-    return {"S": s, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-            "causal": True, **cores(max(fits), core_rows)}  # fmt: skip
+    return {"S": s, "past": past, "heads": heads, "kv_heads": kv_heads,
+            "head_dim": head_dim, "causal": True, **cores(max(fits), core_rows)}  # fmt: skip
 
 
 # -- what the time model counts (aiebuild/array/kernel_counts.py) -------------------------
@@ -209,15 +223,17 @@ def count_args(symbol: str, args: list[Any]) -> list[Any]:
 
 def visible_share(launch: Launch) -> float:
     """Share of a core's streamed key blocks at or below the diagonal of some core of
-    its round: round r's cores hold query blocks r*step .. (r+1)*step - 1, so the
-    round works on its first (r+1)*step key blocks of `blocks` (288 / 512 at 2048:
-    8 rounds of 8 over 64 blocks)."""
+    its round: round r's cores hold query blocks past + r*step .. past + (r+1)*step - 1,
+    so the round works on its first past + (r+1)*step key blocks of past + blocks
+    (288 / 512 at 2048 with no past: 8 rounds of 8 over 64 blocks)."""
     p = launch.params
     columns, rows = array(launch)
-    group, blocks = p["heads"] // p["kv_heads"], p["S"] // block(p["head_dim"])
+    rows_per_block = block(p["head_dim"])
+    group, blocks = p["heads"] // p["kv_heads"], p["S"] // rows_per_block
+    past = p["past"] // rows_per_block
     step = columns * rows // group
     rounds = blocks // step
-    return sum((r + 1) * step for r in range(rounds)) / (rounds * blocks)
+    return sum(past + (r + 1) * step for r in range(rounds)) / (rounds * (past + blocks))
 
 
 def idle_share(launch: Launch, symbol: str) -> float:
@@ -234,6 +250,7 @@ def flops(launch: Launch, args: list[ArgSpec]) -> int:
     the softmax per score."""
     p = launch.params
     pairs = p["S"] * (p["S"] + 1) // 2 if p["causal"] else p["S"] * p["S"]
+    pairs += p["S"] * p["past"]  # every query sees the whole past
     return p["heads"] * pairs * (4 * p["head_dim"] + SOFTMAX_FLOPS_PER_SCORE)
 
 

@@ -4,7 +4,8 @@
 of one real call.
 
 The arguments come from an aierun Session on emu: one prefill per bucket (a prompt
-that fills the bucket but one position) and one decode step; the first call of each
+that fills the bucket but one position), one decode step, and a prompt in chunks for
+each later chunk's attention ELF; the first call of each
 ELF is captured (its host-written arguments before the call, its outputs after).
 Each launch of the ELF then runs, in order, on one set of argument buffers, exactly
 as the launches of one NPU call share device memory; buffers the host never writes
@@ -85,11 +86,16 @@ def capture_calls(checkpoint: Checkpoint, manifest: Path) -> dict[str, Capture]:
     with session_on("emu", checkpoint, artifacts, capture) as session:
         session.prepare()
         capture.capturing = True
-        prompt = checkpoint.encode_prompt(PROMPT * 400, chat=False)
+        prompt = checkpoint.encode_prompt(PROMPT * 1000, chat=False)
         for bucket in artifacts.buckets:
             ids = prompt[: bucket - 1]
             logits = session.prefill(ids, seq_len=bucket)
         session.decode(int(np.argmax(logits)))
+        # A longer prompt per later chunk's attention ELF (aiebuild/specs.py flash_attn_past).
+        largest = artifacts.buckets[-1]
+        for past in range(largest, session.context, largest):
+            for bucket in (b for b in artifacts.buckets if past + b <= session.context):
+                session.prefill(prompt[: past + bucket - 1])
     return capture.captured
 
 

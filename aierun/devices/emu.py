@@ -94,11 +94,11 @@ class EmuBuffer(Buffer):
         self._f32_version = -1
         # Allocated and touched now (at prepare), not inside the first timed call.
         # Every buffer has an fp32 image, the operand the launches compute on; an fp32
-        # buffer is its own. Static bf16 data (weights, consts) is kept only as that
+        # buffer is its own. Static bf16 data (weights) is kept only as that
         # image (exact for bf16): nothing reads it back, and a bf16 copy as well would
         # cost the emulator a third more memory. Its bf16 host view is a staging array
         # that lives from the write to the sync.
-        self._static = spec.role in (Role.WEIGHT, Role.CONST) and spec.dtype != "f32"
+        self._static = spec.role is Role.WEIGHT and spec.dtype != "f32"
         # Static data that only bfp16 GEMMs read (a quantized model's prefill weights:
         # its decode GEMVs read blocks) keeps only that form: no fp32 image.
         self._f32: np.ndarray | None = None

@@ -44,13 +44,16 @@ class KVCache:
         """Positions each layer's buffer holds (the decode ELF's compiled context)."""
         return self.buffers[0].spec.shape[2]
 
-    def keep_prompt(self, layer: int, k: np.ndarray, v: np.ndarray, length: int) -> None:
-        """Positions [0, length) from k, v [Hkv, >= length, Dh] (the prefill ELF's
-        cache buffers, widened and placed per head by its kv_store launch)."""
-        buffer = self.buffers[layer]  # fp32 of bf16 values: narrowed exactly
-        np.copyto(buffer.host[:, 0, :length], k[:, :length], "unsafe")
-        np.copyto(buffer.host[:, 1, :length], v[:, :length], "unsafe")
-        self._synced(buffer, 0, length)
+    def keep_prompt(
+        self, layer: int, k: np.ndarray, v: np.ndarray, length: int, start: int = 0
+    ) -> None:
+        """Positions [start, start + length) from rows [0, length) of k, v
+        [Hkv, >= length, Dh] (the prefill ELF's cache buffers, widened and placed per
+        head by its kv_store launch; `start` > 0 for a later chunk of a prompt)."""
+        buffer, stop = self.buffers[layer], start + length  # fp32 of bf16: narrowed exactly
+        np.copyto(buffer.host[:, 0, start:stop], k[:, :length], "unsafe")
+        np.copyto(buffer.host[:, 1, start:stop], v[:, :length], "unsafe")
+        self._synced(buffer, start, stop)
 
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Positions [start, start + len(k)) from rows [rows, Hkv*Dh] (the decode ELF

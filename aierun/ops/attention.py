@@ -24,9 +24,19 @@ from aierun.ops.numerics import BFP16_BLOCK, LOG2E, exp2_bf16, to_bf16, to_bfp16
 Operand = Callable[[np.ndarray], np.ndarray]  # an operand as the matmul sees it
 
 
-def flash_attn(params: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray]:
+def flash_attn(params: dict, q: np.ndarray, *kv: np.ndarray) -> tuple[np.ndarray]:
+    """q [S, H*Dh] against k, v [S, Hkv*Dh]; or, for a chunk after `past` positions,
+    against the KV cache [Hkv, 2, C, Dh] up to the chunk's last position."""
     dims = params["heads"], params["kv_heads"], params["head_dim"]
+    k, v = _cached_rows(kv[0], params["past"] + len(q)) if params["past"] else kv
     return (attend(q, k, v, *dims, causal=True, kernel=True),)
+
+
+def _cached_rows(cache: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions [0, length) of a KV cache [Hkv, 2, C, Dh] as K and V rows [length, Hkv*Dh]."""
+    heads, _, _, dim = cache.shape
+    rows = cache[:, :, :length].transpose(1, 2, 0, 3).reshape(2, length, heads * dim)
+    return rows[0], rows[1]
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:

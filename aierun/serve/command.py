@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             queue=args.queue,
             prefix_slots=args.slots,
             slot_mb=args.slot_mb,
+            kv_cache_mb=round(session.context * session.kv_bytes_per_position / 2**20, 1),
             kv_mb_per_1k_tokens=round(session.kv_bytes_per_position * 1000 / 2**20, 1),
             api_key=api_key is not None,
         )

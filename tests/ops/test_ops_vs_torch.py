@@ -73,7 +73,7 @@ def test_llama3_rope_scaling_matches_transformers():
 def test_causal_gqa_attention_matches_sdpa():
     seq, heads, kv_heads, dim = 9, 6, 2, 64
     q, k, v = rand(seq, heads * dim), rand(seq, kv_heads * dim), rand(seq, kv_heads * dim)
-    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim}
+    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim, "past": 0}
     (ours,) = OPS["flash_attn"](params, q, k, v)
 
     def per_head(a: np.ndarray, n: int) -> torch.Tensor:

@@ -408,7 +408,7 @@ def check_flash_attn(kernel: HostKernel, cores: int = 1) -> None:
     q, k = bf16_randn(seq, heads * dim, scale=3.0), bf16_randn(seq, kv_heads * dim, scale=3.0)
     v = bf16_randn(seq, kv_heads * dim)
     ours = run_flash_attn(kernel, q, k, v, heads, kv_heads, cores)
-    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim}
+    params = {"heads": heads, "kv_heads": kv_heads, "head_dim": dim, "past": 0}
     (expected,) = OPS["flash_attn"](params, f32(q), f32(k), f32(v))
     difference = np.abs(f32(ours) - f32(to_bf16(expected)))
     assert difference.max() <= 2.0**-7.5 * np.abs(f32(v)).max()
