@@ -173,14 +173,16 @@ class Session:
             seconds=round(span.dur_s, 2),
         )
 
-    def warm_up(self, *buckets: int) -> None:
-        """Warm up the prefill ELFs of `buckets` (default: every bucket) not run yet.
-        A bucket is otherwise warmed just before its first prefill: a run uses one
-        bucket, and warming a 2048 bucket on emu takes seconds of its cold start. A
-        profile warms them all first, so its prefill measures the steady state."""
+    def warm_up(self, *buckets: int, chunks: bool = True) -> None:
+        """Warm up the prefill ELFs of `buckets` (default: every bucket) not run yet,
+        with `chunks` the attention ELFs of a long prompt's later chunks too. A bucket
+        is otherwise warmed just before its first prefill: a run uses one bucket, and
+        warming a 2048 bucket on emu takes seconds of its cold start. A profile warms
+        them all first, so its prefill measures the steady state."""
         wanted = set(buckets or self.artifacts.buckets)
         for spec, _ in self._elfs.values():
-            if spec.bucket in wanted and spec.instance not in self._warm:
+            skipped = not chunks and spec.launches[0].params.get("past", 0) > 0
+            if spec.bucket in wanted and spec.instance not in self._warm and not skipped:
                 self._warm_up(spec)
 
     def _warm_up(self, spec: ElfSpec) -> None:
@@ -308,7 +310,7 @@ class Session:
         if seq_len is None and on_layer is None and self.artifacts.buckets[-1] < n <= self.context:
             return self._prefill_long(ids, capacity)
         bucket = self.bucket_for(n, seq_len)
-        self.warm_up(bucket)
+        self.warm_up(bucket, chunks=False)  # a prompt within a bucket runs no later chunk
         self.last_prompt = (n, bucket)
         self.tokens, self.position = [], 0  # a failure part way leaves no stale cache
         start = clock()

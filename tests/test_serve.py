@@ -91,6 +91,15 @@ def test_chat_answers_tokyo_not_streamed(client):
     assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
 
 
+def test_a_prompt_longer_than_every_bucket_is_answered(client):
+    # The test build's largest bucket is 128: this prompt is prefilled in two chunks.
+    text = "The quick brown fox jumps over the lazy dog. " * 16
+    messages = [{"role": "user", "content": text + "What did the fox do?"}]
+    answer = client.chat.completions.create(model="default", messages=messages, max_tokens=8)
+    assert 128 < answer.usage.prompt_tokens < 256
+    assert answer.usage.completion_tokens > 0 and answer.choices[0].message.content
+
+
 def test_chat_answers_tokyo_streamed_with_usage_and_logprobs(client):
     stream = client.chat.completions.create(
         model="default", messages=JAPAN, max_tokens=16, stream=True, logprobs=True,

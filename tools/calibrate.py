@@ -101,8 +101,9 @@ GEMV_NOTE = (
 )
 ATTN_NOTE = (
     "ours: bfp16 8x8x8 mmuls computed transposed (S^T = K Q^T, O^T = V^T P^T, so the "
-    "softmax is lane-wise per query), Q to bfp16 once per query block, K and V^T once per "
-    "key block, bf16 exp2, 32x32 blocks, query blocks over all 32 cores; K and V re-read "
+    "softmax is lane-wise per query), Q to bfp16 once per query block, K (as value and "
+    "rest) and V^T once per key block, bf16 exp2, 32x32 blocks, query blocks over all 32 "
+    "cores; K and V re-read "
     "per round in 128-B runs (shim-bound); upstream attn_npu2.cc: bfp16 8x8x8, bf16 "
     "softmax, 64x64 tiles"
 )
