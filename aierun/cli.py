@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.temperature, args.top_p, args.seed)
-    with open_session(args) as session:
+    with open_session(args, prepare=False) as session:
+        session.check_prompt(args.prompt, args.n_tokens)
+        session.prepare()
         _stream(session, args.prompt, args.n_tokens, sampling, args.seq_len)
     return 0
 

@@ -138,8 +138,18 @@ class Session:
     @property
     def context(self) -> int:
         """Positions a generation may take: the model's context, within what the
-        decode ELF's KV cache was compiled to hold."""
-        return min(self.shape.max_positions, self.spec(O_GEMV_FFN).arg(KV_CACHE).shape[2])
+        decode ELF's KV cache was compiled to hold (read from its plan: known before
+        prepare loads anything)."""
+        if O_GEMV_FFN in self._elfs:
+            decode = self.spec(O_GEMV_FFN)
+        else:
+            decode = self.artifacts.load(O_GEMV_FFN).spec
+        return min(self.shape.max_positions, decode.arg(KV_CACHE).shape[2])
+
+    def check_prompt(self, prompt: str, n_tokens: int) -> None:
+        """Refuse a prompt and answer the context cannot hold, before prepare loads a
+        weight (on the NPU, a large model takes a minute to load)."""
+        self._check_context(len(self.checkpoint.encode_prompt(prompt)), n_tokens)
 
     def prepare(self) -> None:
         """Load and verify every ELF, then write all weights into static buffers."""
@@ -643,10 +653,12 @@ def _pad_token(config: dict[str, Any]) -> int:
     return eos if isinstance(eos, int) else 0
 
 
-def open_session(args: argparse.Namespace, profiler: Profiler | None = None) -> Session:
-    """What a command's flags (--device, --artifacts, --model) name -> a prepared
-    Session (use it in a `with` block:
-    closing it releases the device). The device is opened first ("no NPU here" is
+def open_session(
+    args: argparse.Namespace, profiler: Profiler | None = None, prepare: bool = True
+) -> Session:
+    """What a command's flags (--device, --artifacts, --model) name -> a Session,
+    prepared unless `prepare` is false (use it in a `with` block: closing it releases
+    the device). The device is opened first ("no NPU here" is
     the news, not "no artifacts for npu2"), then the artifacts are found, so a
     missing build fails at once rather than after the model is made ready."""
     device = open_device(args.device)
@@ -656,7 +668,8 @@ def open_session(args: argparse.Namespace, profiler: Profiler | None = None) -> 
         checkpoint = Checkpoint(resolve_model(args.model, paths.models_dir()))
         artifacts = ArtifactSet.open(manifest).for_model(checkpoint.shape, checkpoint.name)
         session = Session(checkpoint, artifacts, device, profiler)
-        session.prepare()
+        if prepare:
+            session.prepare()
     except BaseException:
         device.close()
         raise

@@ -92,3 +92,14 @@ def test_an_unknown_log_level_is_refused_on_stderr_only(capsys):
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and captured.out == ""
     assert "argument --log-level: invalid choice: 'LOUD'" in captured.err
+
+
+@pytest.mark.parametrize("flags", [("--n-tokens", "100000"), ("--prompt", "word " * 300)])
+def test_a_run_the_context_cannot_hold_is_refused_before_any_weight_loads(run, monkeypatch, flags):
+    from aierun.session import Session
+
+    def loading(self):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(Session, "prepare", loading)
+    assert "the context is 256" in run(*flags)
