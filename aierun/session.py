@@ -420,8 +420,8 @@ class Session:
 
         The last token always runs (its logits choose the first new token), so a prompt
         sent again reuses all but one position. Decode steps cost far more per token
-        than one prefill, so a long new suffix is prefilled whole: chunked prefill
-        (flash attention with a past) is what would make that case cheap too."""
+        than one prefill, so a long new suffix is prefilled whole: it cannot be a chunk,
+        since chunks start only at multiples of the largest bucket (chunk_plan)."""
         shared = min(common_prefix(self.tokens, ids), len(ids) - 1)
         if shared == 0 or not self._decode_pays(len(ids) - shared, len(ids)):
             return None
@@ -450,16 +450,22 @@ class Session:
 
     def _decode_pays(self, steps: int, n: int) -> bool:
         """Whether `steps` decode steps are expected to take less time than a prefill
-        of `n` tokens, both from this session's measurements (an unmeasured decode step:
-        no; a bucket not run yet: the nearest one run, scaled by size)."""
+        of `n` tokens (its chunks, for a prompt longer than every bucket), both from
+        this session's measurements (an unmeasured decode step: no; a bucket not run
+        yet: the nearest one run, scaled by size; a later chunk as a first one, which
+        is a little cheaper)."""
         if self._decode_s is None or not self._prefill_s:
             return False
-        try:
-            bucket = self.bucket_for(n)
-        except UserError:  # longer than any bucket: only the cache can take it
+        plan = self.chunk_plan(n) if n <= self.context else None
+        if plan is None:  # no prefill can take it: only the cache can
             return True
+        return steps * self._decode_s < sum(self._bucket_s(bucket) for _, _, bucket in plan)
+
+    def _bucket_s(self, bucket: int) -> float:
+        """Seconds a prefill in `bucket` is expected to take: as measured, or the
+        nearest bucket's measurement scaled by size."""
         nearest = min(self._prefill_s, key=lambda b: abs(b - bucket))
-        return steps * self._decode_s < self._prefill_s[nearest] * bucket / nearest
+        return self._prefill_s[nearest] * bucket / nearest
 
     def _embedded(self, instance: str, ids: np.ndarray) -> Buffer:
         """The embedding rows of `ids`, written straight into the input buffer of the

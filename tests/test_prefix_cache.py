@@ -75,7 +75,10 @@ def test_reuse_is_chosen_when_the_measured_decode_steps_cost_less(session, monke
     assert not session._decode_pays(7, 40)
     assert session._decode_pays(11, 100)  # bucket 128, not run: 0.3 * 128 / 64
     assert not session._decode_pays(13, 100)
-    assert session._decode_pays(10_000, 10_000)  # beyond every bucket: only reuse can run it
+    assert session._decode_pays(10_000, 10_000)  # beyond the context: only reuse can run it
+    # Longer than every bucket (128), within the context (256): a 128 chunk then a 64.
+    assert session._decode_pays(17, 150)  # 0.3 * 128 / 64 + 0.3
+    assert not session._decode_pays(19, 150)
 
 
 def test_slots_keep_the_newest_within_their_count_and_bytes():
