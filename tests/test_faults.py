@@ -545,11 +545,19 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, model_dir, built, tiny
 
 
 # -- signals, pipes, encodings, flags ----------------------------------------------
+def _sigint_default() -> None:
+    """A program started from a background job inherits SIGINT ignored (POSIX), and
+    Python then keeps ignoring it: the child gets the default a terminal gives, so the
+    test's SIGINT stands for a Ctrl-C wherever the tests run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signalled_run(args: list[str], home, signum: int) -> tuple[subprocess.CompletedProcess, bytes]:
     """`aierun` sent `signum` once its answer has started; the result, its first bytes."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aierun.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environment(home),
+        preexec_fn=_sigint_default,
     )  # fmt: skip
     first = process.stdout.read(8)  # generation has started
     process.send_signal(signum)
