@@ -19,7 +19,7 @@ from aiebuild.array.core_model import CallCycles
 from aiebuild.array.iron_record import Call, Program
 from aiebuild.array.placement import Placement, place
 from aiebuild.ops.common import KernelObject
-from aierun.abi import FLASH_ATTN, ElfSpec, Launch, canonical_json, flash_attn_past_name
+from aierun.abi import ElfSpec, Launch, attention_elf, canonical_json
 from aierun.errors import UserError
 
 
@@ -164,7 +164,7 @@ def chunked_prefill_ms(ms: dict[str, float], layers: int, bucket: int, chunks: i
     runs once, after the last."""
     total = ms["lm_head_gemv"]
     for chunk in range(chunks):
-        attention = flash_attn_past_name(chunk * bucket) if chunk else FLASH_ATTN
-        names = (f"rms_gemms_rope.s{bucket}", f"{attention}.s{bucket}", f"o_ffn.s{bucket}")
+        names = (f"rms_gemms_rope.s{bucket}", f"{attention_elf(chunk * bucket)}.s{bucket}",
+                 f"o_ffn.s{bucket}")  # fmt: skip
         total += layers * sum(ms[n] for n in names)
     return total

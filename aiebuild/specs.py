@@ -31,7 +31,7 @@ from aierun.abi import (
     ElfSpec,
     Launch,
     Role,
-    flash_attn_past_name,
+    attention_elf,
 )
 from aierun.errors import UserError
 from aierun.model import ModelShape
@@ -262,7 +262,7 @@ def flash_attn_past(shape: ModelShape, bucket: int, past: int, context: int) -> 
         _arg("attn_out", (s, q), OUT),
     )
     launch = Launch("flash_attn", params, ("q_roped", KV_CACHE), ("attn_out",), "GQA past")
-    return _elf(flash_attn_past_name(past), "prefill", bucket, args, (launch,))
+    return _elf(attention_elf(past), "prefill", bucket, args, (launch,))
 
 
 def chunk_pasts(buckets: Iterable[int], context: int) -> range:

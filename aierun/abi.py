@@ -50,10 +50,11 @@ RMS_GEMMS_ROPE, FLASH_ATTN, O_FFN = "rms_gemms_rope", "flash_attn", "o_ffn"
 RMS_GEMV_ROPE, O_GEMV_FFN, LM_HEAD_GEMV = "rms_gemv_rope", "o_gemv_ffn", "lm_head_gemv"
 
 
-def flash_attn_past_name(past: int) -> str:
-    """The attention ELF of a prompt's chunk that starts at position `past` > 0 (one
-    per bucket, like every prefill ELF)."""
-    return f"{FLASH_ATTN}_p{past}"
+def attention_elf(past: int) -> str:
+    """The attention ELF of a prompt's chunk that starts at position `past`: flash_attn
+    for the first, flash_attn_p<past> for a later one (one per bucket, like every
+    prefill ELF)."""
+    return f"{FLASH_ATTN}_p{past}" if past else FLASH_ATTN
 
 
 # The decode ELF's argument the host binds to its device-resident KV cache of a layer.

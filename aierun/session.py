@@ -33,7 +33,7 @@ from aierun.abi import (
     SOURCE_JOIN,
     ElfSpec,
     Role,
-    flash_attn_past_name,
+    attention_elf,
     interleave_rows,
     split_layout,
 )
@@ -375,7 +375,7 @@ class Session:
 
     def _chunk_elf(self, past: int, bucket: int) -> str | None:
         """The attention ELF of a chunk at `past` in `bucket`, if it was compiled."""
-        name = f"{flash_attn_past_name(past) if past else FLASH_ATTN}.s{bucket}"
+        name = f"{attention_elf(past)}.s{bucket}"
         return name if name in self._elfs else None
 
     def _prefill_long(self, ids: list[int], capacity: int) -> np.ndarray:
@@ -487,8 +487,8 @@ class Session:
         with self.profiler.cpu(flow.KV_CACHE_EXTRACT, layer):
             self.kv.keep_prompt(layer, proj["k_cache"].host, proj["v_cache"].host, bucket, past)
         if past:  # a later chunk attends to the cache: the past and, just written, itself
-            instance, kv = f"{flash_attn_past_name(past)}{s}", self.kv.buffers[layer]
-            attn = self.call(instance, layer, q_roped=proj["q_roped"], kv_cache=kv)
+            kv = self.kv.buffers[layer]
+            attn = self.call(attention_elf(past) + s, layer, q_roped=proj["q_roped"], kv_cache=kv)
         else:
             attn = self.call(
                 FLASH_ATTN + s, layer,
