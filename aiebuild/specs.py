@@ -131,16 +131,45 @@ def _matmul(op: str, label: str, m: int, k: int, n: int, inputs: tuple[str, str]
     return Launch(op, params, inputs, (output,), label)
 
 
-def _rms_projections_rope(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
+PROJECTIONS = (("q", "gemm Q"), ("k", "gemm K"), ("v", "gemm V"))
+
+
+def _projected(shape: ModelShape, name: str) -> str:
+    """What projection `name` writes: its epilogue's input, or `name` itself."""
+    return _stage_names(shape, name)[0]
+
+
+def _projections(shape: ModelShape, rows: int, matmul: str, types: WeightTypes) -> list[Launch]:
+    """The Q/K/V projections, each followed by its family's epilogue. Decode's three
+    GEMVs are one launch when their weights share a type (one kernel), saving two
+    reconfigurations of the array (aiebuild/ops/gemv.py)."""
+    e, widths = shape.hidden, {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
+    epilogues = [stage for name, _ in PROJECTIONS for stage in _epilogue(shape, rows, name)]
+    if matmul == "gemv" and len({types[_weight_source(n)] for n, _ in PROJECTIONS}) == 1:
+        fused = Launch("gemv", gemv.params(rows, e, sum(widths.values())),
+                       ("xn", *(f"w{n}" for n, _ in PROJECTIONS)),
+                       tuple(_projected(shape, n) for n, _ in PROJECTIONS), "gemv QKV")  # fmt: skip
+        return [fused, *epilogues]
+    launches = []
+    for name, label in PROJECTIONS:
+        launches.append(_matmul(matmul, label, rows, e, widths[name], ("xn", f"w{name}"),
+                                _projected(shape, name)))  # fmt: skip
+        launches += _epilogue(shape, rows, name)
+    return launches
+
+
+def _weight_source(name: str) -> str:
+    """The checkpoint tensor of projection `name`'s weight, as WeightTypes keys it."""
+    return f"self_attn.{name}_proj.weight"
+
+
+def _rms_projections_rope(
+    shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
+) -> list[Launch]:
     """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope."""
-    e, q, kv, dh = shape.hidden, shape.q_dim, shape.kv_dim, shape.head_dim
+    e, dh = shape.hidden, shape.head_dim
     norm = Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",))
-    launches = [norm]
-    for name, label, n in (("q", "gemm Q", q), ("k", "gemm K", kv), ("v", "gemm V", kv)):
-        stages = _epilogue(shape, rows, name)
-        launches.append(_matmul(matmul, label, rows, e, n, ("xn", f"w{name}"),
-                                stages[0].inputs[0] if stages else name))  # fmt: skip
-        launches += stages
+    launches = [norm, *_projections(shape, rows, matmul, types)]
     return [
         *launches,
         Launch("rope", rope.params(rows, shape.n_heads, dh), ("q", "rope"), ("q_roped",), "rope Q"),
@@ -233,7 +262,7 @@ def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
         tuple(_projection_args(shape, 1, types)),
-        tuple(_rms_projections_rope(shape, 1, "gemv")),
+        tuple(_rms_projections_rope(shape, 1, "gemv", types)),
     )  # fmt: skip
 
 

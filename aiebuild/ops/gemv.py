@@ -29,7 +29,13 @@ launches would cost: w is gate and up with their rows interleaved at preload
 (aierun/abi.py, SWIGLU_GROUP = 16 rows of each in turn), a core step takes 32 rows (16
 of gate, the same 16 of up) and a block writes the 16 values silu(g) * u, g and u
 rounded to bf16 first as the separate GEMVs wrote them (kernels_src/gemv.cc
-AIEK_SWIGLU, aierun/ops/matmul.py gemv). N counts the rows of w, so y has N / 2."""
+AIEK_SWIGLU, aierun/ops/matmul.py gemv). N counts the rows of w, so y has N / 2.
+
+A launch may multiply x by several weights of one type and K, each into its own output
+(decode's Q, K and V projections: one launch where three would cost two more
+reconfigurations): its args are x, the weights, then their outputs. Each weight stream
+serves one weight (`share_streams`: the part whose streams carry the most blocks each
+gets the next one), so a stream's run and its drain stay within one argument."""
 
 from __future__ import annotations
 
@@ -140,16 +146,44 @@ def runs(blocks: int, streams: int) -> list[range]:
     return [range(starts[s], starts[s + 1]) for s in range(streams)]
 
 
+def share_streams(blocks: list[int], streams: int) -> list[int]:
+    """How many of `streams` each part of a several-weight GEMV gets (at least one):
+    each further stream to the part whose streams carry the most blocks each, which
+    makes the longest stream's run as short as it can be."""
+    shares = [1] * len(blocks)
+    for _ in range(streams - len(blocks)):
+        busiest = max(range(len(blocks)), key=lambda j: -(-blocks[j] // shares[j]))
+        shares[busiest] += 1
+    return shares
+
+
+def part_runs(blocks: list[int], streams: int) -> list[tuple[int, range]]:
+    """(part, run of that part's blocks) of each stream, the parts' streams in order."""
+    return [(j, run) for j, (count, share) in enumerate(zip(blocks, share_streams(blocks, streams),
+                                                              strict=True))
+            for run in runs(count, share)]  # fmt: skip
+
+
+def parts(args: list[ArgSpec]) -> int:
+    """How many weights the launch multiplies x by: its args are x, the weights, then
+    one output per weight."""
+    return (len(args) - 1) // 2
+
+
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-    _, w, y = args
-    k, n, epilogue = launch.params["K"], launch.params["N"], launch.params.get("epilogue")
+    count = parts(args)
+    weights, outputs = args[1 : 1 + count], args[1 + count :]
+    w, y = weights[0], outputs[0]  # one kernel: every weight has w's type, every output y's
+    k, epilogue = launch.params["K"], launch.params.get("epilogue")
     columns, _ = array(launch)
     TK, rows = tk(k), step_rows(epilogue)  # noqa: N806 (the kernel's -D name)
-    k_tiles, blocks = tiles(k, TK, "K"), tiles(n, rows, "N")
-    cores = stream_cores(columns, blocks)
-    stream_runs = runs(blocks, len(cores))
+    k_tiles = tiles(k, TK, "K")
+    blocks = [tiles(weight.shape[0] if count > 1 else launch.params["N"], rows, "N")
+              for weight in weights]  # fmt: skip
+    cores = stream_cores(columns, sum(blocks))
+    stream_runs = part_runs(blocks, len(cores))
     record, values = record_bytes(k, w.dtype, rows), block_values(epilogue)
     x_ty = tensor((k,), BF16)
     w_ty = tensor((rows, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
@@ -176,36 +210,43 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         return core
 
     workers = [
-        lib.Worker(body(len(stream_runs[s])), [
+        lib.Worker(body(len(stream_runs[s][1])), [
             x_in.cons(), w_in[s].cons(), y_out[s].prod(),
             scratch_buffer(lib, f"state{s}", (state_floats(rows),), np.dtype(np.float32)), gemv,
         ], tile=core_tile(lib, c, r))
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
-    w_at, y_at = slice_offset(launch, args, 1), slice_offset(launch, args, 2)
+    w_at = [slice_offset(launch, args, 1 + j) for j in range(count)]
+    y_at = [slice_offset(launch, args, 1 + count + j) for j in range(count)]
     pieces = [[run[i : i + SHIM_ITERATIONS] for i in range(0, len(run), SHIM_ITERATIONS)]
-              for run in stream_runs]  # fmt: skip
+              for _, run in stream_runs]  # fmt: skip
     phases = max(len(p) for p in pieces)
 
     def per_phase(s: int, pattern) -> list[Any | None]:
-        moves = [pattern(piece) for piece in pieces[s]]
+        moves = [pattern(stream_runs[s][0], piece) for piece in pieces[s]]
         return moves + [None] * (phases - len(moves))
 
-    def w_tap(piece: range) -> Any:
+    def w_tap(part: int, piece: range) -> Any:
+        shape, at = weights[part].shape, w_at[part]
         if w.dtype != "bf16":  # the records of a run lie one after another
-            at, run = w_at + piece.start * k_tiles * record, k_tiles * record
-            return tap(w.shape, at, [1, len(piece), k_tiles, record], [0, run, record, 1])
-        return tap(w.shape, w_at + piece.start * rows * k, [len(piece), k_tiles, rows, TK],
+            at, run = at + piece.start * k_tiles * record, k_tiles * record
+            return tap(shape, at, [1, len(piece), k_tiles, record], [0, run, record, 1])
+        return tap(shape, at + piece.start * rows * k, [len(piece), k_tiles, rows, TK],
                    [rows * k, TK, k, 1])  # fmt: skip
 
-    def y_tap(piece: range) -> Any:
-        return contiguous(y.shape, y_at + piece.start * values, len(piece) * values)
+    def y_tap(part: int, piece: range) -> Any:
+        at = y_at[part] + piece.start * values
+        return contiguous(outputs[part].shape, at, len(piece) * values)
+
+    def arg(s: int, first: int) -> int:
+        return first + stream_runs[s][0]
 
     streams = [
         Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases)),
-        *(Stream(1, w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
+        *(Stream(arg(s, 1), w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
           for s, (c, _) in enumerate(cores)),
-        *(Stream(2, y_out[s].cons(tile=shim_tile(lib, c)), per_phase(s, y_tap), drain=True)
+        *(Stream(arg(s, 1 + count), y_out[s].cons(tile=shim_tile(lib, c)), per_phase(s, y_tap),
+                 drain=True)
           for s, (c, _) in enumerate(cores)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)

@@ -25,11 +25,16 @@ def gemm(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tupl
     return (np.asarray(x @ weight.reshape(-1, weight.shape[-1]).T),)
 
 
-def gemv(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tuple[np.ndarray]:
-    """The GEMM's arithmetic at M = 1, then the launch's epilogue: for SwiGLU, each
-    block's gate and up dot products rounded to bf16 first (the values two GEMVs would
-    write), then silu_mul on them (kernels_src/gemv.cc AIEK_SWIGLU)."""
-    (y,) = gemm(params, x, weight)
+def gemv(
+    params: dict, x: np.ndarray, *weights: np.ndarray | quant.Blocks
+) -> tuple[np.ndarray, ...]:
+    """The GEMM's arithmetic at M = 1, one output per weight (a launch may multiply x
+    by several, e.g. the Q, K and V projections), then the launch's epilogue: for
+    SwiGLU, each block's gate and up dot products rounded to bf16 first (the values two
+    GEMVs would write), then silu_mul on them (kernels_src/gemv.cc AIEK_SWIGLU)."""
+    if len(weights) > 1:
+        return tuple(gemm(params, x, weight)[0] for weight in weights)
+    (y,) = gemm(params, x, weights[0])
     if params.get("epilogue") != SWIGLU:
         return (y,)
     pairs = to_bf16(y).astype(np.float32).reshape(-1, 2, SWIGLU_GROUP)

@@ -181,7 +181,7 @@ def test_kv_store_moves_a_long_block_in_phases_within_the_shims_limits():
 
 def test_a_kernel_with_a_wrong_loop_bound_is_caught(tmp_path):
     """gemv.cc's inner loop stops one vector short of the tile."""
-    spec = SPECS["gemv-rms_gemv_rope-gemm_Q"]
+    spec = SPECS["gemv-rms_gemv_rope-gemv_QKV"]
     (obj,) = ops.kernel_objects(spec)
     source = obj.source.read_text()
     loop = "k < AIEK_TK; k += LANES"
@@ -253,17 +253,18 @@ def quantized_gemv_specs(weights: str) -> list[ElfSpec]:
 
 
 def quantized_inputs(spec: ElfSpec, weights: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random bf16 activations and a weight quantized by llama.cpp's reference (gguf)."""
+    """Random bf16 activations and weights quantized by llama.cpp's reference (gguf)."""
     import gguf
 
     from aierun.ops.quant import quantized_weight
 
     inputs = random_inputs(spec, seed)
-    w = next(a for a in spec.args if a.dtype == weights)
-    rows, k = int(np.prod(w.shape[:-1])), spec.launches[0].params["K"]
-    values = np.random.default_rng(seed + 1).standard_normal((rows, k), np.float32)
-    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[weights.upper()])
-    inputs[w.name] = quantized_weight(blocks, weights, w.layout, w.shape)
+    k = spec.launches[0].params["K"]
+    for i, w in enumerate(a for a in spec.args if a.dtype == weights):
+        rows = int(np.prod(w.shape[:-1]))
+        values = np.random.default_rng(seed + 1 + i).standard_normal((rows, k), np.float32)
+        blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[weights.upper()])
+        inputs[w.name] = quantized_weight(blocks, weights, w.layout, w.shape)
     return inputs
 
 
