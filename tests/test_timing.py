@@ -142,17 +142,15 @@ def test_a_bfp16_gemm_tile_converts_once_and_hides_the_mac_latency():
 
 
 # Stated errors. The fit points reproduce the measurement their timing.py rate was
-# solved from, except GEMV: its shim rate was solved on upstream's design, which reads
-# the weights through one shim channel per column, and ours streams them through two
-# (both in 512-B bursts): modeled faster than measured, by up to GEMV_ERROR.
-# Held-out points within HELD_OUT_ERROR (the issue's +-30 %), except where our kernel
-# differs in structure from the measured upstream one (attention: the model prices our
-# slower kernel and must not come out faster than upstream's). GEMM has upstream's mmul
-# structure (2x2 blocked bfp16 8x8x8 on pre-tiled operands) but converts them on the
-# core per call and is bound by the stream delivering its bf16 tiles (+12 to +34 %);
-# at 512^3 the fixed costs are most of the time and the model prices them low (-32 %):
-# GEMM_ERROR.
-FIT_ERROR, HELD_OUT_ERROR, GEMV_ERROR, GEMM_ERROR = 0.03, 0.30, 0.45, 0.35
+# solved from (GEMV priced in upstream's layout, one weight channel per column, the
+# layout its shim rate was solved on). Held-out points within HELD_OUT_ERROR (the
+# issue's +-30 %), except where our kernel differs in structure from the measured
+# upstream one (attention: the model prices our slower kernel and must not come out
+# faster than upstream's). GEMM has upstream's mmul structure (2x2 blocked bfp16 8x8x8
+# on pre-tiled operands) but converts them on the core per call and is bound by the
+# stream delivering its bf16 tiles (+12 to +34 %); at 512^3 the fixed costs are most
+# of the time and the model prices them low (-32 %): GEMM_ERROR.
+FIT_ERROR, HELD_OUT_ERROR, GEMM_ERROR = 0.03, 0.30, 0.35
 # Attention: our bfp16 kernel's launches are bound by the K and V streams' 128-B shim
 # bursts (the cores, on the optimistic slot model, by far less), and modeled up to ~40 %
 # faster than upstream's measured attn_npu2.cc (tools/calibrate.py ATTN_NOTE).
@@ -168,9 +166,6 @@ def test_calibration_points_within_stated_error(calibration_errors):
     for point, error in calibration_errors:
         if "attention" in point.name:
             assert -ATTENTION_ERROR <= error <= HELD_OUT_ERROR, f"{point.name}: {error:+.1%}"
-            continue
-        if "GEMV" in point.name:
-            assert -GEMV_ERROR <= error < 0, f"{point.name}: {error:+.1%}"
             continue
         bound = GEMM_ERROR if "GEMM" in point.name else FIT_ERROR if point.fit else HELD_OUT_ERROR
         assert abs(error) <= bound, f"{point.name}: {error:+.1%}"

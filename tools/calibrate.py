@@ -62,7 +62,7 @@ def gemm_ours(m: int, k: int, n: int):
 def gemv_ours(m: int, k: int):
     args = [ArgSpec("x", (1, k), "bf16", Role.INPUT), ArgSpec("w", (m, k), "bf16", Role.WEIGHT),
             ArgSpec("y", (1, m), "bf16", Role.OUTPUT)]  # fmt: skip
-    launch = Launch("gemv", gemv.params(1, k, m), ("x", "w"), ("y",), "gemv")
+    launch = Launch("gemv", gemv.params(1, k, m, channels=1), ("x", "w"), ("y",), "gemv")
     return _one_launch(f"gemv {m}x{k}", args, launch)
 
 
@@ -95,9 +95,10 @@ GEMM_NOTE = (
     "the fp32 acc read and written per K tile of 32; the call waits on its 8 KiB of x and w"
 )
 GEMV_NOTE = (
-    "ours: 2 weight channels per column's shim (15 streams of 512-B runs, straight to "
-    "cores); upstream matvec.py: 1 channel per column through the memory tile, so the "
-    "model gives ours ~2x its shim bandwidth (the error measures that difference)"
+    "ours (gemv.cc, 512-B runs) in upstream matvec.py's layout: 1 weight channel per "
+    "column (upstream's goes through the memory tile, ours straight to a core); our "
+    "ELFs' GEMVs use 2 per column, which the model prices ~2x faster, untested by any "
+    "measurement"
 )
 ATTN_NOTE = (
     "ours: bfp16 8x8x8 mmuls computed transposed (S^T = K Q^T, O^T = V^T P^T, so the "

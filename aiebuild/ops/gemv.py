@@ -132,10 +132,12 @@ def symbol(launch: Launch, w_dtype: str, out_dtype: str) -> str:
     return f"gemv_{w_dtype}_{k}x{step_rows(epilogue)}x{tk(k)}_{epilogue or out_dtype}"
 
 
-def stream_cores(columns: int, blocks: int) -> list[tuple[int, int]]:
+def stream_cores(columns: int, core_rows: int, blocks: int) -> list[tuple[int, int]]:
     """(column, core row) of each weight stream: core row 0 of column 0 (its shim's
-    other channel carries x), then both core rows of the next columns."""
-    cores = [(0, 0)] + [(c, r) for c in range(1, columns) for r in (0, 1)]
+    other channel carries x), then the first `core_rows` core rows of the next columns:
+    both (the launches of our ELFs: two weight channels per shim), or one (upstream's
+    layout, one weight channel per column: what tools/calibrate.py prices it in)."""
+    cores = [(0, 0)] + [(c, r) for c in range(1, columns) for r in range(core_rows)]
     return cores[: min(len(cores), blocks)]
 
 
@@ -177,12 +179,12 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     weights, outputs = args[1 : 1 + count], args[1 + count :]
     w, y = weights[0], outputs[0]  # one kernel: every weight has w's type, every output y's
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
-    columns, _ = array(launch)
+    columns, core_rows = array(launch)
     TK, rows = tk(k), step_rows(epilogue)  # noqa: N806 (the kernel's -D name)
     k_tiles = tiles(k, TK, "K")
     blocks = [tiles(weight.shape[0] if count > 1 else launch.params["N"], rows, "N")
               for weight in weights]  # fmt: skip
-    cores = stream_cores(columns, sum(blocks))
+    cores = stream_cores(columns, core_rows, sum(blocks))
     stream_runs = part_runs(blocks, len(cores))
     record, values = record_bytes(k, w.dtype, rows), block_values(epilogue)
     x_ty = tensor((k,), BF16)
@@ -252,12 +254,18 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     return stream_program(args, streams, workers)
 
 
-def params(m: int, k: int, n: int, epilogue: str | None = None) -> dict[str, int | str]:
+def params(
+    m: int, k: int, n: int, epilogue: str | None = None, channels: int = 2
+) -> dict[str, int | str]:
     """A GEMV's cores: one weight stream per shim input channel but the one that
     broadcasts x, each feeding one core, as many as there are output blocks. N counts
-    the rows of w (gate's and up's together for the SwiGLU epilogue)."""
-    streams = min(2 * COLUMNS - 1, n // step_rows(epilogue))
+    the rows of w (gate's and up's together for the SwiGLU epilogue). `channels`: the
+    weight channels per column's shim, 2 (ours) or 1 (upstream matvec.py's layout)."""
+    blocks = n // step_rows(epilogue)
     extra = {} if epilogue is None else {"epilogue": epilogue}
+    if channels == 1:
+        return {"M": m, "K": k, "N": n, **cores(min(COLUMNS, blocks), 1), **extra}
+    streams = min(2 * COLUMNS - 1, blocks)
     return {"M": m, "K": k, "N": n, **cores(streams // 2 + 1, 2), **extra}
 
 
