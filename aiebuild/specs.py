@@ -32,6 +32,7 @@ from aierun.abi import (
     Launch,
     Role,
     attention_elf,
+    parse_binding,
 )
 from aierun.errors import UserError
 from aierun.model import ModelShape
@@ -76,9 +77,14 @@ def _matrix(name: str, rows: int, k: int, matrix: str, types: WeightTypes, **kw)
     return _arg(name, (*kw.pop("lead", ()), *shape), W, source, weights, layout=layout, **kw)
 
 
-def _elf(*fields) -> ElfSpec:
-    """An ElfSpec with each launch's FLOPs and DDR bytes filled in (ops.with_work)."""
-    return ops.with_work(ElfSpec(*fields))
+def _elf(name: str, phase: str, bucket: int, args: tuple[ArgSpec, ...],
+         launches: tuple[Launch, ...], params: dict | None = None) -> ElfSpec:  # fmt: skip
+    """An ElfSpec with each launch's FLOPs and DDR bytes filled in (ops.with_work),
+    without the intermediates no launch binds (a fused launch keeps in core memory
+    what separate ones passed through DDR)."""
+    bound = {parse_binding(b)[0] for launch in launches for b in (*launch.inputs, *launch.outputs)}
+    used = tuple(arg for arg in args if arg.role is not MID or arg.name in bound)
+    return ops.with_work(ElfSpec(name, phase, bucket, used, launches, params or {}))
 
 
 def check_tileable(shape: ModelShape) -> None:
@@ -139,23 +145,18 @@ def _projected(shape: ModelShape, name: str) -> str:
     return _stage_names(shape, name)[0]
 
 
-def _projections(shape: ModelShape, rows: int, matmul: str, types: WeightTypes) -> list[Launch]:
-    """The Q/K/V projections, each followed by its family's epilogue. Decode's three
-    GEMVs are one launch when their weights share a type (one kernel), saving two
-    reconfigurations of the array (aiebuild/ops/gemv.py)."""
-    e, widths = shape.hidden, {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
-    epilogues = [stage for name, _ in PROJECTIONS for stage in _epilogue(shape, rows, name)]
-    if matmul == "gemv" and len({types[_weight_source(n)] for n, _ in PROJECTIONS}) == 1:
-        fused = Launch("gemv", gemv.params(rows, e, sum(widths.values())),
-                       ("xn", *(f"w{n}" for n, _ in PROJECTIONS)),
-                       tuple(_projected(shape, n) for n, _ in PROJECTIONS), "gemv QKV")  # fmt: skip
-        return [fused, *epilogues]
-    launches = []
-    for name, label in PROJECTIONS:
-        launches.append(_matmul(matmul, label, rows, e, widths[name], ("xn", f"w{name}"),
-                                _projected(shape, name)))  # fmt: skip
-        launches += _epilogue(shape, rows, name)
-    return launches
+def _fused_projections(shape: ModelShape, matmul: str, types: WeightTypes) -> bool:
+    """Decode's Q/K/V GEMVs are one launch, RMSNorm its prologue, when their weights
+    share a type (one kernel) and a core holds the prologue's data."""
+    kinds = {types[_weight_source(n)] for n, _ in PROJECTIONS}
+    return matmul == "gemv" and len(kinds) == 1 and gemv.prologue_fits(shape.hidden, *kinds)
+
+
+def _ffn_prologue(shape: ModelShape, matmul: str, types: WeightTypes) -> bool:
+    """Whether decode's gate+up GEMV takes the FFN's RMSNorm as its prologue."""
+    return matmul == "gemv" and gemv.prologue_fits(
+        shape.hidden, types[GATE.removeprefix(LAYER)], SWIGLU
+    )
 
 
 def _weight_source(name: str) -> str:
@@ -166,10 +167,25 @@ def _weight_source(name: str) -> str:
 def _rms_projections_rope(
     shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
 ) -> list[Launch]:
-    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope."""
+    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope.
+    Decode's three GEMVs, when their weights share a type, are one launch with RMSNorm
+    as its prologue (aiebuild/ops/gemv.py): one launch where there were four, three
+    reconfigurations of the array fewer."""
     e, dh = shape.hidden, shape.head_dim
-    norm = Launch("rmsnorm", rmsnorm.params(rows, e, shape.rms_eps), ("x", "attn_norm"), ("xn",))
-    launches = [norm, *_projections(shape, rows, matmul, types)]
+    widths = {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
+    if _fused_projections(shape, matmul, types):
+        params = gemv.params(rows, e, sum(widths.values()), rmsnorm_eps=shape.rms_eps)
+        inputs = ("x", "attn_norm", *(f"w{n}" for n, _ in PROJECTIONS))
+        outputs = tuple(_projected(shape, n) for n, _ in PROJECTIONS)
+        launches = [Launch("gemv", params, inputs, outputs, "gemv QKV")]
+        launches += [stage for n, _ in PROJECTIONS for stage in _epilogue(shape, rows, n)]
+    else:
+        norm = rmsnorm.params(rows, e, shape.rms_eps)
+        launches = [Launch("rmsnorm", norm, ("x", "attn_norm"), ("xn",))]
+        for name, label in PROJECTIONS:
+            launches.append(_matmul(matmul, label, rows, e, widths[name], ("xn", f"w{name}"),
+                                    _projected(shape, name)))  # fmt: skip
+            launches += _epilogue(shape, rows, name)
     return [
         *launches,
         Launch("rope", rope.params(rows, shape.n_heads, dh), ("q", "rope"), ("q_roped",), "rope Q"),
@@ -222,13 +238,19 @@ def _epilogue_args(shape: ModelShape, rows: int) -> list[ArgSpec]:
     return args
 
 
+def _norm_weight(name: str, e: int, source: str, prologue: bool) -> ArgSpec:
+    """An RMSNorm weight: bf16, or widened to fp32 at preload (exact) for a GEMV's
+    prologue, which receives it in the fifo that brings the fp32 residual stream."""
+    return _arg(name, (e,), W, LAYER + source, dtype=F32 if prologue else "bf16")
+
+
 def _projection_args(
-    shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES
+    shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES, prologue: bool = False
 ) -> list[ArgSpec]:
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
     return [
         _arg("x", (rows, e), IN, dtype=F32),
-        _arg("attn_norm", (e,), W, LAYER + "input_layernorm.weight"),
+        _norm_weight("attn_norm", e, "input_layernorm.weight", prologue),
         _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", types),
         _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", types),
         _matrix("wv", kv, e, LAYER + "self_attn.v_proj.weight", types),
@@ -261,7 +283,7 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
 def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec:
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, types)),
+        tuple(_projection_args(shape, 1, types, _fused_projections(shape, "gemv", types))),
         tuple(_rms_projections_rope(shape, 1, "gemv", types)),
     )  # fmt: skip
 
@@ -304,23 +326,19 @@ def chunk_pasts(buckets: Iterable[int], context: int) -> range:
 GATE, UP = LAYER + "mlp.gate_proj.weight", LAYER + "mlp.up_proj.weight"
 
 
-def _swiglu_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
-    """a = silu(hn W_gate^T) * (hn W_up^T): in prefill two GEMMs and silu_mul; in decode
-    one GEMV over gate and up interleaved with silu_mul as its epilogue (two launches,
-    so two reconfigurations of the array, fewer: aiebuild/ops/gemv.py)."""
+def _swiglu_gemms(shape: ModelShape, rows: int) -> list[Launch]:
+    """a = silu(hn W_gate^T) * (hn W_up^T) in prefill: two GEMMs and silu_mul (decode's
+    is one GEMV launch, its silu_mul the epilogue: _o_ffn_launches)."""
     e, f = shape.hidden, shape.ffn
-    if matmul == "gemv":
-        params = gemv.params(rows, e, 2 * f, SWIGLU)
-        return [Launch("gemv", params, ("hn", "w_gate_up"), ("a",), "gemv gate+up SwiGLU")]
     return [
-        _matmul(matmul, "gemm gate", rows, e, f, ("hn", "w_gate"), "g"),
-        _matmul(matmul, "gemm up", rows, e, f, ("hn", "w_up"), "u"),
+        _matmul("gemm", "gemm gate", rows, e, f, ("hn", "w_gate"), "g"),
+        _matmul("gemm", "gemm up", rows, e, f, ("hn", "w_up"), "u"),
         Launch("silu_mul", eltwise.params(rows, f), ("g", "u"), ("a",)),
     ]
 
 
 def _swiglu_weights(shape: ModelShape, matmul: str, types: WeightTypes) -> list[ArgSpec]:
-    """The weights of _swiglu_launches: for the GEMV gate and up as one weight [2F, ...],
+    """The weights of SwiGLU's gate and up: for the GEMV one weight [2F, ...],
     their rows interleaved (in one type: aiebuild/weights.py SWIGLU_PAIR)."""
     e, f = shape.hidden, shape.ffn
     if matmul == "gemv":
@@ -330,14 +348,28 @@ def _swiglu_weights(shape: ModelShape, matmul: str, types: WeightTypes) -> list[
     return [_matrix("w_gate", f, e, GATE, types), _matrix("w_up", f, e, UP, types)]
 
 
-def _o_ffn_launches(shape: ModelShape, rows: int, matmul: str) -> list[Launch]:
+def _o_ffn_launches(
+    shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
+) -> list[Launch]:
+    """The O projection and the FFN, each with its residual add. Decode's gate and up
+    are one GEMV with silu_mul its epilogue and, where a core holds it, the FFN's
+    RMSNorm its prologue (aiebuild/ops/gemv.py): one launch where prefill has four."""
     e, f, q = shape.hidden, shape.ffn, shape.q_dim
     residual, norm = eltwise.params(rows, e), rmsnorm.params(rows, e, shape.rms_eps)
+    normed = [Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",))]
+    if _ffn_prologue(shape, matmul, types):
+        gate_up = gemv.params(rows, e, 2 * f, SWIGLU, rmsnorm_eps=shape.rms_eps)
+        ffn = [Launch("gemv", gate_up, ("h", "ffn_norm", "w_gate_up"), ("a",),
+                      "gemv RMSNorm + gate+up SwiGLU")]  # fmt: skip
+    elif matmul == "gemv":
+        gate_up = gemv.params(rows, e, 2 * f, SWIGLU)
+        ffn = [*normed, Launch("gemv", gate_up, ("hn", "w_gate_up"), ("a",), "gemv gate+up SwiGLU")]
+    else:
+        ffn = [*normed, *_swiglu_gemms(shape, rows)]
     return [
         _matmul(matmul, "gemm O", rows, q, e, ("attn_out", "wo"), "o"),
         Launch("add", residual, ("o", "x"), ("h",), "add residual"),
-        Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",)),
-        *_swiglu_launches(shape, rows, matmul),
+        *ffn,
         _matmul(matmul, "gemm down", rows, f, e, ("a", "w_down"), "d"),
         Launch("add", residual, ("d", "h"), ("y",), "add residual"),
     ]
@@ -351,7 +383,9 @@ def _o_ffn_args(
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
         _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", types),
-        _arg("ffn_norm", (e,), W, LAYER + "post_attention_layernorm.weight"),
+        _norm_weight(
+            "ffn_norm", e, "post_attention_layernorm.weight", _ffn_prologue(shape, matmul, types)
+        ),  # fmt: skip
         *_swiglu_weights(shape, matmul, types),
         _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", types),
         _arg("o", (rows, e), MID),
@@ -410,7 +444,7 @@ def o_gemv_ffn(shape: ModelShape, context: int, types: WeightTypes = BF16_TYPES)
         _arg("attn_out", (1, shape.q_dim), MID),
         *(arg for arg in _o_ffn_args(shape, 1, "gemv", types) if arg.name != "attn_out"),
     )
-    launches = (attend, *_o_ffn_launches(shape, 1, "gemv"))
+    launches = (attend, *_o_ffn_launches(shape, 1, "gemv", types))
     return _elf(O_GEMV_FFN, "decode", 0, args, launches)
 
 

@@ -69,7 +69,7 @@ class BufferManager:
         self.device = device
         self.resolve_source = resolve_source
         self.keep_plain = keep_plain
-        self._weights: dict[tuple[str, str, tuple[int, ...]], Buffer] = {}
+        self._weights: dict[tuple[str, str, tuple[int, ...], str], Buffer] = {}
         self._pooled: dict[tuple[str, str], Buffer] = {}
         self._outputs: dict[tuple[str, str], list[Buffer]] = {}
         self._caches: dict[tuple[str, str, int | None], Buffer] = {}
@@ -106,7 +106,7 @@ class BufferManager:
 
     def _weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
-        key = (source, arg.layout, arg.shape)
+        key = (source, arg.layout, arg.shape, arg.dtype)
         if key not in self._weights:
             buffer = self.device.alloc(arg, source, **self._reads(arg))
             self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
@@ -178,12 +178,12 @@ class BufferManager:
 
     def _bound_weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
         source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
-        buffer = self._weights.get((source, arg.layout, arg.shape))
+        buffer = self._weights.get((source, arg.layout, arg.shape, arg.dtype))
         if buffer is None:
             # Not preloaded: bind an unwritten buffer, which the device refuses to
             # read (DeviceError naming it) instead of computing on zeros.
             buffer = self.device.alloc(arg, source)
-            self._weights[(source, arg.layout, arg.shape)] = buffer
+            self._weights[(source, arg.layout, arg.shape, arg.dtype)] = buffer
         return buffer
 
     def _bound_input(self, spec: ElfSpec, arg: ArgSpec, value: Any) -> tuple[Buffer, int]:

@@ -218,6 +218,8 @@ class Session:
         tensor = parts[0] if group is None else interleave_rows(parts, group)
         if dtype in QUANT_DTYPES:
             return quantized_weight(tensor, dtype, layout, shape)
+        if dtype == "f32":  # a norm weight a GEMV's prologue reads (aiebuild/ops/gemv.py)
+            return tensor.astype(np.float32)
         if layout == "partitioned_rows":  # [V, E] -> zero-padded [P, rows, E]
             padded = np.zeros((shape[0] * shape[1], shape[2]), BF16)
             padded[: tensor.shape[0]] = tensor

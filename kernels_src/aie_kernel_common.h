@@ -112,3 +112,25 @@ template <unsigned N>
 static inline void store_as(float *p, aie::vector<float, N> v) {
   aie::store_v(p, v);
 }
+
+// RMSNorm of one row of E values: y = x / sqrt(mean(x^2) + eps) * w, per-lane partial
+// sums of squares (S), the scalar inverse square root (L), fp32 products (M), y rounded
+// to bf16 (R; the caller has set the mode). w is bf16, or fp32 holding bf16 values
+// (widened exactly). rmsnorm.cc's launches and gemv.cc's RMSNorm prologue both
+// normalize so.
+template <int E, typename x_t, typename w_t>
+static inline void rms_normalize(const x_t *x, const w_t *w, bfloat16 *y, float eps) {
+  constexpr int lanes = 16;
+  static_assert(E % lanes == 0, "the row length must be a multiple of 16");
+  aie::accum<accfloat, lanes> squares = aie::zeros<accfloat, lanes>();
+  for (int i = 0; i < E; i += lanes) {
+    aie::vector<float, lanes> v = load_f32<lanes>(x + i);
+    squares = aie::mac(squares, v, v);
+  }
+  const float mean = aie::reduce_add(squares.template to_vector<float>()) / float(E);
+  const float scale = aie::invsqrt(mean + eps);
+  for (int i = 0; i < E; i += lanes) {
+    aie::vector<float, lanes> v = aie::mul(load_f32<lanes>(x + i), scale).template to_vector<float>();
+    store_as<lanes>(y + i, aie::mul(v, load_f32<lanes>(w + i)).template to_vector<float>());
+  }
+}

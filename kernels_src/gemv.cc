@@ -14,6 +14,11 @@
 // -D AIEK_SWIGLU=1 (TN = 32) adds gemv_<fmt>_<K>x32x<TK>_swiglu(x, w, a[16], state):
 // SwiGLU's silu(g) * u as the epilogue of a block of 16 gate rows then the same 16 up
 // rows (aierun/abi.py interleave_rows, aierun/ops/matmul.py gemv).
+// -D AIEK_RMSNORM=1 -D AIEK_EPS=<eps> adds gemv_<fmt>_<suffix>_rmsnorm(x[K] fp32,
+// norm[K] fp32, xn[K]): RMSNorm as the launch's prologue, called once per core before
+// its GEMV calls, which then read xn (the residual stream and the norm weight, widened
+// exactly to fp32 at preload, arrive as two objects of one fifo; every core normalizes
+// its own copy with the arithmetic of rmsnorm.cc, rms_normalize).
 // Relies on (S) for the per-row reduction order, (R) for the bf16 variant's rounding,
 // (L) and (M) for the epilogue's exp, reciprocal and products.
 #include "aie_kernel_common.h"
@@ -23,6 +28,9 @@
 #endif
 #ifndef AIEK_SWIGLU
 #define AIEK_SWIGLU 0
+#endif
+#ifndef AIEK_RMSNORM
+#define AIEK_RMSNORM 0
 #endif
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_K, x, AIEK_TN, x, AIEK_TK)
 static constexpr int LANES = 32;   // bf16 per 512-bit load
@@ -145,5 +153,12 @@ extern "C" void AIEK_ENTRY(_swiglu)(const bfloat16 *x, const w_t *w, bfloat16 *a
   const aie::vector<float, HALF> gate = round_bf16(aie::load_v<HALF>(s->sums));
   const aie::vector<float, HALF> up = round_bf16(aie::load_v<HALF>(s->sums + HALF));
   store_as<HALF>(a, silu_mul(gate, up, aie::broadcast<float, HALF>(1.0f)));
+}
+#endif
+
+#if AIEK_RMSNORM
+extern "C" void AIEK_ENTRY(_rmsnorm)(const float *x, const float *norm, bfloat16 *xn) {
+  set_round_to_nearest_even();
+  rms_normalize<AIEK_K>(x, norm, xn, AIEK_EPS);
 }
 #endif

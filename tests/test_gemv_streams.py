@@ -33,3 +33,32 @@ def test_each_stream_runs_consecutive_blocks_of_one_part_and_all_are_covered():
     for part, count in enumerate(blocks):
         covered = [i for j, run in streams if j == part for i in run]
         assert covered == list(range(count))
+
+
+@pytest.mark.parametrize("k", [576, 2048, 3072, 4096])
+@pytest.mark.parametrize("dtype", ["bf16", "q4_0", "q8_0"])
+@pytest.mark.parametrize("epilogue", [None, "swiglu"])
+def test_prologue_fits_says_what_the_rules_check_finds(k, dtype, epilogue):
+    """specs.py keeps an RMSNorm launch where `prologue_fits` says a core has no room:
+    the answer must be the rules check's on the launch itself."""
+    from aiebuild import placed
+    from aiebuild.array.rules import RulesError
+    from aiebuild.ops import gemv
+    from aierun.abi import ArgSpec, ElfSpec, Launch, Role
+
+    n = 2 * 2048 if epilogue else 2048
+    params = gemv.params(1, k, n, epilogue, rmsnorm_eps=1e-5)
+    rows = gemv.weight_shape(n, k, dtype)
+    args = (
+        ArgSpec("x", (1, k), "f32", Role.INPUT),
+        ArgSpec("norm", (k,), "f32", Role.WEIGHT, "norm"),
+        ArgSpec("w", rows, dtype, Role.WEIGHT, "w", gemv.weight_layout(k, dtype, epilogue)),
+        ArgSpec("y", (1, n // 2 if epilogue else n), "bf16", Role.OUTPUT),
+    )
+    spec = ElfSpec("g", "decode", 0, args, (Launch("gemv", params, ("x", "norm", "w"), ("y",)),))
+    try:
+        placed.require_legal([spec])
+        legal = True
+    except RulesError:
+        legal = False
+    assert gemv.prologue_fits(k, dtype, epilogue) == legal

@@ -201,6 +201,9 @@ class Stream:
     handle: Any
     patterns: list[Any | None]
     drain: bool = False
+    # Further objects the same fifo takes in the first phase, after the first one: each
+    # (argument position, pattern), e.g. a vector and the weight a core holds beside it.
+    then: tuple[tuple[int, Any], ...] = ()
 
 
 def once(pattern: Any, phases: int) -> list[Any | None]:
@@ -234,8 +237,10 @@ def stream_program(args: list[ArgSpec], streams: list[Stream], workers: list[Any
                     continue
                 if stream.drain:
                     handle.drain(buffers[stream.arg], tap=pattern, wait=True, group=group)
-                else:
-                    handle.fill(buffers[stream.arg], tap=pattern, group=group)
+                    continue
+                handle.fill(buffers[stream.arg], tap=pattern, group=group)
+                for arg, more in stream.then if phase == 0 else ():
+                    handle.fill(buffers[arg], tap=more, group=group)
             group.finish()
 
     handles = [s.handle for s in streams]

@@ -31,6 +31,14 @@ of gate, the same 16 of up) and a block writes the 16 values silu(g) * u, g and 
 rounded to bf16 first as the separate GEMVs wrote them (kernels_src/gemv.cc
 AIEK_SWIGLU, aierun/ops/matmul.py gemv). N counts the rows of w, so y has N / 2.
 
+The "rmsnorm" prologue (launch param `prologue`, with `eps`) takes the RMSNorm before
+a GEMV into its launch: x arrives as the fp32 residual stream, followed in the same
+fifo by the norm weight (widened exactly to fp32 at preload, so both objects have one
+type: a core has only two input channels, for x and w), and every core normalizes its
+own copy into a bf16 xn before its GEMV calls (kernels_src/gemv.cc AIEK_RMSNORM, the
+arithmetic of rmsnorm.cc). It needs room for x, the weight and xn beside two w steps
+(`prologue_fits`); where a core has none, the RMSNorm stays a launch of its own.
+
 A launch may multiply x by several weights of one type and K, each into its own output
 (decode's Q, K and V projections: one launch where three would cost two more
 reconfigurations): its args are x, the weights, then their outputs. Each weight stream
@@ -44,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from aiebuild.array.geometry import COLUMNS, cores
+from aiebuild.array.rules import CORE_DATA_MEMORY, DEFAULT_STACK
 from aiebuild.ops.common import (
     SHIM_ITERATIONS,
     KernelObject,
@@ -97,6 +106,9 @@ def state_floats(rows: int) -> int:
     return rows * (LANES + 1) + 1
 
 
+RMSNORM = "rmsnorm"  # the launch's `prologue`
+
+
 def weight_layout(k: int, dtype: str, epilogue: str | None = None) -> str:
     """The ArgSpec layout of a GEMV weight of this type (rows as the checkpoint's for
     bf16, the records of aierun/ops/quant.py for a block type); SwiGLU's gate and up
@@ -119,17 +131,40 @@ def record_bytes(k: int, dtype: str, rows: int) -> int:
 
 def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
-    params = {"K": k, "TN": step_rows(epilogue), "TK": tk(k), "WFMT": quant.WFMT[args[1].dtype]}
+    w = args[weight_positions(launch)[0]]
+    params = {"K": k, "TN": step_rows(epilogue), "TK": tk(k), "WFMT": quant.WFMT[w.dtype]}
     if epilogue == SWIGLU:
         params["SWIGLU"] = True
+    if launch.params.get("prologue") == RMSNORM:
+        params |= {"RMSNORM": True, "EPS": float(launch.params["eps"])}
     return kernel_object("gemv.cc", params)
 
 
-def symbol(launch: Launch, w_dtype: str, out_dtype: str) -> str:
+def symbol(launch: Launch, w_dtype: str, out_dtype: str, entry: str | None = None) -> str:
     """The object has a bf16-output and an fp32-output entry point (LM head logits),
-    and with the SwiGLU epilogue the `_swiglu` one."""
+    and with the SwiGLU epilogue the `_swiglu` one; `entry` names another (the
+    prologue's `rmsnorm`)."""
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
-    return f"gemv_{w_dtype}_{k}x{step_rows(epilogue)}x{tk(k)}_{epilogue or out_dtype}"
+    return f"gemv_{w_dtype}_{k}x{step_rows(epilogue)}x{tk(k)}_{entry or epilogue or out_dtype}"
+
+
+def prologue_fits(k: int, w_dtype: str, epilogue: str | None = None) -> bool:
+    """Whether a core holds the RMSNorm prologue's data beside its GEMV's: x and the
+    norm weight (fp32, K each, one fifo of depth 2), xn (bf16, K), two w steps, its
+    state, two y blocks and the default stack (the rules check counts the same)."""
+    rows = step_rows(epilogue)
+    needed = (
+        2 * k * 4 + k * BF16.itemsize + 2 * record_bytes(k, w_dtype, rows)
+        + state_floats(rows) * 4 + 2 * block_values(epilogue) * 4 + DEFAULT_STACK
+    )  # fmt: skip
+    return needed <= CORE_DATA_MEMORY
+
+
+def weight_positions(launch: Launch) -> range:
+    """Where the weights are among the launch's inputs: after x (and the RMSNorm
+    prologue's weight), one per output."""
+    first = 2 if launch.params.get("prologue") == RMSNORM else 1
+    return range(first, first + len(launch.outputs))
 
 
 def stream_cores(columns: int, core_rows: int, blocks: int) -> list[tuple[int, int]]:
@@ -166,40 +201,46 @@ def part_runs(blocks: list[int], streams: int) -> list[tuple[int, range]]:
             for run in runs(count, share)]  # fmt: skip
 
 
-def parts(args: list[ArgSpec]) -> int:
-    """How many weights the launch multiplies x by: its args are x, the weights, then
-    one output per weight."""
-    return (len(args) - 1) // 2
-
-
 def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
-    count = parts(args)
-    weights, outputs = args[1 : 1 + count], args[1 + count :]
+    at = weight_positions(launch)
+    weights, outputs = [args[i] for i in at], args[len(launch.inputs) :]
     w, y = weights[0], outputs[0]  # one kernel: every weight has w's type, every output y's
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
+    prologue = launch.params.get("prologue") == RMSNORM
     columns, core_rows = array(launch)
     TK, rows = tk(k), step_rows(epilogue)  # noqa: N806 (the kernel's -D name)
     k_tiles = tiles(k, TK, "K")
-    blocks = [tiles(weight.shape[0] if count > 1 else launch.params["N"], rows, "N")
+    blocks = [tiles(weight.shape[0] if len(weights) > 1 else launch.params["N"], rows, "N")
               for weight in weights]  # fmt: skip
     cores = stream_cores(columns, core_rows, sum(blocks))
     stream_runs = part_runs(blocks, len(cores))
     record, values = record_bytes(k, w.dtype, rows), block_values(epilogue)
-    x_ty = tensor((k,), BF16)
+    # x, or with the prologue x (the fp32 residual stream) then the norm weight (fp32):
+    # two objects of one fifo, which every core holds for the whole launch.
+    x_ty = tensor((k,), np.dtype(np.float32) if prologue else BF16)
+    xn_ty = tensor((k,), BF16)
     w_ty = tensor((rows, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
     y_ty = tensor((values,), y.np_dtype)
     state_ty = tensor((state_floats(rows),), np.dtype(np.float32))
-    gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), kernel(launch, args).name,
-                      [x_ty, w_ty, y_ty, state_ty])  # fmt: skip
-    x_in = lib.ObjectFifo(x_ty, depth=1, name="x")
+    obj = kernel(launch, args).name
+    gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), obj, [xn_ty, w_ty, y_ty, state_ty])
+    norm = lib.Kernel(symbol(launch, w.dtype, y.dtype, RMSNORM), obj, [x_ty, x_ty, xn_ty])
+    x_in = lib.ObjectFifo(x_ty, depth=1 + prologue, name="x")
+
     w_in = [lib.ObjectFifo(w_ty, name=f"w{s}") for s in range(len(cores))]
     y_out = [lib.ObjectFifo(y_ty, name=f"y{s}") for s in range(len(cores))]
 
     def body(count: int):
-        def core(xs, ws, ys, counters, fn):
-            vector = xs.acquire(1)
+        def core(xs, ws, ys, counters, fn, *prologue_args):
+            if prologue:  # xn (no initial value: the prologue writes it) and its kernel
+                normalized, norm_fn = prologue_args
+                held = xs.acquire(2)
+                norm_fn(held[0], held[1], normalized)
+                vector = normalized
+            else:
+                vector = xs.acquire(1)
             for _ in range_(count):
                 out = ys.acquire(1)
                 for _ in range_(k_tiles):  # the kernel counts the k tiles in `counters`
@@ -207,7 +248,7 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
                     fn(vector, block, out, counters)
                     ws.release(1)
                 ys.release(1)
-            xs.release(1)
+            xs.release(1 + prologue)
 
         return core
 
@@ -215,11 +256,12 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         lib.Worker(body(len(stream_runs[s][1])), [
             x_in.cons(), w_in[s].cons(), y_out[s].prod(),
             scratch_buffer(lib, f"state{s}", (state_floats(rows),), np.dtype(np.float32)), gemv,
+            *([lib.Buffer(xn_ty, name=f"xn{s}"), norm] if prologue else []),
         ], tile=core_tile(lib, c, r))
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
-    w_at = [slice_offset(launch, args, 1 + j) for j in range(count)]
-    y_at = [slice_offset(launch, args, 1 + count + j) for j in range(count)]
+    w_at = [slice_offset(launch, args, i) for i in at]
+    y_at = [slice_offset(launch, args, len(launch.inputs) + j) for j in range(len(outputs))]
     pieces = [[run[i : i + SHIM_ITERATIONS] for i in range(0, len(run), SHIM_ITERATIONS)]
               for _, run in stream_runs]  # fmt: skip
     phases = max(len(p) for p in pieces)
@@ -229,40 +271,48 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         return moves + [None] * (phases - len(moves))
 
     def w_tap(part: int, piece: range) -> Any:
-        shape, at = weights[part].shape, w_at[part]
+        shape, offset = weights[part].shape, w_at[part]
         if w.dtype != "bf16":  # the records of a run lie one after another
-            at, run = at + piece.start * k_tiles * record, k_tiles * record
-            return tap(shape, at, [1, len(piece), k_tiles, record], [0, run, record, 1])
-        return tap(shape, at + piece.start * rows * k, [len(piece), k_tiles, rows, TK],
+            offset, run = offset + piece.start * k_tiles * record, k_tiles * record
+            return tap(shape, offset, [1, len(piece), k_tiles, record], [0, run, record, 1])
+        return tap(shape, offset + piece.start * rows * k, [len(piece), k_tiles, rows, TK],
                    [rows * k, TK, k, 1])  # fmt: skip
 
     def y_tap(part: int, piece: range) -> Any:
-        at = y_at[part] + piece.start * values
-        return contiguous(outputs[part].shape, at, len(piece) * values)
+        offset = y_at[part] + piece.start * values
+        return contiguous(outputs[part].shape, offset, len(piece) * values)
 
-    def arg(s: int, first: int) -> int:
-        return first + stream_runs[s][0]
-
+    then = ((1, whole(args[1])),) if prologue else ()
     streams = [
-        Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases)),
-        *(Stream(arg(s, 1), w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
+        Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases), then=then),
+        *(Stream(at[stream_runs[s][0]], w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
           for s, (c, _) in enumerate(cores)),
-        *(Stream(arg(s, 1 + count), y_out[s].cons(tile=shim_tile(lib, c)), per_phase(s, y_tap),
-                 drain=True)
+        *(Stream(len(launch.inputs) + stream_runs[s][0], y_out[s].cons(tile=shim_tile(lib, c)),
+                 per_phase(s, y_tap), drain=True)
           for s, (c, _) in enumerate(cores)),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
 
 
 def params(
-    m: int, k: int, n: int, epilogue: str | None = None, channels: int = 2
-) -> dict[str, int | str]:
+    m: int,
+    k: int,
+    n: int,
+    epilogue: str | None = None,
+    channels: int = 2,
+    rmsnorm_eps: float | None = None,
+) -> dict[str, Any]:
     """A GEMV's cores: one weight stream per shim input channel but the one that
     broadcasts x, each feeding one core, as many as there are output blocks. N counts
     the rows of w (gate's and up's together for the SwiGLU epilogue). `channels`: the
-    weight channels per column's shim, 2 (ours) or 1 (upstream matvec.py's layout)."""
+    weight channels per column's shim, 2 (ours) or 1 (upstream matvec.py's layout).
+    `rmsnorm_eps`: x arrives as the fp32 residual stream and every core RMS-normalizes
+    it first (the prologue), which saves the array an rmsnorm launch's
+    reconfiguration."""
     blocks = n // step_rows(epilogue)
-    extra = {} if epilogue is None else {"epilogue": epilogue}
+    extra: dict[str, Any] = {} if epilogue is None else {"epilogue": epilogue}
+    if rmsnorm_eps is not None:
+        extra |= {"prologue": RMSNORM, "eps": rmsnorm_eps}
     if channels == 1:
         return {"M": m, "K": k, "N": n, **cores(min(COLUMNS, blocks), 1), **extra}
     streams = min(2 * COLUMNS - 1, blocks)

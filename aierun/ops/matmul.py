@@ -12,7 +12,7 @@ and writes silu(g) * u.
 import numpy as np
 
 from aierun.abi import SWIGLU, SWIGLU_GROUP
-from aierun.ops import eltwise, quant
+from aierun.ops import eltwise, norm, quant
 from aierun.ops.numerics import to_bf16, to_bfp16
 
 
@@ -25,13 +25,19 @@ def gemm(params: dict, x: np.ndarray, weight: np.ndarray | quant.Blocks) -> tupl
     return (np.asarray(x @ weight.reshape(-1, weight.shape[-1]).T),)
 
 
-def gemv(
-    params: dict, x: np.ndarray, *weights: np.ndarray | quant.Blocks
-) -> tuple[np.ndarray, ...]:
+def gemv(params: dict, x: np.ndarray, *rest: np.ndarray | quant.Blocks) -> tuple[np.ndarray, ...]:
     """The GEMM's arithmetic at M = 1, one output per weight (a launch may multiply x
-    by several, e.g. the Q, K and V projections), then the launch's epilogue: for
-    SwiGLU, each block's gate and up dot products rounded to bf16 first (the values two
-    GEMVs would write), then silu_mul on them (kernels_src/gemv.cc AIEK_SWIGLU)."""
+    by several, e.g. the Q, K and V projections), with the launch's prologue and
+    epilogue (kernels_src/gemv.cc):
+    - prologue "rmsnorm" (rest: the norm weight, then the weights): x is the fp32
+      residual stream, RMS-normalized and rounded to bf16 first, as an rmsnorm launch
+      would write it;
+    - epilogue "swiglu": each block's gate and up dot products rounded to bf16 first
+      (the values two GEMVs would write), then silu_mul on them."""
+    weights = list(rest)
+    if params.get("prologue") == "rmsnorm":
+        (normed,) = norm.rmsnorm(params, x, weights.pop(0))
+        x = to_bf16(normed).astype(np.float32)
     if len(weights) > 1:
         return tuple(gemm(params, x, weight)[0] for weight in weights)
     (y,) = gemm(params, x, weights[0])

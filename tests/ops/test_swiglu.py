@@ -84,8 +84,9 @@ def test_decode_runs_gate_up_and_silu_mul_as_one_launch_prefill_as_three(weights
     decode, prefill = by_name["o_gemv_ffn"], by_name["o_ffn"]
     (fused,) = [launch for launch in decode.launches if launch.outputs == ("a",)]
     assert fused.op == "gemv" and fused.params["epilogue"] == SWIGLU
-    assert fused.params["N"] == 2 * SHAPE.ffn and fused.inputs == ("hn", "w_gate_up")
-    assert not {"silu_mul"} & {launch.op for launch in decode.launches}
+    assert fused.params["N"] == 2 * SHAPE.ffn and fused.inputs == ("h", "ffn_norm", "w_gate_up")
+    assert fused.params["prologue"] == "rmsnorm" and decode.arg("ffn_norm").dtype == "f32"
+    assert not {"rmsnorm", "silu_mul"} & {launch.op for launch in decode.launches}
     w = decode.arg("w_gate_up")
     assert w.source.count("+") == 1 and w.dtype == weights
     assert w.shape == gemv.weight_shape(2 * SHAPE.ffn, SHAPE.hidden, weights)

@@ -1,0 +1,73 @@
+"""Decode's fused GEMV launches (aiebuild/ops/gemv.py) compute what the launches they
+replace computed, value for value: the RMSNorm prologue what an rmsnorm launch wrote
+(bf16) and a GEMV then read, and the three-weight launch what three GEMVs wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiebuild import specs
+from aiebuild.ops import gemv
+from aierun.ops import OPS
+from aierun.ops.numerics import to_bf16
+from tests.ops.test_quant import blocks_of
+from tests.ops.test_swiglu import as_device
+from tests.sim.test_designs_simulated import SHAPE
+
+K, EPS = 512, 1e-5
+
+
+def bf16_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return to_bf16(rng.standard_normal(shape, np.float32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("weights", ["bf16", "q4_0"])
+def test_the_rmsnorm_prologue_is_the_rmsnorm_launch_then_the_gemv(weights):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, K), np.float32) * 4  # the fp32 residual stream
+    norm = bf16_values(rng, (K,))  # the weight, widened exactly to fp32 at preload
+    w = bf16_values(rng, (64, K)) if weights == "bf16" else as_device(
+        blocks_of(weights, rows=64, k=K), weights, None
+    )
+    fused = gemv.params(1, K, 64, rmsnorm_eps=EPS)
+    (normed,) = OPS["rmsnorm"]({"eps": EPS}, x, norm)
+    (expected,) = OPS["gemv"](gemv.params(1, K, 64), to_bf16(normed).astype(np.float32), w)
+    (ours,) = OPS["gemv"](fused, x, norm, w)
+    assert np.array_equal(ours, expected)
+    (unnormed,) = OPS["gemv"](gemv.params(1, K, 64), to_bf16(x).astype(np.float32), w)
+    assert not np.allclose(ours, unnormed)  # the prologue did something
+
+
+def test_one_launch_over_three_weights_writes_what_three_gemvs_wrote():
+    rng = np.random.default_rng(4)
+    x = bf16_values(rng, (1, K))
+    weights = [bf16_values(rng, (rows, K)) for rows in (128, 32, 32)]
+    outputs = OPS["gemv"](gemv.params(1, K, 192), x, *weights)
+    assert len(outputs) == 3
+    for w, ours in zip(weights, outputs, strict=True):
+        (alone,) = OPS["gemv"](gemv.params(1, K, len(w)), x, w)
+        assert np.array_equal(ours, alone)
+
+
+def test_decode_projections_are_one_launch_with_the_norm_and_prefill_keeps_four():
+    by_name = {s.name: s for s in specs.model_specs(SHAPE, (64,), "q4_0")}
+    decode, prefill = by_name["rms_gemv_rope"], by_name["rms_gemms_rope"]
+    (fused,) = [launch for launch in decode.launches if launch.op == "gemv"]
+    assert fused.inputs == ("x", "attn_norm", "wq", "wk", "wv")
+    assert fused.params["prologue"] == "rmsnorm" and decode.arg("attn_norm").dtype == "f32"
+    assert "xn" not in {arg.name for arg in decode.args}  # kept in core memory
+    assert [launch.op for launch in prefill.launches][:4] == ["rmsnorm", "gemm", "gemm", "gemm"]
+    assert prefill.arg("attn_norm").dtype == "bf16"
+
+
+def test_a_core_without_room_for_the_prologue_keeps_the_rmsnorm_launch():
+    """Llama-3.1-8B's hidden 4096 in bf16: x, the weight and xn beside two 32-row steps
+    of gate+up exceed a core's 64 KiB, so decode normalizes in a launch of its own."""
+    from aierun.model import ModelShape
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS["Llama-3.1-8B"])
+    decode = next(s for s in specs.model_specs(shape, (64,), "bf16") if s.name == "o_gemv_ffn")
+    ops = [launch.op for launch in decode.launches]
+    assert "rmsnorm" in ops and decode.arg("ffn_norm").dtype == "bf16"
