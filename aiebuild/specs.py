@@ -167,7 +167,8 @@ def _weight_source(name: str) -> str:
 def _rms_projections_rope(
     shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
 ) -> list[Launch]:
-    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope.
+    """RMSNorm, the Q/K/V projections (each followed by its family's epilogue), rope of
+    Q and K (one launch).
     Decode's three GEMVs, when their weights share a type, are one launch with RMSNorm
     as its prologue (aiebuild/ops/gemv.py): one launch where there were four, three
     reconfigurations of the array fewer."""
@@ -186,13 +187,10 @@ def _rms_projections_rope(
             launches.append(_matmul(matmul, label, rows, e, widths[name], ("xn", f"w{name}"),
                                     _projected(shape, name)))  # fmt: skip
             launches += _epilogue(shape, rows, name)
-    return [
-        *launches,
-        Launch("rope", rope.params(rows, shape.n_heads, dh), ("q", "rope"), ("q_roped",), "rope Q"),
-        Launch(
-            "rope", rope.params(rows, shape.n_kv_heads, dh), ("k", "rope"), ("k_roped",), "rope K"
-        ),
-    ]
+    heads = [shape.n_heads, shape.n_kv_heads]
+    rotate = Launch("rope", rope.params(rows, heads, dh), ("q", "k", "rope"),
+                    ("q_roped", "k_roped"), "rope Q, K")  # fmt: skip
+    return [*launches, rotate]
 
 
 def _stages(shape: ModelShape, name: str) -> list[str]:

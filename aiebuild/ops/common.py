@@ -201,8 +201,9 @@ class Stream:
     handle: Any
     patterns: list[Any | None]
     drain: bool = False
-    # Further objects the same fifo takes in the first phase, after the first one: each
-    # (argument position, pattern), e.g. a vector and the weight a core holds beside it.
+    # Further transfers of the same fifo in the first phase, after its pattern, each
+    # (argument position, pattern): objects of several arguments through one channel
+    # (a vector and the weight a core holds beside it; rope's q rows, then its k rows).
     then: tuple[tuple[int, Any], ...] = ()
 
 
@@ -235,12 +236,11 @@ def stream_program(args: list[ArgSpec], streams: list[Stream], workers: list[Any
                 pattern = stream.patterns[phase]
                 if pattern is None:
                     continue
-                if stream.drain:
-                    handle.drain(buffers[stream.arg], tap=pattern, wait=True, group=group)
-                    continue
-                handle.fill(buffers[stream.arg], tap=pattern, group=group)
-                for arg, more in stream.then if phase == 0 else ():
-                    handle.fill(buffers[arg], tap=more, group=group)
+                for arg, move in ((stream.arg, pattern), *(stream.then if phase == 0 else ())):
+                    if stream.drain:
+                        handle.drain(buffers[arg], tap=move, wait=True, group=group)
+                    else:
+                        handle.fill(buffers[arg], tap=move, group=group)
             group.finish()
 
     handles = [s.handle for s in streams]

@@ -8,11 +8,18 @@ Each head's first half x1 and second half x2 become
 import numpy as np
 
 
-def rope(params: dict, x: np.ndarray, table: np.ndarray) -> tuple[np.ndarray]:
-    rows, heads, dim = x.shape[0], params["heads"], params["head_dim"]
-    half = dim // 2
+def rope(params: dict, *tensors: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each tensor [rows, heads * Dh] rotated by the table [rows, Dh], the last operand;
+    `heads` is one count, or one per tensor."""
+    *xs, table = tensors
+    heads = params["heads"] if isinstance(params["heads"], list | tuple) else [params["heads"]]
+    return tuple(_rotated(x, table, h, params["head_dim"]) for x, h in zip(xs, heads, strict=True))
+
+
+def _rotated(x: np.ndarray, table: np.ndarray, heads: int, dim: int) -> np.ndarray:
+    rows, half = x.shape[0], dim // 2
     cos, sin = table[:, None, :half], table[:, None, half:]
     per_head = x.reshape(rows, heads, dim)
     x1, x2 = per_head[..., :half], per_head[..., half:]
     out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return (out.reshape(rows, heads * dim),)
+    return out.reshape(rows, heads * dim)

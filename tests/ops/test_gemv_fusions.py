@@ -27,8 +27,10 @@ def test_the_rmsnorm_prologue_is_the_rmsnorm_launch_then_the_gemv(weights):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, K), np.float32) * 4  # the fp32 residual stream
     norm = bf16_values(rng, (K,))  # the weight, widened exactly to fp32 at preload
-    w = bf16_values(rng, (64, K)) if weights == "bf16" else as_device(
-        blocks_of(weights, rows=64, k=K), weights, None
+    w = (
+        bf16_values(rng, (64, K))
+        if weights == "bf16"
+        else as_device(blocks_of(weights, rows=64, k=K), weights, None)
     )
     fused = gemv.params(1, K, 64, rmsnorm_eps=EPS)
     (normed,) = OPS["rmsnorm"]({"eps": EPS}, x, norm)
