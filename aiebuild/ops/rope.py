@@ -23,6 +23,7 @@ from aiebuild.ops.common import (
     core_tile,
     iron,
     kernel_object,
+    resident_row_core,
     shim_tile,
     stream_program,
     tensor,
@@ -70,13 +71,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
 
     def core(xs, ts, ys, fn):
         for part_calls in (h // per_call for h in heads):
+            one_row = resident_row_core(part_calls)  # its table row held for its calls
             for _ in range_(block):
-                row = ts.acquire(1)
-                for _ in range_(part_calls):
-                    fn(xs.acquire(1), row, ys.acquire(1))
-                    xs.release(1)
-                    ys.release(1)
-                ts.release(1)
+                one_row(xs, ts, ys, fn)
 
     workers, streams = [], []
     for c in range(columns):
