@@ -152,11 +152,13 @@ def _fused_projections(shape: ModelShape, matmul: str, types: WeightTypes) -> bo
     return matmul == "gemv" and len(kinds) == 1 and gemv.prologue_fits(shape.hidden, *kinds)
 
 
-def _ffn_prologue(shape: ModelShape, matmul: str, types: WeightTypes) -> bool:
-    """Whether decode's gate+up GEMV takes the FFN's RMSNorm as its prologue."""
-    return matmul == "gemv" and gemv.prologue_fits(
-        shape.hidden, types[GATE.removeprefix(LAYER)], SWIGLU
-    )
+def _ffn_prologue(shape: ModelShape, matmul: str, types: WeightTypes) -> str | None:
+    """What decode's gate+up GEMV takes in as its prologue: the residual add and the
+    FFN's RMSNorm, or the RMSNorm alone, as far as a core holds their data."""
+    gate = types[GATE.removeprefix(LAYER)]
+    fits = [kind for kind in (gemv.ADD_RMSNORM, gemv.RMSNORM)
+            if gemv.prologue_fits(shape.hidden, gate, SWIGLU, kind)]  # fmt: skip
+    return fits[0] if matmul == "gemv" and fits else None
 
 
 def _weight_source(name: str) -> str:
@@ -350,23 +352,34 @@ def _o_ffn_launches(
     shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
 ) -> list[Launch]:
     """The O projection and the FFN, each with its residual add. Decode's gate and up
-    are one GEMV with silu_mul its epilogue and, where a core holds it, the FFN's
-    RMSNorm its prologue (aiebuild/ops/gemv.py): one launch where prefill has four."""
+    are one GEMV with silu_mul its epilogue and, as far as a core holds them, the add
+    after O and the FFN's RMSNorm its prologue (aiebuild/ops/gemv.py): one launch where
+    prefill has five."""
     e, f, q = shape.hidden, shape.ffn, shape.q_dim
     residual, norm = eltwise.params(rows, e), rmsnorm.params(rows, e, shape.rms_eps)
+    add_o = Launch("add", residual, ("o", "x"), ("h",), "add residual")
     normed = [Launch("rmsnorm", norm, ("h", "ffn_norm"), ("hn",))]
-    if _ffn_prologue(shape, matmul, types):
-        gate_up = gemv.params(rows, e, 2 * f, SWIGLU, rmsnorm_eps=shape.rms_eps)
-        ffn = [Launch("gemv", gate_up, ("h", "ffn_norm", "w_gate_up"), ("a",),
-                      "gemv RMSNorm + gate+up SwiGLU")]  # fmt: skip
-    elif matmul == "gemv":
-        gate_up = gemv.params(rows, e, 2 * f, SWIGLU)
-        ffn = [*normed, Launch("gemv", gate_up, ("hn", "w_gate_up"), ("a",), "gemv gate+up SwiGLU")]
+    prologue = _ffn_prologue(shape, matmul, types)
+    if prologue == gemv.ADD_RMSNORM:
+        o_proj = Launch("gemv", gemv.params(rows, q, e, gemv.ROUNDED), ("attn_out", "wo"), ("o",),
+                        "gemv O")  # fmt: skip
+        gate_up = gemv.params(rows, e, 2 * f, SWIGLU, rmsnorm_eps=shape.rms_eps, add_first=True)
+        ffn = [o_proj, Launch("gemv", gate_up, ("o", "x", "ffn_norm", "w_gate_up"), ("a", "h"),
+                              "gemv add + RMSNorm + gate+up SwiGLU")]  # fmt: skip
     else:
-        ffn = [*normed, *_swiglu_gemms(shape, rows)]
+        o_proj = _matmul(matmul, "gemm O", rows, q, e, ("attn_out", "wo"), "o")
+        if prologue == gemv.RMSNORM:
+            gate_up = gemv.params(rows, e, 2 * f, SWIGLU, rmsnorm_eps=shape.rms_eps)
+            swiglu = [Launch("gemv", gate_up, ("h", "ffn_norm", "w_gate_up"), ("a",),
+                             "gemv RMSNorm + gate+up SwiGLU")]  # fmt: skip
+        elif matmul == "gemv":
+            gate_up = gemv.params(rows, e, 2 * f, SWIGLU)
+            swiglu = [*normed, Launch("gemv", gate_up, ("hn", "w_gate_up"), ("a",),
+                                      "gemv gate+up SwiGLU")]  # fmt: skip
+        else:
+            swiglu = [*normed, *_swiglu_gemms(shape, rows)]
+        ffn = [o_proj, add_o, *swiglu]
     return [
-        _matmul(matmul, "gemm O", rows, q, e, ("attn_out", "wo"), "o"),
-        Launch("add", residual, ("o", "x"), ("h",), "add residual"),
         *ffn,
         _matmul(matmul, "gemm down", rows, f, e, ("a", "w_down"), "d"),
         Launch("add", residual, ("d", "h"), ("y",), "add residual"),
@@ -377,16 +390,16 @@ def _o_ffn_args(
     shape: ModelShape, rows: int, matmul: str, types: WeightTypes = BF16_TYPES
 ) -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
+    prologue = _ffn_prologue(shape, matmul, types)
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
         _matrix("wo", e, shape.q_dim, LAYER + "self_attn.o_proj.weight", types),
-        _norm_weight(
-            "ffn_norm", e, "post_attention_layernorm.weight", _ffn_prologue(shape, matmul, types)
-        ),  # fmt: skip
+        _norm_weight("ffn_norm", e, "post_attention_layernorm.weight", prologue is not None),
         *_swiglu_weights(shape, matmul, types),
         _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", types),
-        _arg("o", (rows, e), MID),
+        # o, rounded to bf16, as fp32 for the add prologue's fifo of fp32 vectors
+        _arg("o", (rows, e), MID, dtype=F32 if prologue == gemv.ADD_RMSNORM else "bf16"),
         _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
         *(_arg(n, (rows, f), MID) for n in (("g", "u", "a") if matmul == "gemm" else ("a",))),

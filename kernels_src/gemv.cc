@@ -19,6 +19,12 @@
 // its GEMV calls, which then read xn (the residual stream and the norm weight, widened
 // exactly to fp32 at preload, arrive as two objects of one fifo; every core normalizes
 // its own copy with the arithmetic of rmsnorm.cc, rms_normalize).
+// -D AIEK_RMSNORM=2 adds instead gemv_<fmt>_<suffix>_add_rmsnorm(o[K], x[K], norm[K],
+// h[K], xn[K]), fp32 but xn: the residual add before the RMSNorm too, h = o + x (the
+// add of eltwise.cc: o holds the bf16 values a GEMV before rounded, as fp32), then xn.
+// -D AIEK_ROUNDED=1 adds gemv_<fmt>_<suffix>_rounded(x, w, y[TN] fp32, state): each row
+// rounded to bf16 as the bf16 entry point writes it, stored as fp32 for a next launch's
+// prologue (whose fifo holds fp32 objects).
 // Relies on (S) for the per-row reduction order, (R) for the bf16 variant's rounding,
 // (L) and (M) for the epilogue's exp, reciprocal and products.
 #include "aie_kernel_common.h"
@@ -31,6 +37,9 @@
 #endif
 #ifndef AIEK_RMSNORM
 #define AIEK_RMSNORM 0
+#endif
+#ifndef AIEK_ROUNDED
+#define AIEK_ROUNDED 0
 #endif
 #define AIEK_SUFFIX AIEK_CAT5(AIEK_K, x, AIEK_TN, x, AIEK_TK)
 static constexpr int LANES = 32;   // bf16 per 512-bit load
@@ -156,9 +165,26 @@ extern "C" void AIEK_ENTRY(_swiglu)(const bfloat16 *x, const w_t *w, bfloat16 *a
 }
 #endif
 
-#if AIEK_RMSNORM
+#if AIEK_RMSNORM == 1
 extern "C" void AIEK_ENTRY(_rmsnorm)(const float *x, const float *norm, bfloat16 *xn) {
   set_round_to_nearest_even();
   rms_normalize<AIEK_K>(x, norm, xn, AIEK_EPS);
+}
+#elif AIEK_RMSNORM == 2
+extern "C" void AIEK_ENTRY(_add_rmsnorm)(const float *o, const float *x, const float *norm,
+                                         float *h, bfloat16 *xn) {
+  set_round_to_nearest_even();
+  for (int i = 0; i < AIEK_K; i += HALF)
+    aie::store_v(h + i, aie::add(aie::load_v<HALF>(o + i), aie::load_v<HALF>(x + i)));
+  rms_normalize<AIEK_K>(h, norm, xn, AIEK_EPS);
+}
+#endif
+
+#if AIEK_ROUNDED
+extern "C" void AIEK_ENTRY(_rounded)(const bfloat16 *x, const w_t *w, float *y, State *s) {
+  accumulate(x, w, s);
+  if (!block_done(s)) return;
+  for (int n = 0; n < AIEK_TN; n += HALF)
+    aie::store_v(y + n, round_bf16(aie::load_v<HALF>(s->sums + n)));
 }
 #endif

@@ -38,27 +38,32 @@ def test_each_stream_runs_consecutive_blocks_of_one_part_and_all_are_covered():
 @pytest.mark.parametrize("k", [576, 2048, 3072, 4096])
 @pytest.mark.parametrize("dtype", ["bf16", "q4_0", "q8_0"])
 @pytest.mark.parametrize("epilogue", [None, "swiglu"])
-def test_prologue_fits_says_what_the_rules_check_finds(k, dtype, epilogue):
-    """specs.py keeps an RMSNorm launch where `prologue_fits` says a core has no room:
-    the answer must be the rules check's on the launch itself."""
+@pytest.mark.parametrize("add", [False, True])
+def test_prologue_fits_says_what_the_rules_check_finds(k, dtype, epilogue, add):
+    """specs.py keeps an RMSNorm (or add) launch where `prologue_fits` says a core has
+    no room: the answer must be the rules check's on the launch itself."""
     from aiebuild import placed
     from aiebuild.array.rules import RulesError
     from aiebuild.ops import gemv
     from aierun.abi import ArgSpec, ElfSpec, Launch, Role
 
     n = 2 * 2048 if epilogue else 2048
-    params = gemv.params(1, k, n, epilogue, rmsnorm_eps=1e-5)
-    rows = gemv.weight_shape(n, k, dtype)
+    params = gemv.params(1, k, n, epilogue, rmsnorm_eps=1e-5, add_first=add)
+    vectors = ["o", "x", "norm"] if add else ["x", "norm"]
     args = (
-        ArgSpec("x", (1, k), "f32", Role.INPUT),
-        ArgSpec("norm", (k,), "f32", Role.WEIGHT, "norm"),
-        ArgSpec("w", rows, dtype, Role.WEIGHT, "w", gemv.weight_layout(k, dtype, epilogue)),
+        *(ArgSpec(name, (1, k), "f32", Role.INPUT) for name in vectors),
+        ArgSpec("w", gemv.weight_shape(n, k, dtype), dtype, Role.WEIGHT, "w",
+                gemv.weight_layout(k, dtype, epilogue)),  # fmt: skip
         ArgSpec("y", (1, n // 2 if epilogue else n), "bf16", Role.OUTPUT),
+        *([ArgSpec("h", (1, k), "f32", Role.OUTPUT)] if add else []),
     )
-    spec = ElfSpec("g", "decode", 0, args, (Launch("gemv", params, ("x", "norm", "w"), ("y",)),))
+    outputs = ("y", "h") if add else ("y",)
+    launch = Launch("gemv", params, (*vectors, "w"), outputs)
+    spec = ElfSpec("g", "decode", 0, args, (launch,))
     try:
         placed.require_legal([spec])
         legal = True
     except RulesError:
         legal = False
-    assert gemv.prologue_fits(k, dtype, epilogue) == legal
+    kind = gemv.ADD_RMSNORM if add else gemv.RMSNORM
+    assert gemv.prologue_fits(k, dtype, epilogue, kind) == legal

@@ -106,7 +106,16 @@ def state_floats(rows: int) -> int:
     return rows * (LANES + 1) + 1
 
 
-RMSNORM = "rmsnorm"  # the launch's `prologue`
+# The launch's `prologue`: RMSNorm of x, or the residual add and then RMSNorm of its sum.
+RMSNORM, ADD_RMSNORM = "rmsnorm", "add_rmsnorm"
+# The `epilogue` that writes each row rounded to bf16, as fp32: a prologue's fifo input.
+ROUNDED = "rounded"
+
+
+def prologue_vectors(prologue: str | None) -> int:
+    """The fp32 vectors a prologue receives in the x fifo: x and the norm weight, with
+    the add o first."""
+    return {None: 1, RMSNORM: 2, ADD_RMSNORM: 3}[prologue]
 
 
 def weight_layout(k: int, dtype: str, epilogue: str | None = None) -> str:
@@ -135,36 +144,42 @@ def kernel(launch: Launch, args: list[ArgSpec]) -> KernelObject:
     params = {"K": k, "TN": step_rows(epilogue), "TK": tk(k), "WFMT": quant.WFMT[w.dtype]}
     if epilogue == SWIGLU:
         params["SWIGLU"] = True
-    if launch.params.get("prologue") == RMSNORM:
-        params |= {"RMSNORM": True, "EPS": float(launch.params["eps"])}
+    if epilogue == ROUNDED:
+        params["ROUNDED"] = True
+    prologue = launch.params.get("prologue")
+    if prologue is not None:
+        params |= {"RMSNORM": prologue_vectors(prologue) - 1, "EPS": float(launch.params["eps"])}
     return kernel_object("gemv.cc", params)
 
 
 def symbol(launch: Launch, w_dtype: str, out_dtype: str, entry: str | None = None) -> str:
     """The object has a bf16-output and an fp32-output entry point (LM head logits),
-    and with the SwiGLU epilogue the `_swiglu` one; `entry` names another (the
-    prologue's `rmsnorm`)."""
+    and with an epilogue its `_swiglu` or `_rounded` one; `entry` names another (the
+    prologue's)."""
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
     return f"gemv_{w_dtype}_{k}x{step_rows(epilogue)}x{tk(k)}_{entry or epilogue or out_dtype}"
 
 
-def prologue_fits(k: int, w_dtype: str, epilogue: str | None = None) -> bool:
-    """Whether a core holds the RMSNorm prologue's data beside its GEMV's: x and the
-    norm weight (fp32, K each, one fifo of depth 2), xn (bf16, K), two w steps, its
-    state, two y blocks and the default stack (the rules check counts the same)."""
-    rows = step_rows(epilogue)
+def prologue_fits(
+    k: int, w_dtype: str, epilogue: str | None = None, prologue: str = RMSNORM
+) -> bool:
+    """Whether a core holds a prologue's data beside its GEMV's: its fp32 vectors (K
+    each, one fifo; with the add, the sum h too), xn (bf16, K), two w steps, its state,
+    two y blocks and the default stack (the rules check counts the same)."""
+    rows, vectors = step_rows(epilogue), prologue_vectors(prologue) + (prologue == ADD_RMSNORM)
     needed = (
-        2 * k * 4 + k * BF16.itemsize + 2 * record_bytes(k, w_dtype, rows)
+        vectors * k * 4 + k * BF16.itemsize + 2 * record_bytes(k, w_dtype, rows)
         + state_floats(rows) * 4 + 2 * block_values(epilogue) * 4 + DEFAULT_STACK
     )  # fmt: skip
     return needed <= CORE_DATA_MEMORY
 
 
 def weight_positions(launch: Launch) -> range:
-    """Where the weights are among the launch's inputs: after x (and the RMSNorm
-    prologue's weight), one per output."""
-    first = 2 if launch.params.get("prologue") == RMSNORM else 1
-    return range(first, first + len(launch.outputs))
+    """Where the weights are among the launch's inputs: after the prologue's vectors
+    (x alone without one), one per output but the add prologue's sum h (the last)."""
+    prologue = launch.params.get("prologue")
+    first = prologue_vectors(prologue)
+    return range(first, first + len(launch.outputs) - (prologue == ADD_RMSNORM))
 
 
 def stream_cores(columns: int, core_rows: int, blocks: int) -> list[tuple[int, int]]:
@@ -205,10 +220,11 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     lib = iron()
     range_ = lib.range_
     at = weight_positions(launch)
-    weights, outputs = [args[i] for i in at], args[len(launch.inputs) :]
+    weights, outputs = [args[i] for i in at], args[len(launch.inputs) :][: len(at)]
     w, y = weights[0], outputs[0]  # one kernel: every weight has w's type, every output y's
     k, epilogue = launch.params["K"], launch.params.get("epilogue")
-    prologue = launch.params.get("prologue") == RMSNORM
+    prologue = launch.params.get("prologue")
+    vectors, add = prologue_vectors(prologue), prologue == ADD_RMSNORM
     columns, core_rows = array(launch)
     TK, rows = tk(k), step_rows(epilogue)  # noqa: N806 (the kernel's -D name)
     k_tiles = tiles(k, TK, "K")
@@ -217,8 +233,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     cores = stream_cores(columns, core_rows, sum(blocks))
     stream_runs = part_runs(blocks, len(cores))
     record, values = record_bytes(k, w.dtype, rows), block_values(epilogue)
-    # x, or with the prologue x (the fp32 residual stream) then the norm weight (fp32):
-    # two objects of one fifo, which every core holds for the whole launch.
+    # x, or a prologue's fp32 vectors (o, then x, then the norm weight): objects of one
+    # fifo, which every core holds for the whole launch.
     x_ty = tensor((k,), np.dtype(np.float32) if prologue else BF16)
     xn_ty = tensor((k,), BF16)
     w_ty = tensor((rows, TK), BF16) if w.dtype == "bf16" else tensor((record,), w.np_dtype)
@@ -226,18 +242,22 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     state_ty = tensor((state_floats(rows),), np.dtype(np.float32))
     obj = kernel(launch, args).name
     gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), obj, [xn_ty, w_ty, y_ty, state_ty])
-    norm = lib.Kernel(symbol(launch, w.dtype, y.dtype, RMSNORM), obj, [x_ty, x_ty, xn_ty])
-    x_in = lib.ObjectFifo(x_ty, depth=1 + prologue, name="x")
-
+    norm = lib.Kernel(symbol(launch, w.dtype, y.dtype, prologue), obj,
+                      [x_ty] * (vectors + add) + [xn_ty])  # fmt: skip
+    x_in = lib.ObjectFifo(x_ty, depth=vectors, name="x")
+    h_out = lib.ObjectFifo(x_ty, depth=1, name="h") if add else None  # the first core's sum
     w_in = [lib.ObjectFifo(w_ty, name=f"w{s}") for s in range(len(cores))]
     y_out = [lib.ObjectFifo(y_ty, name=f"y{s}") for s in range(len(cores))]
 
-    def body(count: int):
+    def body(count: int, first: bool):
         def core(xs, ws, ys, counters, fn, *prologue_args):
-            if prologue:  # xn (no initial value: the prologue writes it) and its kernel
-                normalized, norm_fn = prologue_args
-                held = xs.acquire(2)
-                norm_fn(held[0], held[1], normalized)
+            if prologue:  # xn (no initial value: the prologue writes it), its kernel, h
+                normalized, norm_fn, *h = prologue_args
+                held = xs.acquire(vectors)
+                sums = [h[0].acquire(1) if first else h[0]] if add else []
+                norm_fn(*held, *sums, normalized)
+                if add and first:
+                    h[0].release(1)
                 vector = normalized
             else:
                 vector = xs.acquire(1)
@@ -248,15 +268,21 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
                     fn(vector, block, out, counters)
                     ws.release(1)
                 ys.release(1)
-            xs.release(1 + prologue)
+            xs.release(vectors)
 
         return core
 
+    def prologue_args(s: int) -> list[Any]:
+        if not prologue:
+            return []
+        sums = [h_out.prod() if s == 0 else lib.Buffer(x_ty, name=f"h{s}")] if add else []
+        return [lib.Buffer(xn_ty, name=f"xn{s}"), norm, *sums]
+
     workers = [
-        lib.Worker(body(len(stream_runs[s][1])), [
+        lib.Worker(body(len(stream_runs[s][1]), s == 0), [
             x_in.cons(), w_in[s].cons(), y_out[s].prod(),
             scratch_buffer(lib, f"state{s}", (state_floats(rows),), np.dtype(np.float32)), gemv,
-            *([lib.Buffer(xn_ty, name=f"xn{s}"), norm] if prologue else []),
+            *prologue_args(s),
         ], tile=core_tile(lib, c, r))
         for s, (c, r) in enumerate(cores)
     ]  # fmt: skip
@@ -282,7 +308,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         offset = y_at[part] + piece.start * values
         return contiguous(outputs[part].shape, offset, len(piece) * values)
 
-    then = ((1, whole(args[1])),) if prologue else ()
+    then = tuple((i, whole(args[i])) for i in range(1, vectors))
+    h_at = len(launch.inputs) + len(outputs)  # the add prologue's h, the last output
     streams = [
         Stream(0, x_in.prod(tile=shim_tile(lib, 0)), once(whole(args[0]), phases), then=then),
         *(Stream(at[stream_runs[s][0]], w_in[s].prod(tile=shim_tile(lib, c)), per_phase(s, w_tap))
@@ -290,6 +317,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
         *(Stream(len(launch.inputs) + stream_runs[s][0], y_out[s].cons(tile=shim_tile(lib, c)),
                  per_phase(s, y_tap), drain=True)
           for s, (c, _) in enumerate(cores)),
+        *([Stream(h_at, h_out.cons(tile=shim_tile(lib, 0)), once(whole(args[h_at]), phases),
+                  drain=True)] if add else []),
     ]  # fmt: skip
     return stream_program(args, streams, workers)
 
@@ -301,18 +330,20 @@ def params(
     epilogue: str | None = None,
     channels: int = 2,
     rmsnorm_eps: float | None = None,
+    add_first: bool = False,
 ) -> dict[str, Any]:
     """A GEMV's cores: one weight stream per shim input channel but the one that
     broadcasts x, each feeding one core, as many as there are output blocks. N counts
     the rows of w (gate's and up's together for the SwiGLU epilogue). `channels`: the
     weight channels per column's shim, 2 (ours) or 1 (upstream matvec.py's layout).
     `rmsnorm_eps`: x arrives as the fp32 residual stream and every core RMS-normalizes
-    it first (the prologue), which saves the array an rmsnorm launch's
-    reconfiguration."""
+    it first (the prologue), which saves the array an rmsnorm launch's reconfiguration;
+    `add_first`: the residual add before it too (the prologue adds o and x, and the
+    first core writes their sum h), which saves an add launch's."""
     blocks = n // step_rows(epilogue)
     extra: dict[str, Any] = {} if epilogue is None else {"epilogue": epilogue}
     if rmsnorm_eps is not None:
-        extra |= {"prologue": RMSNORM, "eps": rmsnorm_eps}
+        extra |= {"prologue": ADD_RMSNORM if add_first else RMSNORM, "eps": rmsnorm_eps}
     if channels == 1:
         return {"M": m, "K": k, "N": n, **cores(min(COLUMNS, blocks), 1), **extra}
     streams = min(2 * COLUMNS - 1, blocks)

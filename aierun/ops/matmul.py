@@ -32,15 +32,28 @@ def gemv(params: dict, x: np.ndarray, *rest: np.ndarray | quant.Blocks) -> tuple
     - prologue "rmsnorm" (rest: the norm weight, then the weights): x is the fp32
       residual stream, RMS-normalized and rounded to bf16 first, as an rmsnorm launch
       would write it;
+    - prologue "add_rmsnorm" (x is o; rest: x, the norm weight, then the weights): the
+      residual add h = o + x first, as an add launch computed it; h is the last output;
+    - epilogue "rounded": the rows rounded to bf16, kept as fp32;
     - epilogue "swiglu": each block's gate and up dot products rounded to bf16 first
       (the values two GEMVs would write), then silu_mul on them."""
-    weights = list(rest)
-    if params.get("prologue") == "rmsnorm":
+    weights, sums = list(rest), ()
+    if params.get("prologue") == "add_rmsnorm":  # x is o, the next operand x
+        x = x + weights.pop(0)
+        sums = (x,)
+    if params.get("prologue") in ("rmsnorm", "add_rmsnorm"):
         (normed,) = norm.rmsnorm(params, x, weights.pop(0))
         x = to_bf16(normed).astype(np.float32)
+    return (*_products(params, x, weights), *sums)
+
+
+def _products(params: dict, x: np.ndarray, weights: list) -> tuple[np.ndarray, ...]:
+    """x times each weight, then the epilogue."""
     if len(weights) > 1:
         return tuple(gemm(params, x, weight)[0] for weight in weights)
     (y,) = gemm(params, x, weights[0])
+    if params.get("epilogue") == "rounded":
+        return (to_bf16(y).astype(np.float32),)
     if params.get("epilogue") != SWIGLU:
         return (y,)
     pairs = to_bf16(y).astype(np.float32).reshape(-1, 2, SWIGLU_GROUP)

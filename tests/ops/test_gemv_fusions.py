@@ -1,6 +1,7 @@
 """Decode's fused GEMV launches (aiebuild/ops/gemv.py) compute what the launches they
 replace computed, value for value: the RMSNorm prologue what an rmsnorm launch wrote
-(bf16) and a GEMV then read, and the three-weight launch what three GEMVs wrote."""
+(bf16) and a GEMV then read, the add prologue what an add launch wrote before that,
+and the three-weight launch what three GEMVs wrote."""
 
 from __future__ import annotations
 
@@ -73,3 +74,19 @@ def test_a_core_without_room_for_the_prologue_keeps_the_rmsnorm_launch():
     decode = next(s for s in specs.model_specs(shape, (64,), "bf16") if s.name == "o_gemv_ffn")
     ops = [launch.op for launch in decode.launches]
     assert "rmsnorm" in ops and decode.arg("ffn_norm").dtype == "bf16"
+
+
+def test_the_add_prologue_is_the_add_launch_then_the_rmsnorm_prologue():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, K), np.float32) * 4
+    norm, w = bf16_values(rng, (K,)), bf16_values(rng, (64, K))
+    # o as the O GEMV writes it for the prologue: rounded to bf16, kept as fp32
+    w_o, attn = bf16_values(rng, (K, K)), bf16_values(rng, (1, K))
+    (o,) = OPS["gemv"](gemv.params(1, K, K, gemv.ROUNDED), attn, w_o)
+    (plain,) = OPS["gemv"](gemv.params(1, K, K), attn, w_o)
+    assert np.array_equal(o, to_bf16(plain).astype(np.float32))
+    (h,) = OPS["add"]({}, o, x)
+    (expected,) = OPS["gemv"](gemv.params(1, K, 64, rmsnorm_eps=EPS), h, norm, w)
+    fused = gemv.params(1, K, 64, rmsnorm_eps=EPS, add_first=True)
+    ours, sums = OPS["gemv"](fused, o, x, norm, w)
+    assert np.array_equal(sums, h) and np.array_equal(ours, expected)

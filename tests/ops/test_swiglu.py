@@ -82,11 +82,13 @@ def test_the_fused_gemv_is_two_gemvs_then_silu_mul(name):
 def test_decode_runs_gate_up_and_silu_mul_as_one_launch_prefill_as_three(weights):
     by_name = {s.name: s for s in specs.model_specs(SHAPE, (64,), weights)}
     decode, prefill = by_name["o_gemv_ffn"], by_name["o_ffn"]
-    (fused,) = [launch for launch in decode.launches if launch.outputs == ("a",)]
+    (fused,) = [launch for launch in decode.launches if "a" in launch.outputs]
     assert fused.op == "gemv" and fused.params["epilogue"] == SWIGLU
-    assert fused.params["N"] == 2 * SHAPE.ffn and fused.inputs == ("h", "ffn_norm", "w_gate_up")
-    assert fused.params["prologue"] == "rmsnorm" and decode.arg("ffn_norm").dtype == "f32"
+    assert fused.params["N"] == 2 * SHAPE.ffn and fused.outputs == ("a", "h")
+    assert fused.inputs == ("o", "x", "ffn_norm", "w_gate_up")  # the add and RMSNorm before
+    assert fused.params["prologue"] == "add_rmsnorm" and decode.arg("ffn_norm").dtype == "f32"
     assert not {"rmsnorm", "silu_mul"} & {launch.op for launch in decode.launches}
+    assert [launch.op for launch in decode.launches].count("add") == 1  # the one after down
     w = decode.arg("w_gate_up")
     assert w.source.count("+") == 1 and w.dtype == weights
     assert w.shape == gemv.weight_shape(2 * SHAPE.ffn, SHAPE.hidden, weights)
