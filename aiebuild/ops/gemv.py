@@ -37,7 +37,11 @@ fifo by the norm weight (widened exactly to fp32 at preload, so both objects hav
 type: a core has only two input channels, for x and w), and every core normalizes its
 own copy into a bf16 xn before its GEMV calls (kernels_src/gemv.cc AIEK_RMSNORM, the
 arithmetic of rmsnorm.cc). It needs room for x, the weight and xn beside two w steps
-(`prologue_fits`); where a core has none, the RMSNorm stays a launch of its own.
+(`prologue_fits`); where a core has none, the RMSNorm stays a launch of its own. The
+"add_rmsnorm" prologue also takes the residual add before the RMSNorm: its fifo brings
+o (the GEMV before it wrote o rounded to bf16 as fp32: the "rounded" epilogue), x and
+the weight, every core sums h = o + x for itself, and the first core writes h out for
+the launches after (the residual add after down reads it).
 
 A launch may multiply x by several weights of one type and K, each into its own output
 (decode's Q, K and V projections: one launch where three would cost two more
