@@ -361,9 +361,11 @@ class Session:
 
     def chunk_plan(self, n: int) -> list[tuple[int, int, int]] | None:
         """(first position, tokens, bucket) of each chunk a prompt of `n` tokens is
-        prefilled in: whole largest buckets, then the smallest bucket that holds the
-        rest and whose attention ELF after that past was compiled (aiebuild/specs.py
-        flash_attn_past); None when some chunk has no such ELF."""
+        prefilled in: whole largest buckets (the build compiles later chunks' attention
+        at their multiples: aiebuild/specs.py chunk_pasts), then, of the buckets that
+        hold the rest and whose attention ELF after that past was compiled, the one
+        whose chunk the npu2 time model prices lowest (`_chunk_ms`; the smaller where
+        it prices none); None when some chunk has no such ELF."""
         largest = self.artifacts.buckets[-1]
         starts = range(0, n, largest)
         plan = [(past, min(largest, n - past)) for past in starts]
@@ -372,8 +374,15 @@ class Session:
             fits = [b for b in self.artifacts.buckets if b >= length and self._chunk_elf(past, b)]
             if not fits:
                 return None
-            chunks.append((past, length, fits[0]))
+            chunks.append((past, length, min(fits, key=lambda b: (self._chunk_ms(past, b), b))))
         return chunks
+
+    def _chunk_ms(self, past: int, bucket: int) -> float:
+        """A chunk's modeled npu2 time: one call of each of its three prefill ELFs (per
+        layer alike, so one layer's compares), infinite where the manifest has none."""
+        names = (RMS_GEMMS_ROPE, attention_elf(past), O_FFN)
+        times = [self.artifacts.npu2_model_ms(f"{name}.s{bucket}") for name in names]
+        return math.inf if None in times else sum(times)
 
     def _chunk_elf(self, past: int, bucket: int) -> str | None:
         """The attention ELF of a chunk at `past` in `bucket`, if it was compiled."""

@@ -84,6 +84,28 @@ def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(session):
     assert first != greedy
 
 
+def test_the_last_chunk_takes_the_bucket_the_time_model_prices_lowest(session, monkeypatch):
+    """The rest after whole largest buckets goes to the bucket whose chunk the manifest's
+    npu2 model prices lowest: the smallest that holds it as built, the largest where the
+    model says so; by size where the manifest prices none."""
+    largest, smallest = max(session.artifacts.buckets), min(session.artifacts.buckets)
+    n = largest + smallest // 2
+    assert session.chunk_plan(n)[-1] == (largest, smallest // 2, smallest)
+    kind = type(session.artifacts)  # a frozen dataclass: patch the method
+    built = kind.npu2_model_ms
+    assert built(session.artifacts, f"o_ffn.s{smallest}") < built(
+        session.artifacts, f"o_ffn.s{largest}"
+    )
+
+    def cheapest_largest(artifacts, instance: str) -> float | None:
+        return 1e-3 if instance.endswith(f".s{largest}") else built(artifacts, instance)
+
+    monkeypatch.setattr(kind, "npu2_model_ms", cheapest_largest)
+    assert session.chunk_plan(n)[-1] == (largest, smallest // 2, largest)
+    monkeypatch.setattr(kind, "npu2_model_ms", lambda artifacts, instance: None)
+    assert session.chunk_plan(n)[-1][2] == smallest
+
+
 @pytest.mark.slow
 def test_a_prompt_longer_than_every_bucket_is_prefilled_in_chunks_as_transformers_does(
     session, checkpoint, reference
