@@ -50,10 +50,10 @@ def test_prologue_fits_says_what_the_rules_check_finds(k, dtype, epilogue, add):
     n = 2 * 2048 if epilogue else 2048
     params = gemv.params(1, k, n, epilogue, rmsnorm_eps=1e-5, add_first=add)
     vectors = ["o", "x", "norm"] if add else ["x", "norm"]
+    rows, layout = gemv.weight_shape(n, k, dtype), gemv.weight_layout(k, dtype, epilogue)
     args = (
         *(ArgSpec(name, (1, k), "f32", Role.INPUT) for name in vectors),
-        ArgSpec("w", gemv.weight_shape(n, k, dtype), dtype, Role.WEIGHT, "w",
-                gemv.weight_layout(k, dtype, epilogue)),  # fmt: skip
+        ArgSpec("w", rows, dtype, Role.WEIGHT, "w", layout),
         ArgSpec("y", (1, n // 2 if epilogue else n), "bf16", Role.OUTPUT),
         *([ArgSpec("h", (1, k), "f32", Role.OUTPUT)] if add else []),
     )
