@@ -157,14 +157,14 @@ def phase_ms(ms: dict[str, float], layers: int) -> dict[str, float]:
     }
 
 
-def chunked_prefill_ms(ms: dict[str, float], layers: int, bucket: int, chunks: int) -> float:
-    """A prompt of `chunks` whole buckets prefilled chunk by chunk, from the per-ELF
-    times by instance: each chunk's layers call its bucket's ELFs, a later chunk's
-    attention the ELF after its past (aiebuild/specs.py flash_attn_past); the LM head
-    runs once, after the last."""
-    total = ms["lm_head_gemv"]
+def chunk_ms(ms: dict[str, float], layers: int, bucket: int, chunks: int) -> list[float]:
+    """Each chunk of a prompt of `chunks` whole buckets prefilled chunk by chunk, from the
+    per-ELF times by instance: its layers call its bucket's ELFs, a later chunk's
+    attention the ELF after its past (aiebuild/specs.py flash_attn_past). The LM head
+    runs once, after the last (not in these)."""
+    times = []
     for chunk in range(chunks):
         names = (f"rms_gemms_rope.s{bucket}", f"{attention_elf(chunk * bucket)}.s{bucket}",
                  f"o_ffn.s{bucket}")  # fmt: skip
-        total += layers * sum(ms[n] for n in names)
-    return total
+        times.append(layers * sum(ms[n] for n in names))
+    return times

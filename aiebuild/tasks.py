@@ -447,11 +447,13 @@ def _chunked_prefill_lines(
     )
     lines = []
     for n in range(2, chunks + 1):
-        total = placed.chunked_prefill_ms(ms, shape.n_layers, largest, n)
+        each = placed.chunk_ms(ms, shape.n_layers, largest, n)
+        total = sum(each) + ms["lm_head_gemv"]
         lines.append(
             f"{shape.architecture}, {shape.n_layers} layers: prefill of {n * largest} tokens "
             f"in {n} chunks of {largest} {total:.1f} ms modeled "
-            f"({1e3 * n * largest / total:.0f} tok/s)"
+            f"({1e3 * n * largest / total:.0f} tok/s; chunks {' + '.join(f'{t:.1f}' for t in each)}"
+            f" ms, LM head {ms['lm_head_gemv']:.1f} ms)"
         )
     return lines
 

@@ -76,3 +76,13 @@ def test_ctx_that_is_not_a_number_stops_doit_with_one_line(tmp_path):
     with pytest.raises(InvalidCommand, match=r"ctx=lots: expected a number of positions"):
         BuildConfig.from_vars(tmp_path, {"ctx": "lots"}.get)
     assert BuildConfig.from_vars(tmp_path, {"ctx": "4096"}.get).context == 4096
+
+
+def test_each_chunk_is_priced_with_its_own_attention_elf():
+    """`doit check` prints a long prompt's modeled prefill per chunk: the first chunk's
+    attention is flash_attn, a later one's the ELF after its past."""
+    from aiebuild.placed import chunk_ms
+
+    ms = {"rms_gemms_rope.s64": 1.0, "o_ffn.s64": 2.0, "flash_attn.s64": 0.5,
+          "flash_attn_p64.s64": 0.75, "flash_attn_p128.s64": 1.25}  # fmt: skip
+    assert chunk_ms(ms, 2, 64, 3) == [7.0, 7.5, 8.5]
