@@ -151,10 +151,16 @@ DECODE_ELFS = ("rms_gemv_rope", "o_gemv_ffn")
 def phase_ms(ms: dict[str, float], layers: int) -> dict[str, float]:
     """A prompt's prefill and one decode token from the per-ELF times of one bucket (by
     ELF name): each layer calls its phase's ELFs once, then the LM head once."""
-    return {
-        "prefill": layers * sum(ms[n] for n in PREFILL_ELFS) + ms["lm_head_gemv"],
-        "decode": layers * sum(ms[n] for n in DECODE_ELFS) + ms["lm_head_gemv"],
-    }
+    return {"prefill": _token_ms(ms, layers, PREFILL_ELFS), "decode": decode_ms(ms, layers)}
+
+
+def decode_ms(ms: dict[str, float], layers: int) -> float:
+    """One decode token from the decode ELFs' times (by ELF name)."""
+    return _token_ms(ms, layers, DECODE_ELFS)
+
+
+def _token_ms(ms: dict[str, float], layers: int, elfs: tuple[str, ...]) -> float:
+    return layers * sum(ms[n] for n in elfs) + ms["lm_head_gemv"]
 
 
 def chunk_ms(ms: dict[str, float], layers: int, bucket: int, chunks: int) -> list[float]:

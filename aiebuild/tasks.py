@@ -33,7 +33,7 @@ from aiebuild.specs import DEFAULT_BUCKETS, model_specs
 from aiebuild.store import Store
 from aiebuild.targets import EmuTarget, Target, entry_key, plan_bytes
 from aierun import ARTIFACT_SCHEMA, default_model
-from aierun.abi import ElfSpec, canonical_json
+from aierun.abi import WALK, ElfSpec, canonical_json
 from aierun.artifacts import MANIFEST, SIDE_BY_SIDE
 from aierun.errors import UserError, describe, os_error_message
 from aierun.files import remove_stale_temporaries, sha256_text, write_json_atomic
@@ -424,13 +424,22 @@ def modeled_table(shape: ModelShape, specs: list[ElfSpec]) -> str:
     for name, elf in times.items():
         slowest = max(elf.launches, key=lambda launch: launch.seconds)
         lines.append(f"{name:<22}  {elf.ms:>15.3f}  {slowest.label}: {slowest.bound}")
+    model = f"{shape.architecture}, {shape.n_layers} layers"
+    whole = [s for s in specs if not s.params.get(WALK)]  # decode over the whole cache
     for bucket in sorted({spec.bucket for spec in specs if spec.bucket}):
-        ms = {s.name: times[s.instance].ms for s in specs if s.bucket in (0, bucket)}
+        ms = {s.name: times[s.instance].ms for s in whole if s.bucket in (0, bucket)}
         phases = placed.phase_ms(ms, shape.n_layers)
         lines.append(
-            f"{shape.architecture}, {shape.n_layers} layers: prefill of {bucket} tokens "
+            f"{model}: prefill of {bucket} tokens "
             f"{phases['prefill']:.1f} ms modeled ({1e3 * bucket / phases['prefill']:.0f} tok/s); "
             f"decode {phases['decode']:.2f} ms per token ({1e3 / phases['decode']:.1f} tok/s)"
+        )
+    for spec in (s for s in specs if s.params.get(WALK)):
+        ms = {s.name: times[s.instance].ms for s in whole if not s.bucket}
+        decode = placed.decode_ms(ms | {spec.name: times[spec.instance].ms}, shape.n_layers)
+        lines.append(
+            f"{model}: decode below position {spec.params[WALK]} {decode:.2f} ms per token "
+            f"({1e3 / decode:.1f} tok/s; {spec.instance})"
         )
     lines += _chunked_prefill_lines(shape, specs, {i: t.ms for i, t in times.items()})
     return "\n".join(lines)

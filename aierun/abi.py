@@ -59,6 +59,17 @@ def attention_elf(past: int) -> str:
 
 # The decode ELF's argument the host binds to its device-resident KV cache of a layer.
 KV_CACHE = "kv_cache"
+# An ELF param: the cached positions the decode attention streams, where fewer than
+# the cache holds (o_gemv_ffn.w<walk>: the early steps of a generation read only the
+# first blocks of the cache; the DMA sizes are fixed per ELF).
+WALK = "walk"
+
+
+def decode_instance(name: str, walk: int | None = None) -> str:
+    """The instance of decode ELF `name` whose attention walks `walk` positions (None:
+    the whole cache)."""
+    return f"{name}.w{walk}" if walk else name
+
 
 HOST_WRITTEN = (Role.WEIGHT, Role.INPUT)
 HOST_READ = (Role.OUTPUT, Role.CACHE)  # what a call leaves for the host (or another ELF)
@@ -163,8 +174,12 @@ class ElfSpec:
 
     @property
     def instance(self) -> str:
-        """Unique name of this ELF in a manifest: prefill ELFs exist per bucket."""
-        return f"{self.name}.s{self.bucket}" if self.bucket else self.name
+        """Unique name of this ELF in a manifest: prefill ELFs exist per bucket, and
+        besides the decode ELF whose attention walks the whole KV cache, one per
+        shorter walk (`decode_instance`)."""
+        if self.bucket:
+            return f"{self.name}.s{self.bucket}"
+        return decode_instance(self.name, self.params.get(WALK))
 
     def arg(self, name: str) -> ArgSpec:
         for spec in self.args:

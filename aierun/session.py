@@ -31,9 +31,11 @@ from aierun.abi import (
     RMS_GEMMS_ROPE,
     RMS_GEMV_ROPE,
     SOURCE_JOIN,
+    WALK,
     ElfSpec,
     Role,
     attention_elf,
+    decode_instance,
     interleave_rows,
     split_layout,
 )
@@ -521,10 +523,11 @@ class Session:
         with prof.cpu(flow.EMBED_LOOKUP):
             x = self._embedded(RMS_GEMV_ROPE, np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
+        ffn = self._decode_ffn(pos)
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):
-                    x = self._decode_layer(layer, pos, x, rope_row)
+                    x = self._decode_layer(layer, pos, x, rope_row, ffn)
         logits = self._logits(x, row=0)
         del self.tokens[pos:]  # a step that failed part way stored nothing to keep
         self.tokens.append(token)
@@ -533,17 +536,27 @@ class Session:
         self._decode_s = elapsed if self._decode_s is None else 0.8 * self._decode_s + 0.2 * elapsed
         return logits
 
-    def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray) -> Buffer:
+    def _decode_ffn(self, pos: int) -> str:
+        """The o_gemv_ffn instance a step at `pos` runs: the one whose attention walks
+        the fewest cached positions past `pos` (aiebuild/specs.py decode_walks), else
+        the whole cache's."""
+        walks = sorted(
+            spec.params[WALK] for spec, _ in self._elfs.values()
+            if spec.name == O_GEMV_FFN and spec.params.get(WALK, 0) > pos
+        )  # fmt: skip
+        return decode_instance(O_GEMV_FFN, walks[0] if walks else None)
+
+    def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray, ffn: str) -> Buffer:
         proj = self.call(RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row)
         # The host appends this position's K/V to the device's cache and hands the
         # attention its query rows and length; the attention runs in o_gemv_ffn.
         with self.profiler.cpu(flow.KV_APPEND, layer):
             self.kv.store(layer, pos, proj["k_roped"].host, proj["v"].host)
-            query = self.buffers.input_buffer(self.spec(O_GEMV_FFN), "query")
+            query = self.buffers.input_buffer(self.spec(ffn), "query")
             heads = self.shape.n_kv_heads
             query.write_with(lambda rows: query_rows(proj["q_roped"].host, heads, pos + 1, rows))
         kv = self.kv.buffers[layer]
-        return self.call(O_GEMV_FFN, layer, query=query, kv_cache=kv, x=proj["x"])["y"]
+        return self.call(ffn, layer, query=query, kv_cache=kv, x=proj["x"])["y"]
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
     def _logits(self, hidden: Buffer, row: int) -> np.ndarray:

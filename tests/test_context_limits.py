@@ -86,3 +86,34 @@ def test_each_chunk_is_priced_with_its_own_attention_elf():
     ms = {"rms_gemms_rope.s64": 1.0, "o_ffn.s64": 2.0, "flash_attn.s64": 0.5,
           "flash_attn_p64.s64": 0.75, "flash_attn_p128.s64": 1.25}  # fmt: skip
     assert chunk_ms(ms, 2, 64, 3) == [7.0, 7.5, 8.5]
+
+
+def test_a_kv_cache_of_2048_positions_gets_decode_elfs_that_walk_its_first_512_and_1024(
+    checkpoint,
+):
+    from aiebuild.specs import model_specs
+
+    specs = model_specs(checkpoint.shape, (64,), "bf16", context=2048)
+    walks = {s.instance: s.launches[0].params.get("walk") for s in specs if s.name == "o_gemv_ffn"}
+    assert walks == {"o_gemv_ffn": None, "o_gemv_ffn.w512": 512, "o_gemv_ffn.w1024": 1024}
+
+
+def test_early_steps_run_the_short_walk_and_generate_what_the_whole_walk_does(
+    tmp_path, checkpoint, model_dir, monkeypatch
+):
+    """Decode at positions below 512 runs o_gemv_ffn.w512, whose attention streams only
+    the cache's first 512 positions, and its tokens are the whole cache's."""
+    from aiebuild.tasks import BuildConfig, compile_all
+    from aierun.artifacts import ArtifactSet
+    from aierun.devices.emu import EmuDevice
+    from aierun.session import Session
+
+    manifest = compile_all(BuildConfig(tmp_path, str(model_dir), (64,), "emu", context=1024))
+    with Session(checkpoint, ArtifactSet.open(manifest), EmuDevice()) as session:
+        session.prepare()
+        short = list(session.generate("What is the capital of Japan?", 6, stop_ids=set()))
+        ran = {call.elf for call in session.profiler.kernels if call.phase == "decode"}
+        assert "o_gemv_ffn.w512" in ran and "o_gemv_ffn" not in ran
+        monkeypatch.setattr(Session, "_decode_ffn", lambda self, pos: "o_gemv_ffn")
+        whole = list(session.generate("What is the capital of Japan?", 6, stop_ids=set()))
+    assert short == whole

@@ -17,9 +17,11 @@ The length is a runtime value read from the query object: IRON's runtime paramet
 (mlir-aie python/iron/buffer.py, Buffer(use_write_rtp=True): a core-local buffer the
 runtime sequence writes, aiex.npu.rtp_write) take their value from the instruction
 stream, which is fixed per ELF, and so are the sequence's DMA sizes; a host-written
-operand is what changes per call without rewriting instructions. So the DMAs move the
-whole compiled context every step and the kernel skips the blocks past the length:
-the time model prices a step at the full context.
+operand is what changes per call without rewriting instructions. So the DMAs move a
+fixed number of positions every step (`walk`: the whole compiled context, or the first
+positions of it for the decode ELFs of a generation's early steps, which the runtime
+picks by position) and the kernel skips the blocks past the length: the time model
+prices a step at its ELF's walk.
 
 Core memory at Dh 64 (BK 64), G 4: [K; V] 2 x 16 KiB, queries 2 x 1.1 KiB, out 2 x 0.5
 KiB, state 1.5 KiB = 36.8 KiB of 64."""
@@ -89,7 +91,8 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     kv_heads, dim, context = p["kv_heads"], p["head_dim"], p["context"]
     group, keys = p["heads"] // kv_heads, block_keys(dim)
     columns, _ = array(launch)
-    per_column, blocks = kv_heads // columns, tiles(context, keys, "the decode context")
+    walk = p.get("walk", context)  # the positions streamed: the cache's first ones
+    per_column, blocks = kv_heads // columns, tiles(walk, keys, "the decode walk")
     query, cache, out = args
     row = query.shape[1]
     query_ty, kv_ty = tensor((row,), F32), tensor((2 * keys * dim,), BF16)
@@ -136,11 +139,15 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     return stream_program(args, streams, workers)
 
 
-def params(heads: int, kv_heads: int, head_dim: int, context: int) -> dict[str, int]:
-    """Attention of one query position over `context` cached positions: KV heads over
-    the columns (as many as divide them), one core each."""
+def params(
+    heads: int, kv_heads: int, head_dim: int, context: int, walk: int | None = None
+) -> dict[str, int]:
+    """Attention of one query position over a KV cache of `context` positions, of which
+    it streams the first `walk` (all by default; a multiple of the key block): KV heads
+    over the columns (as many as divide them), one core each."""
+    extra = {} if walk is None or walk == context else {"walk": walk}
     return {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
-            "columns": largest_divisor(kv_heads, COLUMNS), "core_rows": 1}  # fmt: skip
+            "columns": largest_divisor(kv_heads, COLUMNS), "core_rows": 1, **extra}  # fmt: skip
 
 
 # -- what the time model counts (aiebuild/array/kernel_counts.py) -------------------------

@@ -210,8 +210,8 @@ def test_capture_takes_a_real_call_of_every_elf_not_the_warm_up(model_dir, emu_m
         assert all(np.abs(v).max() > 0 for v in capture.outputs.values()), capture.spec.instance
 
 
-def decode_attn_spec(context: int) -> ElfSpec:
-    params = decode_attn.params(4, 2, 64, context)
+def decode_attn_spec(context: int, walk: int | None = None) -> ElfSpec:
+    params = decode_attn.params(4, 2, 64, context, walk)
     launch = Launch("decode_attn", params, ("query", "kv_cache"), ("attn_out",))
     args = (ArgSpec("query", (2, 2 * 64 + PAD), "f32", Role.INPUT),
             ArgSpec("kv_cache", (2, 2, context, 64), "bf16", Role.INPUT),
@@ -245,6 +245,23 @@ def test_decode_attn_walks_a_long_context_in_phases_and_reads_only_the_length(tm
     mutated.write_text(source.replace(cut, "s->length = 1 << 30;"))
     wrong = replace(obj, source=mutated)
     assert not within_flash_bound(spec, inputs, HostKernels([wrong]))
+
+
+def test_a_shorter_walk_streams_the_caches_first_blocks_and_attends_as_the_whole_one():
+    """A decode ELF for a generation's early steps streams the first 4 of the cache's 12
+    key blocks per head (the cache's layout unchanged) and, for a length within them,
+    attends as the ELF that walks the whole cache does."""
+    keys = decode_attn.block_keys(64)
+    short, whole = decode_attn_spec(12 * keys, 4 * keys), decode_attn_spec(12 * keys)
+    walked = [t.tap for t in ops.record(short, short.launches[0]).runtime.transfers()
+              if t.tap.sizes[1] == 2]  # fmt: skip
+    assert [tap.sizes[0] for tap in walked] == [4, 4]  # a KV head per column
+    assert walked[1].offset == 2 * 12 * keys * 64  # the second head: the cache's stride
+    inputs = random_inputs(whole)
+    inputs["query"][:, 2 * 64] = 3 * keys + 7
+    assert within_flash_bound(short, inputs)
+    ours = simulated(short, inputs)["attn_out"]
+    assert np.array_equal(ours, simulated(whole, inputs)["attn_out"])
 
 
 def quantized_gemv_specs(weights: str) -> list[ElfSpec]:
