@@ -111,6 +111,10 @@ def test_early_steps_run_the_short_walk_and_generate_what_the_whole_walk_does(
     manifest = compile_all(BuildConfig(tmp_path, str(model_dir), (64,), "emu", context=1024))
     with Session(checkpoint, ArtifactSet.open(manifest), EmuDevice()) as session:
         session.prepare()
+        # position p attends to p + 1 keys: the walk of 512 serves up to position 511
+        assert [session._decode_ffn(p) for p in (0, 511, 512, 1023)] == [
+            "o_gemv_ffn.w512", "o_gemv_ffn.w512", "o_gemv_ffn", "o_gemv_ffn"
+        ]  # fmt: skip
         short = list(session.generate("What is the capital of Japan?", 6, stop_ids=set()))
         ran = {call.elf for call in session.profiler.kernels if call.phase == "decode"}
         assert "o_gemv_ffn.w512" in ran and "o_gemv_ffn" not in ran
