@@ -45,9 +45,10 @@ the launches after (the residual add after down reads it).
 
 A launch may multiply x by several weights of one type and K, each into its own output
 (decode's Q, K and V projections: one launch where three would cost two more
-reconfigurations): its args are x, the weights, then their outputs. Each weight stream
-serves one weight (`share_streams`: the part whose streams carry the most blocks each
-gets the next one), so a stream's run and its drain stay within one argument."""
+reconfigurations): its args are x (or a prologue's vectors), the weights, then their
+outputs. Each weight stream serves one weight (`share_streams`: the part whose streams
+carry the most blocks each gets the next one), so a stream's run and its drain stay
+within one argument."""
 
 from __future__ import annotations
 
@@ -246,8 +247,9 @@ def design(launch: Launch, args: list[ArgSpec]) -> Any:
     state_ty = tensor((state_floats(rows),), np.dtype(np.float32))
     obj = kernel(launch, args).name
     gemv = lib.Kernel(symbol(launch, w.dtype, y.dtype), obj, [xn_ty, w_ty, y_ty, state_ty])
-    norm = lib.Kernel(symbol(launch, w.dtype, y.dtype, prologue), obj,
-                      [x_ty] * (vectors + add) + [xn_ty])  # fmt: skip
+    if prologue:  # its entry point: the vectors (and h), then xn
+        norm = lib.Kernel(symbol(launch, w.dtype, y.dtype, prologue), obj,
+                          [x_ty] * (vectors + add) + [xn_ty])  # fmt: skip
     x_in = lib.ObjectFifo(x_ty, depth=vectors, name="x")
     h_out = lib.ObjectFifo(x_ty, depth=1, name="h") if add else None  # the first core's sum
     w_in = [lib.ObjectFifo(w_ty, name=f"w{s}") for s in range(len(cores))]
