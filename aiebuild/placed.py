@@ -19,7 +19,7 @@ from aiebuild.array.core_model import CallCycles
 from aiebuild.array.iron_record import Call, Program
 from aiebuild.array.placement import Placement, place
 from aiebuild.ops.common import KernelObject
-from aierun.abi import ElfSpec, Launch, attention_elf, canonical_json
+from aierun.abi import ElfSpec, Launch, canonical_json, chunk_elfs
 from aierun.errors import UserError
 
 
@@ -168,9 +168,6 @@ def chunk_ms(ms: dict[str, float], layers: int, bucket: int, chunks: int) -> lis
     per-ELF times by instance: its layers call its bucket's ELFs, a later chunk's
     attention the ELF after its past (aiebuild/specs.py flash_attn_past). The LM head
     runs once, after the last (not in these)."""
-    times = []
-    for chunk in range(chunks):
-        names = (f"rms_gemms_rope.s{bucket}", f"{attention_elf(chunk * bucket)}.s{bucket}",
-                 f"o_ffn.s{bucket}")  # fmt: skip
-        times.append(layers * sum(ms[n] for n in names))
-    return times
+    return [
+        layers * sum(ms[n] for n in chunk_elfs(chunk * bucket, bucket)) for chunk in range(chunks)
+    ]

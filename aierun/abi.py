@@ -57,6 +57,11 @@ def attention_elf(past: int) -> str:
     return f"{FLASH_ATTN}_p{past}" if past else FLASH_ATTN
 
 
+def chunk_elfs(past: int, bucket: int) -> tuple[str, str, str]:
+    """The instances each layer of a prompt's chunk at `past` calls in `bucket`."""
+    return tuple(f"{name}.s{bucket}" for name in (RMS_GEMMS_ROPE, attention_elf(past), O_FFN))
+
+
 # The decode ELF's argument the host binds to its device-resident KV cache of a layer.
 KV_CACHE = "kv_cache"
 # An ELF param: the cached positions the decode attention streams, where fewer than

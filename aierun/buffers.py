@@ -1,7 +1,7 @@
 """Buffer management driven by argument roles (docs/design.md section 5).
 
-- weight: one buffer per (tensor, layout), written once at prepare and shared by
-  every ELF that reads that tensor (prefill and decode use the same wq).
+- weight: one buffer per (tensor, layout, shape, dtype), written once at prepare and
+  shared by every ELF that reads it so (prefill and decode use the same wq).
 - input: pooled per ELF instance (shared by all layers); written on every call
   unless the caller passes the very array object it passed last time (the rope
   row of a decode step, shared by all layers), so callers must not modify an
@@ -105,8 +105,8 @@ class BufferManager:
                 self.cache_buffer(spec, arg.name, layer)
 
     def _weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
-        source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
-        key = (source, arg.layout, arg.shape, arg.dtype)
+        key = _weight_key(arg, layer)
+        source = key[0]
         if key not in self._weights:
             buffer = self.device.alloc(arg, source, **self._reads(arg))
             self.preloaded_bytes += self._write_static(buffer, self._resolved(spec, arg, source))
@@ -177,13 +177,12 @@ class BufferManager:
         return self._fixed_sets[key]
 
     def _bound_weight(self, spec: ElfSpec, arg: ArgSpec, layer: int | None) -> Buffer:
-        source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
-        buffer = self._weights.get((source, arg.layout, arg.shape, arg.dtype))
+        key = _weight_key(arg, layer)
+        buffer = self._weights.get(key)
         if buffer is None:
             # Not preloaded: bind an unwritten buffer, which the device refuses to
             # read (DeviceError naming it) instead of computing on zeros.
-            buffer = self.device.alloc(arg, source)
-            self._weights[(source, arg.layout, arg.shape, arg.dtype)] = buffer
+            buffer = self._weights[key] = self.device.alloc(arg, key[0])
         return buffer
 
     def _bound_input(self, spec: ElfSpec, arg: ArgSpec, value: Any) -> tuple[Buffer, int]:
@@ -229,6 +228,13 @@ class BufferManager:
         pools = [b for slots in self._outputs.values() for b in slots]
         return [*self._weights.values(), *self._pooled.values(), *pools,
                 *self._caches.values()]  # fmt: skip
+
+
+def _weight_key(arg: ArgSpec, layer: int | None) -> tuple[str, str, tuple[int, ...], str]:
+    """Which buffer holds a weight: its source (the layer filled in), layout, shape and
+    dtype (a norm weight is bf16 for an rmsnorm launch, fp32 for a GEMV's prologue)."""
+    source = arg.source.format(layer=layer) if arg.per_layer() else arg.source
+    return source, arg.layout, arg.shape, arg.dtype
 
 
 def _check(spec: ElfSpec, arg: ArgSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:

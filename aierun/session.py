@@ -35,6 +35,7 @@ from aierun.abi import (
     ElfSpec,
     Role,
     attention_elf,
+    chunk_elfs,
     decode_instance,
     interleave_rows,
     split_layout,
@@ -373,7 +374,9 @@ class Session:
         plan = [(past, min(largest, n - past)) for past in starts]
         chunks = []
         for past, length in plan:
-            fits = [b for b in self.artifacts.buckets if b >= length and self._chunk_elf(past, b)]
+            fits = [
+                b for b in self.artifacts.buckets if b >= length and self._has_chunk_elfs(past, b)
+            ]
             if not fits:
                 return None
             chunks.append((past, length, min(fits, key=lambda b: (self._chunk_ms(past, b), b))))
@@ -382,14 +385,12 @@ class Session:
     def _chunk_ms(self, past: int, bucket: int) -> float:
         """A chunk's modeled npu2 time: one call of each of its three prefill ELFs (per
         layer alike, so one layer's compares), infinite where the manifest has none."""
-        names = (RMS_GEMMS_ROPE, attention_elf(past), O_FFN)
-        times = [self.artifacts.npu2_model_ms(f"{name}.s{bucket}") for name in names]
+        times = [self.artifacts.npu2_model_ms(name) for name in chunk_elfs(past, bucket)]
         return math.inf if None in times else sum(times)
 
-    def _chunk_elf(self, past: int, bucket: int) -> str | None:
-        """The attention ELF of a chunk at `past` in `bucket`, if it was compiled."""
-        name = f"{attention_elf(past)}.s{bucket}"
-        return name if name in self._elfs else None
+    def _has_chunk_elfs(self, past: int, bucket: int) -> bool:
+        """Whether every ELF of a chunk at `past` in `bucket` was compiled."""
+        return all(name in self._elfs for name in chunk_elfs(past, bucket))
 
     def _prefill_long(self, ids: list[int], capacity: int) -> np.ndarray:
         """A prompt longer than every bucket, within the context: prefilled in chunks,
