@@ -130,7 +130,9 @@ def task_simulate():
     from aiebuild.sim import run  # needs a C++ compiler only when it runs
 
     buckets = CONFIG.buckets if get_var("buckets", "") else run.DEFAULT_BUCKETS
-    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu", weights=CONFIG.weights)
+    context = CONFIG.context if get_var("ctx", "") else None  # `ctx=`: the decode walks too
+    config = tasks.BuildConfig(CONFIG.home, CONFIG.model, buckets, "emu", weights=CONFIG.weights,
+                               context=context)  # fmt: skip
     return {
         "actions": [(run.task_action, (config, get_var("elf", "")))],
         "task_dep": ["model"],

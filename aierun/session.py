@@ -512,19 +512,25 @@ class Session:
         return self.call(O_FFN + s, layer, attn_out=attn["attn_out"], x=proj["x"])["y"]
 
     # -- decode --------------------------------------------------------------
-    def decode(self, token: int) -> np.ndarray:
-        """Feed one token at the current position; returns the next token's logits."""
+    def decode(self, token: int, ffn: str | None = None) -> np.ndarray:
+        """Feed one token at the current position; returns the next token's logits.
+        `ffn`: the o_gemv_ffn instance to run (default: the shortest attention walk
+        that reaches the position; any walk that does gives the same logits, which is
+        how `doit simulate` captures each)."""
         with self.profiler.in_phase("decode"), self.profiler.span("token", self.position):
-            return self._decode(token)
+            return self._decode(token, ffn)
 
-    def _decode(self, token: int) -> np.ndarray:
+    def _decode(self, token: int, ffn: str | None = None) -> np.ndarray:
         pos, prof, start = self.position, self.profiler, clock()
         if pos >= self.context:
             raise UserError(f"the context is full ({self.context} positions)")
+        ffn = ffn or self._decode_ffn(pos)
+        walk = self.spec(ffn).params.get(WALK, self.context)
+        if pos >= walk:
+            raise ValueError(f"{ffn} attends to {walk} positions, not position {pos}")
         with prof.cpu(flow.EMBED_LOOKUP):
             x = self._embedded(RMS_GEMV_ROPE, np.array([token]))
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
-        ffn = self._decode_ffn(pos)
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):

@@ -33,7 +33,7 @@ from aiebuild.ops.common import KernelObject
 from aiebuild.sim import dataflow, host_kernels
 from aiebuild.sim.compare import compare
 from aiebuild.tasks import BuildConfig, compile_all
-from aierun.abi import HOST_READ, HOST_WRITTEN, ElfSpec, parse_binding
+from aierun.abi import HOST_READ, HOST_WRITTEN, O_GEMV_FFN, ElfSpec, parse_binding
 from aierun.artifacts import ArtifactSet
 from aierun.errors import UserError
 from aierun.files import write_json_atomic
@@ -90,7 +90,9 @@ def capture_calls(checkpoint: Checkpoint, manifest: Path) -> dict[str, Capture]:
         for bucket in artifacts.buckets:
             ids = prompt[: bucket - 1]
             logits = session.prefill(ids, seq_len=bucket)
-        session.decode(int(np.argmax(logits)))
+        # One decode step per decode ELF: every attention walk reaches these positions.
+        for ffn in (i for i in artifacts.instances if session.spec(i).name == O_GEMV_FFN):
+            logits = session.decode(int(np.argmax(logits)), ffn)
         # A longer prompt per later chunk's attention ELF (aiebuild/specs.py flash_attn_past).
         largest = artifacts.buckets[-1]
         for past in range(largest, session.context, largest):
@@ -200,7 +202,7 @@ def simulate(config: BuildConfig, elf_filter: str = "") -> list[ElfResult]:
     model = config.model_dir()
     # A build home of its own: the user's emu manifest (other buckets) stays as it is.
     own = BuildConfig(config.home / "simulate" / "emu", str(model), config.buckets, "emu",
-                      weights=config.weights)  # fmt: skip
+                      weights=config.weights, context=config.context)  # fmt: skip
     manifest = compile_all(own)
     checkpoint = Checkpoint(model)
     captured = capture_calls(checkpoint, manifest)
