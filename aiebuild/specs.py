@@ -153,6 +153,17 @@ def _fused_projections(shape: ModelShape, matmul: str, types: WeightTypes) -> bo
     return matmul == "gemv" and len(kinds) == 1 and gemv.prologue_fits(shape.hidden, *kinds)
 
 
+def _residual_in_next_layer(shape: ModelShape, types: WeightTypes) -> bool:
+    """Whether decode's residual add after down is the next layer's QKV prologue: the
+    QKV GEMV is one launch and a core holds the add's vectors beside it. o_gemv_ffn then
+    hands on d (rounded to bf16, as fp32) and h instead of their sum y, and the host adds
+    them for the final norm after the last layer."""
+    kind = types[_weight_source("q")]
+    return _fused_projections(shape, "gemv", types) and gemv.prologue_fits(
+        shape.hidden, kind, prologue=gemv.ADD_RMSNORM
+    )
+
+
 def _ffn_prologue(shape: ModelShape, matmul: str, types: WeightTypes) -> str | None:
     """What decode's gate+up GEMV takes in as its prologue: the residual add and the
     FFN's RMSNorm, or the RMSNorm alone, as far as a core holds their data."""
@@ -174,13 +185,17 @@ def _rms_projections_rope(
     Q and K (one launch).
     Decode's three GEMVs, when their weights share a type, are one launch with RMSNorm
     as its prologue (aiebuild/ops/gemv.py): one launch where there were four, three
-    reconfigurations of the array fewer."""
+    reconfigurations of the array fewer; with the previous layer's residual add before
+    it too (`_residual_in_next_layer`), whose sum x the first core writes."""
     e, dh = shape.hidden, shape.head_dim
     widths = {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
     if _fused_projections(shape, matmul, types):
-        params = gemv.params(rows, e, sum(widths.values()), rmsnorm_eps=shape.rms_eps)
-        inputs = ("x", "attn_norm", *(f"w{n}" for n, _ in PROJECTIONS))
-        outputs = tuple(_projected(shape, n) for n, _ in PROJECTIONS)
+        add = _residual_in_next_layer(shape, types)
+        params = gemv.params(
+            rows, e, sum(widths.values()), rmsnorm_eps=shape.rms_eps, add_first=add
+        )
+        inputs = (*(("d", "h") if add else ("x",)), "attn_norm", *(f"w{n}" for n, _ in PROJECTIONS))
+        outputs = (*(_projected(shape, n) for n, _ in PROJECTIONS), *(("x",) if add else ()))
         launches = [Launch("gemv", params, inputs, outputs, "gemv QKV")]
         launches += [stage for n, _ in PROJECTIONS for stage in _epilogue(shape, rows, n)]
     else:
@@ -246,11 +261,22 @@ def _norm_weight(name: str, e: int, source: str, prologue: bool) -> ArgSpec:
 
 
 def _projection_args(
-    shape: ModelShape, rows: int, types: WeightTypes = BF16_TYPES, prologue: bool = False
+    shape: ModelShape,
+    rows: int,
+    types: WeightTypes = BF16_TYPES,
+    prologue: bool = False,
+    add: bool = False,
 ) -> list[ArgSpec]:
+    """With `add`, the residual stream x is the sum of the previous layer's d and h,
+    which the projections' prologue adds and hands on."""
     e, q, kv = shape.hidden, shape.q_dim, shape.kv_dim
+    residual = (
+        [_arg("d", (rows, e), IN, dtype=F32), _arg("h", (rows, e), IN, dtype=F32),
+         _arg("x", (rows, e), OUT, dtype=F32)]
+        if add else [_arg("x", (rows, e), IN, dtype=F32)]
+    )  # fmt: skip
     return [
-        _arg("x", (rows, e), IN, dtype=F32),
+        *residual,
         _norm_weight("attn_norm", e, "input_layernorm.weight", prologue),
         _matrix("wq", q, e, LAYER + "self_attn.q_proj.weight", types),
         _matrix("wk", kv, e, LAYER + "self_attn.k_proj.weight", types),
@@ -282,9 +308,10 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
 
 
 def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec:
+    fused, add = _fused_projections(shape, "gemv", types), _residual_in_next_layer(shape, types)
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
-        tuple(_projection_args(shape, 1, types, _fused_projections(shape, "gemv", types))),
+        tuple(_projection_args(shape, 1, types, fused, add)),
         tuple(_rms_projections_rope(shape, 1, "gemv", types)),
     )  # fmt: skip
 
@@ -355,7 +382,8 @@ def _o_ffn_launches(
     """The O projection and the FFN, each with its residual add. Decode's gate and up
     are one GEMV with silu_mul its epilogue and, as far as a core holds them, the add
     after O and the FFN's RMSNorm its prologue (aiebuild/ops/gemv.py): one launch where
-    prefill has five."""
+    prefill has five; and the add after down goes to the next layer's QKV prologue
+    where that has room (`_residual_in_next_layer`)."""
     e, f, q = shape.hidden, shape.ffn, shape.q_dim
     residual, norm = eltwise.params(rows, e), rmsnorm.params(rows, e, shape.rms_eps)
     add_o = Launch("add", residual, ("o", "x"), ("h",), "add residual")
@@ -380,6 +408,10 @@ def _o_ffn_launches(
         else:
             swiglu = [*normed, *_swiglu_gemms(shape, rows)]
         ffn = [o_proj, add_o, *swiglu]
+    if matmul == "gemv" and _residual_in_next_layer(shape, types):  # d as that add reads it
+        down = Launch("gemv", gemv.params(rows, f, e, gemv.ROUNDED), ("a", "w_down"), ("d",),
+                      "gemv down")  # fmt: skip
+        return [*ffn, down]
     return [
         *ffn,
         _matmul(matmul, "gemm down", rows, f, e, ("a", "w_down"), "d"),
@@ -392,6 +424,14 @@ def _o_ffn_args(
 ) -> list[ArgSpec]:
     e, f = shape.hidden, shape.ffn
     prologue = _ffn_prologue(shape, matmul, types)
+    # d and h go on to the next layer's projections, or their sum y does
+    handed_on = matmul == "gemv" and _residual_in_next_layer(shape, types)
+    residual = (
+        [_arg("d", (rows, e), OUT, dtype=F32), _arg("h", (rows, e), OUT, dtype=F32)]
+        if handed_on
+        else [_arg("h", (rows, e), MID, dtype=F32), _arg("d", (rows, e), MID),
+              _arg("y", (rows, e), OUT, dtype=F32)]
+    )  # fmt: skip
     return [
         _arg("attn_out", (rows, shape.q_dim), IN),
         _arg("x", (rows, e), IN, dtype=F32),
@@ -401,11 +441,9 @@ def _o_ffn_args(
         _matrix("w_down", e, f, LAYER + "mlp.down_proj.weight", types),
         # o, rounded to bf16, as fp32 for the add prologue's fifo of fp32 vectors
         _arg("o", (rows, e), MID, dtype=F32 if prologue == gemv.ADD_RMSNORM else "bf16"),
-        _arg("h", (rows, e), MID, dtype=F32),
         _arg("hn", (rows, e), MID),
         *(_arg(n, (rows, f), MID) for n in (("g", "u", "a") if matmul == "gemm" else ("a",))),
-        _arg("d", (rows, e), MID),
-        _arg("y", (rows, e), OUT, dtype=F32),
+        *residual,
     ]
 
 

@@ -104,6 +104,7 @@ class Session:
         self._rope = rope_table(self.shape, self.shape.max_positions)
         self._chunk_rope: dict[tuple[int, int], np.ndarray] = {}  # _rope_rows
         self._embed: EmbeddingTable | None = None  # read into memory at prepare
+        self._zero_row: np.ndarray | None = None  # _first_residual's d
         self._final_norm = checkpoint.tensor("model.norm.weight").astype(np.float32)
         self._pad_id = _pad_token(checkpoint.config)
         self.kv: KVCache | None = None  # the device's KV cache, allocated at prepare
@@ -330,7 +331,7 @@ class Session:
         self.tokens, self.position = [], 0  # a failure part way leaves no stale cache
         start = clock()
         x = self._prefill_chunk(ids, 0, bucket, on_layer)
-        logits = self._logits(x, row=n - 1)
+        logits = self._logits([x], row=n - 1)
         self.tokens, self.position = list(ids), n
         self._prefill_s[bucket] = clock() - start
         return logits
@@ -407,7 +408,7 @@ class Session:
         for past, length, bucket in plan:
             log.debug("prefill.chunk", past=past, tokens=length, bucket=bucket)
             x = self._prefill_chunk(ids[past : past + length], past, bucket)
-        logits = self._logits(x, row=plan[-1][1] - 1)
+        logits = self._logits([x], row=plan[-1][1] - 1)
         self.tokens, self.position = list(ids), len(ids)
         return logits
 
@@ -481,10 +482,10 @@ class Session:
         nearest = min(self._prefill_s, key=lambda b: abs(b - bucket))
         return self._prefill_s[nearest] * bucket / nearest
 
-    def _embedded(self, instance: str, ids: np.ndarray) -> Buffer:
-        """The embedding rows of `ids`, written straight into the input buffer of the
-        first layer's call (bound there as a device buffer: no second host copy)."""
-        buffer = self.buffers.input_buffer(self.spec(instance), "x")
+    def _embedded(self, instance: str, ids: np.ndarray, name: str = "x") -> Buffer:
+        """The embedding rows of `ids`, written straight into the input buffer `name` of
+        the first layer's call (bound there as a device buffer: no second host copy)."""
+        buffer = self.buffers.input_buffer(self.spec(instance), name)
         buffer.write_with(lambda host: self._embed.lookup(ids, host))
         return buffer
 
@@ -529,13 +530,13 @@ class Session:
         if pos >= walk:
             raise ValueError(f"{ffn} attends to {walk} positions, not position {pos}")
         with prof.cpu(flow.EMBED_LOOKUP):
-            x = self._embedded(RMS_GEMV_ROPE, np.array([token]))
+            residual = self._first_residual(token)
         rope_row = self._rope[pos : pos + 1]  # one object: written once, skipped after
         with prof.span("layers"):
             for layer in range(self.shape.n_layers):
                 with prof.span("layer", layer):
-                    x = self._decode_layer(layer, pos, x, rope_row, ffn)
-        logits = self._logits(x, row=0)
+                    residual = self._decode_layer(layer, pos, residual, rope_row, ffn)
+        logits = self._logits(list(residual.values()), row=0)
         del self.tokens[pos:]  # a step that failed part way stored nothing to keep
         self.tokens.append(token)
         self.position = pos + 1
@@ -553,8 +554,24 @@ class Session:
         )  # fmt: skip
         return decode_instance(O_GEMV_FFN, walks[0] if walks else None)
 
-    def _decode_layer(self, layer: int, pos: int, x: Any, rope_row: np.ndarray, ffn: str) -> Buffer:
-        proj = self.call(RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), x=x, rope=rope_row)
+    def _first_residual(self, token: int) -> dict[str, Any]:
+        """The first layer's residual inputs: the token's embedding as x or, where the
+        projections' prologue adds the previous layer's d and h (aiebuild/specs.py
+        `_residual_in_next_layer`), as h beside a d of zeros (x + 0 is x)."""
+        if not any(arg.name == "h" for arg in self.spec(RMS_GEMV_ROPE).args_with(Role.INPUT)):
+            return {"x": self._embedded(RMS_GEMV_ROPE, np.array([token]))}
+        if self._zero_row is None:  # one object: written once, skipped after
+            self._zero_row = np.zeros((1, self.shape.hidden), np.float32)
+        return {"d": self._zero_row, "h": self._embedded(RMS_GEMV_ROPE, np.array([token]), "h")}
+
+    def _decode_layer(
+        self, layer: int, pos: int, residual: dict[str, Any], rope_row: np.ndarray, ffn: str
+    ) -> dict[str, Buffer]:
+        """One layer of a decode step; returns the next layer's residual inputs (y as x,
+        or d and h), whose sum is this layer's output."""
+        proj = self.call(
+            RMS_GEMV_ROPE, layer, read=("q_roped", "k_roped", "v"), rope=rope_row, **residual
+        )
         # The host appends this position's K/V to the device's cache and hands the
         # attention its query rows and length; the attention runs in o_gemv_ffn.
         with self.profiler.cpu(flow.KV_APPEND, layer):
@@ -563,14 +580,16 @@ class Session:
             heads = self.shape.n_kv_heads
             query.write_with(lambda rows: query_rows(proj["q_roped"].host, heads, pos + 1, rows))
         kv = self.kv.buffers[layer]
-        return self.call(ffn, layer, query=query, kv_cache=kv, x=proj["x"])["y"]
+        out = self.call(ffn, layer, query=query, kv_cache=kv, x=proj["x"])
+        return {"x": out["y"]} if "y" in out else {"d": out["d"], "h": out["h"]}
 
     # -- the shared tail: final norm on the CPU, LM head on the device ---------
-    def _logits(self, hidden: Buffer, row: int) -> np.ndarray:
-        with self.profiler.cpu(flow.FINAL_RMS_NORM):  # includes reading the row back
-            normed = final_norm(
-                hidden.read_rows(row, row + 1), self._final_norm, self.shape.rms_eps
-            )
+    def _logits(self, parts: list[Buffer], row: int) -> np.ndarray:
+        """The logits of hidden-state row `row`, the sum of `parts` (y alone, or the
+        last decode layer's d and h: the residual add no launch after it does)."""
+        with self.profiler.cpu(flow.FINAL_RMS_NORM):  # includes reading the rows back
+            hidden = sum(part.read_rows(row, row + 1) for part in parts)
+            normed = final_norm(hidden, self._final_norm, self.shape.rms_eps)
         out = self.call(LM_HEAD_GEMV, None, read=("logits",), x=normed)["logits"]
         return out.host.reshape(-1)[: self.shape.vocab].astype(np.float32)
 

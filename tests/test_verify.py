@@ -31,15 +31,18 @@ def reference(model_dir) -> Reference:
 
 def inject_fault(session: Session, monkeypatch, bad_layer: int) -> None:
     """Test-only fault: layer `bad_layer`'s o_ffn / o_gemv_ffn call writes the
-    negated residual stream to device memory (a sign error in one kernel)."""
+    negated residual stream to device memory (a sign error in one kernel): y, or the
+    d and h decode hands on in its place."""
     real_call = session.call
 
     def call(instance, layer, read=(), **inputs):
         buffers = real_call(instance, layer, read, **inputs)
         if layer == bad_layer and instance.startswith(("o_ffn", "o_gemv_ffn")):
-            y = buffers["y"]
-            y.host[...] = -y.host
-            y.sync_to_device()
+            for name in ("y",) if "y" in buffers else ("d", "h"):
+                out = buffers[name]
+                out.sync_from_device()
+                out.host[...] = -out.host
+                out.sync_to_device()
         return buffers
 
     monkeypatch.setattr(session, "call", call)

@@ -41,7 +41,8 @@ arithmetic of rmsnorm.cc). It needs room for x, the weight and xn beside two w s
 "add_rmsnorm" prologue also takes the residual add before the RMSNorm: its fifo brings
 o (the GEMV before it wrote o rounded to bf16 as fp32: the "rounded" epilogue), x and
 the weight, every core sums h = o + x for itself, and the first core writes h out for
-the launches after (the residual add after down reads it).
+the launches after. Decode's QKV GEMV takes the add after down the same way: d (the
+down GEMV's, rounded) and h, whose sum x it writes for the layer's later launches.
 
 A launch may multiply x by several weights of one type and K, each into its own output
 (decode's Q, K and V projections: one launch where three would cost two more

@@ -57,8 +57,9 @@ def test_decode_projections_are_one_launch_with_the_norm_and_prefill_keeps_four(
     by_name = {s.name: s for s in specs.model_specs(SHAPE, (64,), "q4_0")}
     decode, prefill = by_name["rms_gemv_rope"], by_name["rms_gemms_rope"]
     (fused,) = [launch for launch in decode.launches if launch.op == "gemv"]
-    assert fused.inputs == ("x", "attn_norm", "wq", "wk", "wv")
-    assert fused.params["prologue"] == "rmsnorm" and decode.arg("attn_norm").dtype == "f32"
+    assert fused.inputs == ("d", "h", "attn_norm", "wq", "wk", "wv")  # x = d + h first
+    assert fused.outputs == ("q", "k", "v", "x")
+    assert fused.params["prologue"] == "add_rmsnorm" and decode.arg("attn_norm").dtype == "f32"
     assert "xn" not in {arg.name for arg in decode.args}  # kept in core memory
     assert [launch.op for launch in prefill.launches][:4] == ["rmsnorm", "gemm", "gemm", "gemm"]
     assert prefill.arg("attn_norm").dtype == "bf16"
@@ -90,3 +91,40 @@ def test_the_add_prologue_is_the_add_launch_then_the_rmsnorm_prologue():
     fused = gemv.params(1, K, 64, rmsnorm_eps=EPS, add_first=True)
     ours, sums = OPS["gemv"](fused, o, x, norm, w)
     assert np.array_equal(sums, h) and np.array_equal(ours, expected)
+
+
+def test_the_residual_add_after_down_is_the_next_layers_qkv_prologue():
+    """o_gemv_ffn hands on d (rounded to bf16, as fp32) and h; the next layer's QKV
+    prologue adds them, and writes the sum x the add launch wrote as y."""
+    by_name = {s.name: s for s in specs.model_specs(SHAPE, (64,), "q4_0")}
+    ffn, proj = by_name["o_gemv_ffn"], by_name["rms_gemv_rope"]
+    assert "add" not in {launch.op for launch in ffn.launches}
+    down = ffn.launches[-1]
+    assert down.outputs == ("d",) and down.params["epilogue"] == gemv.ROUNDED
+    handed_on = {a.name: a.dtype for a in ffn.args if a.role.name == "OUTPUT"}
+    taken = {a.name: a.dtype for a in proj.args if a.role.name == "INPUT" and a.name != "rope"}
+    assert handed_on == taken == {"d": "f32", "h": "f32"}
+    rng = np.random.default_rng(6)
+    h = rng.standard_normal((1, K), np.float32) * 4
+    a, w_down = bf16_values(rng, (1, K)), bf16_values(rng, (K, K))
+    norm, wq, wk = bf16_values(rng, (K,)), bf16_values(rng, (64, K)), bf16_values(rng, (32, K))
+    (d,) = OPS["gemv"](gemv.params(1, K, K), a, w_down)  # bf16, as the add launch read it
+    (y,) = OPS["add"]({}, to_bf16(d), h)
+    expected = OPS["gemv"](gemv.params(1, K, 96, rmsnorm_eps=EPS), y, norm, wq, wk)
+    (d_rounded,) = OPS["gemv"](gemv.params(1, K, K, gemv.ROUNDED), a, w_down)
+    fused = gemv.params(1, K, 96, rmsnorm_eps=EPS, add_first=True)
+    *ours, x = OPS["gemv"](fused, d_rounded, h, norm, wq, wk)
+    assert np.array_equal(x, y)
+    assert all(np.array_equal(o, e) for o, e in zip(ours, expected, strict=True))
+
+
+def test_without_room_for_the_add_prologue_decode_keeps_the_add_after_down():
+    """Llama-3.1-8B's hidden 4096: d, h, the norm weight and their sum do not fit a
+    core beside the QKV GEMV's steps, so o_gemv_ffn still writes y."""
+    from aierun.model import ModelShape
+    from tools.random_llama import CONFIGS
+
+    shape = ModelShape.from_config(CONFIGS["Llama-3.1-8B"])
+    by_name = {s.name: s for s in specs.model_specs(shape, (64,), "q4_0")}
+    assert by_name["o_gemv_ffn"].launches[-1].op == "add"
+    assert by_name["rms_gemv_rope"].launches[0].inputs[0] == "x"

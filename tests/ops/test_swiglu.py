@@ -88,7 +88,8 @@ def test_decode_runs_gate_up_and_silu_mul_as_one_launch_prefill_as_three(weights
     assert fused.inputs == ("o", "x", "ffn_norm", "w_gate_up")  # the add and RMSNorm before
     assert fused.params["prologue"] == "add_rmsnorm" and decode.arg("ffn_norm").dtype == "f32"
     assert not {"rmsnorm", "silu_mul"} & {launch.op for launch in decode.launches}
-    assert [launch.op for launch in decode.launches].count("add") == 1  # the one after down
+    # the add after down is the next layer's QKV prologue (test_gemv_fusions.py)
+    assert "add" not in [launch.op for launch in decode.launches]
     w = decode.arg("w_gate_up")
     assert w.source.count("+") == 1 and w.dtype == weights
     assert w.shape == gemv.weight_shape(2 * SHAPE.ffn, SHAPE.hidden, weights)
