@@ -59,7 +59,10 @@ def test_compute_bound_launch_takes_its_core_cycles():
     launch = timing.launch_time(_stream_program(calls, chunk), add_cycles(2**20))
     core = calls * _seconds_per_call(2**20)
     assert launch.bound == "core(0,2)"
-    assert launch.seconds == pytest.approx(core)
+    # plus the pipeline's ends: a's and b's first objects in, c's last one out
+    one_object = chunk * 2 / timing.SHIM_CHANNEL_BYTES_PER_S
+    assert launch.fill_s == pytest.approx(one_object) == launch.drain_s
+    assert launch.seconds == pytest.approx(core + 2 * one_object)
     shim_s = calls * chunk * 2 / timing.SHIM_CHANNEL_BYTES_PER_S
     assert launch.busy["shim(0,0) mm2s0"] == pytest.approx(shim_s)
     assert launch.busy["shim(0,0) mm2s1"] == pytest.approx(shim_s)  # b: the second channel
@@ -72,7 +75,7 @@ def test_dma_bound_launch_takes_its_bytes_over_the_slowest_path():
     nbytes = 3 * calls * chunk * 2  # a, b in and c out, bf16
     column_s = nbytes / timing.COLUMN_DDR_BYTES_PER_S
     assert launch.bound == "ddr column 3"
-    assert launch.seconds == pytest.approx(column_s)
+    assert launch.seconds == pytest.approx(column_s + launch.fill_s + launch.drain_s)
     # each call waits for its two 2 KiB objects on the core's streams (a DMA block a step)
     block = 2 * chunk * 2 / timing.STREAM_BYTES_PER_S
     per_call = max(_seconds_per_call(ADD_CYCLES), block)
@@ -311,3 +314,44 @@ def test_a_configuration_writes_each_cores_program_and_initial_data():
     assert timing.configure_bytes(program) == cores * timing.CORE_PROGRAM_BYTES + initial
     launch = timing.launch_time(program, add_cycles(ADD_CYCLES))
     assert launch.configure_bytes == timing.configure_bytes(program)
+
+
+def _forwarded_program(chunk: int, pieces: int) -> iron_record.Program:
+    """One core taking a fifo that a memory tile cuts from objects `pieces` times
+    larger, and writing a fifo that a memory tile joins into one that large."""
+    small, large = tensor((chunk,), BF16), tensor((chunk * pieces,), BF16)
+    with iron_record.recording() as lib:
+        add = lib.Kernel(f"add_bf16_bf16_bf16_{chunk}", OBJ, [small, small, small])
+        a_in, c_out = lib.ObjectFifo(large), lib.ObjectFifo(large)
+        (a,) = a_in.cons().split([0], obj_types=[small])
+        (c,) = c_out.prod().join([0], obj_types=[small])
+        b = lib.ObjectFifo(small)
+
+        def core(xs, ys, zs, kernel):
+            for _ in lib.range_(pieces):
+                kernel(xs.acquire(1), ys.acquire(1), zs.acquire(1))
+                for handle in (xs, ys, zs):
+                    handle.release(1)
+
+        worker = lib.Worker(core, [a.cons(), b.cons(), c.prod(), add], tile=lib.Tile(0, 2))
+
+        def sequence(x, y, z, *ends):
+            ends[0].fill(x)
+            ends[1].fill(y)
+            ends[2].drain(z, wait=True)
+
+        host = tensor((chunk * pieces,), BF16)
+        ends = [a_in.prod(), b.prod(), c_out.cons()]
+        return lib.Program(lib.NPU2(), lib.Runtime(sequence, [host] * 3 + ends), [worker])
+
+
+def test_a_memory_tile_hands_on_an_object_once_it_holds_all_of_it():
+    """The first call waits for the memory tile's whole first object and then its own
+    piece; the last output goes to DDR inside the whole object the tile joins."""
+    chunk, pieces = 1024, 4
+    launch = timing.launch_time(_forwarded_program(chunk, pieces), add_cycles(ADD_CYCLES))
+    small, large = chunk * 2, chunk * pieces * 2
+    fill = large / timing.SHIM_CHANNEL_BYTES_PER_S + small / timing.STREAM_BYTES_PER_S
+    assert launch.fill_s == pytest.approx(fill)  # longer than b's object straight from DDR
+    assert launch.drain_s == pytest.approx(fill)  # the same two hops the other way
+    assert launch.seconds == pytest.approx(max(launch.busy.values()) + 2 * fill)

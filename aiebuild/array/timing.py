@@ -15,7 +15,11 @@ Per launch, every resource is busy for a time:
 - each column's shim-to-DDR path and the whole array's DDR bandwidth: the bytes of
   the runtime sequence's fills and drains.
 Overlap, stated simply: the resources work at the same time (double-buffered fifos),
-so a launch takes as long as its busiest resource, which is what bounds it. An ELF
+so a launch takes as long as its busiest resource, which is what bounds it, plus the
+pipeline's fill and drain, which nothing overlaps: before its first call a core waits
+for the objects it acquires first, each brought whole over every hop of its path (a
+memory tile forwards an object once it holds all of it), and after its last call its
+last output object travels to DDR the same way (`_fill_s`, `_drain_s`). An ELF
 call adds the dispatch (DISPATCH_S, which covers the first launch's configuration) and
 a reconfiguration before every further launch: a fixed RECONFIGURE_S and the bytes that
 launch's configuration writes (`configure_bytes`) at CONFIGURE_BYTES_PER_S.
@@ -132,10 +136,12 @@ class LaunchTime:
     label: str
     busy: dict[str, float]
     configure_bytes: int = 0  # what configuring the array for this launch writes
+    fill_s: float = 0.0  # until the last core has what its first call needs
+    drain_s: float = 0.0  # a core's last output object on its way to DDR
 
     @property
     def seconds(self) -> float:
-        return max(self.busy.values(), default=0.0)
+        return max(self.busy.values(), default=0.0) + self.fill_s + self.drain_s
 
     @property
     def reconfigure_s(self) -> float:
@@ -148,16 +154,15 @@ class LaunchTime:
         return max(self.busy, key=self.busy.__getitem__) if self.busy else "nothing"
 
     def at_clock_s(self, clock_hz: float) -> float:
-        """The launch at another array clock: cores and their streams scale."""
+        """The launch at another array clock: cores and their streams scale (the fill
+        and the drain as a whole, their shim hops too: an upper bound)."""
         scale = CLOCK_HZ / clock_hz
-        return (
-            max(
-                (t * scale if name.startswith(("core", "memtile")) else t)
-                for name, t in self.busy.items()
-            )
-            if self.busy
-            else 0.0
-        )
+        busiest = max(
+            ((t * scale if name.startswith(("core", "memtile")) else t)
+             for name, t in self.busy.items()),
+            default=0.0,
+        )  # fmt: skip
+        return busiest + (self.fill_s + self.drain_s) * scale
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,57 @@ def _core_seconds(worker: Worker, call_cycles: CallCycles, placement: Placement)
     return cycles / CLOCK_HZ
 
 
+def _arrival_s(fifo: ObjectFifo, objects: int) -> float:
+    """How long the first `objects` objects of a fifo take to reach its consumer: their
+    bytes over the hop into it (a shim channel from DDR, a stream from a memory tile),
+    after the whole first object of each fifo the memory tile makes them from."""
+    producer = fifo.producer.endpoint if fifo.producer is not None else None
+    nbytes = objects * fifo.nbytes
+    if isinstance(producer, iron_record.Runtime):
+        return nbytes / SHIM_CHANNEL_BYTES_PER_S
+    if isinstance(producer, iron_record.Link):
+        upstream = max(_arrival_s(h.fifo, 1) for h in producer.inputs)
+        return upstream + nbytes / STREAM_BYTES_PER_S
+    return 0.0  # another core's output: that core's own fill and work come first
+
+
+def _departure_s(fifo: ObjectFifo) -> float:
+    """How long one object of a fifo takes from its producer to DDR: over the hop out,
+    then as part of the object of each fifo a memory tile joins it into."""
+    ends = [h.endpoint for h in fifo.consumers if h is not None]
+    if any(isinstance(end, iron_record.Runtime) for end in ends):
+        return fifo.nbytes / SHIM_CHANNEL_BYTES_PER_S
+    links = [end for end in ends if isinstance(end, iron_record.Link)]
+    if not links:
+        return 0.0  # into another core: its work, not this launch's tail
+    onward = max(_departure_s(h.fifo) for link in links for h in link.outputs)
+    return fifo.nbytes / STREAM_BYTES_PER_S + onward
+
+
+def _fill_s(worker: Worker, placement: Placement) -> float:
+    """Until the worker's first call has its objects: those it acquires before it, on
+    fifos a DMA brings (the longest path; the others wait at the same time)."""
+    waits = [0.0]
+    for node, _ in iron_record.walk(worker.body):
+        if isinstance(node, Call):
+            break
+        streamed = isinstance(node, Acquire) and not node.handle.is_prod
+        if streamed and _channel(placement, node.handle) is not None:
+            waits.append(_arrival_s(node.handle.fifo, node.count))
+    return max(waits)
+
+
+def _drain_s(worker: Worker, placement: Placement) -> float:
+    """The worker's last output object, from its DMA to DDR (its slowest output)."""
+    outputs = {
+        id(node.handle): node.handle.fifo
+        for node, _ in iron_record.walk(worker.body)
+        if isinstance(node, Acquire) and node.handle.is_prod
+        and _channel(placement, node.handle) is not None
+    }  # fmt: skip
+    return max((_departure_s(fifo) for fifo in outputs.values()), default=0.0)
+
+
 def _channel(placement: Placement, handle: ObjectFifoHandle) -> int | None:
     end = placement.endpoints.get(handle)
     return None if end is None else end.channel
@@ -375,4 +431,7 @@ def launch_time(
     for column, nbytes in ddr_columns.items():
         busy[f"ddr column {column}"] = nbytes / COLUMN_DDR_BYTES_PER_S
     busy["ddr"] = sum(ddr_columns.values()) / ARRAY_DDR_BYTES_PER_S
-    return LaunchTime(label, busy, configure_bytes(program))
+    workers = list(placement.workers)
+    fill = max((_fill_s(worker, placement) for worker in workers), default=0.0)
+    drain = max((_drain_s(worker, placement) for worker in workers), default=0.0)
+    return LaunchTime(label, busy, configure_bytes(program), fill, drain)
