@@ -310,8 +310,10 @@ def trend_section(report: Report) -> Section:
     rows.append(("drift first -> last", "", "", _drift(walls), _drift(loops)))
     table = Table(("", "step", "position", "step wall ms", "layer-loop ms"), rows)
     notes = [
-        "Decode attention runs over the whole KV cache, so a step's cost can grow with its "
-        "position; run-to-run noise (other processes on the host) shows up here too.",
+        "Decode attention reads more of the KV cache as the position grows (emu the "
+        "cached positions; the NPU the shortest compiled walk past them, o_gemv_ffn.w<W> "
+        "or the whole cache), so a step's cost can grow with its position; run-to-run "
+        "noise (other processes on the host) shows up here too.",
     ]
     return Section("PER-TOKEN WALL TREND", [table], notes)
 
