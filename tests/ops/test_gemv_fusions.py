@@ -128,3 +128,31 @@ def test_without_room_for_the_add_prologue_decode_keeps_the_add_after_down():
     by_name = {s.name: s for s in specs.model_specs(shape, (64,), "q4_0")}
     assert by_name["o_gemv_ffn"].launches[-1].op == "add"
     assert by_name["rms_gemv_rope"].launches[0].inputs[0] == "x"
+
+
+def test_decode_with_the_add_launch_instead_gives_the_same_logits(
+    tmp_path, checkpoint, model_dir, session, monkeypatch
+):
+    """The runtime's other path: where the add after down stays a launch, o_gemv_ffn
+    hands on y, the next layer takes it as x, and the logits are the fold's, bit for
+    bit (the same fp32 sums)."""
+    from aiebuild.tasks import BuildConfig, compile_all
+    from aierun.artifacts import ArtifactSet
+    from aierun.devices.emu import EmuDevice
+    from aierun.session import Session
+
+    ids = checkpoint.encode_prompt("What is the capital of Japan?")
+
+    def logits(run: Session) -> list[np.ndarray]:
+        steps = [run.prefill(ids)]
+        steps += [run.decode(int(np.argmax(steps[-1]))) for _ in range(3)]
+        return steps
+
+    assert session.spec("o_gemv_ffn").launches[-1].op == "gemv"  # the fold
+    folded = logits(session)
+    monkeypatch.setattr(specs, "_residual_in_next_layer", lambda shape, types: False)
+    manifest = compile_all(BuildConfig(tmp_path, str(model_dir), (64,), "emu"))
+    with Session(checkpoint, ArtifactSet.open(manifest), EmuDevice()) as unfolded:
+        unfolded.prepare()
+        assert unfolded.spec("o_gemv_ffn").launches[-1].op == "add"
+        assert all(np.array_equal(a, b) for a, b in zip(folded, logits(unfolded), strict=True))
