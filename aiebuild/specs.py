@@ -153,13 +153,13 @@ def _fused_projections(shape: ModelShape, matmul: str, types: WeightTypes) -> bo
     return matmul == "gemv" and len(kinds) == 1 and gemv.prologue_fits(shape.hidden, *kinds)
 
 
-def _residual_in_next_layer(shape: ModelShape, types: WeightTypes) -> bool:
-    """Whether decode's residual add after down is the next layer's QKV prologue: the
-    QKV GEMV is one launch and a core holds the add's vectors beside it. o_gemv_ffn then
-    hands on d (rounded to bf16, as fp32) and h instead of their sum y, and the host adds
-    them for the final norm after the last layer."""
+def _residual_in_next_layer(shape: ModelShape, matmul: str, types: WeightTypes) -> bool:
+    """Whether decode's residual add after down is the next layer's QKV prologue (the
+    GEMV ELFs only): the QKV GEMV is one launch and a core holds the add's vectors
+    beside it. o_gemv_ffn then hands on d (rounded to bf16, as fp32) and h instead of
+    their sum y, and the host adds them for the final norm after the last layer."""
     kind = types[_weight_source("q")]
-    return _fused_projections(shape, "gemv", types) and gemv.prologue_fits(
+    return _fused_projections(shape, matmul, types) and gemv.prologue_fits(
         shape.hidden, kind, prologue=gemv.ADD_RMSNORM
     )
 
@@ -190,7 +190,7 @@ def _rms_projections_rope(
     e, dh = shape.hidden, shape.head_dim
     widths = {"q": shape.q_dim, "k": shape.kv_dim, "v": shape.kv_dim}
     if _fused_projections(shape, matmul, types):
-        add = _residual_in_next_layer(shape, types)
+        add = _residual_in_next_layer(shape, matmul, types)
         params = gemv.params(
             rows, e, sum(widths.values()), rmsnorm_eps=shape.rms_eps, add_first=add
         )
@@ -308,7 +308,8 @@ def rms_gemms_rope(shape: ModelShape, bucket: int) -> ElfSpec:
 
 
 def rms_gemv_rope(shape: ModelShape, types: WeightTypes = BF16_TYPES) -> ElfSpec:
-    fused, add = _fused_projections(shape, "gemv", types), _residual_in_next_layer(shape, types)
+    fused = _fused_projections(shape, "gemv", types)
+    add = _residual_in_next_layer(shape, "gemv", types)
     return _elf(
         RMS_GEMV_ROPE, "decode", 0,
         tuple(_projection_args(shape, 1, types, fused, add)),
@@ -408,7 +409,7 @@ def _o_ffn_launches(
         else:
             swiglu = [*normed, *_swiglu_gemms(shape, rows)]
         ffn = [o_proj, add_o, *swiglu]
-    if matmul == "gemv" and _residual_in_next_layer(shape, types):  # d as that add reads it
+    if _residual_in_next_layer(shape, matmul, types):  # d as that add reads it
         down = Launch("gemv", gemv.params(rows, f, e, gemv.ROUNDED), ("a", "w_down"), ("d",),
                       "gemv down")  # fmt: skip
         return [*ffn, down]
@@ -425,7 +426,7 @@ def _o_ffn_args(
     e, f = shape.hidden, shape.ffn
     prologue = _ffn_prologue(shape, matmul, types)
     # d and h go on to the next layer's projections, or their sum y does
-    handed_on = matmul == "gemv" and _residual_in_next_layer(shape, types)
+    handed_on = _residual_in_next_layer(shape, matmul, types)
     residual = (
         [_arg("d", (rows, e), OUT, dtype=F32), _arg("h", (rows, e), OUT, dtype=F32)]
         if handed_on

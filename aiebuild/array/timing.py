@@ -352,8 +352,10 @@ def _core_seconds(worker: Worker, call_cycles: CallCycles, placement: Placement)
 
 def _arrival_s(fifo: ObjectFifo, objects: int) -> float:
     """How long the first `objects` objects of a fifo take to reach its consumer: their
-    bytes over the hop into it (a shim channel from DDR, a stream from a memory tile),
-    after the whole first object of each fifo the memory tile makes them from."""
+    bytes over the hop into it (a shim channel from DDR at its 512-B-burst rate: a
+    transfer in shorter runs is slower, so its first object is priced a little low
+    there; a stream from a memory tile), after the whole first object of each fifo the
+    memory tile makes them from."""
     producer = fifo.producer.endpoint if fifo.producer is not None else None
     nbytes = objects * fifo.nbytes
     if isinstance(producer, iron_record.Runtime):

@@ -150,7 +150,7 @@ def test_decode_with_the_add_launch_instead_gives_the_same_logits(
 
     assert session.spec("o_gemv_ffn").launches[-1].op == "gemv"  # the fold
     folded = logits(session)
-    monkeypatch.setattr(specs, "_residual_in_next_layer", lambda shape, types: False)
+    monkeypatch.setattr(specs, "_residual_in_next_layer", lambda shape, matmul, types: False)
     manifest = compile_all(BuildConfig(tmp_path, str(model_dir), (64,), "emu"))
     with Session(checkpoint, ArtifactSet.open(manifest), EmuDevice()) as unfolded:
         unfolded.prepare()
